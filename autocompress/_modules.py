@@ -1,0 +1,23 @@
+"""Small helpers over nn.Module trees, shared by analysis, techniques and accounting."""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["set_submodule", "is_inside", "PRUNABLE_MEMBER_TYPES"]
+
+# Module types whose channel dimension we know how to cut and count. A channel group that
+# touches any other module with parameters is left out of pruning (see analysis).
+PRUNABLE_MEMBER_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm)
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` (``layer1.0.conv1``)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def is_inside(name: str, prefix: str) -> bool:
+    """True when module ``name`` is ``prefix`` itself or lies below it in the tree."""
+    return name == prefix or name.startswith(prefix + ".")

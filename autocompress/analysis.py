@@ -1,0 +1,353 @@
+"""Find every place a model can be compressed: layers, channel groups, skippable blocks, kernels.
+
+The result is plain data (``ModelAnalysis``): the Space is built from it, and the Candidate-only
+size accounting reads it, so nothing downstream needs to trace the model again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ._modules import PRUNABLE_MEMBER_TYPES, is_inside, set_submodule
+from .channel_groups import ChannelGroup, find_channel_groups
+
+__all__ = [
+    "LayerUnit", "NormUnit", "AttentionUnit", "FixedParams", "SkipBlock", "KernelChoice",
+    "ModelAnalysis", "analyze", "SkippedBlock",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerUnit:
+    """A Conv2d or Linear layer: the unit of bit widths, ranks and kernel choices."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]  # (1, 1) for linear layers
+    stride: int
+    padding: int
+    groups: int
+    has_bias: bool
+    positions: int  # output positions per sample: H*W for a conv, tokens for a linear
+    factorizable: bool
+    note: str = ""
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
+    def params(self) -> int:
+        k_h, k_w = self.kernel_size
+        return self.out_channels * (self.in_channels // self.groups) * k_h * k_w + self.out_channels * self.has_bias
+
+    @property
+    def macs(self) -> int:
+        k_h, k_w = self.kernel_size
+        return self.out_channels * (self.in_channels // self.groups) * k_h * k_w * self.positions
+
+
+@dataclass(frozen=True)
+class NormUnit:
+    name: str
+    channels: int
+    params_per_channel: int  # 2 for affine BatchNorm/LayerNorm
+
+
+@dataclass(frozen=True)
+class AttentionUnit:
+    """An nn.MultiheadAttention: its projections are applied functionally, so no technique edits it."""
+
+    name: str
+    embed_dim: int
+    tokens: int
+    params: int
+
+    @property
+    def macs(self) -> int:
+        # q/k/v projections, scores, weighted sum, output projection
+        e, t = self.embed_dim, self.tokens
+        return 3 * e * e * t + 2 * t * t * e + e * e * t
+
+
+@dataclass(frozen=True)
+class FixedParams:
+    """Parameters no technique changes (position embeddings, attention, unsupported layers)."""
+
+    name: str
+    params: int
+    note: str
+
+
+@dataclass(frozen=True)
+class SkipBlock:
+    """A residual block whose input and output shapes match: NAS may replace it by the identity."""
+
+    name: str
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """A k x k convolution whose kernel may shrink to a centre crop (padding shrinks alike)."""
+
+    layer: str
+    options: tuple[int, ...]  # the current size first
+
+
+@dataclass
+class ModelAnalysis:
+    input_shape: tuple[int, ...]
+    layers: list[LayerUnit]
+    norms: list[NormUnit]
+    attention: list[AttentionUnit]
+    fixed: list[FixedParams]
+    groups: list[ChannelGroup]
+    blocks: list[SkipBlock]
+    kernels: list[KernelChoice]
+    output_layer: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._layers = {u.name: u for u in self.layers}
+        self._groups = {g.id: g for g in self.groups}
+
+    def layer(self, name: str) -> LayerUnit:
+        return self._layers[name]
+
+    def group(self, group_id: str) -> ChannelGroup:
+        return self._groups[group_id]
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def total_params(self) -> int:
+        return (sum(u.params for u in self.layers) + sum(n.channels * n.params_per_channel for n in self.norms)
+                + sum(a.params for a in self.attention) + sum(f.params for f in self.fixed))
+
+    @property
+    def total_macs(self) -> int:
+        return sum(u.macs for u in self.layers) + sum(a.macs for a in self.attention)
+
+    def to_dict(self) -> dict:
+        return {
+            "input_shape": list(self.input_shape),
+            "output_layer": self.output_layer,
+            "total_params": self.total_params,
+            "total_macs": self.total_macs,
+            "layers": [asdict(u) | {"params": u.params, "macs": u.macs} for u in self.layers],
+            "norms": [asdict(n) for n in self.norms],
+            "attention": [asdict(a) | {"macs": a.macs} for a in self.attention],
+            "fixed": [asdict(f) for f in self.fixed],
+            "groups": [g.to_dict() for g in self.groups],
+            "blocks": [asdict(b) for b in self.blocks],
+            "kernels": [asdict(k) for k in self.kernels],
+            "notes": list(self.notes),
+        }
+
+
+class SkippedBlock(nn.Module):
+    """Stands in for a skipped residual block. Accepts and ignores extra arguments (masks, flags)
+    because containers such as nn.TransformerEncoder pass them to every layer."""
+
+    def forward(self, x, *args, **kwargs):
+        return x
+
+
+def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelAnalysis:
+    """List the compressible units of ``model`` for inputs shaped like ``example_input``."""
+    model = model.eval()
+    shapes = _trace_shapes(model, example_input)
+    output_layer = shapes.pop("__output_layer__", None)
+    layers, norms, attention, fixed = _collect_units(model, shapes)
+    groups, group_notes = find_channel_groups(model, example_input, output_layer=output_layer)
+    blocks = _find_skip_blocks(model, example_input, shapes, layers)
+    kernels = _find_kernel_choices(model)
+    notes = list(group_notes)
+    notes += [f"{f.name}: {f.note}" for f in fixed]
+    notes += [f"{u.name}: {u.note}" for u in layers if u.note]
+    return ModelAnalysis(tuple(example_input.shape), layers, norms, attention, fixed, groups, blocks, kernels,
+                         output_layer, notes)
+
+
+def _trace_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
+    """Input and output shapes of every module in one forward pass, plus which layer made the output."""
+    records: dict[str, dict] = {}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            if name in records:  # a module called twice (shared weights) keeps its first shapes
+                return
+            first_in = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            records[name] = {
+                "in": tuple(first_in.shape) if first_in is not None else None,
+                "out": tuple(output.shape) if isinstance(output, torch.Tensor) else None,
+                "n_tensor_args": sum(isinstance(a, torch.Tensor) for a in args),
+            }
+            if isinstance(output, torch.Tensor):
+                outputs[name] = output
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            result = model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    records["__output_layer__"] = next(
+        (n for n, t in outputs.items() if t is result and isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))), None
+    )
+    return records
+
+
+def _collect_units(model: nn.Module, shapes: dict):
+    layers, norms, attention, fixed = [], [], [], []
+    attention_names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    for name, module in model.named_modules():
+        if any(is_inside(name, a) and name != a for a in attention_names):
+            continue  # counted with their attention module
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        rec = shapes.get(name)
+        if isinstance(module, nn.MultiheadAttention):
+            tokens = _tokens(rec["in"], module.batch_first) if rec and rec["in"] else 0
+            attention.append(AttentionUnit(name, module.embed_dim, tokens, sum(p.numel() for p in module.parameters())))
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            if rec is None or rec["out"] is None:
+                fixed.append(FixedParams(name, own, "never called as a module in forward; left as it is"))
+            else:
+                layers.append(_layer_unit(name, module, rec["out"]))
+        elif isinstance(module, nn.BatchNorm2d) and own:
+            norms.append(NormUnit(name, module.num_features, own // module.num_features))
+        elif isinstance(module, nn.LayerNorm) and own and len(module.normalized_shape) == 1:
+            norms.append(NormUnit(name, module.normalized_shape[0], own // module.normalized_shape[0]))
+        elif own:
+            what = "the model's own parameters" if not name else f"{type(module).__name__} parameters"
+            fixed.append(FixedParams(name or "<root>", own, f"{what}: no technique changes them"))
+    return layers, norms, attention, fixed
+
+
+def _tokens(shape: tuple[int, ...], batch_first: bool) -> int:
+    if len(shape) == 2:
+        return shape[0]
+    return shape[1] if batch_first else shape[0]
+
+
+def _layer_unit(name: str, module: nn.Module, out_shape: tuple[int, ...]) -> LayerUnit:
+    if isinstance(module, nn.Conv2d):
+        grouped = module.groups > 1
+        note = f"grouped convolution (groups={module.groups}): no low-rank factorization" if grouped and not (
+            module.groups == module.in_channels == module.out_channels) else ""
+        pad = module.padding[0] if isinstance(module.padding, tuple) else -1  # -1: 'same'/'valid' strings
+        return LayerUnit(
+            name, "conv", module.in_channels, module.out_channels, tuple(module.kernel_size), module.stride[0], pad,
+            module.groups, module.bias is not None, out_shape[-1] * out_shape[-2], factorizable=not grouped, note=note,
+        )
+    positions = 1
+    for d in out_shape[1:-1]:
+        positions *= d
+    return LayerUnit(name, "linear", module.in_features, module.out_features, (1, 1), 1, 0, 1, module.bias is not None,
+                     positions, factorizable=True)
+
+
+def _find_skip_blocks(model: nn.Module, example_input: torch.Tensor, shapes: dict, layers: list[LayerUnit]) -> list[SkipBlock]:
+    """Residual blocks: shape-preserving modules that reduce to the identity when their weights are zero.
+
+    With every weight zeroed and every norm set to pass its input through, a residual block
+    ``x + f(x)`` (optionally followed by ReLU or a norm) returns ``x``; any other block does not.
+    The innermost such modules are the choice points; each is also tried in the whole model,
+    because a container may rely on it (nn.TransformerEncoder reads attributes of layer 0).
+    """
+    found: list[str] = []
+    names = [n for n, _ in model.named_modules() if n]
+    for name in sorted(names, key=lambda n: -n.count(".")):
+        rec = shapes.get(name)
+        module = model.get_submodule(name)
+        if rec is None or rec["in"] is None or rec["in"] != rec["out"] or rec["n_tensor_args"] != 1:
+            continue
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm, nn.MultiheadAttention)):
+            continue
+        if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in module.modules()):
+            continue
+        if any(is_inside(f, name) for f in found):
+            continue  # keep the innermost blocks only
+        if _reduces_to_identity(module, rec["in"]) and _skip_keeps_model_working(model, name, example_input):
+            found.append(name)
+    by_prefix = []
+    for name in found:
+        inner = [u for u in layers if is_inside(u.name, name)]
+        params = sum(p.numel() for p in model.get_submodule(name).parameters())
+        by_prefix.append(SkipBlock(name, params, sum(u.macs for u in inner)))
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(by_prefix, key=lambda b: order[b.name])
+
+
+def _reduces_to_identity(module: nn.Module, shape: tuple[int, ...]) -> bool:
+    probe = copy.deepcopy(module).eval()
+    with torch.no_grad():
+        for m in probe.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.fill_(1.0)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+                if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None:
+                    m.running_mean.zero_()
+                    m.running_var.fill_(1.0)
+            else:
+                for p in m.parameters(recurse=False):
+                    p.zero_()
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        if shape[-1] > 1:  # a LayerNorm-invariant input, so post-norm residual blocks qualify too
+            x = (x - x.mean(-1, keepdim=True)) / x.std(-1, unbiased=False, keepdim=True)
+        try:
+            y = probe(x)
+        except Exception:  # blocks that need more than one input are not choice points
+            return False
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        return False
+    return bool(torch.allclose(y, x, atol=1e-3, rtol=1e-3) or torch.allclose(y, x.relu(), atol=1e-3, rtol=1e-3))
+
+
+def _skip_keeps_model_working(model: nn.Module, name: str, example_input: torch.Tensor) -> bool:
+    original = model.get_submodule(name)
+    set_submodule(model, name, SkippedBlock())
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model(example_input)
+        return True
+    except Exception as exc:
+        log.info("block %s is residual but skipping it breaks the model (%s)", name, exc)
+        return False
+    finally:
+        set_submodule(model, name, original)
+
+
+def _find_kernel_choices(model: nn.Module) -> list[KernelChoice]:
+    choices = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            continue
+        k, k_w = m.kernel_size
+        if k != k_w or k < 3 or k % 2 == 0 or m.padding[0] != m.padding[1] or m.dilation[0] != m.dilation[1]:
+            continue
+        smallest = 1 if k == 3 else 3  # 3x3 may become 1x1; larger kernels shrink to 3x3 at least (as in OFA)
+        options = [s for s in range(k, smallest - 1, -2) if m.padding[0] - (k - s) // 2 * m.dilation[0] >= 0]
+        if len(options) > 1:
+            choices.append(KernelChoice(name, tuple(options)))
+    return choices
