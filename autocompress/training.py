@@ -1,0 +1,53 @@
+"""Plain supervised training and evaluation (the baseline before any compression)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from .data import make_loader
+
+__all__ = ["train_classifier", "predict", "accuracy"]
+
+
+def train_classifier(model: nn.Module, dataset: Dataset, *, steps: int, batch_size: int = 64, lr: float = 3e-3,
+                     seed: int = 0) -> nn.Module:
+    """Train with AdamW and a cosine schedule for a fixed number of steps; returns the model in eval mode."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps=}")
+    torch.manual_seed(seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    batches = itertools.cycle(make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed))
+    for _ in range(steps):
+        images, labels = next(batches)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def accuracy(model: nn.Module, dataset: Dataset) -> float:
+    inputs, labels = _tensors(dataset)
+    return float((predict(model, inputs).argmax(1) == labels).float().mean())
+
+
+def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None:
+        return tensors[0], tensors[1]
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
