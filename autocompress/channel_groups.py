@@ -81,7 +81,8 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor, *, output
     try:
         graph = build_dependency_graph(model, example_input)
     except Exception as exc:  # tracing failures must not stop bit widths and ranks
-        return [], [f"channel pruning unavailable: dependency tracing failed ({type(exc).__name__}: {exc})"]
+        return [], [f"channel pruning unavailable: Torch-Pruning could not trace the channel dependencies "
+                    f"({type(exc).__name__}: {exc}), as with channel shuffle; bit widths, ranks and NAS still apply"]
     ignored = [model.get_submodule(output_layer)] if output_layer else []
     groups = []
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):

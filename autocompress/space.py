@@ -177,6 +177,13 @@ class Space:
         """A uniformly random Candidate (tests, warm starts, predictor training)."""
         return self.from_params({v.name: rng.choice(v.choices) for v in self.variables})
 
+    def changed(self, candidate: Candidate) -> list[str]:
+        """Names of the variables whose value in ``candidate`` differs from the uncompressed model."""
+        neutral = {"prune": 0.0, "bits": 32, "rank": 1.0, "skip": False}
+        return [v.name for v in self.variables
+                if getattr(candidate, v.kind).get(v.unit, neutral.get(v.kind, v.choices[0]))
+                != neutral.get(v.kind, v.choices[0])]
+
     def validate(self, candidate: Candidate) -> None:
         """Raise InvalidCandidateError when a decision names a unit or value this space lacks."""
         for kind in _KINDS:

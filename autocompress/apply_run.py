@@ -1,0 +1,112 @@
+"""One Candidate end to end: baseline, apply, account, export, and check ORT against PyTorch.
+
+This is what `autocompress apply` runs; it is also the way to replay a Candidate from a bug
+report or from a search's Pareto front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from .accounting import footprint_of_candidate, footprint_of_model
+from .analysis import analyze
+from .data import calibration_batches, load_dataset
+from .errors import AutocompressError, InvalidCandidateError
+from .export import export_onnx, run_onnx
+from .models import load_weights, resolve_model
+from .space import Candidate, Space
+from .techniques import apply_candidate
+from .training import predict, train_classifier
+
+__all__ = ["run_apply", "read_candidate", "baseline_model"]
+
+log = logging.getLogger(__name__)
+
+
+def read_candidate(arg: str, space: Space) -> Candidate:
+    """``random`` / ``random:SEED`` draws from the space; anything else is a Candidate JSON file."""
+    if arg == "random" or arg.startswith("random:"):
+        seed_text = arg.partition(":")[2] or "0"
+        if not seed_text.isdigit():
+            raise InvalidCandidateError(f"--candidate {arg!r}: the seed must be a non-negative integer (random:7)")
+        return space.sample(random.Random(int(seed_text)))
+    path = Path(arg)
+    if not path.is_file():
+        raise InvalidCandidateError(f"--candidate {arg!r} is neither a file nor random[:SEED]")
+    candidate = Candidate.from_json(path.read_text())
+    space.validate(candidate)
+    return candidate
+
+
+def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, train_steps: int, splits,
+                   cache_dir: Path) -> torch.nn.Module:
+    """The uncompressed model: from ``weights``, or trained here and cached in ``cache_dir``."""
+    if weights is not None:
+        return resolve_model(model_spec, num_classes=num_classes, weights=weights)
+    model = resolve_model(model_spec, num_classes=num_classes)
+    if train_steps <= 0:
+        log.warning("no --weights and --train-steps 0: the baseline keeps its random initialisation")
+        return model
+    key = {"model": model_spec, "dataset": splits.name, "image_size": splits.image_size, "steps": train_steps,
+           "num_classes": num_classes}
+    cached, meta = cache_dir / "baseline.pt", cache_dir / "baseline.json"
+    if cached.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
+        return load_weights(model, cached).eval()
+    log.info("training the baseline for %d steps", train_steps)
+    train_classifier(model, splits.train, steps=train_steps)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cached)
+    meta.write_text(json.dumps(key))
+    return model
+
+
+def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", input_size: int = 32,
+              weights: Path | None = None, num_classes: int | None = None, train_steps: int = 0,
+              out: Path) -> dict:
+    out = Path(out)
+    splits = load_dataset(dataset, image_size=input_size)
+    classes = num_classes or splits.num_classes
+    if classes < splits.num_classes:
+        raise AutocompressError(f"--num-classes {classes} is below the {splits.num_classes} classes of {dataset!r}")
+    model = baseline_model(model_spec, num_classes=classes, weights=weights, train_steps=train_steps,
+                           splits=splits, cache_dir=out)
+    example = splits.val[0][0].unsqueeze(0)
+    analysis = analyze(model, example)
+    space = Space(analysis)
+    candidate = read_candidate(candidate_arg, space)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "candidate.json").write_text(json.dumps(candidate.to_dict(), indent=2, sort_keys=True))
+
+    compressed = apply_candidate(model, candidate, analysis, example)
+    exported = export_onnx(compressed, example, out / "model.onnx", calibration=calibration_batches(splits.train))
+    inputs, labels = splits.val.tensors
+    logits_torch = predict(compressed, inputs)
+    logits_onnx = torch.from_numpy(run_onnx(exported.path, inputs))
+    base_fp = footprint_of_model(model, example)
+    report = {
+        "model": model_spec,
+        "dataset": splits.name,
+        "space_size": len(space),
+        "decisions": len(space.changed(candidate)),
+        "candidate": candidate.to_dict(),
+        "baseline": base_fp.to_dict() | {"accuracy": _accuracy(predict(model, inputs), labels)},
+        "footprint_from_candidate": footprint_of_candidate(analysis, candidate).to_dict(),
+        "footprint_from_model": footprint_of_model(compressed, example).to_dict(),
+        "accuracy_torch": _accuracy(logits_torch, labels),
+        "accuracy_onnx": _accuracy(logits_onnx, labels),
+        "top1_agreement": float((logits_torch.argmax(1) == logits_onnx.argmax(1)).float().mean()),
+        "onnx_path": str(exported.path),
+        "onnx_bytes": exported.file_bytes,
+        "onnx_nodes_by_bits": {str(b): len(n) for b, n in sorted(exported.nodes_by_bits.items())},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
