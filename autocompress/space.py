@@ -19,6 +19,7 @@ from .errors import InvalidCandidateError
 __all__ = ["Candidate", "SpaceOptions", "Space", "Variable", "rank_for"]
 
 _KINDS = ("prune", "bits", "rank", "skip", "kernel")
+_NEUTRAL = {"prune": 0.0, "bits": 32, "rank": 1.0, "skip": False}  # kernel: its first choice, the current size
 
 
 @dataclass(frozen=True)
@@ -173,16 +174,29 @@ class Space:
                 params[var.name] = trial.suggest_categorical(var.name, list(var.choices))
         return self.from_params(params)
 
-    def sample(self, rng: random.Random) -> Candidate:
-        """A uniformly random Candidate (tests, warm starts, predictor training)."""
-        return self.from_params({v.name: rng.choice(v.choices) for v in self.variables})
+    def sample(self, rng: random.Random, *, density: float = 1.0) -> Candidate:
+        """A random Candidate (tests, warm starts, predictor training).
+
+        Each variable is drawn uniformly with probability ``density`` and otherwise keeps its
+        uncompressed value: a low density gives lightly compressed models, which still classify
+        without fine-tuning.
+        """
+        if not 0.0 <= density <= 1.0:
+            raise ValueError(f"density must lie in [0, 1], got {density=}")
+        params = {}
+        for var in self.variables:
+            draw = rng.choice(var.choices)  # drawn either way, so a seed gives the same draws at any density
+            params[var.name] = draw if rng.random() < density else self._neutral(var)
+        return self.from_params(params)
+
+    @staticmethod
+    def _neutral(var: Variable):
+        return _NEUTRAL.get(var.kind, var.choices[0])
 
     def changed(self, candidate: Candidate) -> list[str]:
         """Names of the variables whose value in ``candidate`` differs from the uncompressed model."""
-        neutral = {"prune": 0.0, "bits": 32, "rank": 1.0, "skip": False}
         return [v.name for v in self.variables
-                if getattr(candidate, v.kind).get(v.unit, neutral.get(v.kind, v.choices[0]))
-                != neutral.get(v.kind, v.choices[0])]
+                if getattr(candidate, v.kind).get(v.unit, self._neutral(v)) != self._neutral(v)]
 
     def validate(self, candidate: Candidate) -> None:
         """Raise InvalidCandidateError when a decision names a unit or value this space lacks."""

@@ -1,0 +1,53 @@
+import random
+
+import pytest
+import torch
+
+from autocompress import Candidate, Space, analyze, apply_candidate, footprint_of_candidate, footprint_of_model, resolve_model
+from autocompress.accounting import weight_bytes
+
+MODELS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+          "autocompress.zoo:transformer_classifier", "shufflenet_v2_x0_5"]
+
+
+@pytest.mark.parametrize("spec", MODELS)
+def test_candidate_and_model_accounting_agree(spec):
+    model = resolve_model(spec)
+    example = torch.randn(1, 3, 32, 32)
+    analysis = analyze(model, example)
+    space = Space(analysis)
+    uncompressed = footprint_of_candidate(analysis, space.default())
+    assert uncompressed == footprint_of_model(model, example)
+    assert uncompressed.params == sum(p.numel() for p in model.parameters())
+    assert uncompressed.bytes == 4 * uncompressed.params
+    rng = random.Random(spec)
+    for density in (1.0, 0.3, 1.0, 0.3, 1.0, 0.6):
+        candidate = space.sample(rng, density=density)
+        built = apply_candidate(model, candidate, analysis, example)
+        from_model = footprint_of_model(built, example)
+        assert footprint_of_candidate(analysis, candidate) == from_model, candidate.to_json()
+        assert from_model.params == sum(p.numel() for p in built.parameters())
+
+
+def test_macs_of_a_known_layer_stack(tiny):
+    example = torch.randn(1, 3, 16, 16)
+    analysis = analyze(tiny, example)
+    stem = analysis.layer("stem.0")
+    assert stem.macs == 16 * 3 * 9 * 16 * 16
+    dw = analysis.layer("dw.0")
+    assert dw.depthwise and dw.macs == 32 * 1 * 25 * 8 * 8
+    # Halving the stem group (16 -> 8 channels, carried through block1's residual add) cuts the
+    # stem's outputs, block1.conv1's inputs, block1.conv2's outputs and down.0's inputs.
+    half = footprint_of_candidate(analysis, Candidate(prune={"stem.0": 0.5}, channel_multiple=1))
+    full = footprint_of_candidate(analysis, Candidate())
+    saved = 8 * 3 * 9 * 256 + 16 * 8 * 9 * 256 + 8 * 16 * 9 * 256 + 32 * 8 * 9 * 64
+    assert full.macs - half.macs == saved
+    bn_and_weights = 8 * 3 * 9 + 2 * 8 + 16 * 8 * 9 + 8 * 16 * 9 + 2 * 8 + 32 * 8 * 9
+    assert full.params - half.params == bn_and_weights
+
+
+def test_bytes_follow_bit_widths():
+    assert weight_bytes(1000, 10, 32) == 4000
+    assert weight_bytes(1000, 10, 16) == 2000
+    assert weight_bytes(1000, 10, 8) == 1000 + 40
+    assert weight_bytes(1001, 10, 4) == 501 + 40
