@@ -23,24 +23,30 @@ from .space import Candidate, Space
 from .techniques import apply_candidate
 from .training import predict, train_classifier
 
-__all__ = ["run_apply", "read_candidate", "baseline_model"]
+__all__ = ["run_apply", "parse_candidate_arg", "resolve_candidate", "baseline_model"]
 
 log = logging.getLogger(__name__)
 
 
-def read_candidate(arg: str, space: Space) -> Candidate:
-    """``random`` / ``random:SEED`` draws from the space; anything else is a Candidate JSON file."""
+def parse_candidate_arg(arg: str) -> Candidate | int:
+    """A Candidate from a JSON file, or the seed of ``random`` / ``random:SEED``. Checked before
+    any slow work starts, so a typo costs nothing."""
     if arg == "random" or arg.startswith("random:"):
         seed_text = arg.partition(":")[2] or "0"
         if not seed_text.isdigit():
             raise InvalidCandidateError(f"--candidate {arg!r}: the seed must be a non-negative integer (random:7)")
-        return space.sample(random.Random(int(seed_text)))
+        return int(seed_text)
     path = Path(arg)
     if not path.is_file():
         raise InvalidCandidateError(f"--candidate {arg!r} is neither a file nor random[:SEED]")
-    candidate = Candidate.from_json(path.read_text())
-    space.validate(candidate)
-    return candidate
+    return Candidate.from_json(path.read_text())
+
+
+def resolve_candidate(parsed: Candidate | int, space: Space) -> Candidate:
+    if isinstance(parsed, int):
+        return space.sample(random.Random(parsed))
+    space.validate(parsed)
+    return parsed
 
 
 def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, train_steps: int, splits,
@@ -69,6 +75,7 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
               weights: Path | None = None, num_classes: int | None = None, train_steps: int = 0,
               out: Path) -> dict:
     out = Path(out)
+    parsed = parse_candidate_arg(candidate_arg)
     splits = load_dataset(dataset, image_size=input_size)
     classes = num_classes or splits.num_classes
     if classes < splits.num_classes:
@@ -78,7 +85,7 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
     example = splits.val[0][0].unsqueeze(0)
     analysis = analyze(model, example)
     space = Space(analysis)
-    candidate = read_candidate(candidate_arg, space)
+    candidate = resolve_candidate(parsed, space)
     out.mkdir(parents=True, exist_ok=True)
     (out / "candidate.json").write_text(json.dumps(candidate.to_dict(), indent=2, sort_keys=True))
 

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autocompress.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autocompress.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_inspect_lists_units_with_shares(capsys):
+    assert main(["inspect", "resnet18", "--input-shape", "1,3,32,32"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resnet18: input (1, 3, 32, 32), 11,181,642 params, 37,016,576 MACs; 76 decision variables")
+    assert "layer4.0.conv2" in out and "21.1%" in out
+    assert "fc: output channels are the model's outputs; never pruned" in out
+
+
+def test_inspect_json_says_why_attention_is_left_out(capsys):
+    assert main(["inspect", "autocompress.zoo:transformer_classifier", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    units = {(u["kind"], u["name"]): u for u in data["units"]}
+    assert "nn.MultiheadAttention" in units["attention", "encoder.layers.0.self_attn"]["note"]
+    assert units["layer", "encoder.layers.0.linear1"]["techniques"][0].startswith("bits")
+    assert units["channel group", "encoder.layers.0.linear1"]["techniques"][0].startswith("prune")
+    assert abs(sum(u["macs_share"] for u in data["units"] if u["kind"] in ("layer", "attention")) - 1.0) < 1e-3
+    assert data["analysis"]["total_params"] == 74954
+
+
+@pytest.mark.parametrize("args, message", [
+    (["inspect", "resnet99"], "not a torchvision classification model"),
+    (["inspect", "resnet18", "--input-shape", "1,3,x"], "--input-shape '1,3,x' is not a shape"),
+    (["inspect", "resnet18", "--weights", "missing.pt"], "does not exist"),
+    (["apply", "resnet18", "--candidate", "nope.json", "--out", "o"], "neither a file nor random"),
+    (["apply", "resnet18", "--candidate", "random:x", "--out", "o"], "seed must be a non-negative integer"),
+    (["apply", "resnet18", "--candidate", "random", "--dataset", "mnist", "--out", "o"], "unknown data set"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autocompress: error:") and message in lines[0]
+
+
+def test_apply_writes_candidate_onnx_and_report(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("apply", "autocompress.zoo:transformer_classifier", "--candidate", "random:1",
+                     "--train-steps", "300", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["footprint_from_candidate"] == report["footprint_from_model"]
+    assert report["baseline"]["accuracy"] > 0.8
+    assert (out / "model.onnx").stat().st_size == report["onnx_bytes"]
+    assert "candidate-only accounting agrees" in result.stdout
+    # The cached baseline is reused and a saved Candidate replays to the same model.
+    again = run_cli("apply", "autocompress.zoo:transformer_classifier", "--candidate", str(out / "candidate.json"),
+                    "--train-steps", "300", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    replay = json.loads((out / "report.json").read_text())
+    assert replay["candidate"] == report["candidate"]
+    assert replay["accuracy_torch"] == report["accuracy_torch"]
+    assert replay["baseline"]["accuracy"] == report["baseline"]["accuracy"]

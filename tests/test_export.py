@@ -1,0 +1,61 @@
+"""Whole-model checks: random Candidates of every covered model apply, run, export, and ORT agrees."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from autocompress import Candidate, Space, analyze, apply_candidate, calibration_batches, export_onnx, run_onnx
+from autocompress.training import predict
+
+from .conftest import COVERAGE_MODELS
+
+pytestmark = pytest.mark.slow
+
+
+def _compare(model, candidate, analysis, example, digits, path):
+    built = apply_candidate(model, candidate, analysis, example)
+    result = export_onnx(built, example, path, calibration=calibration_batches(digits.train))
+    inputs, labels = digits.val.tensors
+    torch_logits = predict(built, inputs).numpy()
+    ort_logits = run_onnx(result.path, inputs)
+    return built, result, torch_logits, ort_logits, labels.numpy()
+
+
+@pytest.mark.parametrize("spec", list(COVERAGE_MODELS))
+def test_all_int8_model_agrees_with_onnxruntime_on_digits(spec, trained_models, digits, example_input, tmp_path):
+    model = trained_models(spec)
+    analysis = analyze(model, example_input)
+    candidate = Candidate(bits={u.name: 8 for u in analysis.layers})
+    _, result, torch_logits, ort_logits, labels = _compare(model, candidate, analysis, example_input, digits,
+                                                           tmp_path / "int8.onnx")
+    agreement = (torch_logits.argmax(1) == ort_logits.argmax(1)).mean()
+    assert agreement >= 0.99, f"{spec}: top-1 agreement {agreement:.4f}"
+    assert (torch_logits.argmax(1) == labels).mean() > 0.8  # a real classifier, not a collapsed one
+    assert sum(len(v) for v in result.nodes_by_bits.values()) >= len(analysis.layers)
+
+
+@pytest.mark.parametrize("spec", list(COVERAGE_MODELS))
+def test_twenty_random_candidates_apply_export_and_agree(spec, trained_models, digits, example_input, tmp_path):
+    model = trained_models(spec)
+    analysis = analyze(model, example_input)
+    space = Space(analysis)
+    rng = random.Random(f"export-{spec}")
+    kinds_exported = set()
+    for i in range(20):
+        # Alternate light and full compression: light models still classify (so top-1 agreement
+        # means something), full ones exercise every technique at its extreme.
+        density = 0.1 if i % 2 == 0 else 1.0
+        candidate = space.sample(rng, density=density)
+        built, result, torch_logits, ort_logits, labels = _compare(model, candidate, analysis, example_input, digits,
+                                                                   tmp_path / f"c{i}.onnx")
+        assert torch_logits.shape == ort_logits.shape == (len(labels), 10)
+        spread = torch_logits.std()
+        close = np.quantile(np.abs(torch_logits - ort_logits), 0.99)
+        assert close <= 0.15 * spread, f"{spec} candidate {i}: 99th percentile |logit diff| {close:.4f}, spread {spread:.4f}"
+        if (torch_logits.argmax(1) == labels).mean() >= 0.5:
+            agreement = (torch_logits.argmax(1) == ort_logits.argmax(1)).mean()
+            assert agreement >= 0.98, f"{spec} candidate {i}: top-1 agreement {agreement:.4f}"
+        kinds_exported |= {b for b, nodes in result.nodes_by_bits.items() if nodes}
+    assert kinds_exported == {16, 8, 4}
