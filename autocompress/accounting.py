@@ -134,12 +134,14 @@ def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footpri
             handles.append(module.register_forward_hook(on_layer))
         elif isinstance(module, nn.MultiheadAttention):
             handles.append(module.register_forward_hook(on_attention))
+    was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(example_input)
     finally:
         for h in handles:
             h.remove()
+        model.train(was_training)
     params = list(model.parameters())
     size = sum(counted_bytes.get(id(p), 4 * p.numel()) for p in params)
     return Footprint(sum(p.numel() for p in params), macs, size)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ._modules import PRUNABLE_MEMBER_TYPES, is_inside, set_submodule
+from ._modules import is_inside, set_submodule
 from .channel_groups import ChannelGroup, find_channel_groups
 
 __all__ = [
@@ -168,7 +168,11 @@ class SkippedBlock(nn.Module):
 
 
 def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelAnalysis:
-    """List the compressible units of ``model`` for inputs shaped like ``example_input``."""
+    """List the compressible units of ``model`` for inputs shaped like ``example_input``.
+
+    Puts ``model`` in eval mode (shapes and residual checks need running statistics); its
+    weights are not changed.
+    """
     model = model.eval()
     shapes = _trace_shapes(model, example_input)
     output_layer = shapes.pop("__output_layer__", None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from .analysis import analyze
 from .data import calibration_batches, load_dataset
 from .errors import AutocompressError, InvalidCandidateError
 from .export import export_onnx, run_onnx
+from .hardware import machine_info, measure_latency
 from .models import load_weights, resolve_model
 from .space import Candidate, Space
 from .techniques import apply_candidate
@@ -28,23 +31,50 @@ __all__ = ["run_apply", "parse_candidate_arg", "resolve_candidate", "baseline_mo
 log = logging.getLogger(__name__)
 
 
-def parse_candidate_arg(arg: str) -> Candidate | int:
-    """A Candidate from a JSON file, or the seed of ``random`` / ``random:SEED``. Checked before
-    any slow work starts, so a typo costs nothing."""
+@dataclass(frozen=True)
+class UniformPolicy:
+    """The hand policy: every channel group pruned at one ratio, every layer at one bit width."""
+
+    ratio: float
+    bits: int
+
+
+def parse_candidate_arg(arg: str) -> Candidate | UniformPolicy | int:
+    """A Candidate JSON file, ``uniform:RATIO[,int8|int4|fp16]``, or the seed of ``random[:SEED]``.
+
+    Checked before any slow work starts, so a typo costs nothing.
+    """
     if arg == "random" or arg.startswith("random:"):
         seed_text = arg.partition(":")[2] or "0"
         if not seed_text.isdigit():
             raise InvalidCandidateError(f"--candidate {arg!r}: the seed must be a non-negative integer (random:7)")
         return int(seed_text)
+    if arg.startswith("uniform:"):
+        ratio_text, _, bits_text = arg.partition(":")[2].partition(",")
+        bits = {"": 32, "fp32": 32, "fp16": 16, "int8": 8, "int4": 4}.get(bits_text)
+        try:
+            ratio = float(ratio_text)
+        except ValueError:
+            ratio = -1.0
+        if bits is None or not 0.0 <= ratio < 1.0:
+            raise InvalidCandidateError(f"--candidate {arg!r}: write uniform:RATIO[,BITS] with RATIO in [0, 1) and "
+                                        "BITS one of fp32, fp16, int8, int4 (uniform:0.5,int8)")
+        return UniformPolicy(ratio, bits)
     path = Path(arg)
     if not path.is_file():
-        raise InvalidCandidateError(f"--candidate {arg!r} is neither a file nor random[:SEED]")
+        raise InvalidCandidateError(f"--candidate {arg!r} is neither a file, uniform:RATIO[,BITS] nor random[:SEED]")
     return Candidate.from_json(path.read_text())
 
 
-def resolve_candidate(parsed: Candidate | int, space: Space) -> Candidate:
+def resolve_candidate(parsed: Candidate | UniformPolicy | int, space: Space) -> Candidate:
     if isinstance(parsed, int):
         return space.sample(random.Random(parsed))
+    if isinstance(parsed, UniformPolicy):
+        parsed = Candidate(
+            prune={v.unit: parsed.ratio for v in space.variables if v.kind == "prune"},
+            bits={v.unit: parsed.bits for v in space.variables if v.kind == "bits"},
+            channel_multiple=space.options.channel_multiple,
+        )
     space.validate(parsed)
     return parsed
 
@@ -73,7 +103,7 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
 
 def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", input_size: int = 32,
               weights: Path | None = None, num_classes: int | None = None, train_steps: int = 0,
-              out: Path) -> dict:
+              finetune_steps: int = 0, out: Path) -> dict:
     out = Path(out)
     parsed = parse_candidate_arg(candidate_arg)
     splits = load_dataset(dataset, image_size=input_size)
@@ -90,17 +120,24 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
     (out / "candidate.json").write_text(json.dumps(candidate.to_dict(), indent=2, sort_keys=True))
 
     compressed = apply_candidate(model, candidate, analysis, example)
+    if finetune_steps > 0:
+        # Plain fine-tuning through the simulated quantizers (straight-through estimator); the
+        # search adds distillation from the baseline on top of this.
+        train_classifier(compressed, splits.train, steps=finetune_steps, lr=1e-3, seed=1)
     exported = export_onnx(compressed, example, out / "model.onnx", calibration=calibration_batches(splits.train))
     inputs, labels = splits.val.tensors
     logits_torch = predict(compressed, inputs)
     logits_onnx = torch.from_numpy(run_onnx(exported.path, inputs))
     base_fp = footprint_of_model(model, example)
+    baseline_onnx = export_onnx(model, example, out / "baseline.onnx").path
+    latency = _side_by_side_latency({"baseline": baseline_onnx, "compressed": exported.path}, tuple(example.shape))
     report = {
         "model": model_spec,
         "dataset": splits.name,
         "space_size": len(space),
         "decisions": len(space.changed(candidate)),
         "candidate": candidate.to_dict(),
+        "finetune_steps": finetune_steps,
         "baseline": base_fp.to_dict() | {"accuracy": _accuracy(predict(model, inputs), labels)},
         "footprint_from_candidate": footprint_of_candidate(analysis, candidate).to_dict(),
         "footprint_from_model": footprint_of_model(compressed, example).to_dict(),
@@ -110,9 +147,20 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
         "onnx_path": str(exported.path),
         "onnx_bytes": exported.file_bytes,
         "onnx_nodes_by_bits": {str(b): len(n) for b, n in sorted(exported.nodes_by_bits.items())},
+        "latency_ms": latency,
+        "machine": machine_info(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _side_by_side_latency(paths: dict[str, Path], shape: tuple[int, ...], rounds: int = 3) -> dict:
+    """Median latency of each model over interleaved rounds, so machine drift hits all alike."""
+    runs: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            runs[name].append(measure_latency(path, shape, runs=30).median_ms)
+    return {name: round(statistics.median(values), 4) for name, values in runs.items()}
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 from pathlib import Path
 
@@ -46,11 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="apply one Candidate, export it to ONNX and check it against ORT")
     _model_arguments(apply)
     apply.add_argument("--candidate", required=True,
-                       help="a Candidate JSON file, or random[:SEED] for a random point of the space")
+                       help="a Candidate JSON file, uniform:RATIO[,fp16|int8|int4] (every group pruned at RATIO, "
+                            "every layer at those bits), or random[:SEED] for a random point of the space")
     apply.add_argument("--dataset", default="digits", help="digits (default), cifar10 or imagefolder:PATH")
     apply.add_argument("--input-size", type=int, default=32, help="image side length (default 32)")
     apply.add_argument("--train-steps", type=int, default=0,
                        help="without --weights, train the baseline this many steps first (cached in --out)")
+    apply.add_argument("--finetune-steps", type=int, default=0,
+                       help="fine-tune the compressed model this many steps before export (default 0)")
     apply.add_argument("--out", required=True, type=Path, help="folder for candidate.json, model.onnx, report.json")
     apply.set_defaults(run=_apply)
     return parser
@@ -100,7 +102,8 @@ def _apply(args) -> int:
 
     report = run_apply(
         model_spec=args.model, candidate_arg=args.candidate, dataset=args.dataset, input_size=args.input_size,
-        weights=args.weights, num_classes=args.num_classes, train_steps=args.train_steps, out=args.out,
+        weights=args.weights, num_classes=args.num_classes, train_steps=args.train_steps,
+        finetune_steps=args.finetune_steps, out=args.out,
     )
     fp_c, fp_m = report["footprint_from_candidate"], report["footprint_from_model"]
     base = report["baseline"]
@@ -111,6 +114,9 @@ def _apply(args) -> int:
     print(f"accuracy on {report['dataset']} validation: baseline {base['accuracy']:.4f}, compressed (PyTorch) "
           f"{report['accuracy_torch']:.4f}, exported (ONNX Runtime) {report['accuracy_onnx']:.4f}; "
           f"top-1 agreement {report['top1_agreement']:.4f}")
+    latency = report["latency_ms"]
+    print(f"ONNX Runtime latency (1 thread, median): baseline {latency['baseline']:.3f} ms, compressed "
+          f"{latency['compressed']:.3f} ms ({latency['compressed'] / latency['baseline']:.3f}x)")
     print(f"ONNX: {report['onnx_path']} ({report['onnx_bytes']:,} bytes); layers by bits {report['onnx_nodes_by_bits']}")
     return 0
 

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_models import COVERAGE_MODELS, tiny_resnet
 from torch import nn
 
 from autocompress.data import load_dataset
 from autocompress.models import resolve_model
 from autocompress.training import train_classifier
-
-# The models issue 2 must cover, and how long each trains on digits to be a meaningful baseline.
-COVERAGE_MODELS = {
-    "resnet18": 120,
-    "mobilenet_v2": 150,
-    "mobilenet_v3_small": 150,
-    "efficientnet_b0": 150,
-    "autocompress.zoo:transformer_classifier": 300,
-}
 
 
 @pytest.fixture(scope="session")
@@ -42,41 +34,6 @@ def trained_models(digits):
         return cache[spec]
 
     return get
-
-
-class TinyResNet(nn.Module):
-    """Stem, two residual blocks (one with a projection shortcut), a depthwise stage and a head."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        self.block1 = Residual(16)
-        self.down = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-        self.block2 = Residual(32)
-        self.dw = nn.Sequential(nn.Conv2d(32, 32, 5, padding=2, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6(),
-                                nn.Conv2d(32, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
-        self.head = nn.Linear(48, num_classes)
-
-    def forward(self, x):
-        x = self.dw(self.block2(self.down(self.block1(self.stem(x)))))
-        return self.head(x.mean((2, 3)))
-
-
-class Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
-def tiny_resnet(num_classes: int = 10) -> TinyResNet:
-    torch.manual_seed(0)
-    return TinyResNet(num_classes).eval()
 
 
 @pytest.fixture

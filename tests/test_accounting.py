@@ -3,7 +3,15 @@ import random
 import pytest
 import torch
 
-from autocompress import Candidate, Space, analyze, apply_candidate, footprint_of_candidate, footprint_of_model, resolve_model
+from autocompress import (
+    Candidate,
+    Space,
+    analyze,
+    apply_candidate,
+    footprint_of_candidate,
+    footprint_of_model,
+    resolve_model,
+)
 from autocompress.accounting import weight_bytes
 
 MODELS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",

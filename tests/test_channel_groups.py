@@ -3,7 +3,15 @@ import random
 import pytest
 import torch
 
-from autocompress import Candidate, Space, SpaceOptions, analyze, apply_candidate, keep_channels, resolve_model
+from autocompress import (
+    Candidate,
+    Space,
+    SpaceOptions,
+    analyze,
+    apply_candidate,
+    keep_channels,
+    resolve_model,
+)
 
 
 @pytest.mark.parametrize("channels, ratio, multiple, kept", [

@@ -34,9 +34,11 @@ def test_inspect_json_says_why_attention_is_left_out(capsys):
     (["inspect", "resnet99"], "not a torchvision classification model"),
     (["inspect", "resnet18", "--input-shape", "1,3,x"], "--input-shape '1,3,x' is not a shape"),
     (["inspect", "resnet18", "--weights", "missing.pt"], "does not exist"),
-    (["apply", "resnet18", "--candidate", "nope.json", "--out", "o"], "neither a file nor random"),
+    (["apply", "resnet18", "--candidate", "nope.json", "--out", "o"], "neither a file, uniform"),
     (["apply", "resnet18", "--candidate", "random:x", "--out", "o"], "seed must be a non-negative integer"),
     (["apply", "resnet18", "--candidate", "random", "--dataset", "mnist", "--out", "o"], "unknown data set"),
+    (["apply", "resnet18", "--candidate", "uniform:1.5,int8", "--out", "o"], "RATIO in [0, 1)"),
+    (["apply", "resnet18", "--candidate", "uniform:0.5,int3", "--out", "o"], "BITS one of"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -4,12 +4,18 @@ import random
 
 import numpy as np
 import pytest
-import torch
+from reference_models import COVERAGE_MODELS
 
-from autocompress import Candidate, Space, analyze, apply_candidate, calibration_batches, export_onnx, run_onnx
+from autocompress import (
+    Candidate,
+    Space,
+    analyze,
+    apply_candidate,
+    calibration_batches,
+    export_onnx,
+    run_onnx,
+)
 from autocompress.training import predict
-
-from .conftest import COVERAGE_MODELS
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from autocompress import DatasetError, ModelResolutionError, WeightsMismatchError, load_dataset, resolve_model
+from autocompress import (
+    DatasetError,
+    ModelResolutionError,
+    WeightsMismatchError,
+    load_dataset,
+    resolve_model,
+)
 from autocompress.models import load_weights
 
 

@@ -5,7 +5,14 @@ import optuna
 import pytest
 import torch
 
-from autocompress import Candidate, InvalidCandidateError, Space, SpaceOptions, analyze, resolve_model
+from autocompress import (
+    Candidate,
+    InvalidCandidateError,
+    Space,
+    SpaceOptions,
+    analyze,
+    resolve_model,
+)
 
 
 @pytest.fixture(scope="module")

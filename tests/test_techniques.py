@@ -5,7 +5,11 @@ from torch import nn
 
 from autocompress import Candidate, analyze, apply_candidate, resolve_model
 from autocompress.techniques import QuantizedLayer, factorize, shrink_kernel
-from autocompress.techniques.quantize import activation_qparams, calibrate, fake_quantize_weight
+from autocompress.techniques.quantize import (
+    activation_qparams,
+    calibrate,
+    fake_quantize_weight,
+)
 
 
 @pytest.mark.parametrize("layer", [
