@@ -4,8 +4,14 @@ from .accounting import Footprint, footprint_of_candidate, footprint_of_model
 from .analysis import ModelAnalysis, analyze
 from .channel_groups import keep_channels
 from .data import DatasetSplits, calibration_batches, load_dataset
-from .errors import (AutocompressError, DatasetError, ExportError, InvalidCandidateError, ModelResolutionError,
-                     WeightsMismatchError)
+from .errors import (
+                     AutocompressError,
+                     DatasetError,
+                     ExportError,
+                     InvalidCandidateError,
+                     ModelResolutionError,
+                     WeightsMismatchError,
+)
 from .export import ExportResult, export_onnx, run_onnx
 from .models import load_weights, resolve_model
 from .space import Candidate, Space, SpaceOptions

@@ -21,7 +21,7 @@ from ._modules import is_inside
 from .analysis import LayerUnit, ModelAnalysis
 from .channel_groups import keep_channels
 from .space import Candidate, rank_for
-from .techniques.quantize import QuantizedLayer
+from .techniques.quantizers import QuantizedLayer
 
 __all__ = ["Footprint", "footprint_of_candidate", "footprint_of_model", "weight_bytes"]
 

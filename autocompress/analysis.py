@@ -174,8 +174,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelAnalysis:
     weights are not changed.
     """
     model = model.eval()
-    shapes = _trace_shapes(model, example_input)
-    output_layer = shapes.pop("__output_layer__", None)
+    shapes, output_layer = _trace_shapes(model, example_input)
     layers, norms, attention, fixed = _collect_units(model, shapes)
     groups, group_notes = find_channel_groups(model, example_input, output_layer=output_layer)
     blocks = _find_skip_blocks(model, example_input, shapes, layers)
@@ -187,7 +186,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelAnalysis:
                          output_layer, notes)
 
 
-def _trace_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
+def _trace_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, str | None]:
     """Input and output shapes of every module in one forward pass, plus which layer made the output."""
     records: dict[str, dict] = {}
     outputs: dict[str, torch.Tensor] = {}
@@ -213,10 +212,10 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor) -> dict:
     finally:
         for h in handles:
             h.remove()
-    records["__output_layer__"] = next(
+    output_layer = next(
         (n for n, t in outputs.items() if t is result and isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))), None
     )
-    return records
+    return records, output_layer
 
 
 def _collect_units(model: nn.Module, shapes: dict):

@@ -2,7 +2,8 @@
 
 - 8-bit layers: QDQ static quantization by ONNX Runtime, calibrated (MinMax) on the same batches
   that calibrate the PyTorch simulation, with the same formulas, so both agree.
-- 4-bit layers: int4 per-channel weights through the same quantizer (opset 21); inputs stay uint8.
+- 4-bit layers: int4 per-channel weights in [-7, 7] through the same quantizer (int4 Q/DQ); inputs
+  stay uint8.
   ORT has no int4 convolution kernel: it dequantizes the weights and runs the float kernel, so
   such layers get smaller but not faster (the latency predictor learns this from measurements).
 - 16-bit layers: weights stored as float16 and cast to float32 before the op (ORT's CPU provider
@@ -28,7 +29,7 @@ from torch import nn
 
 from ._modules import set_submodule
 from .errors import ExportError
-from .techniques.quantize import QuantizedLayer, QuantizedOutput, calibrate
+from .techniques.quantizers import QuantizedLayer, QuantizedOutput, calibrate, weight_qrange
 
 __all__ = ["ExportResult", "export_onnx", "ort_session", "run_onnx"]
 
@@ -156,15 +157,22 @@ class _Batches:
 
 def _quantize_static(float_path: Path, out_path: Path, graph: onnx.ModelProto, nodes_by_bits: dict[int, list[str]],
                      calibration: Sequence[torch.Tensor]) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     by_name = {n.name: n for n in graph.graph.node}
+    weights = {t.name: t for t in graph.graph.initializer}
     int_nodes = nodes_by_bits.get(8, []) + nodes_by_bits.get(4, [])
     overrides = {}
     for node_name in nodes_by_bits.get(4, []):
         node = by_name[node_name]
         # Per output channel: axis 0 for Conv and Gemm(transB=1) weights, 1 for MatMul's (in, out).
-        overrides[node.input[1]] = [{"quant_type": QuantType.QInt4, "axis": 1 if node.op_type == "MatMul" else 0}]
+        axis = 1 if node.op_type == "MatMul" else 0
+        overrides[node.input[1]] = _int4_channel_overrides(numpy_helper.to_array(weights[node.input[1]]), axis)
     # ORT's quantizer logs advice ("consider pre-processing", the int4 opset note) on the root logger.
     root_logger = logging.getLogger()
     level = root_logger.level
@@ -172,8 +180,9 @@ def _quantize_static(float_path: Path, out_path: Path, graph: onnx.ModelProto, n
     try:
         quantize_static(
             str(float_path), str(out_path), _Batches(calibration),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=[*_LAYER_OPS, "Relu", "Clip"],
-            nodes_to_quantize=int_nodes + _activations_after(graph, int_nodes),
+            # Only the layers: a ReLU after an int conv stays a node of its own (ORT then drops it
+            # exactly when its output is quantized), so a functional relu simulates the same way.
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(_LAYER_OPS), nodes_to_quantize=int_nodes,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={
@@ -191,10 +200,15 @@ def _quantize_static(float_path: Path, out_path: Path, graph: onnx.ModelProto, n
         root_logger.setLevel(level)
 
 
-def _activations_after(graph: onnx.ModelProto, layer_nodes: list[str]) -> list[str]:
-    """Relu/Clip nodes that read an int layer's output: ORT folds them into its output quantizer."""
-    outputs = {out for n in graph.graph.node if n.name in set(layer_nodes) for out in n.output}
-    return [n.name for n in graph.graph.node if n.op_type in ("Relu", "Clip") and n.input[0] in outputs]
+def _int4_channel_overrides(weight: np.ndarray, axis: int) -> list[dict]:
+    """Explicit int4 scales, absmax / 7 per channel: the simulation's rule (see weight_qrange)."""
+    from onnxruntime.quantization import QuantType
+
+    _, qmax = weight_qrange(4)
+    absmax = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
+    scales = np.where(absmax > 0, absmax / np.float32(qmax), np.float32(1.0)).astype(np.float32)
+    return [{"quant_type": QuantType.QInt4, "axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)}
+            for s in scales]
 
 
 def _store_weights_as_float16(graph: onnx.ModelProto, node_names: list[str]) -> None:

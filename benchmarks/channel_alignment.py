@@ -16,7 +16,14 @@ from pathlib import Path
 
 import torch
 
-from autocompress import Candidate, analyze, apply_candidate, export_onnx, keep_channels, resolve_model
+from autocompress import (
+    Candidate,
+    analyze,
+    apply_candidate,
+    export_onnx,
+    keep_channels,
+    resolve_model,
+)
 from autocompress.hardware import machine_info, measure_latency
 
 RATIOS = (0.0, 0.25, 0.3, 0.5)

@@ -19,7 +19,8 @@ from ..space import Candidate
 from .factorize import LowRank, apply_factorization, factorize
 from .nas import apply_nas, shrink_kernel
 from .prune import apply_pruning
-from .quantize import QuantizedLayer, apply_quantization, calibrate
+from .quantize import apply_quantization
+from .quantizers import QuantizedLayer, calibrate
 
 __all__ = ["TECHNIQUES", "ApplyContext", "apply_candidate", "LowRank", "QuantizedLayer", "calibrate", "factorize",
            "shrink_kernel"]
@@ -54,9 +55,11 @@ def apply_candidate(model: nn.Module, candidate: Candidate, analysis: ModelAnaly
 
 def _keep_transformer_layers_on_module_path(model: nn.Module) -> None:
     """Stop nn.TransformerEncoderLayer from taking its fused inference kernel where we replaced its
-    linears: that kernel reads ``linear1.weight`` directly and would bypass (or crash on) our
-    low-rank and quantized modules. Its fast-path check skips layers whose activation flag is 0."""
+    linears or norms: that kernel reads ``linear1.weight`` and ``norm1.eps`` directly and would
+    bypass (or crash on) our low-rank and quantized modules. Its fast-path check skips layers whose
+    activation flag is 0, before it looks at anything else we may have replaced."""
+    plain = {"linear1": nn.Linear, "linear2": nn.Linear, "norm1": nn.LayerNorm, "norm2": nn.LayerNorm}
     for layer in model.modules():
-        if isinstance(layer, nn.TransformerEncoderLayer) and not (
-                type(layer.linear1) is nn.Linear and type(layer.linear2) is nn.Linear):
+        if isinstance(layer, nn.TransformerEncoderLayer) and any(
+                type(getattr(layer, name)) is not kind for name, kind in plain.items()):
             layer.activation_relu_or_gelu = 0

@@ -1,0 +1,214 @@
+"""Fake quantizers that compute what ONNX Runtime's int kernels will compute.
+
+8 and 4 bits: weights per output channel, symmetric (int8 in [-127, 127], int4 in [-7, 7]), inputs
+per tensor, asymmetric uint8: the same formulas ORT's QDQ quantizer uses, so that calibrating both
+on the same batches gives the same scales. 4-bit layers keep 8-bit inputs (ORT has no 4-bit
+activations). 16 bits: weights stored as float16, computed in float32. Rounding goes through a
+straight-through estimator, so the simulated model can be fine-tuned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["QuantizedLayer", "QuantizedOutput", "ActivationQuantizer", "calibrate",
+           "fake_quantize_weight", "weight_qrange", "weight_scale", "bias_rounding",
+           "activation_qparams"]
+
+_EMA_MOMENTUM = 0.1  # how fast activation ranges follow the weights during fine-tuning
+
+
+def weight_qrange(bits: int) -> tuple[int, int]:
+    """Integer range of a symmetric weight quantizer.
+
+    int8 is ORT's own symmetric range. For int4 ORT would use [-8, 7], whose scale maps the
+    largest weight to exactly 7.5, a rounding tie that float noise in BatchNorm folding breaks
+    differently on each side; [-7, 7] maps it to 7, and export hands ORT these scales.
+    """
+    return {8: (-127, 127), 4: (-7, 7)}[bits]
+
+
+def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel scale of a symmetric int weight quantizer, shaped to broadcast (ORT's rule)."""
+    qmin, qmax = weight_qrange(bits)
+    absmax = weight.detach().abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True)
+    scale = (2.0 * absmax / (qmax - qmin)).to(weight.dtype)
+    return torch.where(scale < torch.finfo(weight.dtype).tiny, torch.ones_like(scale), scale)
+
+
+def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    if bits >= 32:
+        return weight
+    if bits == 16:
+        rounded = weight.detach().to(torch.float16).to(weight.dtype)
+    else:
+        qmin, qmax = weight_qrange(bits)
+        scale = weight_scale(weight, bits)
+        rounded = torch.clamp(torch.round(weight.detach() / scale), qmin, qmax) * scale
+    return weight + (rounded - weight).detach()  # straight-through: gradients see the identity
+
+
+def bias_rounding(bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """What int32 bias quantization (scale = input scale x weight scale) adds to each bias.
+
+    ORT's int kernels take the bias as int32 in units of that step; this rounding is the one
+    difference left between the float simulation and them, so it is simulated too (a constant:
+    no gradient flows through it).
+    """
+    step = step.double()
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    rounded = torch.round(bias.detach().double() / safe) * safe
+    return torch.where(step > 0, rounded - bias.detach().double(), torch.zeros_like(step)).to(bias.dtype)
+
+
+def activation_qparams(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 scale and zero point for the range [low, high], widened to include 0 (ORT's rule)."""
+    low = torch.clamp(low, max=0.0).double()
+    high = torch.clamp(high, min=0.0).double()
+    scale = (high - low) / 255.0
+    if scale.item() < torch.finfo(torch.float32).tiny:
+        return torch.tensor(1.0), torch.tensor(0.0)
+    zero_point = torch.round(0.0 - low / scale)
+    return scale.float(), zero_point.float()
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-tensor uint8 fake quantization of a tensor with a calibrated range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observing = False  # calibration: pass through and record the range, as ORT calibrates
+        self.last_scale: torch.Tensor | None = None  # the scale of the latest quantized forward
+        self.register_buffer("low", torch.tensor(float("inf")))
+        self.register_buffer("high", torch.tensor(float("-inf")))
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(torch.isfinite(self.low))
+
+    def reset(self) -> None:
+        self.low.fill_(float("inf"))
+        self.high.fill_(float("-inf"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seen = x.detach()
+        if self.observing:
+            self.low.copy_(torch.minimum(self.low, seen.min()))
+            self.high.copy_(torch.maximum(self.high, seen.max()))
+            return x
+        low, high = seen.min(), seen.max()
+        if self.training:
+            with torch.no_grad():
+                if self.calibrated:
+                    low = torch.lerp(self.low, low, _EMA_MOMENTUM)
+                    high = torch.lerp(self.high, high, _EMA_MOMENTUM)
+                self.low.copy_(low)
+                self.high.copy_(high)
+        elif self.calibrated:
+            low, high = self.low, self.high
+        # else: not calibrated yet, so this batch's own range is the best there is
+        scale, zero_point = activation_qparams(low, high)
+        self.last_scale = scale
+        q = torch.clamp(torch.round(x.detach() / scale) + zero_point, 0, 255)
+        return x + ((q - zero_point) * scale - x).detach()
+
+
+class QuantizedLayer(nn.Module):
+    """A Conv2d or Linear run with fake-quantized weights (and inputs, at 8 and 4 bits)."""
+
+    def __init__(self, layer: nn.Module, bits: int) -> None:
+        super().__init__()
+        if bits not in (16, 8, 4):
+            raise ValueError(f"bits must be 16, 8 or 4, got {bits=}")
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise TypeError(f"only Conv2d and Linear layers are quantized, got {type(layer).__name__}")
+        self.layer = layer
+        self.bits = bits
+        self.observing = False  # calibration runs the float layer
+        self.input_quantizer = ActivationQuantizer() if bits <= 8 else None
+        self.bias_folded_downstream = False  # set when a BatchNorm follows: its wrapper rounds the folded bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        if self.observing:
+            return self.layer(x)
+        weight = fake_quantize_weight(self.layer.weight, self.bits)
+        bias = self.layer.bias
+        # ORT runs 8/4-bit Conv and Gemm (a Linear on 2-D inputs) as int kernels with an int32 bias;
+        # a Linear on 3-D inputs becomes MatMul + a float Add.
+        int_kernel = self.bits <= 8 and (isinstance(self.layer, nn.Conv2d) or x.dim() == 2)
+        if bias is not None and int_kernel and not self.bias_folded_downstream:
+            step = self.input_quantizer.last_scale * weight_scale(self.layer.weight, self.bits).flatten()
+            bias = bias + bias_rounding(bias, step)
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, weight, bias)
+        layer = self.layer
+        if layer.padding_mode != "zeros":
+            return F.conv2d(F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode), weight,
+                            bias, layer.stride, 0, layer.dilation, layer.groups)
+        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+class QuantizedOutput(nn.Module):
+    """Runs ``module`` and fake-quantizes its output, for every consumer of that output.
+
+    Placed where ORT puts a Q/DQ pair on a tensor (see placement.py). For a conv followed by
+    BatchNorm it wraps the BatchNorm (ORT folds it into the conv), which keeps training with its
+    own statistics here, and adds the rounding of the folded int32 bias in eval.
+    """
+
+    def __init__(self, module: nn.Module, folded_into: QuantizedLayer | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.output_quantizer = ActivationQuantizer()
+        # The conv this BatchNorm folds into, kept out of the module tree (it has its own place).
+        object.__setattr__(self, "_folded_into", folded_into)
+        if folded_into is not None:
+            folded_into.bias_folded_downstream = True
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        y = self.module(*args, **kwargs)  # wrapped containers may take masks and flags (nn.TransformerEncoder)
+        conv = self._folded_into
+        if conv is not None and not self.training and not conv.observing:
+            y = y + self._folded_bias_rounding(conv).view(1, -1, 1, 1)
+        return self.output_quantizer(y)
+
+    def _folded_bias_rounding(self, conv: QuantizedLayer) -> torch.Tensor:
+        """Rounding of the bias ORT gets by folding this BatchNorm (eval statistics) into ``conv``."""
+        bn = self.module
+        factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        conv_bias = conv.layer.bias.detach() if conv.layer.bias is not None else torch.zeros_like(factor)
+        folded_bias = factor * (conv_bias - bn.running_mean) + bn.bias.detach()
+        step = conv.input_quantizer.last_scale * weight_scale(conv.layer.weight, conv.bits).flatten() * factor.abs()
+        return bias_rounding(folded_bias, step)
+
+
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Record every quantizer's range over ``batches`` with the model running in float.
+
+    The same batches calibrate ORT's static quantization at export, so both get the same scales.
+    """
+    switches = [m for m in model.modules() if isinstance(m, (QuantizedLayer, ActivationQuantizer))]
+    was_training = model.training
+    model.eval()
+    for m in switches:
+        if isinstance(m, ActivationQuantizer):
+            m.reset()
+        m.observing = True
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for m in switches:
+            m.observing = False
+        model.train(was_training)
+    return model
