@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     except AutocompressError as exc:
         print(f"autocompress: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable --out, a full disk: say which path
+        print(f"autocompress: error: {exc.strerror or exc} ({exc.filename or 'no path'}); "
+              "choose a writable --out folder", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("autocompress: interrupted", file=sys.stderr)
         return 130
@@ -48,10 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="a Candidate JSON file, uniform:RATIO[,fp16|int8|int4] (every group pruned at RATIO, "
                             "every layer at those bits), or random[:SEED] for a random point of the space")
     apply.add_argument("--dataset", default="digits", help="digits (default), cifar10 or imagefolder:PATH")
-    apply.add_argument("--input-size", type=int, default=32, help="image side length (default 32)")
-    apply.add_argument("--train-steps", type=int, default=0,
+    apply.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
+    apply.add_argument("--train-steps", type=_count, default=0,
                        help="without --weights, train the baseline this many steps first (cached in --out)")
-    apply.add_argument("--finetune-steps", type=int, default=0,
+    apply.add_argument("--finetune-steps", type=_count, default=0,
                        help="fine-tune the compressed model this many steps before export (default 0)")
     apply.add_argument("--out", required=True, type=Path, help="folder for candidate.json, model.onnx, report.json")
     apply.set_defaults(run=_apply)
@@ -61,8 +65,19 @@ def _parser() -> argparse.ArgumentParser:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="torchvision name (resnet18, torchvision:mobilenet_v2) or package.module:factory")
     parser.add_argument("--weights", type=Path, help="state dict file (loaded with weights_only=True)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes of the model's head (default 10, "
+    parser.add_argument("--num-classes", type=_count, default=None, help="classes of the model's head (default 10, "
                         "or the data set's)")
+
+
+def _count(text: str) -> int:
+    """argparse type for step counts and sizes: a non-negative integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
