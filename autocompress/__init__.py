@@ -12,16 +12,17 @@ from .errors import (
                      ModelResolutionError,
                      WeightsMismatchError,
 )
-from .export import ExportResult, export_onnx, run_onnx
+from .export import ExportResult, export_and_compare, export_onnx, run_onnx
 from .models import load_weights, resolve_model
 from .space import Candidate, Space, SpaceOptions
 from .techniques import apply_candidate, calibrate
 
 __all__ = [
-    "AutocompressError", "Candidate", "DatasetError", "DatasetSplits", "ExportError", "ExportResult", "Footprint",
-    "InvalidCandidateError", "ModelAnalysis", "ModelResolutionError", "Space", "SpaceOptions", "WeightsMismatchError",
-    "analyze", "apply_candidate", "calibrate", "calibration_batches", "export_onnx", "footprint_of_candidate",
-    "footprint_of_model", "keep_channels", "load_dataset", "load_weights", "resolve_model", "run_onnx",
+    "AutocompressError", "Candidate", "DatasetError", "DatasetSplits", "ExportError", "ExportResult",
+    "Footprint", "InvalidCandidateError", "ModelAnalysis", "ModelResolutionError", "Space", "SpaceOptions",
+    "WeightsMismatchError", "analyze", "apply_candidate", "calibrate", "calibration_batches",
+    "export_and_compare", "export_onnx", "footprint_of_candidate", "footprint_of_model", "keep_channels",
+    "load_dataset", "load_weights", "resolve_model", "run_onnx",
 ]
 
 __version__ = "0.1.0"

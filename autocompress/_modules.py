@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["set_submodule", "is_inside", "PRUNABLE_MEMBER_TYPES"]
+__all__ = ["set_submodule", "is_inside", "forward_with_hooks", "PRUNABLE_MEMBER_TYPES"]
 
 # Module types whose channel dimension we know how to cut and count. A channel group that
 # touches any other module with parameters is left out of pruning (see analysis).
@@ -21,3 +22,18 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 def is_inside(name: str, prefix: str) -> bool:
     """True when module ``name`` is ``prefix`` itself or lies below it in the tree."""
     return name == prefix or name.startswith(prefix + ".")
+
+
+def forward_with_hooks(model: nn.Module, example_input: torch.Tensor, handles: list) -> torch.Tensor:
+    """One eval-mode forward pass without gradients for hooks to observe.
+
+    Removes ``handles`` and restores the model's train/eval mode afterwards, whatever happens.
+    """
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)

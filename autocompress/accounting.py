@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._modules import is_inside
+from ._modules import forward_with_hooks, is_inside
 from .analysis import LayerUnit, ModelAnalysis
 from .channel_groups import keep_channels
 from .space import Candidate, rank_for
@@ -134,14 +134,7 @@ def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footpri
             handles.append(module.register_forward_hook(on_layer))
         elif isinstance(module, nn.MultiheadAttention):
             handles.append(module.register_forward_hook(on_attention))
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    forward_with_hooks(model, example_input, handles)
     params = list(model.parameters())
     size = sum(counted_bytes.get(id(p), 4 * p.numel()) for p in params)
     return Footprint(sum(p.numel() for p in params), macs, size)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ._modules import is_inside, set_submodule
+from ._modules import forward_with_hooks, is_inside, set_submodule
 from .channel_groups import ChannelGroup, find_channel_groups
 
 __all__ = [
@@ -206,12 +206,7 @@ def _trace_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, 
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            result = model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    result = forward_with_hooks(model, example_input, handles)
     output_layer = next(
         (n for n, t in outputs.items() if t is result and isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))), None
     )

@@ -19,7 +19,7 @@ from .accounting import footprint_of_candidate, footprint_of_model
 from .analysis import analyze
 from .data import calibration_batches, load_dataset
 from .errors import AutocompressError, InvalidCandidateError
-from .export import export_onnx, run_onnx
+from .export import export_and_compare, export_onnx
 from .hardware import machine_info, measure_latency
 from .models import load_weights, resolve_model
 from .space import Candidate, Space
@@ -124,10 +124,10 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
         # Plain fine-tuning through the simulated quantizers (straight-through estimator); the
         # search adds distillation from the baseline on top of this.
         train_classifier(compressed, splits.train, steps=finetune_steps, lr=1e-3, seed=1)
-    exported = export_onnx(compressed, example, out / "model.onnx", calibration=calibration_batches(splits.train))
     inputs, labels = splits.val.tensors
-    logits_torch = predict(compressed, inputs)
-    logits_onnx = torch.from_numpy(run_onnx(exported.path, inputs))
+    exported, logits_torch, logits_onnx = export_and_compare(
+        compressed, example, out / "model.onnx", inputs, calibration=calibration_batches(splits.train))
+    logits_torch, logits_onnx = torch.from_numpy(logits_torch), torch.from_numpy(logits_onnx)
     base_fp = footprint_of_model(model, example)
     baseline_onnx = export_onnx(model, example, out / "baseline.onnx").path
     latency = _side_by_side_latency({"baseline": baseline_onnx, "compressed": exported.path}, tuple(example.shape))

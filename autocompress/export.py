@@ -30,8 +30,9 @@ from torch import nn
 from ._modules import set_submodule
 from .errors import ExportError
 from .techniques.quantizers import QuantizedLayer, QuantizedOutput, calibrate, weight_qrange
+from .training import predict
 
-__all__ = ["ExportResult", "export_onnx", "ort_session", "run_onnx"]
+__all__ = ["ExportResult", "export_onnx", "export_and_compare", "ort_session", "run_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -248,3 +249,15 @@ def run_onnx(session_or_path, inputs: torch.Tensor, *, batch_size: int = 64) -> 
     outs = [session.run(None, {"input": inputs[i:i + batch_size].numpy().astype(np.float32)})[0]
             for i in range(0, len(inputs), batch_size)]
     return np.concatenate(outs)
+
+
+def export_and_compare(model: nn.Module, example_input: torch.Tensor, path: str | Path, inputs: torch.Tensor, *,
+                       calibration: Sequence[torch.Tensor] | None = None
+                       ) -> tuple[ExportResult, np.ndarray, np.ndarray]:
+    """Export ``model``, then run PyTorch and ONNX Runtime side by side on ``inputs``.
+
+    Returns the export result and both logits; PyTorch runs after export, so its simulated
+    quantizers carry the same calibration as ORT's.
+    """
+    result = export_onnx(model, example_input, path, calibration=calibration)
+    return result, predict(model, inputs).numpy(), run_onnx(result.path, inputs)

@@ -26,12 +26,11 @@ from autocompress import (
     analyze,
     apply_candidate,
     calibration_batches,
-    export_onnx,
     footprint_of_candidate,
     load_dataset,
     resolve_model,
-    run_onnx,
 )
+from autocompress.export import export_and_compare
 from autocompress.hardware import machine_info
 from autocompress.training import predict, train_classifier
 
@@ -93,10 +92,8 @@ def _compare(model, candidate, analysis, example, finetune_steps, digits, calibr
     built = apply_candidate(model, candidate, analysis, example)
     if finetune_steps:
         train_classifier(built, digits.train, steps=finetune_steps, lr=1e-3, seed=1)
-    export_onnx(built, example, path, calibration=calibration)
     inputs, labels = digits.val.tensors
-    torch_logits = predict(built, inputs).numpy()
-    ort_logits = run_onnx(path, inputs)
+    _, torch_logits, ort_logits = export_and_compare(built, example, path, inputs, calibration=calibration)
     return {
         "accuracy_torch": _acc(torch_logits, labels), "accuracy_onnx": _acc(ort_logits, labels),
         "agreement": float((torch_logits.argmax(1) == ort_logits.argmax(1)).mean()),

@@ -6,26 +6,16 @@ import numpy as np
 import pytest
 from reference_models import COVERAGE_MODELS
 
-from autocompress import (
-    Candidate,
-    Space,
-    analyze,
-    apply_candidate,
-    calibration_batches,
-    export_onnx,
-    run_onnx,
-)
-from autocompress.training import predict
+from autocompress import Candidate, Space, analyze, apply_candidate, calibration_batches, export_and_compare
 
 pytestmark = pytest.mark.slow
 
 
 def _compare(model, candidate, analysis, example, digits, path):
     built = apply_candidate(model, candidate, analysis, example)
-    result = export_onnx(built, example, path, calibration=calibration_batches(digits.train))
     inputs, labels = digits.val.tensors
-    torch_logits = predict(built, inputs).numpy()
-    ort_logits = run_onnx(result.path, inputs)
+    result, torch_logits, ort_logits = export_and_compare(built, example, path, inputs,
+                                                          calibration=calibration_batches(digits.train))
     return built, result, torch_logits, ort_logits, labels.numpy()
 
 

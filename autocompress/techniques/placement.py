@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._modules import set_submodule
+from .._modules import forward_with_hooks, set_submodule
 from .quantizers import QuantizedLayer, QuantizedOutput
 
 __all__ = ["place_activation_quantizers"]
@@ -112,10 +112,5 @@ def _trace_calls(model: nn.Module, example_input: torch.Tensor) -> list[_Call]:
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
         handles.append(module.register_forward_hook(after, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_input, handles)
     return calls
