@@ -9,7 +9,6 @@ group, whether it is safe to prune, saying why not when it is not.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from ._modules import PRUNABLE_MEMBER_TYPES
 
 __all__ = ["GroupMember", "ChannelGroup", "find_channel_groups", "keep_channels", "build_dependency_graph"]
 
-log = logging.getLogger(__name__)
 
 # Autograd ops that reorder channels: pruning through them would scramble which channel is which.
 _REORDERING_OPS = ("TransposeBackward", "PermuteBackward", "ChannelShuffle", "PixelShuffle", "PixelUnshuffle")

@@ -14,7 +14,6 @@ from .errors import AutocompressError
 
 __all__ = ["main"]
 
-log = logging.getLogger("autocompress")
 
 
 def main(argv: list[str] | None = None) -> int:

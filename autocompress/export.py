@@ -34,7 +34,6 @@ from .training import predict
 
 __all__ = ["ExportResult", "export_onnx", "export_and_compare", "ort_session", "run_onnx"]
 
-log = logging.getLogger(__name__)
 
 _OPSET = 17  # what the TorchScript exporter writes; ORT's quantizer raises it to 21 for int4
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")

@@ -74,9 +74,6 @@ class Candidate:
     def rank_ratio(self, layer: str) -> float:
         return self.rank.get(layer, 1.0)
 
-    def skipped(self, block: str) -> bool:
-        return self.skip.get(block, False)
-
 
 def rank_for(ratio: float, full_rank: int) -> int | None:
     """The rank a ratio asks for, or None when the layer stays whole (ratio 1.0)."""
