@@ -23,7 +23,7 @@ from .channel_groups import keep_channels
 from .space import Candidate, rank_for
 from .techniques.quantizers import QuantizedLayer
 
-__all__ = ["Footprint", "footprint_of_candidate", "footprint_of_model", "weight_bytes"]
+__all__ = ["Footprint", "LayerShape", "alive_in", "layer_shape", "footprint_of_candidate", "footprint_of_model", "removed_channels", "weight_bytes"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,15 @@ def weight_bytes(numel: int, out_channels: int, bits: int) -> int:
     return math.ceil(numel * bits / 8) + 4 * out_channels
 
 
-def footprint_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> Footprint:
+def alive_in(candidate: Candidate):
+    """A test ``name -> bool``: is the module ``name`` still there after the Candidate's skips?"""
     skipped = [b for b, s in candidate.skip.items() if s]
-    alive = lambda name: not any(is_inside(name, b) for b in skipped)  # noqa: E731
-    removed = _removed_channels(analysis, candidate)
+    return lambda name: not any(is_inside(name, b) for b in skipped)
+
+
+def footprint_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> Footprint:
+    alive = alive_in(candidate)
+    removed = removed_channels(analysis, candidate)
     params = macs = size = 0
     for unit in analysis.layers:
         if alive(unit.name):
@@ -66,7 +71,7 @@ def footprint_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> Foo
     return Footprint(params, macs, size)
 
 
-def _removed_channels(analysis: ModelAnalysis, candidate: Candidate) -> dict[tuple[str, str], int]:
+def removed_channels(analysis: ModelAnalysis, candidate: Candidate) -> dict[tuple[str, str], int]:
     """(module, "out"/"in") -> channels or features the Candidate's pruning removes there."""
     removed: dict[tuple[str, str], int] = {}
     for group in analysis.prunable_groups:
@@ -80,7 +85,24 @@ def _removed_channels(analysis: ModelAnalysis, candidate: Candidate) -> dict[tup
     return removed
 
 
-def _layer_footprint(unit: LayerUnit, candidate: Candidate, removed: dict) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class LayerShape:
+    """A layer's shape once a Candidate is applied: what pruning, kernel choice and rank leave."""
+
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, int]
+    bits: int
+    rank: int | None  # None: not factorized
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
+
+
+def layer_shape(unit: LayerUnit, candidate: Candidate, removed: dict) -> LayerShape:
+    """``removed`` is ``removed_channels(analysis, candidate)``, computed once for all layers."""
     out_ch = unit.out_channels - removed.get((unit.name, "out"), 0)
     if unit.depthwise:
         in_ch, groups = out_ch, out_ch
@@ -90,9 +112,14 @@ def _layer_footprint(unit: LayerUnit, candidate: Candidate, removed: dict) -> tu
     if unit.name in candidate.kernel:
         k_h = k_w = candidate.kernel[unit.name]
     fan_in = in_ch // groups * k_h * k_w
-    bits = candidate.bits_of(unit.name)
-    bias = out_ch if unit.has_bias else 0
     rank = rank_for(candidate.rank_ratio(unit.name), min(out_ch, fan_in)) if unit.factorizable else None
+    return LayerShape(in_ch, out_ch, groups, (k_h, k_w), candidate.bits_of(unit.name), rank)
+
+
+def _layer_footprint(unit: LayerUnit, candidate: Candidate, removed: dict) -> tuple[int, int, int]:
+    shape = layer_shape(unit, candidate, removed)
+    out_ch, fan_in, bits, rank = shape.out_channels, shape.fan_in, shape.bits, shape.rank
+    bias = out_ch if unit.has_bias else 0
     if rank is None:
         weights = out_ch * fan_in
         return weights + bias, weights * unit.positions, weight_bytes(weights, out_ch, bits) + 4 * bias

@@ -41,6 +41,8 @@ class LayerUnit:
     positions: int  # output positions per sample: H*W for a conv, tokens for a linear
     factorizable: bool
     note: str = ""
+    in_hw: tuple[int, int] = (1, 1)  # input height and width of a conv; (tokens, 1) for a linear
+    out_hw: tuple[int, int] = (1, 1)  # output height and width; (tokens, 1) for a linear
 
     @property
     def depthwise(self) -> bool:
@@ -228,7 +230,7 @@ def _collect_units(model: nn.Module, shapes: dict):
             if rec is None or rec["out"] is None:
                 fixed.append(FixedParams(name, own, "never called as a module in forward; left as it is"))
             else:
-                layers.append(_layer_unit(name, module, rec["out"]))
+                layers.append(_layer_unit(name, module, rec["in"], rec["out"]))
         elif isinstance(module, nn.BatchNorm2d) and own:
             norms.append(NormUnit(name, module.num_features, own // module.num_features))
         elif isinstance(module, nn.LayerNorm) and own and len(module.normalized_shape) == 1:
@@ -245,7 +247,7 @@ def _tokens(shape: tuple[int, ...], batch_first: bool) -> int:
     return shape[1] if batch_first else shape[0]
 
 
-def _layer_unit(name: str, module: nn.Module, out_shape: tuple[int, ...]) -> LayerUnit:
+def _layer_unit(name: str, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> LayerUnit:
     if isinstance(module, nn.Conv2d):
         grouped = module.groups > 1
         note = f"grouped convolution (groups={module.groups}): no low-rank factorization" if grouped and not (
@@ -254,12 +256,13 @@ def _layer_unit(name: str, module: nn.Module, out_shape: tuple[int, ...]) -> Lay
         return LayerUnit(
             name, "conv", module.in_channels, module.out_channels, tuple(module.kernel_size), module.stride[0], pad,
             module.groups, module.bias is not None, out_shape[-1] * out_shape[-2], factorizable=not grouped, note=note,
+            in_hw=(in_shape[-2], in_shape[-1]), out_hw=(out_shape[-2], out_shape[-1]),
         )
     positions = 1
     for d in out_shape[1:-1]:
         positions *= d
     return LayerUnit(name, "linear", module.in_features, module.out_features, (1, 1), 1, 0, 1, module.bias is not None,
-                     positions, factorizable=True)
+                     positions, factorizable=True, in_hw=(positions, 1), out_hw=(positions, 1))
 
 
 def _find_skip_blocks(model: nn.Module, example_input: torch.Tensor, shapes: dict, layers: list[LayerUnit]) -> list[SkipBlock]:

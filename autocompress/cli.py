@@ -58,6 +58,34 @@ def _parser() -> argparse.ArgumentParser:
                        help="fine-tune the compressed model this many steps before export (default 0)")
     apply.add_argument("--out", required=True, type=Path, help="folder for candidate.json, model.onnx, report.json")
     apply.set_defaults(run=_apply)
+
+    profile = sub.add_parser("profile", help="measure a target's kernels and candidates, fit its latency predictor")
+    profile.add_argument("--target", default="ort-cpu", choices=["ort-cpu"],
+                         help="runtime and device: ort-cpu (ONNX Runtime, CPUExecutionProvider)")
+    profile.add_argument("--threads", type=_positive, default=1, help="intra-op threads (default 1)")
+    profile.add_argument("--out", type=Path, default=None,
+                         help="hardware model folder (default hardware_models/ort-cpu-<threads>t); an existing "
+                              "folder is resumed: its measurements are kept")
+    profile.add_argument("--kernels", type=_positive, default=None, help="kernels to time (default 3000)")
+    profile.add_argument("--candidates", type=_count, default=None,
+                         help="whole candidates to time (default 320)")
+    profile.add_argument("--max-minutes", type=float, default=None,
+                         help="stop measuring after this long and fit on what there is (default 28)")
+    profile.set_defaults(run=_profile)
+
+    validate = sub.add_parser("validate-predictor",
+                              help="time random candidates end to end and score a hardware model's predictions")
+    validate.add_argument("hardware_model", type=Path, help="hardware model folder, e.g. hardware_models/ort-cpu-1t")
+    validate.add_argument("--model", action="append", required=True,
+                          help="model to draw candidates of (repeat for several)")
+    validate.add_argument("--input-shape", action="append", default=None,
+                          help="input shape N,3,H,W with H = W (repeat for several; default 1,3,32,32)")
+    validate.add_argument("--samples", type=_positive, default=100, help="candidates per model and shape (default 100)")
+    validate.add_argument("--seed", type=_count, default=1, help="seed of the candidate draws (default 1)")
+    validate.add_argument("--out", type=Path, default=None,
+                          help="folder for validation.json and validation.png (default HARDWARE_MODEL/validation)")
+    validate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    validate.set_defaults(run=_validate_predictor)
     return parser
 
 
@@ -76,6 +104,13 @@ def _count(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
 
 
@@ -132,6 +167,56 @@ def _apply(args) -> int:
     print(f"ONNX Runtime latency (1 thread, median): baseline {latency['baseline']:.3f} ms, compressed "
           f"{latency['compressed']:.3f} ms ({latency['compressed'] / latency['baseline']:.3f}x)")
     print(f"ONNX: {report['onnx_path']} ({report['onnx_bytes']:,} bytes); layers by bits {report['onnx_nodes_by_bits']}")
+    return 0
+
+
+def _profile(args) -> int:
+    import dataclasses
+    import time
+
+    from .hardware.profiling import ProfilePlan, run_profile
+    from .hardware.store import fit_hardware_model
+
+    out = args.out or Path("hardware_models") / f"{args.target}-{args.threads}t"
+    overrides = {"threads": args.threads, "kernels": args.kernels, "candidates": args.candidates,
+                 "max_minutes": args.max_minutes}
+    plan = dataclasses.replace(ProfilePlan(), **{k: v for k, v in overrides.items() if v is not None})
+    started = time.monotonic()
+    kernels, candidates = run_profile(plan, out)
+    hardware = fit_hardware_model(out, plan=plan)
+    print(f"{out}: {len(kernels)} kernels and {len(candidates)} candidates measured; predictor fitted "
+          f"(whole-candidate error, cross-validated: {100 * hardware.predictor.relative_error_:.1f}% RMS) "
+          f"in {(time.monotonic() - started) / 60:.1f} min")
+    print(f"check it: autocompress validate-predictor {out} --model resnet18 --input-shape 1,3,32,32")
+    return 0
+
+
+def _validate_predictor(args) -> int:
+    from .hardware.store import load_hardware_model
+    from .hardware.validation import validate, write_plot, write_report
+
+    shapes = [_parse_shape(s) for s in (args.input_shape or ["1,3,32,32"])]
+    for shape in shapes:
+        if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or shape[2] != shape[3]:
+            raise AutocompressError(f"--input-shape {','.join(map(str, shape))} is not supported; "
+                                    "validation draws image models at 1,3,H,W with H = W")
+    hardware = load_hardware_model(args.hardware_model)
+    report = validate(hardware, args.hardware_model, args.model, [s[2] for s in shapes], samples=args.samples,
+                      seed=args.seed, threads=hardware.metadata.get("threads", 1))
+    out = args.out or args.hardware_model / "validation"
+    write_report(report, out / "validation.json")
+    write_plot(report, out / "validation.png")
+    summary = report.to_dict()
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("hardware_model", "overall", "by_model")}, indent=2))
+        return 0
+    print(f"{'models @ input':32s} {'n':>4s}  {'within 10%':>10s} {'RMSPE':>7s} {'Spearman':>8s}   "
+          f"{'MACs proxy: within 10%':>22s} {'RMSPE':>7s} {'Spearman':>8s}")
+    for name, figures in list(summary["by_model"].items()) + [("all", summary["overall"])]:
+        p, m = figures["predictor"], figures["macs_proxy"]
+        print(f"{name:32s} {figures['candidates']:4d}  {100 * p['within_10pct']:9.1f}% {p['rmspe']:6.1f}% "
+              f"{p['spearman']:8.3f}   {100 * m['within_10pct']:21.1f}% {m['rmspe']:6.1f}% {m['spearman']:8.3f}")
+    print(f"written: {out / 'validation.json'}, {out / 'validation.png'}")
     return 0
 
 

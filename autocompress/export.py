@@ -111,6 +111,27 @@ def _export_float(model: nn.Module, example_input: torch.Tensor, path: Path) -> 
         raise ExportError(f"torch.onnx.export failed for this model ({type(exc).__name__}: {exc})") from exc
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
+    graph = onnx.load(str(path))
+    if _inline_constant_identities(graph):
+        onnx.save(graph, str(path))
+
+
+def _inline_constant_identities(graph: onnx.ModelProto) -> int:
+    """Replace ``Identity(initializer)`` nodes by a copy of the initializer; returns how many.
+
+    The exporter shares equal constants through Identity nodes (freshly initialised BatchNorms all
+    fold into the same zero bias). ORT's quantizer leaves a bias that is not an initializer in
+    float, and ORT then cannot fuse that conv into QLinearConv: the whole layer runs as a float
+    conv behind runtime DequantizeLinear nodes, slower than no quantization at all."""
+    initializers = {t.name: t for t in graph.graph.initializer}
+    inlined = [n for n in graph.graph.node if n.op_type == "Identity" and n.input[0] in initializers]
+    for node in inlined:
+        copy_ = onnx.TensorProto()
+        copy_.CopyFrom(initializers[node.input[0]])
+        copy_.name = node.output[0]
+        graph.graph.initializer.append(copy_)
+        graph.graph.node.remove(node)
+    return len(inlined)
 
 
 def onnx_scope(model: nn.Module, name: str) -> str:

@@ -1,0 +1,68 @@
+"""Random candidates of real models, built, exported and timed end to end with the one protocol.
+
+Profiling (the predictor's composition data) and validation (its test data) both draw candidates
+here; they use different seeds, and validation checks that none of its candidates was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..analysis import ModelAnalysis, analyze
+from ..export import export_onnx
+from ..models import resolve_model
+from ..space import Candidate, Space, SpaceOptions
+from ..techniques import apply_candidate
+from .measure import LatencyMeasurement, measure_latency
+
+__all__ = ["ModelUnderTest", "model_under_test", "random_candidate", "measure_candidate"]
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    spec: str
+    input_size: int
+    model: torch.nn.Module
+    analysis: ModelAnalysis
+    example: torch.Tensor
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.example.shape)
+
+
+@lru_cache(maxsize=8)
+def model_under_test(spec: str, input_size: int, num_classes: int = 10) -> ModelUnderTest:
+    """A randomly initialised ``spec`` at a square ``input_size``. Latency does not depend on the
+    weights' values, so no training is needed; the seed keeps it reproducible."""
+    torch.manual_seed(0)
+    model = resolve_model(spec, num_classes=num_classes, weights=None).eval()
+    example = torch.randn(1, 3, input_size, input_size)
+    logging.getLogger("autocompress").debug("analysing %s at %d px", spec, input_size)
+    return ModelUnderTest(spec, input_size, model, analyze(model, example), example)
+
+
+def random_candidate(target: ModelUnderTest, rng: random.Random) -> Candidate:
+    """A candidate as a search would propose: a random share of the decisions changed, channels
+    kept at multiples of 8 (the default) or, one time in four, of 1 (unaligned)."""
+    multiple = 1 if rng.random() < 0.25 else 8
+    space = Space(target.analysis, SpaceOptions(channel_multiple=multiple))
+    return space.sample(rng, density=rng.uniform(0.1, 1.0))
+
+
+def measure_candidate(target: ModelUnderTest, candidate: Candidate, *, runs: int = 100,
+                      threads: int = 1) -> LatencyMeasurement:
+    """Apply, export (quantized where the Candidate says) and time ``candidate`` end to end."""
+    compressed = apply_candidate(target.model, candidate, target.analysis, target.example)
+    calibration = [torch.randn(8, *target.input_shape[1:])]  # activation ranges only set scales, not speed
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        export_onnx(compressed, target.example, path, calibration=calibration)
+        return measure_latency(path, target.input_shape, runs=runs, threads=threads)

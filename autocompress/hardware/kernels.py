@@ -1,0 +1,181 @@
+"""Kernels: the layers of a compressed model as the runtime executes them, and their features.
+
+ONNX Runtime folds BatchNorm into the convolution before it and fuses the activation after it, so
+one Conv2d/Linear of the model is one kernel (two for a low-rank layer). A Kernel is what the
+latency predictor prices. It comes two ways that must agree (tests hold them equal):
+
+- ``kernels_of_candidate``: from the analysis and a Candidate alone, in microseconds (the search);
+- ``kernels_of_model``: from a built model, by watching one forward pass.
+
+``kernel_unit`` builds the smallest model that runs one kernel (Conv+BN+ReLU, or a Linear), which
+profiling exports and times through the same path as a real candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._modules import forward_with_hooks
+from ..accounting import alive_in, layer_shape, removed_channels
+from ..analysis import ModelAnalysis
+from ..space import Candidate
+from ..techniques.factorize import LowRank
+from ..techniques.quantizers import QuantizedLayer, QuantizedOutput
+
+__all__ = ["KERNEL_FIELDS", "Kernel", "OPS", "kernel_features", "kernel_table", "kernel_unit", "kernels_of_candidate", "kernels_of_model",
+           "FEATURE_NAMES"]
+
+OPS = ("conv", "dwconv", "linear")
+KERNEL_FIELDS = ("op", "bits", "cin", "cout", "kernel", "stride", "h", "w", "out_h", "out_w", "groups")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One executed layer. ``h``/``w`` are the input's height and width (``w`` = 1 and ``h`` = rows
+    for a linear); ``out_h``/``out_w`` the output's."""
+
+    op: str  # "conv" (any groups but depthwise), "dwconv" or "linear"
+    bits: int
+    cin: int
+    cout: int
+    kernel: int
+    stride: int
+    h: int
+    w: int
+    out_h: int
+    out_w: int
+    groups: int = 1
+    layer: str = field(default="", compare=False)  # the model layer it comes from, for breakdowns
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"Kernel op must be one of {OPS}, got {self.op=}")
+        if self.bits not in (32, 16, 8, 4):
+            raise ValueError(f"Kernel bits must be 32, 16, 8 or 4, got {self.bits=}")
+
+    @property
+    def macs(self) -> int:
+        return self.cout * (self.cin // self.groups) * self.kernel * self.kernel * self.out_h * self.out_w
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _op(kind: str, groups: int, cin: int, cout: int) -> str:
+    if kind == "linear":
+        return "linear"
+    return "dwconv" if groups > 1 and groups == cin == cout else "conv"
+
+
+def kernels_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> list[Kernel]:
+    """The kernels of ``candidate`` applied to the analysed model, in the model's layer order."""
+    alive, removed = alive_in(candidate), removed_channels(analysis, candidate)
+    kernels = []
+    for unit in analysis.layers:
+        if not alive(unit.name):
+            continue
+        s = layer_shape(unit, candidate, removed)
+        (h, w), (out_h, out_w) = unit.in_hw, unit.out_hw
+        k, stride = s.kernel[0], unit.stride
+        if s.rank is None:
+            kernels.append(Kernel(_op(unit.kind, s.groups, s.in_channels, s.out_channels), s.bits, s.in_channels,
+                                  s.out_channels, k, stride, h, w, out_h, out_w, s.groups, unit.name))
+            continue
+        op = "linear" if unit.kind == "linear" else "conv"
+        kernels.append(Kernel(op, s.bits, s.in_channels, s.rank, k, stride, h, w, out_h, out_w, 1, unit.name))
+        kernels.append(Kernel(op, s.bits, s.rank, s.out_channels, 1, 1, out_h, out_w, out_h, out_w, 1, unit.name))
+    return kernels
+
+
+def kernels_of_model(model: nn.Module, example_input: torch.Tensor) -> list[Kernel]:
+    """The kernels a built (possibly compressed) model runs, in the order it runs them."""
+    kernels: list[Kernel] = []
+    wrapped = {id(m.layer) for m in model.modules() if isinstance(m, QuantizedLayer)}  # run by their wrapper
+    owner = {id(module): _layer_name(model, name) for name, module in model.named_modules()}
+
+    def record(module, args, output):
+        x = args[0]
+        bits = module.bits if isinstance(module, QuantizedLayer) else 32
+        layer = module.layer if isinstance(module, QuantizedLayer) else module
+        name = owner[id(module)]
+        if isinstance(layer, nn.Linear):
+            rows = x.numel() // x.shape[-1] // x.shape[0] if x.dim() > 2 else 1
+            kernels.append(Kernel("linear", bits, layer.in_features, layer.out_features, 1, 1, rows, 1, rows, 1, 1,
+                                  name))
+        else:
+            op = _op("conv", layer.groups, layer.in_channels, layer.out_channels)
+            kernels.append(Kernel(op, bits, layer.in_channels, layer.out_channels, layer.kernel_size[0],
+                                  layer.stride[0], x.shape[-2], x.shape[-1], output.shape[-2], output.shape[-1],
+                                  layer.groups, name))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, QuantizedLayer) or (
+        isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in wrapped)]
+    forward_with_hooks(model, example_input, handles)
+    return kernels
+
+
+def _layer_name(model: nn.Module, module_name: str) -> str:
+    """The analysis' name of the layer a module runs for: the path without the segments our
+    wrappers add (a quantizer's inner module, a factorized layer's two halves)."""
+    kept, module = [], model
+    for part in module_name.split(".") if module_name else []:
+        if not isinstance(module, (QuantizedLayer, QuantizedOutput, LowRank)):
+            kept.append(part)
+        module = module.get_submodule(part)
+    return ".".join(kept)
+
+
+FEATURE_NAMES = ("log_cin", "log_cout", "kernel", "stride", "log_h", "log_out_pixels", "log_macs",
+                 "log_in_elems", "log_out_elems", "log_weights", "cin_mod8", "cout_mod8", "cin_mod16",
+                 "cout_mod16", "log_groups")
+
+
+def kernel_table(kernels: list[Kernel]) -> np.ndarray:
+    """Kernels as an integer matrix, one column per field of ``Kernel`` (op as its index in OPS)."""
+    return np.array([(OPS.index(k.op), k.bits, k.cin, k.cout, k.kernel, k.stride, k.h, k.w, k.out_h, k.out_w,
+                      k.groups) for k in kernels], dtype=np.int64).reshape(len(kernels), 11)
+
+
+def kernel_features(table: np.ndarray) -> np.ndarray:
+    """FEATURE_NAMES for each row of ``kernel_table``. Channel counts modulo 8 and 16 are there
+    because the runtime's vectorised kernels run unaligned channel counts markedly slower."""
+    _, _, cin, cout, k, stride, h, w, out_h, out_w, groups = table.T.astype(np.float64)
+    out_pixels = out_h * out_w
+    weights = cout * np.floor(cin / groups) * k * k
+    ci, co = table[:, 2], table[:, 3]
+    return np.column_stack([
+        np.log(cin), np.log(cout), k, stride, np.log(h), np.log(out_pixels), np.log(weights * out_pixels),
+        np.log(cin * h * w), np.log(cout * out_pixels), np.log(weights), ci % 8, co % 8, ci % 16, co % 16,
+        np.log(groups),
+    ])
+
+
+class _ConvUnit(nn.Module):
+    def __init__(self, k: Kernel) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(k.cin, k.cout, k.kernel, k.stride, k.kernel // 2, groups=k.groups, bias=False)
+        self.bn = nn.BatchNorm2d(k.cout)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
+class _LinearUnit(nn.Module):
+    def __init__(self, k: Kernel) -> None:
+        super().__init__()
+        self.fc = nn.Linear(k.cin, k.cout)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def kernel_unit(kernel: Kernel) -> tuple[nn.Module, torch.Tensor]:
+    """The smallest float model that runs ``kernel`` (bits are applied by a Candidate), and an input."""
+    if kernel.op == "linear":
+        return _LinearUnit(kernel).eval(), torch.randn(kernel.h, kernel.cin)
+    return _ConvUnit(kernel).eval(), torch.randn(1, kernel.cin, kernel.h, kernel.w)

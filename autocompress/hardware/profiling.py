@@ -1,0 +1,221 @@
+"""Profiling a target: time single kernels and whole candidates, append them to CSV, resumably.
+
+Two kinds of measurement feed the predictor:
+
+- kernels: one Conv+BN+ReLU, depthwise conv or Linear at one bit width, exported and timed alone.
+  Most configurations are the very kernels random candidates of the profiling models produce (the
+  shapes a search will ask about); the rest are drawn broadly so unseen models are covered too.
+- models: random candidates of those models timed end to end; they teach the predictor how
+  kernel times add up in a whole network (the Q/DQ, residual adds and pooling between kernels).
+
+Every plan item is drawn from its own seed, so an interrupted run re-plans the same items and
+skips those already in the CSV files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..export import export_onnx
+from ..space import Candidate
+from ..techniques import apply_candidate
+from ..analysis import analyze
+from .candidates import measure_candidate, model_under_test, random_candidate
+from .kernels import KERNEL_FIELDS, Kernel, kernel_unit, kernels_of_candidate
+from .measure import LatencyMeasurement, measure_latency
+
+__all__ = ["ProfilePlan", "read_kernel_measurements", "read_model_measurements", "run_profile"]
+
+log = logging.getLogger(__name__)
+
+_TIMING_FIELDS = ("median_ms", "p90_ms", "noise")
+_MODEL_FIELDS = ("model", "input_size", "candidate", "kernels", "macs")
+
+
+@dataclass(frozen=True)
+class ProfilePlan:
+    """What ``run_profile`` measures. The defaults take about 20 minutes on a 2-core x86 machine."""
+
+    models: tuple[str, ...] = ("resnet18", "mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small")
+    input_sizes: tuple[int, ...] = (32, 64)
+    kernels: int = 3000
+    candidates: int = 320
+    shared_share: float = 0.65  # share of kernels taken from the profiling models' candidates
+    seed: int = 0
+    threads: int = 1
+    max_minutes: float = 28.0
+
+    def __post_init__(self) -> None:
+        if self.kernels < 1 or self.candidates < 0 or not self.models or not self.input_sizes:
+            raise ValueError(f"a profile needs kernels >= 1, candidates >= 0, models and input sizes; got {self}")
+
+
+def run_profile(plan: ProfilePlan, out: Path) -> tuple[list[dict], list[dict]]:
+    """Measure what ``plan`` asks for that ``out`` does not hold yet; return all measurements."""
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 60 * plan.max_minutes
+    kernels_csv, models_csv = out / "kernels.csv", out / "models.csv"
+    done = {_kernel_key(row) for row in read_kernel_measurements(kernels_csv)}
+    todo = [k for k in _kernel_plan(plan) if _kernel_key(k.to_dict()) not in done]
+    with _Appender(kernels_csv, KERNEL_FIELDS + _TIMING_FIELDS) as sink:
+        for kernel in tqdm(todo, desc="kernels", unit="kernel", disable=None):
+            if time.monotonic() > deadline:
+                log.warning("time budget reached; kernels left for the next (resumed) run: rerun the same command")
+                break
+            timing = measure_kernel(kernel, threads=plan.threads)
+            sink.write({f: getattr(kernel, f) for f in KERNEL_FIELDS} | _timing_row(timing))
+    done_models = {(r["model"], int(r["input_size"]), r["candidate"]) for r in read_model_measurements(models_csv)}
+    with _Appender(models_csv, _MODEL_FIELDS + _TIMING_FIELDS) as sink:
+        for spec, size, candidate in tqdm(_candidate_plan(plan), desc="candidates", unit="model", disable=None):
+            key = (spec, size, candidate.to_json())
+            if key in done_models:
+                continue
+            if time.monotonic() > deadline:
+                log.warning("time budget reached; candidates left for the next (resumed) run")
+                break
+            target = model_under_test(spec, size)
+            timing = measure_candidate(target, candidate, threads=plan.threads)
+            kernels = kernels_of_candidate(target.analysis, candidate)
+            sink.write({"model": spec, "input_size": size, "candidate": key[2],
+                        "kernels": json.dumps([[getattr(k, f) for f in KERNEL_FIELDS] for k in kernels]),
+                        "macs": sum(k.macs for k in kernels)} | _timing_row(timing))
+    return read_kernel_measurements(kernels_csv), read_model_measurements(models_csv)
+
+
+def measure_kernel(kernel: Kernel, *, threads: int = 1) -> LatencyMeasurement:
+    """Export one kernel through the same path as a real candidate and time it."""
+    unit, example = kernel_unit(kernel)
+    analysis = analyze(unit, example)
+    layer = analysis.layers[0].name
+    candidate = Candidate(bits={layer: kernel.bits} if kernel.bits != 32 else {})
+    compressed = apply_candidate(unit, candidate, analysis, example)
+    calibration = [example.repeat(4, *([1] * (example.dim() - 1)))]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.onnx"
+        export_onnx(compressed, example, path, calibration=calibration)
+        return measure_latency(path, tuple(example.shape), threads=threads, runs=30)
+
+
+def _kernel_plan(plan: ProfilePlan) -> list[Kernel]:
+    pool = sorted({k for k in _kernels_of_profiling_models(plan)}, key=lambda k: tuple(k.to_dict().values()))
+    kernels, seen = [], set()
+    for i in range(plan.kernels * 3):  # deduplication drops some draws
+        if len(kernels) == plan.kernels:
+            break
+        rng = random.Random(f"kernel-{plan.seed}-{i}")
+        bits = rng.choice((32, 16, 8, 4))
+        if rng.random() < plan.shared_share and pool:
+            base = rng.choice(pool)
+            kernel = Kernel(base.op, bits, base.cin, base.cout, base.kernel, base.stride, base.h, base.w,
+                            base.out_h, base.out_w, base.groups)
+        else:
+            kernel = _broad_kernel(rng, bits)
+        if kernel not in seen:
+            seen.add(kernel)
+            kernels.append(kernel)
+    return kernels
+
+
+def _kernels_of_profiling_models(plan: ProfilePlan) -> list[Kernel]:
+    kernels = []
+    for spec in plan.models:
+        for size in plan.input_sizes:
+            target = model_under_test(spec, size)
+            for i in range(20):
+                candidate = random_candidate(target, random.Random(f"pool-{plan.seed}-{spec}-{size}-{i}"))
+                kernels += kernels_of_candidate(target.analysis, candidate)
+    return [Kernel(k.op, 32, k.cin, k.cout, k.kernel, k.stride, k.h, k.w, k.out_h, k.out_w, k.groups) for k in kernels]
+
+
+def _broad_kernel(rng: random.Random, bits: int) -> Kernel:
+    """Shapes beyond the profiling models: odd channel counts, grouped convs, big kernels, MLP rows."""
+    def channels():
+        c = int(math.exp(rng.uniform(math.log(8), math.log(1024))))
+        return max(8, c // 8 * 8) if rng.random() < 0.6 else c
+
+    op = rng.choices(("conv", "dwconv", "linear"), weights=(0.55, 0.3, 0.15))[0]
+    if op == "linear":
+        rows = rng.choice((1, 1, 4, 16, 64))
+        return Kernel("linear", bits, channels(), channels(), 1, 1, rows, 1, rows, 1)
+    size = rng.choice((2, 4, 7, 8, 14, 16, 28, 32, 56, 64))
+    kernel = rng.choice((1, 3, 3, 5, 7)) if op == "conv" else rng.choice((3, 5, 7))
+    stride = rng.choice((1, 1, 2))
+    out = (size + 2 * (kernel // 2) - kernel) // stride + 1
+    if op == "dwconv":
+        c = channels()
+        return Kernel("dwconv", bits, c, c, kernel, stride, size, size, out, out, c)
+    cin, cout = (3 if rng.random() < 0.05 else channels()), channels()
+    groups = 1
+    if rng.random() < 0.15:  # grouped (RegNet/ResNeXt style)
+        groups = rng.choice([g for g in (2, 4, 8, 16) if cin % g == 0 and cout % g == 0] or [1])
+    while cout * cin // groups * kernel * kernel * out * out > 3e8:  # keep each measurement short
+        cin, cout = max(groups, cin // 2 // groups * groups), max(groups, cout // 2 // groups * groups)
+    return Kernel("conv", bits, cin, cout, kernel, stride, size, size, out, out, groups)
+
+
+def _candidate_plan(plan: ProfilePlan) -> list[tuple[str, int, Candidate]]:
+    items = []
+    for i in range(plan.candidates):
+        spec = plan.models[i % len(plan.models)]
+        size = plan.input_sizes[(i // len(plan.models)) % len(plan.input_sizes)]
+        target = model_under_test(spec, size)
+        items.append((spec, size, random_candidate(target, random.Random(f"profile-{plan.seed}-{i}"))))
+    return items
+
+
+def _kernel_key(row: dict) -> tuple:
+    return tuple(str(row[f]) for f in KERNEL_FIELDS)
+
+
+def _timing_row(timing: LatencyMeasurement) -> dict:
+    return {"median_ms": f"{timing.median_ms:.6f}", "p90_ms": f"{timing.p90_ms:.6f}", "noise": f"{timing.noise:.4f}"}
+
+
+def read_kernel_measurements(path: Path) -> list[dict]:
+    """Rows of kernels.csv with numbers parsed; [] when the file does not exist yet."""
+    return [{f: (row[f] if f == "op" else int(row[f])) for f in KERNEL_FIELDS}
+            | {f: float(row[f]) for f in _TIMING_FIELDS} for row in _read_csv(path)]
+
+
+def read_model_measurements(path: Path) -> list[dict]:
+    return [row | {"input_size": int(row["input_size"]), "macs": int(row["macs"])}
+            | {f: float(row[f]) for f in _TIMING_FIELDS} for row in _read_csv(path)]
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+class _Appender:
+    """Append rows to a CSV file and flush each one, so a killed run loses at most one measurement."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
+        self.path, self.fields = path, fields
+
+    def __enter__(self):
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self.handle = self.path.open("a", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=self.fields)
+        if new:
+            self.writer.writeheader()
+        return self
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.handle.flush()
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()

@@ -1,0 +1,143 @@
+"""A hardware model folder (``hardware_models/NAME``): measurements, fitted predictor, metadata.
+
+- ``kernels.csv`` and ``models.csv``: the raw measurements (profiling appends to them);
+- ``predictor.joblib``: the fitted ``LatencyPredictor``;
+- ``metadata.json``: target, threads, the machine it was measured on, library versions, the
+  predictor's settings and the predictor file's SHA-256.
+
+``predictor.joblib`` is a pickle, and unpickling runs code: it is only loaded when its SHA-256
+matches metadata.json and it was written by this scikit-learn version; otherwise the predictor is
+refit from the CSV files (seconds), which are plain data.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import joblib
+import numpy as np
+import sklearn
+import torch
+
+from ..errors import AutocompressError
+from .kernels import KERNEL_FIELDS, Kernel, kernel_table, kernels_of_candidate, kernels_of_model
+from .measure import machine_info
+from .predictor import LatencyPrediction, LatencyPredictor
+from .profiling import ProfilePlan, read_kernel_measurements, read_model_measurements
+
+__all__ = ["HardwareModel", "fit_hardware_model", "load_hardware_model", "DifferentMachineWarning"]
+
+log = logging.getLogger(__name__)
+
+
+class DifferentMachineWarning(UserWarning):
+    """The hardware model was measured on another CPU (or runtime version) than this one."""
+
+
+class HardwareModel:
+    """A fitted latency predictor for one target, and what it was measured on."""
+
+    def __init__(self, predictor: LatencyPredictor, metadata: dict) -> None:
+        self.predictor = predictor
+        self.metadata = metadata
+
+    def predict_candidate(self, analysis, candidate) -> LatencyPrediction:
+        """Predicted latency of ``candidate`` on the analysed model, from the Candidate alone."""
+        return self.predictor.predict(kernels_of_candidate(analysis, candidate))
+
+    def predict_candidates(self, analysis, candidates) -> tuple[np.ndarray, np.ndarray]:
+        """Latencies (ms) and standard deviations of many candidates in one pass (the fast path)."""
+        return self.predictor.predict_many([kernels_of_candidate(analysis, c) for c in candidates])
+
+    def predict_model(self, model: torch.nn.Module, example_input: torch.Tensor) -> LatencyPrediction:
+        """Predicted latency of a built model (for example one ``apply_candidate`` returned)."""
+        return self.predictor.predict(kernels_of_model(model, example_input))
+
+
+def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
+                       predictor: LatencyPredictor | None = None) -> HardwareModel:
+    """Fit a predictor on the measurements in ``folder`` and write predictor.joblib and metadata.json."""
+    folder = Path(folder)
+    kernel_rows = read_kernel_measurements(folder / "kernels.csv")
+    model_rows = read_model_measurements(folder / "models.csv")
+    if not kernel_rows or not model_rows:
+        raise AutocompressError(f"{folder} holds no measurements to fit; run `autocompress profile --out {folder}` first")
+    predictor = (predictor or LatencyPredictor()).fit(*_training_arrays(kernel_rows, model_rows))
+    old = _read_metadata(folder) if (folder / "metadata.json").exists() else {}
+    joblib.dump(predictor, folder / "predictor.joblib", compress=3)
+    metadata = {
+        "target": "ort-cpu",
+        "provider": "CPUExecutionProvider",
+        "threads": plan.threads if plan else old.get("threads", 1),
+        "machine": old.get("machine") or machine_info(),
+        "plan": asdict(plan) if plan else old.get("plan"),
+        "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows)},
+        "predictor": {"class": "LatencyPredictor",
+                      "params": {k: v for k, v in vars(predictor).items() if not k.endswith("_")},
+                      "composition_relative_error_cv": predictor.relative_error_},
+        "versions": {"scikit-learn": sklearn.__version__, "autocompress": _autocompress_version()},
+        "predictor_sha256": _sha256(folder / "predictor.joblib"),
+        "fitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (folder / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+    return HardwareModel(predictor, metadata)
+
+
+def load_hardware_model(folder: str | Path) -> HardwareModel:
+    """Load ``folder``; warns (DifferentMachineWarning) when this machine is not the one measured."""
+    folder = Path(folder)
+    if not (folder / "metadata.json").exists():
+        raise AutocompressError(f"{folder} is not a hardware model folder (no metadata.json); "
+                                "pass a folder written by `autocompress profile`, e.g. hardware_models/ort-cpu-1t")
+    metadata = _read_metadata(folder)
+    _warn_if_other_machine(folder, metadata)
+    pickled = folder / "predictor.joblib"
+    if (pickled.exists() and metadata.get("predictor_sha256") == _sha256(pickled)
+            and metadata.get("versions", {}).get("scikit-learn") == sklearn.__version__):
+        return HardwareModel(joblib.load(pickled), metadata)
+    log.warning("%s: refitting the predictor from the CSV files (predictor.joblib is missing, changed, or from "
+                "another scikit-learn version)", folder)
+    params = metadata.get("predictor", {}).get("params", {})
+    predictor = LatencyPredictor(**params).fit(*_training_arrays(
+        read_kernel_measurements(folder / "kernels.csv"), read_model_measurements(folder / "models.csv")))
+    return HardwareModel(predictor, metadata)
+
+
+def _training_arrays(kernel_rows: list[dict], model_rows: list[dict]):
+    kernels = kernel_table([Kernel(**{f: r[f] for f in KERNEL_FIELDS}) for r in kernel_rows])
+    kernel_ms = np.array([r["median_ms"] for r in kernel_rows])
+    candidates = [kernel_table([Kernel(*k) for k in json.loads(r["kernels"])]) for r in model_rows]
+    return kernels, kernel_ms, candidates, np.array([r["median_ms"] for r in model_rows])
+
+
+def _warn_if_other_machine(folder: Path, metadata: dict) -> None:
+    measured, here = metadata.get("machine", {}), machine_info()
+    differences = [f"{key}: measured on {measured.get(key)!r}, running on {here.get(key)!r}"
+                   for key in ("cpu", "isa", "onnxruntime") if measured.get(key) != here.get(key)]
+    if differences:
+        warnings.warn(f"hardware model {folder} was measured on another machine ({'; '.join(differences)}); its "
+                      "predictions may be off here: run `autocompress profile` on this machine",
+                      DifferentMachineWarning, stacklevel=3)
+
+
+def _read_metadata(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "metadata.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise AutocompressError(f"{folder / 'metadata.json'} is not valid JSON ({exc}); re-run "
+                                "`autocompress profile` on that folder to rewrite it") from exc
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _autocompress_version() -> str:
+    from .. import __version__
+    return __version__

@@ -1,0 +1,162 @@
+"""Hardware models: kernels from a Candidate vs from a built model, the predictor, profiling and the store."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from autocompress.analysis import analyze
+from autocompress.hardware.candidates import model_under_test, random_candidate
+from autocompress.hardware.kernels import Kernel, kernel_table, kernels_of_candidate, kernels_of_model
+from autocompress.hardware.predictor import LatencyPredictor, NotFittedError
+from autocompress.hardware.profiling import ProfilePlan, run_profile
+from autocompress.hardware.store import DifferentMachineWarning, fit_hardware_model, load_hardware_model
+from autocompress.hardware.validation import accuracy_figures
+from autocompress.space import Space, SpaceOptions
+from autocompress.techniques import apply_candidate
+
+TINY = "reference_models:tiny_resnet"
+
+
+@pytest.mark.parametrize("spec", ["reference_models:tiny_resnet", "mobilenet_v2", "resnet18"])
+def test_kernels_from_candidate_match_the_built_model(spec):
+    target = model_under_test(spec, 32)
+    for seed in range(4):
+        candidate = random_candidate(target, random.Random(seed))
+        built = apply_candidate(target.model, candidate, target.analysis, target.example)
+        from_candidate = kernels_of_candidate(target.analysis, candidate)
+        from_model = kernels_of_model(built, target.example)
+        assert Counter(from_candidate) == Counter(from_model), f"{spec} seed {seed}"
+        assert {k.layer for k in from_candidate} == {k.layer for k in from_model}
+
+
+def test_kernels_follow_pruning_rank_and_kernel_choices(tiny):
+    example = torch.randn(1, 3, 16, 16)
+    analysis = analyze(tiny, example)
+    space = Space(analysis, SpaceOptions(channel_multiple=1))
+    base = {k.layer: k for k in kernels_of_candidate(analysis, space.default())}
+    group = analysis.prunable_groups[0]
+    first = next(iter(base))
+    candidate = space.from_params({f"prune/{group.id}": 0.5, f"bits/{first}": 8})
+    pruned = {k.layer: k for k in kernels_of_candidate(analysis, candidate)}
+    assert pruned[group.id].cout == base[group.id].cout // 2
+    assert pruned[first].bits == 8
+    factorizable = next(u for u in analysis.layers if u.kind == "conv" and u.factorizable and u.kernel_size[0] == 3)
+    ranked = kernels_of_candidate(analysis, space.from_params({f"rank/{factorizable.name}": 0.25}))
+    halves = [k for k in ranked if k.layer == factorizable.name]
+    assert len(halves) == 2 and halves[0].cout == halves[1].cin and halves[1].kernel == 1
+
+
+def _synthetic_truth(kernels: np.ndarray) -> np.ndarray:
+    """A made-up latency law: MACs at a per-bit speed, plus a fixed cost per kernel."""
+    _, bits, cin, cout, k, _, _, _, oh, ow, groups = kernels.T.astype(float)
+    speed = np.select([bits == 8, bits == 4], [3.0, 0.3], 1.0)
+    return 0.01 + cout * cin / groups * k * k * oh * ow / speed / 2e9
+
+
+def _synthetic_data(rng: np.random.Generator, n_kernels: int = 600, n_candidates: int = 60):
+    def kernel():
+        c_in, c_out = int(rng.integers(8, 256)), int(rng.integers(8, 256))
+        size = int(rng.choice([4, 8, 16, 32]))
+        return Kernel("conv", int(rng.choice([32, 8, 4])), c_in, c_out, 3, 1, size, size, size, size)
+
+    kernels = kernel_table([kernel() for _ in range(n_kernels)])
+    candidates = [kernel_table([kernel() for _ in range(int(rng.integers(5, 20)))]) for _ in range(n_candidates)]
+    # Whole candidates: kernels minus most of the fixed per-kernel cost, plus a session constant.
+    truth = [float((_synthetic_truth(c) - 0.008).sum() + 0.05) for c in candidates]
+    return kernels, _synthetic_truth(kernels), candidates, np.array(truth)
+
+
+def test_predictor_learns_a_known_latency_law():
+    rng = np.random.default_rng(0)
+    kernels, kernel_ms, candidates, candidate_ms = _synthetic_data(rng)
+    with pytest.raises(NotFittedError):
+        LatencyPredictor().predict([Kernel("conv", 32, 8, 8, 3, 1, 8, 8, 8, 8)])
+    predictor = LatencyPredictor(n_estimators=50).fit(kernels, kernel_ms, candidates[:40], candidate_ms[:40])
+    test = [[_kernel_of(row, f"l{i}") for i, row in enumerate(c)] for c in candidates[40:]]
+    ms, std = predictor.predict_many(test)
+    figures = accuracy_figures(ms, candidate_ms[40:])
+    assert figures.within_10pct >= 0.9 and figures.spearman >= 0.95, figures
+    assert np.all(std > 0)
+    one = predictor.predict(test[0])
+    assert one.ms == pytest.approx(ms[0], rel=1e-9)
+    assert sum(one.per_layer_ms.values()) + one.overhead_ms == pytest.approx(one.ms, rel=1e-9)
+    assert set(one.per_layer_ms) == {k.layer for k in test[0]}
+
+
+def _kernel_of(row: np.ndarray, layer: str) -> Kernel:
+    from autocompress.hardware.kernels import KERNEL_FIELDS, OPS
+
+    values = dict(zip(KERNEL_FIELDS, map(int, row)))
+    values["op"] = OPS[values["op"]]
+    return Kernel(**values, layer=layer)
+
+
+def test_predictor_rejects_too_few_candidates():
+    kernels, kernel_ms, candidates, candidate_ms = _synthetic_data(np.random.default_rng(1), 50, 5)
+    with pytest.raises(ValueError, match="whole candidates"):
+        LatencyPredictor().fit(kernels, kernel_ms, candidates, candidate_ms)
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hw") / "tiny-1t"
+    plan = ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=16, candidates=20, seed=3)
+    run_profile(plan, folder)
+    return folder, plan
+
+
+def test_profile_measures_real_kernels_and_resumes(tiny_profile, tmp_path):
+    folder, plan = tiny_profile
+    with (folder / "kernels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 16 and all(0 < float(r["median_ms"]) <= float(r["p90_ms"]) for r in rows)
+    assert {r["bits"] for r in rows} >= {"32", "8"}
+    models = list(csv.DictReader((folder / "models.csv").open()))
+    assert len(models) == 20 and all(json.loads(m["kernels"]) for m in models)
+    # Resume: a bigger plan keeps every row already there and only adds the new ones.
+    copy = tmp_path / "resumed"
+    copy.mkdir()
+    for name in ("kernels.csv", "models.csv"):
+        (copy / name).write_text((folder / name).read_text())
+    run_profile(ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=18, candidates=20, seed=3), copy)
+    resumed = list(csv.DictReader((copy / "kernels.csv").open()))
+    assert resumed[:16] == rows and len(resumed) == 18
+
+
+def test_hardware_model_fits_saves_and_reloads(tiny_profile):
+    folder, plan = tiny_profile
+    hardware = fit_hardware_model(folder, plan=plan)
+    target = model_under_test(TINY, 16)
+    candidate = random_candidate(target, random.Random(7))
+    before = hardware.predict_candidate(target.analysis, candidate)
+    assert before.ms > 0 and before.std_ms > 0
+    built = apply_candidate(target.model, candidate, target.analysis, target.example)
+    assert hardware.predict_model(built, target.example).ms == pytest.approx(before.ms, rel=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DifferentMachineWarning)
+        loaded = load_hardware_model(folder)  # same machine: no warning
+    assert loaded.predict_candidate(target.analysis, candidate).ms == pytest.approx(before.ms, rel=1e-9)
+    # A changed pickle is never unpickled: the predictor is refit from the CSV files instead.
+    (folder / "predictor.joblib").write_bytes(b"not a pickle")
+    refit = load_hardware_model(folder)
+    assert refit.predict_candidate(target.analysis, candidate).ms == pytest.approx(before.ms, rel=1e-6)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["machine"]["cpu"] = "Some Other CPU"
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.warns(DifferentMachineWarning, match="Some Other CPU"):
+        load_hardware_model(folder)
+
+
+def test_accuracy_figures_on_known_values():
+    figures = accuracy_figures(np.array([1.0, 2.1, 2.8, 5.0]), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert figures.within_10pct == 0.75  # 1.0, 2.1 (+5%), 2.8 (-6.7%) are in; 5.0 (+25%) is out
+    assert figures.spearman == pytest.approx(1.0)
+    assert figures.rmspe == pytest.approx(100 * np.sqrt((0 + 0.05 ** 2 + (2.8 / 3 - 1) ** 2 + 0.25 ** 2) / 4))
