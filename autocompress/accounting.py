@@ -23,7 +23,7 @@ from .channel_groups import keep_channels
 from .space import Candidate, rank_for
 from .techniques.quantizers import QuantizedLayer
 
-__all__ = ["Footprint", "LayerShape", "alive_in", "layer_shape", "footprint_of_candidate", "footprint_of_model", "removed_channels", "weight_bytes"]
+__all__ = ["Footprint", "LayerShape", "alive_in", "footprint_of_candidate", "footprint_of_model", "layer_shape", "removed_channels", "weight_bytes"]
 
 
 @dataclass(frozen=True)

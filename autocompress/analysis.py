@@ -18,8 +18,15 @@ from ._modules import forward_with_hooks, is_inside, set_submodule
 from .channel_groups import ChannelGroup, find_channel_groups
 
 __all__ = [
-    "LayerUnit", "NormUnit", "AttentionUnit", "FixedParams", "SkipBlock", "KernelChoice",
-    "ModelAnalysis", "analyze", "SkippedBlock",
+    "AttentionUnit",
+    "FixedParams",
+    "KernelChoice",
+    "LayerUnit",
+    "ModelAnalysis",
+    "NormUnit",
+    "SkipBlock",
+    "SkippedBlock",
+    "analyze",
 ]
 
 log = logging.getLogger(__name__)

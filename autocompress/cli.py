@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--samples", type=_positive, default=100, help="candidates per model and shape (default 100)")
     validate.add_argument("--seed", type=_count, default=1, help="seed of the candidate draws (default 1)")
     validate.add_argument("--out", type=Path, default=None,
-                          help="folder for validation.json and validation.png (default HARDWARE_MODEL/validation)")
+                          help="folder for validation.json, .md and .png (default HARDWARE_MODEL/validation)")
     validate.add_argument("--json", action="store_true", help="print the figures as JSON")
     validate.set_defaults(run=_validate_predictor)
     return parser
@@ -204,7 +204,8 @@ def _validate_predictor(args) -> int:
     report = validate(hardware, args.hardware_model, args.model, [s[2] for s in shapes], samples=args.samples,
                       seed=args.seed, threads=hardware.metadata.get("threads", 1))
     out = args.out or args.hardware_model / "validation"
-    write_report(report, out / "validation.json")
+    plan = hardware.metadata.get("plan") or {}
+    write_report(report, out, profiled_models=list(plan.get("models", [])), machine=hardware.metadata.get("machine", {}))
     write_plot(report, out / "validation.png")
     summary = report.to_dict()
     if args.json:
@@ -216,7 +217,7 @@ def _validate_predictor(args) -> int:
         p, m = figures["predictor"], figures["macs_proxy"]
         print(f"{name:32s} {figures['candidates']:4d}  {100 * p['within_10pct']:9.1f}% {p['rmspe']:6.1f}% "
               f"{p['spearman']:8.3f}   {100 * m['within_10pct']:21.1f}% {m['rmspe']:6.1f}% {m['spearman']:8.3f}")
-    print(f"written: {out / 'validation.json'}, {out / 'validation.png'}")
+    print(f"written: {out / 'validation.md'}, {out / 'validation.json'}, {out / 'validation.png'}")
     return 0
 
 

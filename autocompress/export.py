@@ -29,10 +29,15 @@ from torch import nn
 
 from ._modules import set_submodule
 from .errors import ExportError
-from .techniques.quantizers import QuantizedLayer, QuantizedOutput, calibrate, weight_qrange
+from .techniques.quantizers import (
+    QuantizedLayer,
+    QuantizedOutput,
+    calibrate,
+    weight_qrange,
+)
 from .training import predict
 
-__all__ = ["ExportResult", "export_onnx", "export_and_compare", "ort_session", "run_onnx"]
+__all__ = ["ExportResult", "export_and_compare", "export_onnx", "ort_session", "run_onnx"]
 
 
 _OPSET = 17  # what the TorchScript exporter writes; ORT's quantizer raises it to 21 for int4

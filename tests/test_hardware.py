@@ -14,10 +14,19 @@ import torch
 
 from autocompress.analysis import analyze
 from autocompress.hardware.candidates import model_under_test, random_candidate
-from autocompress.hardware.kernels import Kernel, kernel_table, kernels_of_candidate, kernels_of_model
+from autocompress.hardware.kernels import (
+    Kernel,
+    kernel_table,
+    kernels_of_candidate,
+    kernels_of_model,
+)
 from autocompress.hardware.predictor import LatencyPredictor, NotFittedError
 from autocompress.hardware.profiling import ProfilePlan, run_profile
-from autocompress.hardware.store import DifferentMachineWarning, fit_hardware_model, load_hardware_model
+from autocompress.hardware.store import (
+    DifferentMachineWarning,
+    fit_hardware_model,
+    load_hardware_model,
+)
 from autocompress.hardware.validation import accuracy_figures
 from autocompress.space import Space, SpaceOptions
 from autocompress.techniques import apply_candidate
@@ -61,7 +70,7 @@ def _synthetic_truth(kernels: np.ndarray) -> np.ndarray:
     return 0.01 + cout * cin / groups * k * k * oh * ow / speed / 2e9
 
 
-def _synthetic_data(rng: np.random.Generator, n_kernels: int = 600, n_candidates: int = 60):
+def _synthetic_data(rng: np.random.Generator, n_kernels: int = 800, n_candidates: int = 160):
     def kernel():
         c_in, c_out = int(rng.integers(8, 256)), int(rng.integers(8, 256))
         size = int(rng.choice([4, 8, 16, 32]))
@@ -69,9 +78,15 @@ def _synthetic_data(rng: np.random.Generator, n_kernels: int = 600, n_candidates
 
     kernels = kernel_table([kernel() for _ in range(n_kernels)])
     candidates = [kernel_table([kernel() for _ in range(int(rng.integers(5, 20)))]) for _ in range(n_candidates)]
-    # Whole candidates: kernels minus most of the fixed per-kernel cost, plus a session constant.
-    truth = [float((_synthetic_truth(c) - 0.008).sum() + 0.05) for c in candidates]
+    # Whole candidates: their kernels' sum times a factor that grows with the weights they hold,
+    # as when a network's weights no longer fit in cache.
+    truth = [float(_synthetic_truth(c).sum() * (1.0 + 0.5 * min(1.0, _weights(c) / 2e6))) for c in candidates]
     return kernels, _synthetic_truth(kernels), candidates, np.array(truth)
+
+
+def _weights(table: np.ndarray) -> float:
+    _, _, cin, cout, k, _, _, _, _, _, groups = table.T.astype(float)
+    return float((cout * cin / groups * k * k).sum())
 
 
 def test_predictor_learns_a_known_latency_law():
@@ -79,15 +94,15 @@ def test_predictor_learns_a_known_latency_law():
     kernels, kernel_ms, candidates, candidate_ms = _synthetic_data(rng)
     with pytest.raises(NotFittedError):
         LatencyPredictor().predict([Kernel("conv", 32, 8, 8, 3, 1, 8, 8, 8, 8)])
-    predictor = LatencyPredictor(n_estimators=50).fit(kernels, kernel_ms, candidates[:40], candidate_ms[:40])
-    test = [[_kernel_of(row, f"l{i}") for i, row in enumerate(c)] for c in candidates[40:]]
+    predictor = LatencyPredictor(n_estimators=50).fit(kernels, kernel_ms, candidates[:120], candidate_ms[:120])
+    test = [[_kernel_of(row, f"l{i}") for i, row in enumerate(c)] for c in candidates[120:]]
     ms, std = predictor.predict_many(test)
-    figures = accuracy_figures(ms, candidate_ms[40:])
+    figures = accuracy_figures(ms, candidate_ms[120:])
     assert figures.within_10pct >= 0.9 and figures.spearman >= 0.95, figures
     assert np.all(std > 0)
     one = predictor.predict(test[0])
     assert one.ms == pytest.approx(ms[0], rel=1e-9)
-    assert sum(one.per_layer_ms.values()) + one.overhead_ms == pytest.approx(one.ms, rel=1e-9)
+    assert sum(one.per_layer_ms.values()) == pytest.approx(one.ms, rel=1e-9)
     assert set(one.per_layer_ms) == {k.layer for k in test[0]}
 
 
@@ -101,7 +116,7 @@ def _kernel_of(row: np.ndarray, layer: str) -> Kernel:
 
 def test_predictor_rejects_too_few_candidates():
     kernels, kernel_ms, candidates, candidate_ms = _synthetic_data(np.random.default_rng(1), 50, 5)
-    with pytest.raises(ValueError, match="whole candidates"):
+    with pytest.raises(ValueError, match="at least 10 whole candidates"):
         LatencyPredictor().fit(kernels, kernel_ms, candidates, candidate_ms)
 
 
@@ -114,7 +129,7 @@ def tiny_profile(tmp_path_factory):
 
 
 def test_profile_measures_real_kernels_and_resumes(tiny_profile, tmp_path):
-    folder, plan = tiny_profile
+    folder, _ = tiny_profile
     with (folder / "kernels.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 16 and all(0 < float(r["median_ms"]) <= float(r["p90_ms"]) for r in rows)
@@ -144,10 +159,12 @@ def test_hardware_model_fits_saves_and_reloads(tiny_profile):
         warnings.simplefilter("error", DifferentMachineWarning)
         loaded = load_hardware_model(folder)  # same machine: no warning
     assert loaded.predict_candidate(target.analysis, candidate).ms == pytest.approx(before.ms, rel=1e-9)
-    # A changed pickle is never unpickled: the predictor is refit from the CSV files instead.
+    # A changed pickle is never unpickled: the predictor is refit from the CSV files instead, and
+    # the cache is rewritten.
     (folder / "predictor.joblib").write_bytes(b"not a pickle")
     refit = load_hardware_model(folder)
     assert refit.predict_candidate(target.analysis, candidate).ms == pytest.approx(before.ms, rel=1e-6)
+    assert (folder / "predictor.joblib").read_bytes() != b"not a pickle"
     metadata = json.loads((folder / "metadata.json").read_text())
     metadata["machine"]["cpu"] = "Some Other CPU"
     (folder / "metadata.json").write_text(json.dumps(metadata))
@@ -160,3 +177,46 @@ def test_accuracy_figures_on_known_values():
     assert figures.within_10pct == 0.75  # 1.0, 2.1 (+5%), 2.8 (-6.7%) are in; 5.0 (+25%) is out
     assert figures.spearman == pytest.approx(1.0)
     assert figures.rmspe == pytest.approx(100 * np.sqrt((0 + 0.05 ** 2 + (2.8 / 3 - 1) ** 2 + 0.25 ** 2) / 4))
+
+
+def test_interleaved_measurement_times_each_model(tmp_path):
+    from autocompress.hardware.measure import measure_interleaved, measure_latency
+    from autocompress.hardware.profiling import _export_kernel, _input_shape
+
+    small, big = Kernel("conv", 32, 8, 8, 1, 1, 4, 4, 4, 4), Kernel("conv", 32, 64, 64, 3, 1, 32, 32, 32, 32)
+    models = [(_export_kernel(k, tmp_path / f"{i}.onnx"), _input_shape(k)) for i, k in enumerate((small, big))]
+    timings = measure_interleaved(models, passes=3, runs=10)
+    assert [t.rounds for t in timings] == [3, 3] and [t.runs for t in timings] == [30, 30]
+    # 37M MACs against 256: the big conv is slower whatever the machine is doing.
+    assert 0 < timings[0].median_ms < timings[1].median_ms <= timings[1].p90_ms
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        measure_latency(models[0][0], models[0][1], rounds=0)
+
+
+def test_cli_reports_a_missing_hardware_model_in_one_line(tmp_path, capsys):
+    from autocompress.cli import main
+
+    assert main(["validate-predictor", str(tmp_path / "nowhere"), "--model", "resnet18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nowhere" in err and "autocompress profile" in err
+    assert main(["validate-predictor", str(tmp_path), "--model", "resnet18", "--input-shape", "1,3,32,48"]) == 2
+    assert "H = W" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_committed_hardware_model_predicts_this_machine_better_than_macs():
+    from pathlib import Path
+
+    from autocompress.hardware.validation import validate
+
+    folder = Path(__file__).resolve().parents[1] / "hardware_models" / "ort-cpu-1t"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hardware = load_hardware_model(folder)
+    if any(issubclass(w.category, DifferentMachineWarning) for w in caught):
+        pytest.skip("the committed hardware model was measured on another CPU than this one")
+    figures = validate(hardware, folder, ["resnet18"], [32], samples=24, seed=99).figures()
+    predictor, proxy = figures["predictor"], figures["macs_proxy"]
+    assert figures["candidates"] == 24
+    assert predictor["spearman"] > 0.85 and predictor["rmspe"] < 30, figures
+    assert predictor["spearman"] > proxy["spearman"] and predictor["rmspe"] < proxy["rmspe"], figures

@@ -1,5 +1,17 @@
-"""Measuring and (later) predicting latency on a target runtime."""
+"""Latency on a target runtime: the measurement protocol, profiling, and the latency predictor."""
 
+from .kernels import Kernel, kernels_of_candidate, kernels_of_model
 from .measure import LatencyMeasurement, machine_info, measure_latency
+from .predictor import LatencyPrediction, LatencyPredictor, NotFittedError
+from .store import (
+    DifferentMachineWarning,
+    HardwareModel,
+    fit_hardware_model,
+    load_hardware_model,
+)
 
-__all__ = ["LatencyMeasurement", "machine_info", "measure_latency"]
+__all__ = [
+    "DifferentMachineWarning", "HardwareModel", "Kernel", "LatencyMeasurement", "LatencyPrediction",
+    "LatencyPredictor", "NotFittedError", "fit_hardware_model", "kernels_of_candidate", "kernels_of_model",
+    "load_hardware_model", "machine_info", "measure_latency",
+]

@@ -20,9 +20,9 @@ from ..export import export_onnx
 from ..models import resolve_model
 from ..space import Candidate, Space, SpaceOptions
 from ..techniques import apply_candidate
-from .measure import LatencyMeasurement, measure_latency
+from .measure import LatencyMeasurement, measure_interleaved
 
-__all__ = ["ModelUnderTest", "model_under_test", "random_candidate", "measure_candidate"]
+__all__ = ["ModelUnderTest", "export_candidate", "measure_candidates", "model_under_test", "random_candidate"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,18 @@ def random_candidate(target: ModelUnderTest, rng: random.Random) -> Candidate:
     return space.sample(rng, density=rng.uniform(0.1, 1.0))
 
 
-def measure_candidate(target: ModelUnderTest, candidate: Candidate, *, runs: int = 100,
-                      threads: int = 1) -> LatencyMeasurement:
-    """Apply, export (quantized where the Candidate says) and time ``candidate`` end to end."""
+def export_candidate(target: ModelUnderTest, candidate: Candidate, path: Path) -> Path:
+    """Apply ``candidate`` and export it (quantized where it says) to ``path``, ready to time."""
     compressed = apply_candidate(target.model, candidate, target.analysis, target.example)
     calibration = [torch.randn(8, *target.input_shape[1:])]  # activation ranges only set scales, not speed
+    export_onnx(compressed, target.example, path, calibration=calibration)
+    return path
+
+
+def measure_candidates(items: list[tuple[ModelUnderTest, Candidate]], *, passes: int = 5, runs: int = 20,
+                       threads: int = 1) -> list[LatencyMeasurement]:
+    """Export and time a batch of candidates end to end, in interleaved passes."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "candidate.onnx"
-        export_onnx(compressed, target.example, path, calibration=calibration)
-        return measure_latency(path, target.input_shape, runs=runs, threads=threads)
+        models = [(export_candidate(target, candidate, Path(tmp) / f"{i}.onnx"), target.input_shape)
+                  for i, (target, candidate) in enumerate(items)]
+        return measure_interleaved(models, passes=passes, runs=runs, threads=threads)

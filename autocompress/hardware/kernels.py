@@ -26,8 +26,17 @@ from ..space import Candidate
 from ..techniques.factorize import LowRank
 from ..techniques.quantizers import QuantizedLayer, QuantizedOutput
 
-__all__ = ["KERNEL_FIELDS", "Kernel", "OPS", "kernel_features", "kernel_table", "kernel_unit", "kernels_of_candidate", "kernels_of_model",
-           "FEATURE_NAMES"]
+__all__ = [
+    "FEATURE_NAMES",
+    "KERNEL_FIELDS",
+    "OPS",
+    "Kernel",
+    "kernel_features",
+    "kernel_table",
+    "kernel_unit",
+    "kernels_of_candidate",
+    "kernels_of_model",
+]
 
 OPS = ("conv", "dwconv", "linear")
 KERNEL_FIELDS = ("op", "bits", "cin", "cout", "kernel", "stride", "h", "w", "out_h", "out_w", "groups")

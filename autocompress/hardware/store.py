@@ -1,13 +1,13 @@
-"""A hardware model folder (``hardware_models/NAME``): measurements, fitted predictor, metadata.
+"""A hardware model folder (``hardware_models/NAME``): measurements, metadata, fitted predictor.
 
-- ``kernels.csv`` and ``models.csv``: the raw measurements (profiling appends to them);
-- ``predictor.joblib``: the fitted ``LatencyPredictor``;
-- ``metadata.json``: target, threads, the machine it was measured on, library versions, the
-  predictor's settings and the predictor file's SHA-256.
-
-``predictor.joblib`` is a pickle, and unpickling runs code: it is only loaded when its SHA-256
-matches metadata.json and it was written by this scikit-learn version; otherwise the predictor is
-refit from the CSV files (seconds), which are plain data.
+- ``kernels.csv`` and ``models.csv``: the raw measurements (profiling appends to them). They are
+  the source of truth and what the repository commits;
+- ``metadata.json``: target, threads, the machine it was measured on, the profiling plan, library
+  versions and the predictor's settings;
+- ``predictor.joblib`` + ``predictor.json``: the fitted ``LatencyPredictor`` and its SHA-256 and
+  scikit-learn version. A pickle runs code when loaded and ties itself to one scikit-learn
+  version, so it is a local cache (not committed): it is loaded only when its hash and version
+  match, and otherwise the predictor is refit from the CSV files (seconds) and the cache rewritten.
 """
 
 from __future__ import annotations
@@ -26,12 +26,18 @@ import sklearn
 import torch
 
 from ..errors import AutocompressError
-from .kernels import KERNEL_FIELDS, Kernel, kernel_table, kernels_of_candidate, kernels_of_model
+from .kernels import (
+    KERNEL_FIELDS,
+    Kernel,
+    kernel_table,
+    kernels_of_candidate,
+    kernels_of_model,
+)
 from .measure import machine_info
 from .predictor import LatencyPrediction, LatencyPredictor
 from .profiling import ProfilePlan, read_kernel_measurements, read_model_measurements
 
-__all__ = ["HardwareModel", "fit_hardware_model", "load_hardware_model", "DifferentMachineWarning"]
+__all__ = ["DifferentMachineWarning", "HardwareModel", "fit_hardware_model", "load_hardware_model"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ class HardwareModel:
 
 def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
                        predictor: LatencyPredictor | None = None) -> HardwareModel:
-    """Fit a predictor on the measurements in ``folder`` and write predictor.joblib and metadata.json."""
+    """Fit a predictor on the measurements in ``folder``; write metadata.json and the predictor cache."""
     folder = Path(folder)
     kernel_rows = read_kernel_measurements(folder / "kernels.csv")
     model_rows = read_model_measurements(folder / "models.csv")
@@ -70,22 +76,21 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
         raise AutocompressError(f"{folder} holds no measurements to fit; run `autocompress profile --out {folder}` first")
     predictor = (predictor or LatencyPredictor()).fit(*_training_arrays(kernel_rows, model_rows))
     old = _read_metadata(folder) if (folder / "metadata.json").exists() else {}
-    joblib.dump(predictor, folder / "predictor.joblib", compress=3)
     metadata = {
         "target": "ort-cpu",
         "provider": "CPUExecutionProvider",
         "threads": plan.threads if plan else old.get("threads", 1),
         "machine": old.get("machine") or machine_info(),
         "plan": asdict(plan) if plan else old.get("plan"),
-        "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows)},
+        "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows), "figure": "best_ms"},
         "predictor": {"class": "LatencyPredictor",
                       "params": {k: v for k, v in vars(predictor).items() if not k.endswith("_")},
                       "composition_relative_error_cv": predictor.relative_error_},
         "versions": {"scikit-learn": sklearn.__version__, "autocompress": _autocompress_version()},
-        "predictor_sha256": _sha256(folder / "predictor.joblib"),
         "fitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     (folder / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+    _write_cache(folder, predictor)
     return HardwareModel(predictor, metadata)
 
 
@@ -97,23 +102,43 @@ def load_hardware_model(folder: str | Path) -> HardwareModel:
                                 "pass a folder written by `autocompress profile`, e.g. hardware_models/ort-cpu-1t")
     metadata = _read_metadata(folder)
     _warn_if_other_machine(folder, metadata)
-    pickled = folder / "predictor.joblib"
-    if (pickled.exists() and metadata.get("predictor_sha256") == _sha256(pickled)
-            and metadata.get("versions", {}).get("scikit-learn") == sklearn.__version__):
-        return HardwareModel(joblib.load(pickled), metadata)
-    log.warning("%s: refitting the predictor from the CSV files (predictor.joblib is missing, changed, or from "
-                "another scikit-learn version)", folder)
+    cached = _read_cache(folder)
+    if cached is not None:
+        return HardwareModel(cached, metadata)
+    log.info("%s: fitting the predictor from the CSV files (no usable predictor.joblib cache)", folder)
     params = metadata.get("predictor", {}).get("params", {})
     predictor = LatencyPredictor(**params).fit(*_training_arrays(
         read_kernel_measurements(folder / "kernels.csv"), read_model_measurements(folder / "models.csv")))
+    try:
+        _write_cache(folder, predictor)
+    except OSError:
+        pass  # a read-only folder still works, it just refits next time
     return HardwareModel(predictor, metadata)
+
+
+def _write_cache(folder: Path, predictor: LatencyPredictor) -> None:
+    joblib.dump(predictor, folder / "predictor.joblib", compress=3)
+    (folder / "predictor.json").write_text(json.dumps(
+        {"sha256": _sha256(folder / "predictor.joblib"), "scikit-learn": sklearn.__version__}) + "\n")
+
+
+def _read_cache(folder: Path) -> LatencyPredictor | None:
+    pickled, stamp = folder / "predictor.joblib", folder / "predictor.json"
+    try:
+        expected = json.loads(stamp.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not pickled.exists() or expected.get("scikit-learn") != sklearn.__version__ or \
+            expected.get("sha256") != _sha256(pickled):
+        return None
+    return joblib.load(pickled)
 
 
 def _training_arrays(kernel_rows: list[dict], model_rows: list[dict]):
     kernels = kernel_table([Kernel(**{f: r[f] for f in KERNEL_FIELDS}) for r in kernel_rows])
-    kernel_ms = np.array([r["median_ms"] for r in kernel_rows])
+    kernel_ms = np.array([r["best_ms"] for r in kernel_rows])
     candidates = [kernel_table([Kernel(*k) for k in json.loads(r["kernels"])]) for r in model_rows]
-    return kernels, kernel_ms, candidates, np.array([r["median_ms"] for r in model_rows])
+    return kernels, kernel_ms, candidates, np.array([r["best_ms"] for r in model_rows])
 
 
 def _warn_if_other_machine(folder: Path, metadata: dict) -> None:

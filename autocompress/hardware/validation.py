@@ -17,12 +17,14 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from ..errors import AutocompressError
-from .candidates import measure_candidate, model_under_test, random_candidate
+from .candidates import measure_candidates, model_under_test, random_candidate
 from .kernels import kernels_of_candidate
 from .profiling import read_model_measurements
 from .store import HardwareModel
 
-__all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "validate", "write_plot"]
+__all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "validate", "write_plot", "write_report"]
+
+_BATCH = 24  # candidates timed together in interleaved passes
 
 
 @dataclass(frozen=True)
@@ -71,19 +73,27 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     """Measure ``samples`` random candidates per model and input size, and score the predictions."""
     trained_on = {(r["model"], r["input_size"], r["candidate"]) for r in read_model_measurements(folder / "models.csv")}
     report = ValidationReport(str(folder))
-    plan = [(spec, size, i) for spec in models for size in input_sizes for i in range(samples)]
-    for spec, size, i in tqdm(plan, desc="validating", unit="candidate", disable=None):
-        target = model_under_test(spec, size)
-        candidate = random_candidate(target, random.Random(f"validate-{seed}-{spec}-{size}-{i}"))
-        if (spec, size, candidate.to_json()) in trained_on:
-            continue  # never score a candidate the predictor was fit on
-        kernels = kernels_of_candidate(target.analysis, candidate)
-        prediction = hardware.predictor.predict(kernels)
-        measured = measure_candidate(target, candidate, threads=threads)
-        report.rows.append({"model": spec, "input_size": size, "candidate": candidate.to_dict(),
-                            "measured_ms": measured.median_ms, "measurement_noise": measured.noise,
-                            "predicted_ms": prediction.ms, "predicted_std_ms": prediction.std_ms,
-                            "macs": sum(k.macs for k in kernels)})
+    plan = []
+    for spec in models:
+        for size in input_sizes:
+            target = model_under_test(spec, size)
+            for i in range(samples):
+                candidate = random_candidate(target, random.Random(f"validate-{seed}-{spec}-{size}-{i}"))
+                if (spec, size, candidate.to_json()) not in trained_on:  # never score what was fit on
+                    plan.append((target, candidate))
+    with tqdm(total=len(plan), desc="validating", unit="candidate", disable=None) as bar:
+        for start in range(0, len(plan), _BATCH):
+            batch = plan[start:start + _BATCH]
+            for (target, candidate), measured in zip(batch, measure_candidates(batch, threads=threads)):
+                kernels = kernels_of_candidate(target.analysis, candidate)
+                prediction = hardware.predictor.predict(kernels)
+                report.rows.append({"model": target.spec, "input_size": target.input_size,
+                                    "candidate": candidate.to_dict(), "measured_ms": measured.best_ms,
+                                    "measured_median_ms": measured.median_ms,
+                                    "measurement_spread": measured.noise,
+                                    "background_load": measured.background_load, "predicted_ms": prediction.ms,
+                                    "predicted_std_ms": prediction.std_ms, "macs": sum(k.macs for k in kernels)})
+            bar.update(len(batch))
     if not report.rows:
         raise AutocompressError("no candidate to validate on: raise --samples")
     macs = np.array([r["macs"] for r in report.rows], float)
@@ -124,6 +134,24 @@ def write_plot(report: ValidationReport, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: ValidationReport, json_path: Path) -> None:
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+def write_report(report: ValidationReport, folder: Path, *, profiled_models: list[str], machine: dict) -> None:
+    """validation.json (every candidate) and validation.md (the figures, model by model)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = report.to_dict() | {"profiled_models": profiled_models, "machine": machine}
+    (folder / "validation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = [f"# Latency predictor validation: {report.hardware_model}", "",
+             (f"Random candidates never used in fitting, each exported and timed end to end on {machine.get('cpu')} "
+              f"(ONNX Runtime {machine.get('onnxruntime')}, 1 thread; fastest of 5 interleaved passes of 20 runs, see `measure_interleaved`)."),
+             "The MACs proxy is MACs times one constant fit on these very candidates.", "",
+             ("| model @ input | fit on this family | candidates | within ±10% | RMSPE | Spearman "
+              "| MACs proxy: within ±10% | RMSPE | Spearman |"), "|---|---|---|---|---|---|---|---|---|"]
+    groups = list(summary["by_model"].items()) + [("all", summary["overall"])]
+    for name, figures in groups:
+        p, m = figures["predictor"], figures["macs_proxy"]
+        seen = "" if name == "all" else ("yes" if name.split("@")[0] in profiled_models else "**no**")
+        lines.append(f"| {name} | {seen} | {figures['candidates']} | {100 * p['within_10pct']:.1f}% | {p['rmspe']:.1f}% "
+                     f"| {p['spearman']:.3f} | {100 * m['within_10pct']:.1f}% | {m['rmspe']:.1f}% | {m['spearman']:.3f} |")
+    load = float(np.mean([r.get("background_load", 0.0) for r in report.rows])) if report.rows else 0.0
+    lines += ["", f"Other processes kept {100 * load:.0f}% of the other CPU cores busy while timing, on average.",
+              "", "![predicted vs measured](validation.png)"]
+    (folder / "validation.md").write_text("\n".join(lines) + "\n")
