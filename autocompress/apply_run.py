@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from .analysis import analyze
 from .data import calibration_batches, load_dataset
 from .errors import AutocompressError, InvalidCandidateError
 from .export import export_and_compare, export_onnx
-from .hardware import machine_info, measure_latency
+from .hardware import machine_info
+from .hardware.measure import measure_interleaved
 from .models import load_weights, resolve_model
 from .space import Candidate, Space
 from .techniques import apply_candidate
@@ -154,13 +154,10 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
     return report
 
 
-def _side_by_side_latency(paths: dict[str, Path], shape: tuple[int, ...], rounds: int = 3) -> dict:
-    """Median latency of each model over interleaved rounds, so machine drift hits all alike."""
-    runs: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(rounds):
-        for name, path in paths.items():
-            runs[name].append(measure_latency(path, shape, runs=30).median_ms)
-    return {name: round(statistics.median(values), 4) for name, values in runs.items()}
+def _side_by_side_latency(paths: dict[str, Path], shape: tuple[int, ...], passes: int = 3) -> dict:
+    """Median latency of each model over interleaved passes, so machine drift hits all alike."""
+    timings = measure_interleaved([(path, shape) for path in paths.values()], passes=passes, runs=30)
+    return {name: round(timing.median_ms, 4) for name, timing in zip(paths, timings)}
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -180,7 +180,10 @@ def _profile(args) -> int:
     out = args.out or Path("hardware_models") / f"{args.target}-{args.threads}t"
     overrides = {"threads": args.threads, "kernels": args.kernels, "candidates": args.candidates,
                  "max_minutes": args.max_minutes}
-    plan = dataclasses.replace(ProfilePlan(), **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        plan = dataclasses.replace(ProfilePlan(), **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise AutocompressError(f"{exc}; fix --kernels, --candidates or --max-minutes") from exc
     started = time.monotonic()
     kernels, candidates = run_profile(plan, out)
     hardware = fit_hardware_model(out, plan=plan)

@@ -181,10 +181,10 @@ def test_accuracy_figures_on_known_values():
 
 def test_interleaved_measurement_times_each_model(tmp_path):
     from autocompress.hardware.measure import measure_interleaved, measure_latency
-    from autocompress.hardware.profiling import _export_kernel, _input_shape
+    from autocompress.hardware.profiling import _export_kernel
 
     small, big = Kernel("conv", 32, 8, 8, 1, 1, 4, 4, 4, 4), Kernel("conv", 32, 64, 64, 3, 1, 32, 32, 32, 32)
-    models = [(_export_kernel(k, tmp_path / f"{i}.onnx"), _input_shape(k)) for i, k in enumerate((small, big))]
+    models = [_export_kernel(k, tmp_path / f"{i}.onnx") for i, k in enumerate((small, big))]
     timings = measure_interleaved(models, passes=3, runs=10)
     assert [t.rounds for t in timings] == [3, 3] and [t.runs for t in timings] == [30, 30]
     # 37M MACs against 256: the big conv is slower whatever the machine is doing.

@@ -65,6 +65,8 @@ class ProfilePlan:
     def __post_init__(self) -> None:
         if self.kernels < 1 or self.candidates < 0 or not self.models or not self.input_sizes:
             raise ValueError(f"a profile needs kernels >= 1, candidates >= 0, models and input sizes; got {self}")
+        if self.passes < 1 or self.max_minutes <= 0:
+            raise ValueError(f"a profile needs passes >= 1 and max_minutes > 0; got {self.passes=} {self.max_minutes=}")
 
 
 def run_profile(plan: ProfilePlan, out: Path) -> tuple[list[dict], list[dict]]:
@@ -110,12 +112,12 @@ def run_profile(plan: ProfilePlan, out: Path) -> tuple[list[dict], list[dict]]:
 def measure_kernels(kernels: list[Kernel], *, passes: int = 5, threads: int = 1) -> list[LatencyMeasurement]:
     """Export each kernel alone through the same path as a real candidate; time them interleaved."""
     with tempfile.TemporaryDirectory() as tmp:
-        models = [(_export_kernel(kernel, Path(tmp) / f"{i}.onnx"), shape)
-                  for i, kernel in enumerate(kernels) for shape in [_input_shape(kernel)]]
+        models = [_export_kernel(kernel, Path(tmp) / f"{i}.onnx") for i, kernel in enumerate(kernels)]
         return measure_interleaved(models, passes=passes, runs=20, threads=threads)
 
 
-def _export_kernel(kernel: Kernel, path: Path) -> Path:
+def _export_kernel(kernel: Kernel, path: Path) -> tuple[Path, tuple[int, ...]]:
+    """The kernel alone as an ONNX file at ``path``, and the input shape to time it with."""
     unit, example = kernel_unit(kernel)
     analysis = analyze(unit, example)
     layer = analysis.layers[0].name
@@ -123,11 +125,7 @@ def _export_kernel(kernel: Kernel, path: Path) -> Path:
     compressed = apply_candidate(unit, candidate, analysis, example)
     calibration = [example.repeat(4, *([1] * (example.dim() - 1)))]
     export_onnx(compressed, example, path, calibration=calibration)
-    return path
-
-
-def _input_shape(kernel: Kernel) -> tuple[int, ...]:
-    return tuple(kernel_unit(kernel)[1].shape)
+    return path, tuple(example.shape)
 
 
 def _warn_if_busy(timings: list[LatencyMeasurement]) -> None:
