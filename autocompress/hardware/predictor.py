@@ -32,11 +32,6 @@ from .kernels import OPS, Kernel, kernel_features, kernel_table
 __all__ = ["LatencyPrediction", "LatencyPredictor", "NotFittedError"]
 
 _BITS = (32, 16, 8, 4)
-COMPOSITION_FEATURES = (
-    "log_sum_alone", *(f"share_{op}_{p}" for op in OPS for p in ("float", "int8", "int4")),
-    "weight_mb_32", "weight_mb_16", "weight_mb_8", "weight_mb_4", "log_weight_mb", "log_kernels",
-    "precision_changes", "log_activation_mfloats", "log_max_side",
-)
 
 
 @dataclass(frozen=True)
@@ -156,6 +151,8 @@ class LatencyPredictor:
         activations = per_candidate(cout * out_h * out_w / 1e6)
         max_side = np.zeros(n)
         np.maximum.at(max_side, owner, np.maximum(h, w))
+        # log sum alone; time shares by (op, float/int8/int4); weight MB per bit width and in all;
+        # log kernel count; share of precision changes; log activation Mfloats; log largest side.
         features = np.column_stack([np.log(alone), *shares, *by_bits, np.log(sum(by_bits) + 1e-6), np.log(counts),
                                     changes / counts, np.log(activations), np.log(max_side)])
         return features, alone, per_candidate(var), ms, owner

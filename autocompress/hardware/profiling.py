@@ -75,38 +75,46 @@ def run_profile(plan: ProfilePlan, out: Path) -> tuple[list[dict], list[dict]]:
     start = time.monotonic()
     kernels_csv, models_csv = out / "kernels.csv", out / "models.csv"
     done = {_kernel_key(row) for row in read_kernel_measurements(kernels_csv)}
-    todo = [k for k in _kernel_plan(plan) if _kernel_key(k.to_dict()) not in done]
-    deadline = start + 60 * plan.max_minutes * _KERNEL_SHARE_OF_TIME
-    with _Appender(kernels_csv, KERNEL_FIELDS + _TIMING_FIELDS) as sink, \
-            tqdm(total=len(todo), desc="kernels", unit="kernel", disable=None) as bar:
-        for chunk in _chunks(todo, _KERNELS_PER_BATCH):
-            if time.monotonic() > deadline:
-                log.warning("time budget reached; kernels left for the next run: rerun the same command to resume")
-                break
-            timings = measure_kernels(chunk, passes=plan.passes, threads=plan.threads)
-            _warn_if_busy(timings)
-            for kernel, timing in zip(chunk, timings):
-                sink.write({f: getattr(kernel, f) for f in KERNEL_FIELDS} | _timing_row(timing))
-            bar.update(len(chunk))
-    deadline = start + 60 * plan.max_minutes
-    done_models = {(r["model"], int(r["input_size"]), r["candidate"]) for r in read_model_measurements(models_csv)}
-    todo_models = [item for item in _candidate_plan(plan) if (item[0], item[1], item[2].to_json()) not in done_models]
-    with _Appender(models_csv, _MODEL_FIELDS + _TIMING_FIELDS) as sink, \
-            tqdm(total=len(todo_models), desc="candidates", unit="candidate", disable=None) as bar:
-        for chunk in _chunks(todo_models, _CANDIDATES_PER_BATCH):
-            if time.monotonic() > deadline:
-                log.warning("time budget reached; candidates left for the next run: rerun the same command to resume")
-                break
-            targets = [(model_under_test(spec, size), candidate) for spec, size, candidate in chunk]
-            timings = measure_candidates(targets, passes=plan.passes, threads=plan.threads)
-            _warn_if_busy(timings)
-            for (spec, size, candidate), (target, _), timing in zip(chunk, targets, timings):
-                kernels = kernels_of_candidate(target.analysis, candidate)
-                sink.write({"model": spec, "input_size": size, "candidate": candidate.to_json(),
-                            "kernels": json.dumps([[getattr(k, f) for f in KERNEL_FIELDS] for k in kernels]),
-                            "macs": sum(k.macs for k in kernels)} | _timing_row(timing))
-            bar.update(len(chunk))
+    _measure_in_batches(
+        [k for k in _kernel_plan(plan) if _kernel_key(k.to_dict()) not in done], kernels_csv,
+        KERNEL_FIELDS + _TIMING_FIELDS, what="kernels", batch=_KERNELS_PER_BATCH,
+        deadline=start + 60 * plan.max_minutes * _KERNEL_SHARE_OF_TIME,
+        measure=lambda chunk: measure_kernels(chunk, passes=plan.passes, threads=plan.threads),
+        row=lambda kernel: {f: getattr(kernel, f) for f in KERNEL_FIELDS})
+    done = {(r["model"], int(r["input_size"]), r["candidate"]) for r in read_model_measurements(models_csv)}
+    _measure_in_batches(
+        [item for item in _candidate_plan(plan) if (item[0], item[1], item[2].to_json()) not in done], models_csv,
+        _MODEL_FIELDS + _TIMING_FIELDS, what="candidates", batch=_CANDIDATES_PER_BATCH,
+        deadline=start + 60 * plan.max_minutes,
+        measure=lambda chunk: measure_candidates([(model_under_test(spec, size), candidate)
+                                                  for spec, size, candidate in chunk],
+                                                 passes=plan.passes, threads=plan.threads),
+        row=_candidate_row)
     return read_kernel_measurements(kernels_csv), read_model_measurements(models_csv)
+
+
+def _measure_in_batches(items: list, path: Path, fields: tuple[str, ...], *, what: str, batch: int, deadline: float,
+                        measure, row) -> None:
+    """Time ``items`` a batch at a time (``measure``), appending ``row(item)`` and its timing to
+    ``path`` after each batch, until done or past ``deadline``."""
+    with _Appender(path, fields) as sink, tqdm(total=len(items), desc=what, unit=what[:-1], disable=None) as bar:
+        for chunk in _chunks(items, batch):
+            if time.monotonic() > deadline:
+                log.warning("time budget reached; %s left for the next run: rerun the same command to resume", what)
+                break
+            timings = measure(chunk)
+            _warn_if_busy(timings)
+            for item, timing in zip(chunk, timings):
+                sink.write(row(item) | _timing_row(timing))
+            bar.update(len(chunk))
+
+
+def _candidate_row(item: tuple[str, int, Candidate]) -> dict:
+    spec, size, candidate = item
+    kernels = kernels_of_candidate(model_under_test(spec, size).analysis, candidate)  # cached analysis
+    return {"model": spec, "input_size": size, "candidate": candidate.to_json(),
+            "kernels": json.dumps([[getattr(k, f) for f in KERNEL_FIELDS] for k in kernels]),
+            "macs": sum(k.macs for k in kernels)}
 
 
 def measure_kernels(kernels: list[Kernel], *, passes: int = 5, threads: int = 1) -> list[LatencyMeasurement]:
