@@ -86,6 +86,45 @@ def _parser() -> argparse.ArgumentParser:
                           help="folder for validation.json, .md and .png (default HARDWARE_MODEL/validation)")
     validate.add_argument("--json", action="store_true", help="print the figures as JSON")
     validate.set_defaults(run=_validate_predictor)
+
+    search = sub.add_parser("search", help="joint multi-objective search under a latency budget (the main job)")
+    _model_arguments(search)
+    search.add_argument("--dataset", default="digits", help="digits (default), cifar10 or imagefolder:PATH")
+    search.add_argument("--budget", required=True, help="latency budget: 5ms, or 0.5x of the baseline's predicted "
+                        "latency")
+    search.add_argument("--trials", type=_positive, default=100,
+                        help="finished trials to reach, those already in the study included (default 100)")
+    search.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    search.add_argument("--out", required=True, type=Path,
+                        help="folder for the study, the baseline and the results; an existing search there resumes")
+    search.add_argument("--hardware", default="hardware_models/ort-cpu-1t",
+                        help="hardware model folder (default hardware_models/ort-cpu-1t)")
+    search.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="default nsga2")
+    search.add_argument("--seed", type=_count, default=0, help="sampler seed (default 0)")
+    search.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
+    search.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite in --out)")
+    search.add_argument("--train-steps", type=_count, default=400,
+                        help="without --weights, train the baseline this many steps first (cached in --out)")
+    search.add_argument("--finetune-steps", type=_positive, default=60,
+                        help="distillation steps per trial (default 60)")
+    search.add_argument("--no-warm-start", action="store_true", help="do not seed the study with uniform policies")
+    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    search.set_defaults(run=_search)
+
+    pareto = sub.add_parser("pareto", help="print the Pareto front of a search folder")
+    pareto.add_argument("dir", type=Path, help="the --out folder of a search")
+    pareto.add_argument("--json", action="store_true", help="print pareto.json")
+    pareto.set_defaults(run=_pareto)
+
+    export = sub.add_parser("export", help="fine-tune a front point longer, export it to ONNX, measure it, write its card")
+    export.add_argument("dir", type=Path, help="the --out folder of a search")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=_count, help="the trial number to export")
+    which.add_argument("--best-under", help="export the most accurate front point predicted under this latency "
+                       "(5ms or 0.5x)")
+    export.add_argument("--out", required=True, type=Path, help="folder for model.onnx, weights.pt, card.json, card.md")
+    export.add_argument("--finetune-steps", type=_count, default=300, help="distillation steps (default 300)")
+    export.set_defaults(run=_export)
     return parser
 
 
@@ -221,6 +260,63 @@ def _validate_predictor(args) -> int:
         print(f"{name:32s} {figures['candidates']:4d}  {100 * p['within_10pct']:9.1f}% {p['rmspe']:6.1f}% "
               f"{p['spearman']:8.3f}   {100 * m['within_10pct']:21.1f}% {m['rmspe']:6.1f}% {m['spearman']:8.3f}")
     print(f"written: {out / 'validation.md'}, {out / 'validation.json'}, {out / 'validation.png'}")
+    return 0
+
+
+def _search(args) -> int:
+    from .finetune import DistillationConfig
+    from .pareto import summary_table
+    from .problem import ProblemSpec
+    from .search import SearchSettings, run_search
+
+    spec = ProblemSpec(model=args.model, dataset=args.dataset, input_size=args.input_size,
+                       weights=str(args.weights) if args.weights else None, num_classes=args.num_classes,
+                       train_steps=args.train_steps, hardware=args.hardware)
+    settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
+                              timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
+                              finetune=DistillationConfig(steps=args.finetune_steps),
+                              warm_start=not args.no_warm_start)
+    outcome = run_search(settings, progress=not args.quiet)
+    print(summary_table(outcome.front, budget_ms=outcome.budget_ms, baseline=outcome.baseline))
+    print("written: " + ", ".join(str(p) for p in outcome.files.values()))
+    best = outcome.best
+    if best is not None:
+        print(f"export the best under budget: autocompress export {args.out} --trial {best.number} "
+              f"--out {args.out / 'export'}")
+    return 130 if outcome.interrupted else 0
+
+
+def _pareto(args) -> int:
+    from .pareto import load_front, summary_table
+
+    front = load_front(args.dir)
+    if args.json:
+        print(json.dumps(front, indent=2))
+        return 0
+    print(summary_table_from_json(front, summary_table))
+    return 0
+
+
+def summary_table_from_json(front: dict, summary_table) -> str:
+    from .pareto import TrialRecord
+
+    points = [TrialRecord.from_dict(p) for p in front["points"]]
+    return summary_table(points, budget_ms=front["budget_ms"], baseline=front["baseline"])
+
+
+def _export(args) -> int:
+    from .card import export_from_search
+
+    card = export_from_search(args.dir, args.out, trial=args.trial, best_under_budget=args.best_under,
+                              finetune_steps=args.finetune_steps)
+    lat, acc = card["latency"], card["accuracy"]
+    print(f"trial {card['trial']}: latency predicted {lat['predicted_ms']:.3f} ms, measured {lat['measured_ms']:.3f} ms "
+          f"({100 * lat['prediction_error']:+.1f}%); baseline measured {lat['baseline_measured_ms']:.3f} ms "
+          f"({lat['ratio_to_baseline']:.2f}x); budget {card['budget_ms']:.3f} ms")
+    print(f"accuracy: baseline {100 * acc['baseline']:.2f}%, after {acc['finetune_steps']} steps "
+          f"{100 * acc['after_finetune_torch']:.2f}% (PyTorch), {100 * acc['after_finetune_onnx']:.2f}% (ONNX Runtime)")
+    print(f"written: {args.out / 'model.onnx'}, {args.out / 'weights.pt'}, {args.out / 'card.json'}, "
+          f"{args.out / 'card.md'}")
     return 0
 
 

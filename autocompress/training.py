@@ -50,9 +50,10 @@ def recompute_batchnorm_statistics(model: nn.Module, dataset: Dataset, *, batche
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # None: a cumulative average over the batches below
+    device = next(model.parameters()).device
     model.train()
     for images, _ in itertools.islice(make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed), batches):
-        model(images)
+        model(images.to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()

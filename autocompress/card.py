@@ -1,0 +1,181 @@
+"""Export one point of a search's front: fine-tune it longer, write ONNX, measure it, write its card.
+
+The card puts what the search predicted beside what the exported model measures, with the
+baseline exported and timed the same way in the same run, so every ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from .budget import Budget
+from .data import calibration_batches
+from .errors import AutocompressError
+from .export import export_and_compare, export_onnx
+from .finetune import DistillationConfig
+from .hardware import machine_info
+from .hardware.measure import measure_interleaved
+from .pareto import best_under, pareto_front, records_from_study
+from .problem import build_problem, read_spec
+from .space import Candidate
+
+__all__ = ["export_from_search", "choose_trial", "write_card"]
+
+log = logging.getLogger(__name__)
+
+
+def choose_trial(search_dir: Path, *, trial: int | None = None, best_under_budget: str | None = None):
+    """The finished trial to export: by number, or the most accurate front point under a latency."""
+    study = _open_search_study(search_dir)
+    records = records_from_study(study)
+    if trial is not None:
+        chosen = next((r for r in records if r.number == trial), None)
+        if chosen is None or chosen.state != "complete" or chosen.status not in ("evaluated", "stopped_early"):
+            raise AutocompressError(f"--trial {trial} is not a finished, fine-tuned trial of {search_dir}; "
+                                    f"`autocompress pareto {search_dir}` lists the front")
+        return chosen, records
+    settings = json.loads((search_dir / "search.json").read_text())
+    limit = Budget.parse(best_under_budget, flag="--best-under").resolve(settings["baseline"]["latency_ms"])
+    chosen = best_under(pareto_front(records), limit)
+    if chosen is None:
+        raise AutocompressError(f"no front point of {search_dir} is predicted under {limit:.3f} ms; loosen "
+                                "--best-under or run more trials")
+    return chosen, records
+
+
+def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None, best_under_budget: str | None = None,
+                       finetune_steps: int = 300, passes: int = 5, runs: int = 30) -> dict:
+    """Rebuild the chosen candidate, fine-tune it ``finetune_steps`` steps, export and measure it."""
+    search_dir, out = Path(search_dir), Path(out)
+    if (trial is None) == (best_under_budget is None):
+        raise AutocompressError("give exactly one of --trial N or --best-under LATENCY (5ms or 0.5x)")
+    chosen, _ = choose_trial(search_dir, trial=trial, best_under_budget=best_under_budget)
+    settings = json.loads((search_dir / "search.json").read_text())
+    problem = build_problem(read_spec(search_dir / "search.json"), cache_dir=search_dir)
+    candidate = Candidate.from_dict(chosen.candidate)
+    problem.space.validate(candidate)
+    config = replace(DistillationConfig(**_tuples(settings["finetune"])), steps=finetune_steps, checkpoints=())
+    student, result = problem.finetune(candidate, config)
+
+    out.mkdir(parents=True, exist_ok=True)
+    inputs, labels = problem.splits.val.tensors
+    exported, logits_torch, logits_onnx = export_and_compare(
+        student, problem.example, out / "model.onnx", inputs, calibration=calibration_batches(problem.splits.train))
+    torch.save(student.state_dict(), out / "weights.pt")
+    baseline_onnx = export_onnx(problem.baseline, problem.example, out / "baseline.onnx").path
+    shape = tuple(problem.example.shape)
+    base_t, model_t = measure_interleaved([(baseline_onnx, shape), (exported.path, shape)], passes=passes, runs=runs)
+    predicted = problem.predict(candidate)
+    size = problem.size_bytes(candidate)
+    onnx_accuracy = float((torch.from_numpy(logits_onnx).argmax(1) == labels).float().mean())
+    card = {
+        "search": str(search_dir),
+        "trial": chosen.number,
+        "model": problem.spec.model,
+        "dataset": problem.spec.dataset,
+        "input_shape": list(shape),
+        "budget": settings["budget"],
+        "budget_ms": settings["budget_ms"],
+        "candidate": candidate.to_dict(),
+        "latency": {
+            "predicted_ms": predicted.ms,
+            "predicted_std_ms": predicted.std_ms,
+            "measured_ms": model_t.best_ms,
+            "measured_median_ms": model_t.median_ms,
+            "measured_p90_ms": model_t.p90_ms,
+            "prediction_error": predicted.ms / model_t.best_ms - 1.0,
+            "baseline_predicted_ms": problem.baseline_ms,
+            "baseline_measured_ms": base_t.best_ms,
+            "baseline_measured_median_ms": base_t.median_ms,
+            "ratio_to_baseline": model_t.best_ms / base_t.best_ms,
+            "measured_over_budget": model_t.best_ms / settings["budget_ms"],
+            "protocol": f"ONNX Runtime {model_t.provider}, {model_t.threads} thread(s), {passes} interleaved passes "
+                        f"of {runs} runs; measured = fastest run, as the hardware model is fit",
+            "background_load": model_t.background_load,
+        },
+        "accuracy": {
+            "baseline": problem.baseline_accuracy,
+            "search_finetune": chosen.accuracy,
+            "search_finetune_steps": chosen.finetune_steps,
+            "after_finetune_torch": result.accuracy,
+            "after_finetune_onnx": onnx_accuracy,
+            "finetune_steps": finetune_steps,
+            "top1_agreement_torch_onnx": float((logits_torch.argmax(1) == logits_onnx.argmax(1)).mean()),
+            "drop_points": 100 * (problem.baseline_accuracy - onnx_accuracy),
+        },
+        "size": {
+            "bytes": size,
+            "baseline_bytes": problem.baseline_bytes,
+            "ratio_to_baseline": size / problem.baseline_bytes,
+            "onnx_file_bytes": exported.file_bytes,
+        },
+        "onnx_nodes_by_bits": {str(b): len(n) for b, n in sorted(exported.nodes_by_bits.items())},
+        "files": {"model": "model.onnx", "weights": "weights.pt", "baseline": "baseline.onnx"},
+        "machine": machine_info(),
+    }
+    write_card(out, card)
+    return card
+
+
+def write_card(out: Path, card: dict) -> None:
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    lat, acc, size = card["latency"], card["accuracy"], card["size"]
+    lines = [
+        f"# {card['model']} on {card['dataset']}: trial {card['trial']} of {card['search']}",
+        "",
+        f"Budget {card['budget']} = {card['budget_ms']:.3f} ms (predicted baseline latency "
+        f"{lat['baseline_predicted_ms']:.3f} ms).",
+        "",
+        "| | predicted | measured | baseline (measured) | ratio to baseline |",
+        "|---|---|---|---|---|",
+        f"| latency (ms) | {lat['predicted_ms']:.3f} ± {lat['predicted_std_ms']:.3f} | {lat['measured_ms']:.3f} "
+        f"(median {lat['measured_median_ms']:.3f}) | {lat['baseline_measured_ms']:.3f} | "
+        f"{lat['ratio_to_baseline']:.2f}x |",
+        f"| size (KB) | {size['bytes'] / 1024:.1f} | ONNX file {size['onnx_file_bytes'] / 1024:.1f} | "
+        f"{size['baseline_bytes'] / 1024:.1f} | {size['ratio_to_baseline']:.2f}x |",
+        "",
+        f"Prediction error: {100 * lat['prediction_error']:+.1f}% of the measured latency; measured latency is "
+        f"{lat['measured_over_budget']:.2f}x the budget.",
+        "",
+        "| accuracy | value |",
+        "|---|---|",
+        f"| baseline | {100 * acc['baseline']:.2f}% |",
+        f"| after the search's fine-tune ({acc['search_finetune_steps']} steps) | "
+        f"{100 * (acc['search_finetune'] or 0):.2f}% |",
+        f"| after {acc['finetune_steps']} steps, PyTorch | {100 * acc['after_finetune_torch']:.2f}% |",
+        f"| after {acc['finetune_steps']} steps, ONNX Runtime | {100 * acc['after_finetune_onnx']:.2f}% "
+        f"(top-1 agreement with PyTorch {100 * acc['top1_agreement_torch_onnx']:.1f}%) |",
+        "",
+        f"Measurement: {lat['protocol']}. Machine: {card['machine'].get('cpu')}.",
+        "",
+        "To rebuild in PyTorch: `apply_candidate(baseline, Candidate.from_dict(card['candidate']), analysis, example)`, "
+        "then `load_state_dict(torch.load('weights.pt', weights_only=True))`.",
+        "",
+    ]
+    (out / "card.md").write_text("\n".join(lines))
+
+
+def _open_search_study(search_dir: Path) -> optuna.Study:
+    meta = search_dir / "search.json"
+    if not meta.is_file():
+        raise AutocompressError(f"{search_dir} holds no search (no search.json); run `autocompress search ... --out "
+                                f"{search_dir}` first")
+    storage = json.loads(meta.read_text()).get("storage") or f"sqlite:///{(search_dir / 'study.db').resolve()}"
+    try:
+        study = optuna.load_study(study_name="autocompress", storage=storage)
+    except KeyError as exc:
+        raise AutocompressError(f"{search_dir}: its study is missing from {storage}; rerun the search") from exc
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise AutocompressError(f"{search_dir}: no trial has finished yet; let the search run longer")
+    return study
+
+
+def _tuples(config: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}

@@ -1,0 +1,424 @@
+"""The Pareto front of a search, its hypervolume, and the result files a user reads.
+
+The Optuna study is the one source of truth: ``records_from_study`` flattens its trials into plain
+``TrialRecord`` values once, and everything else here (front, best point under the budget, tables,
+plots, ``pareto.json``) works on those records, so it neither imports torch nor touches storage.
+Objectives: accuracy (fraction in [0, 1], maximized), predicted latency (ms), size (bytes), both
+minimized. Sizes are shown in KB of 1000 bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from .errors import AutocompressError
+
+__all__ = [
+    "ResultsError", "TrialRecord", "best_under", "candidate_summary", "hypervolume_2d", "load_front",
+    "pareto_front", "records_from_study", "summary_table", "write_results",
+]
+
+# Only these statuses carry a measured accuracy; "over_budget" trials were never fine-tuned.
+SCORED_STATUSES = ("evaluated", "stopped_early")
+EXPECTED_DIRECTIONS = (StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE, StudyDirection.MINIMIZE)
+PARETO_JSON_SCHEMA = 1
+_STATES = {
+    TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting", TrialState.PRUNED: "pruned",
+}
+_TRIAL_COLUMNS = (
+    "number", "state", "status", "origin", "accuracy", "latency_ms", "size_bytes", "feasible", "finetune_steps",
+    "seconds", "fail_reason",
+)
+_FRONT_COLUMNS = (
+    "number", "accuracy", "latency_ms", "latency_std_ms", "size_bytes", "size_ratio", "latency_ratio", "status",
+    "origin", "finetune_steps", "seconds", "candidate",
+)
+
+
+class ResultsError(AutocompressError):
+    """A results folder or study cannot be read as autocompress search results."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    state: str  # "complete", "failed", "running", "waiting" (or "pruned" if a driver ever tells so)
+    status: str  # search's own verdict: "evaluated", "over_budget", "stopped_early", ...
+    origin: str
+    accuracy: float | None  # None when never measured (over budget, failed before scoring)
+    latency_ms: float | None
+    latency_std_ms: float | None
+    size_bytes: int | None
+    feasible: bool  # complete, not over budget, and every Optuna constraint <= 0
+    candidate: dict[str, Any] = field(default_factory=dict)
+    finetune_steps: int = 0
+    seconds: float | None = None
+    fail_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
+        """Inverse of to_dict; extra keys (a pareto.json point's ratios) are ignored."""
+        names = [f.name for f in fields(cls)]
+        missing = [f.name for f in fields(cls)
+                   if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise ValueError(f"a TrialRecord needs {missing}, got keys {sorted(data)}")
+        return cls(**{name: data[name] for name in names if name in data})
+
+
+def _float_or_none(value: Any) -> float | None:
+    # NaN/inf would poison comparisons and JSON, so they count as "not measured".
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
+    attrs = trial.user_attrs
+    state = _STATES.get(trial.state, trial.state.name.lower())
+    status = str(attrs.get("status", "evaluated" if state == "complete" else state))
+    values = trial.values if trial.values is not None and len(trial.values) == 3 else None
+    accuracy, latency, size = values if values is not None else (
+        attrs.get("accuracy"), attrs.get("predicted_ms"), attrs.get("size_bytes"))
+    if status == "over_budget":
+        accuracy = None  # the objective holds a placeholder 0.0 for trials that were never fine-tuned
+    # Feasible = a finished result within every recorded constraint. Without a budget the search
+    # sets no constraint, and then every complete trial is feasible.
+    feasible = state == "complete" and status != "over_budget" and all(v <= 0.0 for v in trial.constraints.values())
+    seconds = attrs.get("seconds")
+    if seconds is None and trial.duration is not None:
+        seconds = trial.duration.total_seconds()
+    return TrialRecord(
+        number=trial.number, state=state, status=status, origin=str(attrs.get("origin", "")),
+        accuracy=_float_or_none(accuracy), latency_ms=_float_or_none(latency),
+        latency_std_ms=_float_or_none(attrs.get("predicted_std_ms")),
+        size_bytes=None if size is None else int(size),
+        feasible=feasible, candidate=dict(attrs.get("candidate") or {}),
+        finetune_steps=int(attrs.get("finetune_steps", 0)), seconds=_float_or_none(seconds),
+        fail_reason=None if attrs.get("fail_reason") is None else str(attrs["fail_reason"]),
+    )
+
+
+def records_from_study(study: optuna.Study) -> list[TrialRecord]:
+    """Every trial of an autocompress study as a TrialRecord, in trial-number order."""
+    if tuple(study.directions) != EXPECTED_DIRECTIONS:
+        names = [d.name.lower() for d in study.directions]
+        raise ResultsError(
+            f"study {study.study_name!r} has directions {names}, not autocompress's [maximize, minimize, minimize] "
+            "(accuracy, latency, size); open the storage and study name that `autocompress search` wrote")
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    return [_record(t) for t in trials]
+
+
+def _scored(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    return [
+        r for r in records
+        if r.state == "complete" and r.feasible and r.status in SCORED_STATUSES
+        and r.accuracy is not None and r.latency_ms is not None and r.size_bytes is not None
+    ]
+
+
+def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Non-dominated complete, feasible, scored records, by latency ascending.
+
+    Of several records with exactly the same three objectives only the lowest trial number stays.
+    """
+    # In this order a record can only be dominated by one sorted before it, and dominance is
+    # transitive, so comparing against the front found so far suffices (not all n^2 pairs).
+    ordered = sorted(_scored(records), key=lambda r: (-r.accuracy, r.latency_ms, r.size_bytes, r.number))
+    front: list[TrialRecord] = []
+    for r in ordered:
+        if not any(f.accuracy >= r.accuracy and f.latency_ms <= r.latency_ms and f.size_bytes <= r.size_bytes
+                   for f in front):
+            front.append(r)
+    return sorted(front, key=lambda r: (r.latency_ms, -r.accuracy, r.size_bytes, r.number))
+
+
+def best_under(records: Sequence[TrialRecord], budget_ms: float | None) -> TrialRecord | None:
+    """The most accurate front point within the budget (ties: lower latency); None when none fits."""
+    fitting = [r for r in pareto_front(records) if budget_ms is None or r.latency_ms <= budget_ms]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda r: (-r.accuracy, r.latency_ms, r.size_bytes, r.number))
+
+
+def hypervolume_2d(records: Sequence[TrialRecord], *, ref_latency_ms: float, ref_accuracy: float = 0.0) -> float:
+    """Area (accuracy fraction x ms) that the scored records dominate, up to the reference point.
+
+    Points that are not better than the reference in both accuracy and latency add nothing. Use
+    the same reference for the two searches being compared, or the numbers mean nothing.
+    """
+    if not (math.isfinite(ref_latency_ms) and math.isfinite(ref_accuracy)):
+        raise ValueError(f"hypervolume reference must be finite, got {ref_latency_ms=} {ref_accuracy=}")
+    points = sorted((r.latency_ms, -r.accuracy) for r in _scored(records)
+                    if r.latency_ms < ref_latency_ms and r.accuracy > ref_accuracy)
+    area, best_accuracy = 0.0, ref_accuracy
+    # Sweep by latency: each point that raises the best accuracy so far adds the slab between the
+    # old and new best, which it alone covers from its latency up to the reference latency.
+    for latency, neg_accuracy in points:
+        if -neg_accuracy > best_accuracy:
+            area += (ref_latency_ms - latency) * (-neg_accuracy - best_accuracy)
+            best_accuracy = -neg_accuracy
+    return area
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def candidate_summary(candidate: Mapping[str, Any]) -> str:
+    """A few words on a Candidate dict, e.g. '3 groups pruned (mean 38%), 5 layers int8, 1 block skipped'."""
+    parts = []
+    prune = [float(v) for v in dict(candidate.get("prune") or {}).values() if float(v) > 0]
+    if prune:
+        parts.append(f"{_count(len(prune), 'group')} pruned (mean {100 * sum(prune) / len(prune):.0f}%)")
+    bits = [int(v) for v in dict(candidate.get("bits") or {}).values()]
+    parts += [f"{_count(bits.count(b), 'layer')} {'int' if b < 16 else 'fp'}{b}" for b in (16, 8, 4) if b in bits]
+    factorized = sum(1 for v in dict(candidate.get("rank") or {}).values() if float(v) < 1.0)
+    if factorized:
+        parts.append(f"{_count(factorized, 'layer')} low-rank")
+    skipped = sum(1 for v in dict(candidate.get("skip") or {}).values() if v)
+    if skipped:
+        parts.append(f"{_count(skipped, 'block')} skipped")
+    # The neutral kernel size is the layer's own, which a Candidate alone does not tell: show the choices.
+    kernels = [int(v) for v in dict(candidate.get("kernel") or {}).values()]
+    if kernels:
+        parts.append("kernels " + " ".join(f"{kernels.count(k)}x{k}" for k in sorted(set(kernels))))
+    return ", ".join(parts) or "uncompressed"
+
+
+def _check_baseline(baseline: Mapping[str, Any]) -> None:
+    missing = [k for k in ("accuracy", "latency_ms", "size_bytes") if k not in baseline]
+    if missing or not baseline["latency_ms"] > 0 or not baseline["size_bytes"] > 0:
+        raise ValueError(f"baseline needs accuracy, latency_ms > 0 and size_bytes > 0, got {dict(baseline)}")
+
+
+def _front_row(r: TrialRecord, baseline: Mapping[str, Any]) -> dict[str, Any]:
+    # Every TrialRecord field, so TrialRecord.from_dict(point) rebuilds the record exactly.
+    return {**r.to_dict(), "size_ratio": r.size_bytes / baseline["size_bytes"],
+            "latency_ratio": r.latency_ms / baseline["latency_ms"]}
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in columns})
+
+
+def write_results(
+    out_dir: str | Path, records: Sequence[TrialRecord], *, budget_ms: float | None, baseline: Mapping[str, Any],
+) -> dict[str, Path]:
+    """Write pareto.csv/.json, trials.csv, pareto.png and pareto.html into out_dir; returns file name -> path."""
+    _check_baseline(baseline)
+    out = Path(out_dir)
+    front = pareto_front(records)
+    best = best_under(front, budget_ms)
+    paths = {name: out / name for name in ("pareto.csv", "pareto.json", "trials.csv", "pareto.png", "pareto.html")}
+    rows = [_front_row(r, baseline) for r in front]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        compact = [{**row, "candidate": json.dumps(row["candidate"], sort_keys=True, separators=(",", ":"))}
+                   for row in rows]
+        _write_csv(paths["pareto.csv"], _FRONT_COLUMNS, compact)
+        _write_csv(paths["trials.csv"], _TRIAL_COLUMNS, [r.to_dict() for r in records])
+        document = {
+            "schema": PARETO_JSON_SCHEMA, "budget_ms": budget_ms,
+            "baseline": {"accuracy": float(baseline["accuracy"]), "latency_ms": float(baseline["latency_ms"]),
+                         "size_bytes": int(baseline["size_bytes"])},
+            "best_under_budget": None if best is None else best.number, "n_trials": len(records), "points": rows,
+        }
+        paths["pareto.json"].write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        _plot_png(paths["pareto.png"], records, front, best, budget_ms, baseline)
+        _plot_html(paths["pareto.html"], records, front, budget_ms, baseline)
+    except OSError as exc:
+        raise ResultsError(f"cannot write results into {out} ({exc.strerror or exc}); pass a writable --out folder") \
+            from exc
+    return paths
+
+
+def _plot_groups(records: Sequence[TrialRecord], front: Sequence[TrialRecord]):
+    """(other scored-or-partial trials with an accuracy, trials with only a latency, y for the latter)."""
+    on_front = {r.number for r in front}
+    others = [r for r in records if r.number not in on_front and r.accuracy is not None and r.latency_ms is not None]
+    unscored = [r for r in records if r.accuracy is None and r.latency_ms is not None]
+    shown = [r.accuracy for r in [*front, *others]]
+    # Over-budget trials have no accuracy; a row under the lowest point still shows where the sampler went.
+    floor = (min(shown) if shown else 0.0) * 100 - 2.0
+    return others, unscored, floor
+
+
+def _front_envelope(front: Sequence[TrialRecord]) -> list[TrialRecord]:
+    # A 3-objective front point can sit below the accuracy/latency staircase (kept for its size);
+    # the step line follows only the points that raise the best accuracy as latency grows.
+    envelope, best = [], -math.inf
+    for r in front:
+        if r.accuracy > best:
+            envelope.append(r)
+            best = r.accuracy
+    return envelope
+
+
+def _plot_png(path: Path, records, front, best, budget_ms, baseline) -> None:
+    # The object API with an explicit Agg canvas leaves pyplot's global backend alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    others, unscored, floor = _plot_groups(records, front)
+    if others:
+        ax.scatter([r.latency_ms for r in others], [100 * r.accuracy for r in others], s=18, color="0.6",
+                   alpha=0.45, label="dominated / infeasible / partial")
+    if unscored:
+        ax.scatter([r.latency_ms for r in unscored], [floor] * len(unscored), marker="x", s=18, color="0.7",
+                   alpha=0.6, label="over budget (not fine-tuned)")
+    if front:
+        envelope = _front_envelope(front)
+        ax.step([r.latency_ms for r in envelope], [100 * r.accuracy for r in envelope], where="post",
+                color="tab:blue", lw=1.4, alpha=0.8)
+        points = ax.scatter([r.latency_ms for r in front], [100 * r.accuracy for r in front],
+                            c=[r.size_bytes / 1000 for r in front], cmap="viridis", s=46, edgecolors="black",
+                            linewidths=0.6, zorder=3, label="Pareto front")
+        fig.colorbar(points, ax=ax, label="size (KB)")
+    if best is not None:
+        ax.scatter([best.latency_ms], [100 * best.accuracy], s=190, facecolors="none", edgecolors="tab:red",
+                   linewidths=1.6, zorder=4, label=f"best under budget (trial {best.number})")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="tab:red", ls="--", lw=1.2, label=f"budget {budget_ms:g} ms")
+    ax.scatter([baseline["latency_ms"]], [100 * baseline["accuracy"]], marker="*", s=230, color="gold",
+               edgecolors="black", zorder=4, label="baseline (uncompressed)")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{len(records)} trials, {len(front)} on the Pareto front")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _hover(r: TrialRecord) -> str:
+    accuracy = "not measured" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
+    std = "" if r.latency_std_ms is None else f" ± {r.latency_std_ms:.3f}"
+    size = "?" if r.size_bytes is None else f"{r.size_bytes / 1000:.1f} KB"
+    text = json.dumps(r.candidate, sort_keys=True, separators=(",", ":"))
+    text = text if len(text) <= 300 else text[:300] + "…"
+    wrapped = "<br>".join(html.escape(text[i:i + 80]) for i in range(0, len(text), 80))
+    return (f"<b>trial {r.number}</b><br>accuracy {accuracy}<br>latency {r.latency_ms:.3f}{std} ms<br>size {size}"
+            f"<br>status {html.escape(r.status)}, origin {html.escape(r.origin or '-')}"
+            f"<br>{html.escape(candidate_summary(r.candidate))}<br><span style='font-size:10px'>{wrapped}</span>")
+
+
+def _plot_html(path: Path, records, front, budget_ms, baseline) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    others, unscored, floor = _plot_groups(records, front)
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.68, 0.32], vertical_spacing=0.08,
+                        specs=[[{"type": "xy"}], [{"type": "table"}]])
+    fig.add_trace(go.Scatter(
+        x=[r.latency_ms for r in others], y=[100 * r.accuracy for r in others], mode="markers",
+        name="dominated / infeasible / partial", marker={"color": "grey", "size": 6, "opacity": 0.4},
+        text=[_hover(r) for r in others], hovertemplate="%{text}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(
+        x=[r.latency_ms for r in unscored], y=[floor] * len(unscored), mode="markers",
+        name="over budget (not fine-tuned)", marker={"color": "grey", "symbol": "x", "size": 6, "opacity": 0.5},
+        text=[_hover(r) for r in unscored], hovertemplate="%{text}<extra></extra>"), row=1, col=1)
+    envelope = _front_envelope(front)
+    fig.add_trace(go.Scatter(
+        x=[r.latency_ms for r in envelope], y=[100 * r.accuracy for r in envelope], mode="lines",
+        line={"shape": "hv", "color": "royalblue", "width": 1.5}, hoverinfo="skip", showlegend=False), row=1, col=1)
+    fig.add_trace(go.Scatter(
+        x=[r.latency_ms for r in front], y=[100 * r.accuracy for r in front], mode="markers", name="Pareto front",
+        marker={"size": 10, "color": [r.size_bytes / 1000 for r in front], "colorscale": "Viridis",
+                "line": {"color": "black", "width": 1},
+                "colorbar": {"title": {"text": "size (KB)"}, "len": 0.6, "y": 0.68}},
+        text=[_hover(r) for r in front], hovertemplate="%{text}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(
+        x=[baseline["latency_ms"]], y=[100 * baseline["accuracy"]], mode="markers", name="baseline (uncompressed)",
+        marker={"symbol": "star", "size": 16, "color": "gold", "line": {"color": "black", "width": 1}},
+        hovertemplate=(f"<b>baseline</b><br>accuracy {100 * baseline['accuracy']:.2f}%<br>latency "
+                       f"{baseline['latency_ms']:.3f} ms<br>size {baseline['size_bytes'] / 1000:.1f} KB<extra></extra>")),
+        row=1, col=1)
+    if budget_ms is not None:
+        fig.add_vline(x=budget_ms, line_dash="dash", line_color="red", annotation_text=f"budget {budget_ms:g} ms",
+                      row=1, col=1)
+    fig.add_trace(go.Table(
+        header={"values": ["trial", "accuracy %", "latency ms", "size KB", "status", "origin", "candidate"]},
+        cells={"values": [
+            [r.number for r in front], [f"{100 * r.accuracy:.2f}" for r in front],
+            [f"{r.latency_ms:.3f}" for r in front], [f"{r.size_bytes / 1000:.1f}" for r in front],
+            [r.status for r in front], [r.origin for r in front], [candidate_summary(r.candidate) for r in front]]},
+        columnwidth=[1, 2, 2, 2, 2, 3, 8]), row=2, col=1)
+    fig.update_xaxes(title_text="predicted latency (ms)", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    fig.update_layout(title=f"{len(records)} trials, {len(front)} on the Pareto front", height=900,
+                      template="plotly_white", legend={"orientation": "h", "y": 1.04})
+    fig.write_html(path, include_plotlyjs=True)
+
+
+def summary_table(front: Sequence[TrialRecord], *, budget_ms: float | None, baseline: Mapping[str, Any]) -> str:
+    """The front as an aligned plain-text table, baseline first; '*' marks the best point under the budget."""
+    _check_baseline(baseline)
+    if not front:
+        return "no trial on the Pareto front (every trial failed, went over budget or is still running)"
+    best = best_under(front, budget_ms)
+    header = ["", "trial", "acc %", "latency ms", "x latency", "size KB", "x size", "under budget", "origin"]
+    rows = [["", "base", f"{100 * baseline['accuracy']:.2f}", f"{baseline['latency_ms']:.3f}", "1.00",
+             f"{baseline['size_bytes'] / 1000:.1f}", "1.00", "", "uncompressed"]]
+    for r in front:
+        under = "-" if budget_ms is None else ("yes" if r.latency_ms <= budget_ms else "no")
+        rows.append([
+            "*" if best is not None and r.number == best.number else "", str(r.number), f"{100 * r.accuracy:.2f}",
+            f"{r.latency_ms:.3f}", f"{r.latency_ms / baseline['latency_ms']:.2f}", f"{r.size_bytes / 1000:.1f}",
+            f"{r.size_bytes / baseline['size_bytes']:.2f}", under, r.origin or "-"])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    # Numbers right-aligned for easy comparison; the origin (free text, last) left-aligned.
+    lines = ["  ".join(cell.ljust(w) if i in (0, len(header) - 1) else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
+    if best is not None:
+        where = "overall" if budget_ms is None else f"within the {budget_ms:g} ms budget"
+        lines.append(f"* best accuracy {where}: trial {best.number}")
+    elif budget_ms is not None:
+        lines.append(f"no front point fits the {budget_ms:g} ms budget")
+    return "\n".join(lines)
+
+
+def load_front(out_dir: str | Path) -> dict[str, Any]:
+    """pareto.json of a search folder, as written: budget_ms, baseline, best_under_budget, n_trials, points.
+
+    Each point is a TrialRecord's fields plus size_ratio and latency_ratio; ``TrialRecord.from_dict``
+    turns it back into a record for ``summary_table``.
+    """
+    path = Path(out_dir) / "pareto.json"
+    fix = f"run `autocompress search ... --out {out_dir}` first"
+    if not path.is_file():
+        raise ResultsError(f"no search results in {out_dir}: {path.name} is missing; {fix}")
+    try:
+        document = json.loads(path.read_text())
+        for point in document["points"]:
+            TrialRecord.from_dict(point)  # checked here so callers meet one error, naming the file
+        _check_baseline(document["baseline"])
+        if "budget_ms" not in document:  # present even without a budget (null)
+            raise KeyError("budget_ms")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ResultsError(f"{path} is unreadable or incomplete ({type(exc).__name__}: {exc}); {fix}") from exc
+    return document

@@ -1,0 +1,120 @@
+"""What every trial of a search needs, built once: the baseline, data, analysis, space and hardware model.
+
+``SearchProblem`` is the worker's view of a search. It evaluates one Candidate (apply it to the
+baseline, fine-tune with distillation, return the held-out accuracy) and knows nothing about Optuna,
+so the same object serves the local loop, a Ray worker, ``autocompress export`` and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .accounting import footprint_of_candidate
+from .analysis import ModelAnalysis, analyze
+from .apply_run import baseline_model
+from .data import DatasetSplits, calibration_batches, load_dataset
+from .errors import AutocompressError
+from .finetune import DistillationConfig, FinetuneResult, distill, evaluate_accuracy, teacher_logits
+from .hardware import HardwareModel, LatencyPrediction, load_hardware_model
+from .space import Candidate, Space
+from .techniques import apply_candidate
+
+__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "read_spec"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """The inputs that define what is searched: two searches with equal specs are comparable."""
+
+    model: str
+    dataset: str = "digits"
+    input_size: int = 32
+    weights: str | None = None
+    num_classes: int | None = None
+    train_steps: int = 400  # baseline training when no weights are given
+    hardware: str = "hardware_models/ort-cpu-1t"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchProblem:
+    spec: ProblemSpec
+    splits: DatasetSplits
+    baseline: torch.nn.Module
+    example: torch.Tensor
+    analysis: ModelAnalysis
+    space: Space
+    hardware: HardwareModel
+    soft_targets: torch.Tensor
+    calibration: list[torch.Tensor]
+    baseline_ms: float
+    baseline_accuracy: float
+    baseline_bytes: int
+    device: str = "cpu"
+
+    def predict(self, candidate: Candidate) -> LatencyPrediction:
+        return self.hardware.predict_candidate(self.analysis, candidate)
+
+    def size_bytes(self, candidate: Candidate) -> int:
+        return footprint_of_candidate(self.analysis, candidate).bytes
+
+    def build(self, candidate: Candidate) -> torch.nn.Module:
+        return apply_candidate(self.baseline, candidate, self.analysis, self.example)
+
+    def finetune(self, candidate: Candidate, config: DistillationConfig, *,
+                 should_stop: Callable[[int, float], bool] | None = None) -> tuple[torch.nn.Module, FinetuneResult]:
+        """Build ``candidate`` and fine-tune it with distillation from the baseline."""
+        student = self.build(candidate)
+        result = distill(student, self.splits.train, self.splits.val, self.soft_targets, config=config,
+                         calibration=self.calibration, should_stop=should_stop, device=self.device)
+        return student.cpu(), result
+
+    def baseline_summary(self) -> dict:
+        return {"accuracy": self.baseline_accuracy, "latency_ms": self.baseline_ms, "size_bytes": self.baseline_bytes}
+
+
+def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu") -> SearchProblem:
+    """Load the data and hardware model, and train (or load) the baseline, cached in ``cache_dir``."""
+    hardware_dir = Path(spec.hardware)
+    if not (hardware_dir / "metadata.json").is_file():
+        raise AutocompressError(f"--hardware {spec.hardware!r} is not a hardware model folder; pass one written by "
+                                "`autocompress profile`, e.g. hardware_models/ort-cpu-1t")
+    splits = load_dataset(spec.dataset, image_size=spec.input_size)
+    classes = spec.num_classes or splits.num_classes
+    if classes < splits.num_classes:
+        raise AutocompressError(f"--num-classes {classes} is below the {splits.num_classes} classes of "
+                                f"{spec.dataset!r}")
+    baseline = baseline_model(spec.model, num_classes=classes, weights=Path(spec.weights) if spec.weights else None,
+                              train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir))
+    baseline.eval()
+    example = splits.val[0][0].unsqueeze(0)
+    analysis = analyze(baseline, example)
+    space = Space(analysis)
+    hardware = load_hardware_model(hardware_dir)
+    return SearchProblem(
+        spec=spec, splits=splits, baseline=baseline, example=example, analysis=analysis, space=space,
+        hardware=hardware, soft_targets=teacher_logits(baseline, splits.train),
+        calibration=calibration_batches(splits.train),
+        baseline_ms=hardware.predict_candidate(analysis, space.default()).ms,
+        baseline_accuracy=evaluate_accuracy(baseline, splits.val),
+        baseline_bytes=footprint_of_candidate(analysis, space.default()).bytes,
+        device=device,
+    )
+
+
+def read_spec(path: Path) -> ProblemSpec:
+    try:
+        return ProblemSpec(**json.loads(path.read_text())["problem"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise AutocompressError(f"{path} does not describe a search ({exc}); point at a folder written by "
+                                "`autocompress search --out DIR`") from exc
