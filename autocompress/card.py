@@ -51,7 +51,7 @@ def choose_trial(search_dir: Path, *, trial: int | None = None, best_under_budge
 
 
 def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None, best_under_budget: str | None = None,
-                       finetune_steps: int = 300, passes: int = 5, runs: int = 30) -> dict:
+                       finetune_steps: int = 300, passes: int = 15, runs: int = 30) -> dict:
     """Rebuild the chosen candidate, fine-tune it ``finetune_steps`` steps, export and measure it."""
     search_dir, out = Path(search_dir), Path(out)
     if (trial is None) == (best_under_budget is None):

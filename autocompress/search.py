@@ -219,7 +219,7 @@ class _TrialDriver:
             trial.set_user_attr("seconds", time.perf_counter() - started)
             self.study.tell(trial, [0.0, prediction.ms, size])
             if self.settings.repair and not trial.user_attrs["origin"].startswith("warm_start"):
-                self._queue_repair(trial.number, candidate, prediction.per_layer_ms)
+                self._queue_repair(trial.number, candidate)
             return
         _, result = problem.finetune(candidate, self.settings.finetune,
                                      should_stop=self.rule.for_candidate(prediction.ms, size))
@@ -233,8 +233,8 @@ class _TrialDriver:
         if not result.stopped_early:
             self.rule.record(result.accuracy, prediction.ms, size, checkpoint)
 
-    def _queue_repair(self, number: int, candidate: Candidate, per_layer_ms: dict[str, float]) -> None:
-        repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, self.budget_ms, per_layer_ms)
+    def _queue_repair(self, number: int, candidate: Candidate) -> None:
+        repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, self.budget_ms)
         if repaired is None:
             return
         fixed, _ = repaired
