@@ -24,6 +24,7 @@ from .hardware import machine_info
 from .hardware.measure import measure_interleaved
 from .pareto import best_under, pareto_front, records_from_study
 from .problem import build_problem, read_spec
+from .search import STUDY_NAME, default_storage
 from .space import Candidate
 
 __all__ = ["export_from_search", "choose_trial", "write_card"]
@@ -104,7 +105,9 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
             "baseline": problem.baseline_accuracy,
             "search_finetune": chosen.accuracy,
             "search_finetune_steps": chosen.finetune_steps,
-            "after_finetune_torch": result.accuracy,
+            # PyTorch after export: its quantizers now carry ORT's calibration, as weights.pt does
+            "after_finetune_torch": float((torch.from_numpy(logits_torch).argmax(1) == labels).float().mean()),
+            "after_finetune_torch_before_export": result.accuracy,
             "after_finetune_onnx": onnx_accuracy,
             "finetune_steps": finetune_steps,
             "top1_agreement_torch_onnx": float((logits_torch.argmax(1) == logits_onnx.argmax(1)).mean()),
@@ -167,9 +170,9 @@ def _open_search_study(search_dir: Path) -> optuna.Study:
     if not meta.is_file():
         raise AutocompressError(f"{search_dir} holds no search (no search.json); run `autocompress search ... --out "
                                 f"{search_dir}` first")
-    storage = json.loads(meta.read_text()).get("storage") or f"sqlite:///{(search_dir / 'study.db').resolve()}"
+    storage = json.loads(meta.read_text()).get("storage") or default_storage(search_dir)
     try:
-        study = optuna.load_study(study_name="autocompress", storage=storage)
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     except KeyError as exc:
         raise AutocompressError(f"{search_dir}: its study is missing from {storage}; rerun the search") from exc
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import optuna
@@ -36,7 +36,7 @@ from .problem import ProblemSpec, SearchProblem, build_problem
 from .space import Candidate, Space
 from .stopping import HopelessRule
 
-__all__ = ["SearchSettings", "SearchOutcome", "run_search", "open_study", "SAMPLERS"]
+__all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "default_storage", "open_study", "run_search"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class SearchSettings:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{(Path(self.out) / 'study.db').resolve()}"
+        return self.storage or default_storage(self.out)
 
     def identity(self) -> dict:
         """What must match for a run to resume a study (trials, timeout and storage may change)."""
@@ -118,6 +118,11 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     records = records_from_study(study)
     files = write_results(out, records, budget_ms=budget_ms, baseline=problem.baseline_summary())
     return SearchOutcome(records, pareto_front(records), budget_ms, problem.baseline_summary(), files, interrupted)
+
+
+def default_storage(out: Path) -> str:
+    """Where a search keeps its study unless ``--storage`` says otherwise: SQLite in its folder."""
+    return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
 
 
 def open_study(settings: SearchSettings, *, existing_trials_seed: bool = False) -> optuna.Study:
@@ -330,7 +335,3 @@ def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProb
         "storage": settings.storage_url if settings.storage else None,
         "space_size": len(problem.space),
     }, indent=2, default=str) + "\n")
-
-
-def with_finetune_steps(settings: SearchSettings, steps: int) -> SearchSettings:
-    return replace(settings, finetune=replace(settings.finetune, steps=steps))

@@ -1,0 +1,233 @@
+"""The search end to end on a tiny model: objectives, budget, warm start, repair, failures, resume, export."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autocompress.boundary import repair_to_budget
+from autocompress.budget import Budget, BudgetError
+from autocompress.card import export_from_search
+from autocompress.cli import main
+from autocompress.errors import AutocompressError
+from autocompress.finetune import DistillationConfig, FinetuneDiverged, distill, evaluate_accuracy
+from autocompress.hardware import load_hardware_model
+from autocompress.pareto import load_front
+from autocompress.problem import ProblemSpec, SearchProblem, build_problem
+from autocompress.space import Space
+from autocompress.search import SearchSettings, run_search, warm_start_policies
+from autocompress.stopping import HopelessRule
+
+TINY = ProblemSpec(model="reference_models:tiny_resnet", train_steps=80)
+FAST = DistillationConfig(steps=12)
+
+
+@pytest.mark.parametrize("text, expected_ms", [("5ms", 5.0), ("0.5x", 1.0), ("2.5 MS", 2.5), (".25x", 0.5)])
+def test_budget_parses_absolute_and_relative(text, expected_ms):
+    assert Budget.parse(text).resolve(baseline_ms=2.0) == expected_ms
+
+
+@pytest.mark.parametrize("text", ["fast", "0ms", "-1x", "5", "5 s"])
+def test_budget_rejects_what_it_cannot_read(text):
+    with pytest.raises(BudgetError, match="--budget"):
+        Budget.parse(text)
+
+
+def test_hopeless_rule_stops_only_what_a_faster_smaller_trial_beats_by_more_than_any_recovery():
+    rule = HopelessRule(min_observations=2)
+    should_stop = rule.for_candidate(latency_ms=1.0, size_bytes=100)
+    assert not should_stop(5, 0.1)  # nothing finished yet: never stop on a guess
+    rule.record(0.95, 0.8, 90, checkpoint_accuracy=0.85)
+    rule.record(0.90, 2.0, 50, checkpoint_accuracy=0.88)
+    assert rule.recovery == pytest.approx(0.10 + rule.slack)
+    should_stop = rule.for_candidate(latency_ms=1.0, size_bytes=100)
+    assert should_stop(5, 0.75)  # 0.75 + 0.15 < 0.95 from a trial both faster and smaller
+    assert not should_stop(5, 0.85)
+    assert not rule.for_candidate(latency_ms=0.5, size_bytes=100)(5, 0.1)  # nothing faster finished
+
+
+def test_repair_brings_a_slow_candidate_under_the_budget():
+    from autocompress.hardware.candidates import model_under_test
+
+    target = model_under_test("resnet18", 32)
+    hardware = load_hardware_model("hardware_models/ort-cpu-1t")
+    space = Space(target.analysis)
+    budget = 0.5 * hardware.predict_candidate(target.analysis, space.default()).ms
+    slow = space.from_params({v.name: (4 if v.kind == "bits" else space._neutral(v)) for v in space.variables})
+    assert hardware.predict_candidate(target.analysis, slow).ms > budget
+    repaired, ms = repair_to_budget(space, hardware, slow, budget)
+    space.validate(repaired)
+    assert ms <= budget
+    assert hardware.predict_candidate(target.analysis, repaired).ms == pytest.approx(ms)
+    assert repair_to_budget(space, hardware, slow, 1e-4) is None  # nothing reaches a 0.1 us budget
+
+
+@pytest.fixture(scope="module")
+def baseline_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny_baseline")
+
+
+@pytest.fixture(scope="module")
+def tiny_problem(baseline_dir) -> SearchProblem:
+    return build_problem(TINY, cache_dir=baseline_dir)
+
+
+def test_distillation_recovers_a_pruned_model_and_a_nan_loss_is_reported(tiny_problem, digits):
+    problem = tiny_problem
+    candidate = problem.space.sample(random.Random(3), density=1.0)
+    before = evaluate_accuracy(problem.build(candidate), digits.val)
+    _, result = problem.finetune(candidate, DistillationConfig(steps=40))
+    assert result.steps == 40 and not result.stopped_early
+    assert result.accuracy > before + 0.1
+    nan_targets = torch.full_like(problem.soft_targets, float("nan"))
+    with pytest.raises(FinetuneDiverged, match="step 1 of 5"):
+        distill(problem.build(candidate), digits.train, digits.val, nan_targets, config=DistillationConfig(steps=5))
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, tiny_problem, baseline_dir):
+    out = tmp_path_factory.mktemp("search")
+    for name in ("baseline.pt", "baseline.json"):  # the baseline cache, so `export` finds the same baseline
+        shutil.copy(baseline_dir / name, out / name)
+    settings = SearchSettings(problem=TINY, budget="0.7x", out=out, trials=10, finetune=FAST, seed=1)
+    outcome = run_search(settings, progress=False, problem=tiny_problem)
+    return settings, outcome, tiny_problem
+
+
+def test_search_writes_a_front_under_budget_with_warm_start_and_cheap_rejections(finished_search):
+    settings, outcome, problem = finished_search
+    out = settings.out
+    for name in ("pareto.csv", "pareto.json", "trials.csv", "pareto.png", "pareto.html", "search.json", "study.db"):
+        assert (out / name).is_file(), name
+    records = outcome.records
+    assert sum(r.state == "complete" for r in records) == 10
+    origins = {r.origin for r in records}
+    assert {f"warm_start:{name}" for name in warm_start_policies(problem.space)} <= origins
+    for r in records:
+        if r.status == "over_budget":
+            assert r.finetune_steps == 0 and r.latency_ms > outcome.budget_ms and not r.feasible
+            assert r.seconds < 5  # no fine-tune: only a prediction and the accounting
+        elif r.status == "evaluated":
+            assert r.finetune_steps == FAST.steps and r.latency_ms <= outcome.budget_ms
+    assert outcome.front and all(p.feasible for p in outcome.front)
+    best = outcome.best
+    assert best is not None and best.latency_ms <= outcome.budget_ms
+    assert best.accuracy == max(p.accuracy for p in outcome.front if p.latency_ms <= outcome.budget_ms)
+    saved = load_front(out)
+    assert saved["best_under_budget"] == best.number
+    assert saved["budget_ms"] == pytest.approx(outcome.budget_ms)
+    assert [p["number"] for p in saved["points"]] == [p.number for p in outcome.front]
+
+
+def test_resume_keeps_finished_trials_and_retries_those_a_killed_process_left_running(finished_search, tmp_path, digits):
+    settings, outcome, problem = finished_search
+    out = tmp_path / "resumed"
+    shutil.copytree(settings.out, out)
+    storage = f"sqlite:///{out / 'study.db'}"
+    study = optuna.load_study(study_name="autocompress", storage=storage)
+    before = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    # A trial a killed process left RUNNING: its driver's pid no longer exists.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask()
+    problem.space.suggest(orphan)
+    orphan.set_user_attr("driver", {"host": socket.gethostname(), "pid": dead.pid})
+    orphan.set_user_attr("origin", "sampler")
+
+    target = len(before) + 3
+    resumed = run_search(SearchSettings(problem=TINY, budget="0.7x", out=out, trials=target, finetune=FAST, seed=1),
+                         progress=False, problem=problem)
+    study = optuna.load_study(study_name="autocompress", storage=storage)
+    trials = study.get_trials()
+    assert {t.number: t.values for t in trials if t.number in before} == before
+    failed = trials[orphan.number]
+    assert failed.state == TrialState.FAIL and "left running" in failed.user_attrs["fail_reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == orphan.number]
+    assert len(retry) == 1 and retry[0].params == failed.params and retry[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == target
+    assert len(resumed.records) == len(trials)
+
+
+def test_a_failing_trial_is_recorded_and_an_interrupt_stops_cleanly(finished_search, tmp_path, monkeypatch):
+    settings, _, problem = finished_search
+    calls = {"n": 0}
+    real_finetune = SearchProblem.finetune
+
+    def flaky(self, candidate, config, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise FinetuneDiverged("loss is nan at step 3 of 12")
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_finetune(self, candidate, config, **kwargs)
+
+    monkeypatch.setattr(SearchProblem, "finetune", flaky)
+    out = tmp_path / "flaky"
+    outcome = run_search(SearchSettings(problem=TINY, budget="5ms", out=out, trials=10, finetune=FAST, seed=2),
+                         progress=False, problem=problem)
+    assert outcome.interrupted
+    assert (out / "pareto.json").is_file() and (out / "trials.csv").is_file()  # written despite Ctrl-C
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{out / 'study.db'}")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    reasons = [t.user_attrs["fail_reason"] for t in failed]
+    assert reasons == ["FinetuneDiverged: loss is nan at step 3 of 12", "interrupted by the user"]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert any(t.user_attrs.get("retry_of") == failed[1].number for t in waiting)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 1
+
+    monkeypatch.setattr(SearchProblem, "finetune", real_finetune)
+    run_search(SearchSettings(problem=TINY, budget="5ms", out=out, trials=1 + len(waiting), finetune=FAST, seed=2),
+               progress=False, problem=problem)
+    retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == failed[1].number]
+    assert retried[0].state == TrialState.COMPLETE and retried[0].params == failed[1].params
+
+
+def test_resuming_with_another_budget_is_refused(finished_search):
+    settings, _, problem = finished_search
+    with pytest.raises(AutocompressError, match="different budget"):
+        run_search(SearchSettings(problem=TINY, budget="0.3x", out=settings.out, trials=10, finetune=FAST),
+                   progress=False, problem=problem)
+
+
+def test_export_writes_onnx_weights_and_a_measured_card(finished_search, tmp_path):
+    settings, outcome, problem = finished_search
+    out = tmp_path / "export"
+    card = export_from_search(settings.out, out, best_under_budget="0.7x", finetune_steps=20, passes=3, runs=10)
+    assert card["trial"] == outcome.best.number
+    for name in ("model.onnx", "weights.pt", "baseline.onnx", "card.json", "card.md"):
+        assert (out / name).is_file(), name
+    lat, acc = card["latency"], card["accuracy"]
+    assert lat["measured_ms"] > 0 and lat["baseline_measured_ms"] > 0
+    assert lat["prediction_error"] == pytest.approx(lat["predicted_ms"] / lat["measured_ms"] - 1)
+    assert acc["top1_agreement_torch_onnx"] >= 0.95
+    assert abs(acc["after_finetune_onnx"] - acc["after_finetune_torch"]) <= 0.03
+    assert json.loads((out / "card.json").read_text())["candidate"] == outcome.best.candidate
+    # weights.pt rebuilds the exported model from the baseline and the Candidate alone
+    from autocompress.space import Candidate
+
+    rebuilt = problem.build(Candidate.from_dict(card["candidate"]))
+    rebuilt.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
+    assert evaluate_accuracy(rebuilt, problem.splits.val) == pytest.approx(acc["after_finetune_torch"], abs=1e-6)
+
+
+def test_cli_pareto_prints_the_front_and_bad_inputs_are_one_line(finished_search, capsys, tmp_path):
+    settings, outcome, _ = finished_search
+    assert main(["pareto", str(settings.out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{outcome.best.number}" in printed and "under budget" in printed
+    assert main(["pareto", str(tmp_path / "nothing")]) == 2
+    assert "pareto.json is missing" in capsys.readouterr().err
+    assert main(["search", "resnet18", "--budget", "fast", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--budget 'fast'" in err
+    assert main(["export", str(tmp_path / "nothing"), "--trial", "1", "--out", str(tmp_path / "e")]) == 2
+    assert "no search" in capsys.readouterr().err
