@@ -11,6 +11,7 @@ touches, weighted by how destructive the change is):
 
 - a layer to int8 (cheap: 0.2 x its MAC share), or from int4 to int8 or float (free: more accurate);
   which precision is fastest differs per layer on ORT (int8 depthwise convs can be slower than float);
+- a factorized layer made whole again (free: it runs as one kernel instead of two);
 - a channel group pruned one notch more (the notch times the MAC share of the layers it cuts);
 - a residual block skipped (its whole MAC share, plus a fixed penalty).
 """
@@ -78,6 +79,9 @@ def _moves(space: Space, candidate: Candidate, shares: dict[str, float]):
                 if target != bits and target in var.choices and not (target == 32 and bits == 16):
                     damage = 0.0 if bits == 4 or target == 32 else 0.2 * share
                     yield replace(candidate, bits=candidate.bits | {var.unit: target}), var.name, damage
+        elif var.kind == "rank" and candidate.rank_ratio(var.unit) < 1.0:
+            # a factorized layer runs as two kernels: undoing it often saves time and always accuracy
+            yield replace(candidate, rank=candidate.rank | {var.unit: 1.0}), var.name, 0.0
         elif var.kind == "prune":
             choices = sorted(var.choices)
             ratio = candidate.ratio(var.unit)

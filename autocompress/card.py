@@ -27,7 +27,7 @@ from .problem import build_problem, read_spec
 from .search import STUDY_NAME, default_storage
 from .space import Candidate
 
-__all__ = ["export_from_search", "choose_trial", "write_card"]
+__all__ = ["BUSY_LOAD", "busy_warning", "choose_trial", "export_from_search", "write_card"]
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,20 @@ def write_card(out: Path, card: dict) -> None:
         "",
         f"Measurement: {lat['protocol']}. Machine: {card['machine'].get('cpu')}.",
         "",
+        *([busy_warning(lat["background_load"]), ""] if lat["background_load"] > BUSY_LOAD else []),
         "To rebuild in PyTorch: `apply_candidate(baseline, Candidate.from_dict(card['candidate']), analysis, example)`, "
         "then `load_state_dict(torch.load('weights.pt', weights_only=True))`.",
         "",
     ]
     (out / "card.md").write_text("\n".join(lines))
+
+
+BUSY_LOAD = 0.25  # other cores busier than this while timing: the measured figures are suspect
+
+
+def busy_warning(load: float) -> str:
+    return (f"Warning: the machine's other cores were {100 * load:.0f}% busy while timing; interference only adds "
+            "time, so the measured latencies may be too high. Re-run the export on an idle machine.")
 
 
 def _open_search_study(search_dir: Path) -> optuna.Study:

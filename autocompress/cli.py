@@ -305,7 +305,7 @@ def summary_table_from_json(front: dict, summary_table) -> str:
 
 
 def _export(args) -> int:
-    from .card import export_from_search
+    from .card import BUSY_LOAD, busy_warning, export_from_search
 
     card = export_from_search(args.dir, args.out, trial=args.trial, best_under_budget=args.best_under,
                               finetune_steps=args.finetune_steps)
@@ -317,6 +317,8 @@ def _export(args) -> int:
           f"{100 * acc['after_finetune_torch']:.2f}% (PyTorch), {100 * acc['after_finetune_onnx']:.2f}% (ONNX Runtime)")
     print(f"written: {args.out / 'model.onnx'}, {args.out / 'weights.pt'}, {args.out / 'card.json'}, "
           f"{args.out / 'card.md'}")
+    if lat["background_load"] > BUSY_LOAD:
+        print(busy_warning(lat["background_load"]), file=sys.stderr)
     return 0
 
 

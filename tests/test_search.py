@@ -143,7 +143,8 @@ def test_resume_keeps_finished_trials_and_retries_those_a_killed_process_left_ru
     orphan.set_user_attr("driver", {"host": socket.gethostname(), "pid": dead.pid})
     orphan.set_user_attr("origin", "sampler")
 
-    target = len(before) + 3
+    queued = len(study.get_trials(states=(TrialState.WAITING,)))
+    target = len(before) + queued + 1  # every queued trial, then the retry queued behind them
     resumed = run_search(SearchSettings(problem=TINY, budget="0.7x", out=out, trials=target, finetune=FAST, seed=1),
                          progress=False, problem=problem)
     study = optuna.load_study(study_name="autocompress", storage=storage)
