@@ -108,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--finetune-steps", type=_positive, default=60,
                         help="distillation steps per trial (default 60)")
     search.add_argument("--no-warm-start", action="store_true", help="do not seed the study with uniform policies")
+    search.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="where fine-tunes run: in this process (default) or on Ray workers")
+    search.add_argument("--workers", type=_positive, default=None,
+                        help="Ray workers (default: the cluster's CPUs / --cpus-per-trial)")
+    search.add_argument("--ray-address", default=None,
+                        help="join an existing Ray cluster (auto, or HOST:PORT); default: start Ray locally")
+    search.add_argument("--cpus-per-trial", type=_positive, default=1, help="CPUs each Ray worker declares (default 1)")
+    search.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="GPUs each Ray worker declares (default: 1 when the cluster has GPUs, else 0)")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     search.set_defaults(run=_search)
 
@@ -275,7 +284,10 @@ def _search(args) -> int:
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
                               finetune=DistillationConfig(steps=args.finetune_steps),
-                              warm_start=not args.no_warm_start)
+                              warm_start=not args.no_warm_start,
+                              executor="ray" if args.ray_address else args.executor, workers=args.workers,
+                              ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+                              gpus_per_trial=args.gpus_per_trial)
     outcome = run_search(settings, progress=not args.quiet)
     print(summary_table(outcome.front, budget_ms=outcome.budget_ms, baseline=outcome.baseline))
     print("written: " + ", ".join(str(p) for p in outcome.files.values()))

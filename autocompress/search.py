@@ -1,4 +1,4 @@
-"""The search driver: one Optuna multi-objective study, asked and told one trial at a time.
+"""The search: one Optuna multi-objective study per output folder, its warm start and its resumption.
 
 Objectives: accuracy (max), predicted latency (min), size in bytes (min); the latency budget is
 a constraint (``Trial.set_constraint``), so NSGA-II and TPE prefer feasible trials. A trial:
@@ -9,7 +9,9 @@ a constraint (``Trial.set_constraint``), so NSGA-II and TPE prefer feasible tria
 3. otherwise a short distillation fine-tune (stopped early when hopeless, see ``stopping``) gives
    the held-out accuracy.
 
-The study (SQLite in the output folder, or any Optuna storage URL) is the one source of truth:
+The ask-evaluate-tell loop lives in ``driver``; fine-tunes run on an executor (in this process, or
+on a Ray cluster). The study (SQLite in the output folder, or any Optuna storage URL) is the one
+source of truth:
 running the same command again reopens it, keeps every finished trial, and fails and retries the
 trials a killed process left running.
 """
@@ -21,21 +23,20 @@ import logging
 import os
 import random
 import socket
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from .boundary import repair_to_budget
 from .budget import Budget
+from .driver import TrialDriver, candidate_params, queue_retry
 from .errors import AutocompressError
+from .executors import Executor, LocalExecutor
 from .finetune import DistillationConfig
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study, write_results
 from .problem import ProblemSpec, SearchProblem, build_problem
-from .space import Candidate, Space
-from .stopping import HopelessRule
+from .space import Space
 
 __all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "default_storage", "open_study", "run_search"]
 
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 SAMPLERS = ("nsga2", "tpe", "random")
 STUDY_NAME = "autocompress"
-MAX_RETRIES = 2  # a candidate whose trial died this many times is not queued again
 WARM_START_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75)
 
 
@@ -60,6 +60,11 @@ class SearchSettings:
     finetune: DistillationConfig = field(default_factory=DistillationConfig)
     warm_start: bool = True
     repair: bool = True
+    executor: str = "local"  # or "ray"
+    workers: int | None = None  # Ray actors (default: the cluster's CPUs / cpus_per_trial)
+    ray_address: str | None = None  # join this cluster ("auto", "host:port"); default: start Ray locally
+    cpus_per_trial: int = 1
+    gpus_per_trial: float | None = None  # default: 1 when the cluster has GPUs, else 0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -69,6 +74,11 @@ class SearchSettings:
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise AutocompressError(f"--timeout {self.timeout_s}: give a positive number of seconds")
         Budget.parse(self.budget)
+        if self.executor not in ("local", "ray"):
+            raise AutocompressError(f"--executor {self.executor!r} is not one of local, ray")
+        if self.workers is not None and self.workers < 1 or self.cpus_per_trial < 1:
+            raise AutocompressError(f"--workers {self.workers} / --cpus-per-trial {self.cpus_per_trial}: give at "
+                                    "least 1")
 
     @property
     def storage_url(self) -> str:
@@ -93,9 +103,12 @@ class SearchOutcome:
         return best_under(self.front, self.budget_ms)
 
 
-def run_search(settings: SearchSettings, *, progress: bool = True, problem: SearchProblem | None = None
-               ) -> SearchOutcome:
-    """Run (or resume) the search described by ``settings``; write its results into ``settings.out``."""
+def run_search(settings: SearchSettings, *, progress: bool = True, problem: SearchProblem | None = None,
+               executor: Executor | None = None) -> SearchOutcome:
+    """Run (or resume) the search described by ``settings``; write its results into ``settings.out``.
+
+    ``executor`` evaluates the fine-tunes (default: one at a time in this process; see
+    ``autocompress.executors.RayExecutor`` for a cluster)."""
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resumable(out / "search.json", settings)
@@ -111,16 +124,29 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
             study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
         study.set_user_attr("warm_started", True)
-    driver = _TrialDriver(settings, problem, study, budget_ms)
+    own_executor = executor is None
+    executor = executor or make_executor(settings, problem)
     interrupted = False
     try:
-        driver.run(progress=progress)
+        TrialDriver(settings, problem, study, budget_ms, executor).run(progress=progress)
     except KeyboardInterrupt:
         interrupted = True
-        log.warning("interrupted: the trial in flight is marked failed and will be retried on resume")
+        log.warning("interrupted: the trials in flight are marked failed and will be retried on resume")
+    finally:
+        if own_executor:
+            executor.close()
     records = records_from_study(study)
     files = write_results(out, records, budget_ms=budget_ms, baseline=problem.baseline_summary())
     return SearchOutcome(records, pareto_front(records), budget_ms, problem.baseline_summary(), files, interrupted)
+
+
+def make_executor(settings: SearchSettings, problem: SearchProblem) -> Executor:
+    if settings.executor == "local":
+        return LocalExecutor(problem)
+    from .executors.ray_pool import RayExecutor
+
+    return RayExecutor(problem, workers=settings.workers, address=settings.ray_address,
+                       cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=settings.gpus_per_trial)
 
 
 def default_storage(out: Path) -> str:
@@ -187,115 +213,6 @@ def sparse_random_starts(space: Space, count: int, seed: int) -> list[dict]:
     return [candidate_params(space, space.sample(rng, density=rng.uniform(0.15, 0.6))) for _ in range(count)]
 
 
-class _TrialDriver:
-    """The ask-evaluate-tell loop of one process."""
-
-    def __init__(self, settings: SearchSettings, problem: SearchProblem, study: optuna.Study, budget_ms: float):
-        self.settings, self.problem, self.study, self.budget_ms = settings, problem, study, budget_ms
-        self.rule = HopelessRule()
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("status") == "evaluated":
-                self.rule.record(*t.values, t.user_attrs.get("checkpoint_accuracy"))
-
-    def completed(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-    def run(self, *, progress: bool) -> None:
-        from tqdm.auto import tqdm
-
-        deadline = time.monotonic() + self.settings.timeout_s if self.settings.timeout_s else float("inf")
-        done = self.completed()
-        bar = tqdm(total=self.settings.trials, initial=min(done, self.settings.trials), unit="trial",
-                   desc="search", disable=not progress, dynamic_ncols=True)
-        failures_in_a_row = 0
-        try:
-            while done < self.settings.trials and time.monotonic() < deadline:
-                trial = self.study.ask()
-                try:
-                    self.run_trial(trial)
-                    failures_in_a_row = 0
-                except KeyboardInterrupt:
-                    self._fail(trial, "interrupted by the user", retry=True)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a broken candidate must not end the study
-                    reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-                    log.warning("trial %d failed: %s", trial.number, reason)
-                    self._fail(trial, reason, retry=False)
-                    failures_in_a_row += 1
-                    if failures_in_a_row >= 10:
-                        raise AutocompressError(f"10 trials in a row failed; the last one: {reason}") from exc
-                done = self.completed()
-                bar.n = min(done, self.settings.trials)
-                bar.set_postfix_str(self._postfix(), refresh=True)
-        finally:
-            bar.close()
-
-    def run_trial(self, trial: optuna.Trial) -> None:
-        started = time.perf_counter()
-        space, problem = self.problem.space, self.problem
-        candidate = space.suggest(trial)
-        prediction = problem.predict(candidate)
-        size = problem.size_bytes(candidate)
-        trial.set_user_attr("candidate", candidate.to_dict())
-        trial.set_user_attr("origin", trial.user_attrs.get("origin", "sampler"))
-        trial.set_user_attr("predicted_ms", prediction.ms)
-        trial.set_user_attr("predicted_std_ms", prediction.std_ms)
-        trial.set_user_attr("size_bytes", size)
-        trial.set_user_attr("driver", {"host": socket.gethostname(), "pid": os.getpid()})
-        trial.set_constraint("latency_over_budget_ms", prediction.ms - self.budget_ms)
-        if prediction.ms > self.budget_ms:
-            trial.set_user_attr("status", "over_budget")
-            trial.set_user_attr("finetune_steps", 0)
-            trial.set_user_attr("seconds", time.perf_counter() - started)
-            self.study.tell(trial, [0.0, prediction.ms, size])
-            if self.settings.repair:
-                self._queue_repair(trial.number, candidate)
-            return
-        _, result = problem.finetune(candidate, self.settings.finetune,
-                                     should_stop=self.rule.for_candidate(prediction.ms, size))
-        checkpoint = result.checkpoint_accuracies[0][1] if result.checkpoint_accuracies else None
-        trial.set_user_attr("status", "stopped_early" if result.stopped_early else "evaluated")
-        trial.set_user_attr("accuracy", result.accuracy)
-        trial.set_user_attr("checkpoint_accuracy", checkpoint)
-        trial.set_user_attr("finetune_steps", result.steps)
-        trial.set_user_attr("seconds", time.perf_counter() - started)
-        self.study.tell(trial, [result.accuracy, prediction.ms, size])
-        if not result.stopped_early:
-            self.rule.record(result.accuracy, prediction.ms, size, checkpoint)
-
-    def _queue_repair(self, number: int, candidate: Candidate) -> None:
-        repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, self.budget_ms)
-        if repaired is None:
-            return
-        fixed, _ = repaired
-        self.study.enqueue_trial(candidate_params(self.problem.space, fixed),
-                                 user_attrs={"origin": "boundary_repair", "repair_of": number})
-
-    def _fail(self, trial: optuna.Trial, reason: str, *, retry: bool) -> None:
-        trial.set_user_attr("fail_reason", reason)
-        trial.set_user_attr("status", "failed")
-        self.study.tell(trial, state=TrialState.FAIL)
-        if retry:
-            _queue_retry(self.study, self.study.get_trials(deepcopy=False)[trial.number])
-
-    def _postfix(self) -> str:
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        feasible = [t for t in complete if all(v <= 0 for v in t.constraints.values())]
-        evaluated = [t.values[0] for t in feasible if t.user_attrs.get("status") == "evaluated"]
-        best = f"{max(evaluated):.2%}" if evaluated else "-"
-        share = len(feasible) / len(complete) if complete else 0.0
-        return f"feasible {share:.0%}, best under {self.budget_ms:.3f} ms: {best}"
-
-
-def candidate_params(space: Space, candidate: Candidate) -> dict:
-    """A Candidate as the trial parameters that make ``space.suggest`` return it."""
-    params = {}
-    for var in space.variables:
-        value = getattr(candidate, var.kind).get(var.unit, Space._neutral(var))
-        params[var.name] = value
-    return params
-
-
 def _fail_stale_trials(study: optuna.Study) -> None:
     """Trials left RUNNING by a process that no longer exists: failed, with a reason, and retried."""
     host = socket.gethostname()
@@ -307,16 +224,7 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         trial.set_user_attr("fail_reason", "left running by a process that stopped (killed?); retried")
         trial.set_user_attr("status", "failed")
         study.tell(frozen.number, state=TrialState.FAIL)
-        _queue_retry(study, frozen)
-
-
-def _queue_retry(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-    retries = int(frozen.user_attrs.get("retries", 0))
-    if retries >= MAX_RETRIES or not frozen.params:
-        return
-    origin = frozen.user_attrs.get("origin", "sampler")
-    study.enqueue_trial(frozen.params, user_attrs={"origin": origin, "retries": retries + 1,
-                                                   "retry_of": frozen.number})
+        queue_retry(study, frozen)
 
 
 def _alive(pid) -> bool:

@@ -1,0 +1,147 @@
+"""The search on a real Ray cluster: several nodes on loopback, workers and drivers killed mid-search."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autocompress.finetune import DistillationConfig
+from autocompress.problem import ProblemSpec, build_problem
+from autocompress.search import SearchSettings, run_search
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TINY = ProblemSpec(model="reference_models:tiny_resnet", train_steps=80)
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    return build_problem(TINY, cache_dir=tmp_path_factory.mktemp("tiny_baseline"))
+
+
+@pytest.fixture
+def cluster():
+    """A head (no CPUs for trials: it only coordinates) and three nodes of one CPU each, on loopback."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    cluster.wait_for_nodes()
+    yield cluster, nodes
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="autocompress", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _settings(out: Path, *, trials: int, steps: int = 12, **ray_args) -> SearchSettings:
+    return SearchSettings(problem=TINY, budget="5ms", out=out, trials=trials, finetune=DistillationConfig(steps=steps),
+                          executor="ray", cpus_per_trial=1, **ray_args)
+
+
+def test_trials_run_on_every_node_of_a_multi_node_cluster(cluster, problem, tmp_path):
+    cluster_, _ = cluster
+    outcome = run_search(_settings(tmp_path, trials=9, workers=3, ray_address=cluster_.address), progress=False,
+                         problem=problem)
+    trials = _study(tmp_path).get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 9 and len(outcome.front) >= 1
+    nodes = {t.user_attrs["worker"]["node_id"] for t in trials}
+    assert len(nodes) == 3  # every node fine-tuned trials
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params)  # trials in flight together were never the same candidate
+
+
+def _kill_when_running(out: Path, kill, stop: threading.Event) -> dict:
+    """Wait for a trial a worker is fine-tuning, then ``kill(worker)``; returns that trial's number and worker."""
+    while not stop.is_set():
+        try:
+            running = _study(out).get_trials(states=(TrialState.RUNNING,))
+        except Exception:  # the study is not created yet
+            running = []
+        for trial in running:
+            worker = trial.user_attrs.get("worker")
+            if worker and trial.user_attrs.get("status") is None:
+                time.sleep(0.5)  # well inside its fine-tune
+                kill(worker)
+                return {"number": trial.number, "worker": worker}
+        time.sleep(0.1)
+    return {}
+
+
+@pytest.mark.parametrize("what", ["worker process", "node"])
+def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost(what, cluster, problem, tmp_path):
+    cluster_, nodes = cluster
+
+    def kill(worker):
+        if what == "worker process":
+            os.kill(worker["pid"], signal.SIGKILL)
+        else:  # two workers on three nodes: the lost worker restarts on the spare node
+            cluster_.remove_node(next(n for n in nodes if n.unique_id == worker["node_id"]))
+
+    killed: dict = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=lambda: killed.update(_kill_when_running(tmp_path, kill, stop)))
+    watcher.start()
+    try:
+        run_search(_settings(tmp_path, trials=8, steps=150, workers=2, ray_address=cluster_.address),
+                   progress=False, problem=problem)
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no trial was caught running"
+    trials = _study(tmp_path).get_trials()
+    lost = trials[killed["number"]]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["fail_reason"].startswith("worker lost:")
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
+    assert retries[0].user_attrs["worker"]["pid"] != killed["worker"]["pid"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
+    assert all(t.state != TrialState.FAIL or t.number == lost.number for t in trials)
+
+
+def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp_path, problem):
+    out = tmp_path / "search"
+    command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet", "--budget", "5ms",
+               "--trials", "10", "--train-steps", "80", "--finetune-steps", "60", "--out", str(out), "--quiet",
+               "--executor", "ray", "--workers", "2"]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    finished: dict = {}
+    while time.monotonic() < deadline and driver.poll() is None:
+        try:
+            finished = {t.number: t.values for t in _study(out).get_trials(states=(TrialState.COMPLETE,))}
+        except Exception:
+            finished = {}
+        if len(finished) >= 3:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the search ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    driver.wait()
+    kept = {t.number: t.values for t in _study(out).get_trials(states=(TrialState.COMPLETE,))}
+    assert len(kept) >= len(finished) >= 3
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = _study(out).get_trials()
+    assert {t.number: t.values for t in trials if t.number in kept} == kept  # nothing finished was lost
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 10
+    stale = [t for t in trials if t.state == TrialState.FAIL]
+    assert stale and all("left running" in t.user_attrs["fail_reason"] for t in stale)
+    for t in stale:
+        assert any(r.user_attrs.get("retry_of") == t.number for r in trials)
