@@ -89,7 +89,7 @@ def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost
         if what == "worker process":
             os.kill(worker["pid"], signal.SIGKILL)
         else:  # two workers on three nodes: the lost worker restarts on the spare node
-            cluster_.remove_node(next(n for n in nodes if n.unique_id == worker["node_id"]))
+            cluster_.remove_node(next(n for n in nodes if n.node_id == worker["node_id"]))
 
     killed: dict = {}
     stop = threading.Event()
