@@ -28,7 +28,7 @@ __all__ = ["MAX_RETRIES", "TrialDriver", "candidate_params", "queue_retry"]
 
 log = logging.getLogger(__name__)
 
-MAX_RETRIES = 2  # a candidate whose trial died this many times is not queued again
+MAX_RETRIES = 2  # times a trial is retried after its worker or its driver died
 _FAILURES_IN_A_ROW = 10
 
 
@@ -118,7 +118,18 @@ class TrialDriver:
 
     def _finish(self, trial: optuna.Trial, job: TrialJob, outcome: TrialResult | Exception) -> None:
         if isinstance(outcome, WorkerLost):
-            self._fail(trial, f"worker lost: {outcome}", retry=True)
+            # The worker died, not the candidate: the same trial goes to another worker at once,
+            # a bounded number of times, and each loss is recorded on the trial.
+            losses = [*trial.user_attrs.get("worker_failures", []), f"worker lost: {outcome}"]
+            trial.set_user_attr("worker_failures", losses)
+            if len(losses) > MAX_RETRIES or self.executor.slots < 1:
+                self._fail(trial, losses[-1], retry=False)
+                return
+            handle = self.executor.submit(job)
+            self.in_flight[handle] = (trial, job, _key(job.candidate))
+            worker = self.executor.worker_of(handle)
+            if worker:
+                trial.set_user_attr("worker", worker)
             return
         if isinstance(outcome, Exception):
             self._failed(trial, outcome)

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from autocompress.finetune import DistillationConfig
 from autocompress.problem import ProblemSpec, build_problem
-from autocompress.search import SearchSettings, run_search
+from autocompress.search import SearchSettings, open_study, run_search
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -91,25 +91,27 @@ def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost
         else:  # two workers on three nodes: the lost worker restarts on the spare node
             cluster_.remove_node(next(n for n in nodes if n.node_id == worker["node_id"]))
 
+    settings = _settings(tmp_path, trials=6, steps=100, workers=2, ray_address=cluster_.address)
+    open_study(settings)  # created before the watcher polls it: SQLite must not see two creators at once
     killed: dict = {}
     stop = threading.Event()
     watcher = threading.Thread(target=lambda: killed.update(_kill_when_running(tmp_path, kill, stop)))
     watcher.start()
     try:
-        run_search(_settings(tmp_path, trials=8, steps=150, workers=2, ray_address=cluster_.address),
-                   progress=False, problem=problem)
+        run_search(settings, progress=False, problem=problem)
     finally:
         stop.set()
         watcher.join()
     assert killed, "no trial was caught running"
     trials = _study(tmp_path).get_trials()
-    lost = trials[killed["number"]]
-    assert lost.state == TrialState.FAIL and lost.user_attrs["fail_reason"].startswith("worker lost:")
-    retries = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
-    assert retries[0].user_attrs["worker"]["pid"] != killed["worker"]["pid"]
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
-    assert all(t.state != TrialState.FAIL or t.number == lost.number for t in trials)
+    hit = trials[killed["number"]]
+    assert hit.state == TrialState.COMPLETE  # retried on another worker, and finished
+    assert [f.split(" on ")[0] for f in hit.user_attrs["worker_failures"]] in (
+        ["worker lost: RayActorError"], ["worker lost: ActorDiedError"], ["worker lost: ActorUnavailableError"],
+        ["worker lost: WorkerCrashedError"], ["worker lost: NodeDiedError"])
+    assert hit.user_attrs["worker"]["pid"] != killed["worker"]["pid"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
+    assert not [t for t in trials if t.state == TrialState.FAIL]
 
 
 def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp_path, problem):
