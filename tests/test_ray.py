@@ -91,7 +91,7 @@ def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost
         else:  # two workers on three nodes: the lost worker restarts on the spare node
             cluster_.remove_node(next(n for n in nodes if n.node_id == worker["node_id"]))
 
-    settings = _settings(tmp_path, trials=6, steps=100, workers=2, ray_address=cluster_.address)
+    settings = _settings(tmp_path, trials=4, steps=100, workers=2, ray_address=cluster_.address)
     open_study(settings)  # created before the watcher polls it: SQLite must not see two creators at once
     killed: dict = {}
     stop = threading.Event()
@@ -110,14 +110,14 @@ def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost
         ["worker lost: RayActorError"], ["worker lost: ActorDiedError"], ["worker lost: ActorUnavailableError"],
         ["worker lost: WorkerCrashedError"], ["worker lost: NodeDiedError"])
     assert hit.user_attrs["worker"]["pid"] != killed["worker"]["pid"]
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
     assert not [t for t in trials if t.state == TrialState.FAIL]
 
 
 def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp_path, problem):
     out = tmp_path / "search"
     command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet", "--budget", "5ms",
-               "--trials", "10", "--train-steps", "80", "--finetune-steps", "60", "--out", str(out), "--quiet",
+               "--trials", "8", "--train-steps", "80", "--finetune-steps", "40", "--out", str(out), "--quiet",
                "--executor", "ray", "--workers", "2"]
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -142,7 +142,7 @@ def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     trials = _study(out).get_trials()
     assert {t.number: t.values for t in trials if t.number in kept} == kept  # nothing finished was lost
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 10
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
     stale = [t for t in trials if t.state == TrialState.FAIL]
     assert stale and all("left running" in t.user_attrs["fail_reason"] for t in stale)
     for t in stale:

@@ -70,8 +70,8 @@ def test_two_drivers_share_one_study_in_postgresql(postgres_url, tmp_path):
     drivers = []
     for name in ("a", "b"):  # one driver per machine, in real life
         command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet",
-                   "--weights", str(weights_dir / "baseline.pt"), "--budget", "5ms", "--trials", "16",
-                   "--finetune-steps", "40", "--storage", postgres_url, "--out", str(tmp_path / name), "--quiet"]
+                   "--weights", str(weights_dir / "baseline.pt"), "--budget", "5ms", "--trials", "10",
+                   "--finetune-steps", "20", "--storage", postgres_url, "--out", str(tmp_path / name), "--quiet"]
         drivers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         _wait_for_trials(postgres_url, drivers[0])  # the first driver queues the warm start; the others find it
     for driver in drivers:
@@ -80,7 +80,7 @@ def test_two_drivers_share_one_study_in_postgresql(postgres_url, tmp_path):
     study = optuna.load_study(study_name="autocompress", storage=postgres_url)
     trials = study.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert 16 <= len(complete) <= 17  # each driver stops once 16 are done; one may have had a trial in flight
+    assert 10 <= len(complete) <= 11  # each driver stops once 10 are done; one may have had a trial in flight
     assert not [t for t in trials if t.state in (TrialState.FAIL, TrialState.RUNNING)]
     pids = {t.user_attrs["driver"]["pid"] for t in complete}
     assert pids == {d.pid for d in drivers}  # both drivers asked and told trials of the one study
