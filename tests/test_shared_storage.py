@@ -66,7 +66,9 @@ def postgres_url():
 def test_two_drivers_share_one_study_in_postgresql(postgres_url, tmp_path):
     weights_dir = tmp_path / "baseline"
     build_problem(ProblemSpec(model="reference_models:tiny_resnet", train_steps=80), cache_dir=weights_dir)
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    # one torch thread per driver: two drivers share this machine's cores, as two machines would not
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+                        "OMP_NUM_THREADS": "1"}
     drivers = []
     for name in ("a", "b"):  # one driver per machine, in real life
         command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet",
