@@ -6,7 +6,7 @@ work. Every executor uses one torch thread per trial. Reports trials per hour, t
 speed-up, Ray's start-up time, and the per-trial overhead Ray adds (wall time per trial with one
 Ray worker minus with the in-process executor). Writes results/ray_scaling.{md,json}.
 
-    python benchmarks/ray_scaling.py [--trials 8] [--steps 60] [--work runs/bench/resnet18]
+    python benchmarks/ray_scaling.py [--trials 16] [--steps 60] [--work runs/bench/resnet18]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from autocompress.problem import ProblemSpec, build_problem
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--work", type=Path, default=Path("runs/bench/resnet18"), help="baseline cache folder")
