@@ -81,8 +81,10 @@ class TrialDriver:
         except Exception as exc:  # a candidate the model cannot take must not end the study
             self._failed(trial, exc)
             return
-        if job is None:
-            return
+        if job is not None:
+            self._submit(trial, job)
+
+    def _submit(self, trial: optuna.Trial, job: TrialJob) -> None:
         handle = self.executor.submit(job)
         self.in_flight[handle] = (trial, job, _key(job.candidate))
         worker = self.executor.worker_of(handle)
@@ -124,12 +126,8 @@ class TrialDriver:
             trial.set_user_attr("worker_failures", losses)
             if len(losses) > MAX_RETRIES or self.executor.slots < 1:
                 self._fail(trial, losses[-1], retry=False)
-                return
-            handle = self.executor.submit(job)
-            self.in_flight[handle] = (trial, job, _key(job.candidate))
-            worker = self.executor.worker_of(handle)
-            if worker:
-                trial.set_user_attr("worker", worker)
+            else:
+                self._submit(trial, job)
             return
         if isinstance(outcome, Exception):
             self._failed(trial, outcome)
