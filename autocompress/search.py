@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from .budget import Budget
 from .driver import TrialDriver, candidate_params, queue_retry
 from .errors import AutocompressError
-from .executors import Executor, LocalExecutor
+from .executors import Executor, LocalExecutor, WorkerLost
 from .finetune import DistillationConfig
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study, write_results
 from .problem import ProblemSpec, SearchProblem, build_problem
@@ -126,17 +126,22 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         study.set_user_attr("warm_started", True)
     own_executor = executor is None
     executor = executor or make_executor(settings, problem)
-    interrupted = False
+    interrupted, cluster_lost = False, None
     try:
         TrialDriver(settings, problem, study, budget_ms, executor).run(progress=progress)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: the trials in flight are marked failed and will be retried on resume")
+    except WorkerLost as exc:  # the executor has no worker left at all
+        cluster_lost = exc
     finally:
         if own_executor:
             executor.close()
     records = records_from_study(study)
     files = write_results(out, records, budget_ms=budget_ms, baseline=problem.baseline_summary())
+    if cluster_lost is not None:
+        raise AutocompressError(f"{cluster_lost}; the results so far are in {out}: add workers or nodes and rerun "
+                                "the same command to resume")
     return SearchOutcome(records, pareto_front(records), budget_ms, problem.baseline_summary(), files, interrupted)
 
 
