@@ -88,7 +88,7 @@ def distill(student: nn.Module, train: TensorDataset, val: TensorDataset, soft_t
     if calibration:
         calibrate(student, [b.to(device) for b in calibration])
     if config.steps == 0:
-        return FinetuneResult(evaluate_accuracy(student, val, device), 0, False)
+        return FinetuneResult(_settled_accuracy(student, train, val, config, device), 0, False)
     images, labels = train.tensors
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=1e-4)
