@@ -299,21 +299,15 @@ def _search(args) -> int:
 
 
 def _pareto(args) -> int:
-    from .pareto import load_front, summary_table
+    from .pareto import TrialRecord, load_front, summary_table
 
     front = load_front(args.dir)
     if args.json:
         print(json.dumps(front, indent=2))
         return 0
-    print(summary_table_from_json(front, summary_table))
-    return 0
-
-
-def summary_table_from_json(front: dict, summary_table) -> str:
-    from .pareto import TrialRecord
-
     points = [TrialRecord.from_dict(p) for p in front["points"]]
-    return summary_table(points, budget_ms=front["budget_ms"], baseline=front["baseline"])
+    print(summary_table(points, budget_ms=front["budget_ms"], baseline=front["baseline"]))
+    return 0
 
 
 def _export(args) -> int:

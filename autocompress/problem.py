@@ -85,7 +85,7 @@ class SearchProblem:
 
 def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu") -> SearchProblem:
     """Load the data and hardware model, and train (or load) the baseline, cached in ``cache_dir``."""
-    hardware_dir = Path(spec.hardware)
+    hardware_dir = _hardware_folder(spec.hardware)
     if not (hardware_dir / "metadata.json").is_file():
         raise AutocompressError(f"--hardware {spec.hardware!r} is not a hardware model folder; pass one written by "
                                 "`autocompress profile`, e.g. hardware_models/ort-cpu-1t")
@@ -110,6 +110,16 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu") ->
         baseline_bytes=footprint_of_candidate(analysis, space.default()).bytes,
         device=device,
     )
+
+
+def _hardware_folder(name: str) -> Path:
+    """``name`` as given, or, for a relative name not found here, the hardware model shipped beside
+    the package (so the default ``hardware_models/ort-cpu-1t`` works from any working directory)."""
+    path = Path(name)
+    shipped = Path(__file__).resolve().parent.parent / path
+    if not path.is_absolute() and not (path / "metadata.json").is_file() and (shipped / "metadata.json").is_file():
+        return shipped
+    return path
 
 
 def read_spec(path: Path) -> ProblemSpec:

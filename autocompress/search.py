@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from .budget import Budget
@@ -76,6 +77,8 @@ class SearchSettings:
         Budget.parse(self.budget)
         if self.executor not in ("local", "ray"):
             raise AutocompressError(f"--executor {self.executor!r} is not one of local, ray")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise AutocompressError(f"--gpus-per-trial {self.gpus_per_trial}: give 0 or more")
         if self.workers is not None and self.workers < 1 or self.cpus_per_trial < 1:
             raise AutocompressError(f"--workers {self.workers} / --cpus-per-trial {self.cpus_per_trial}: give at "
                                     "least 1")
@@ -113,10 +116,10 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     out.mkdir(parents=True, exist_ok=True)
     _check_resumable(out / "search.json", settings)
     budget = Budget.parse(settings.budget)
+    study = open_study(settings)  # a bad --storage fails here, before the baseline trains
     problem = problem or build_problem(settings.problem, cache_dir=out)
     budget_ms = budget.resolve(problem.baseline_ms)
     _write_search_json(out / "search.json", settings, problem, budget_ms)
-    study = open_study(settings, existing_trials_seed=True)
     _fail_stale_trials(study)
     if settings.warm_start and not study.user_attrs.get("warm_started"):
         for name, params in warm_start_policies(problem.space).items():
@@ -159,18 +162,18 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
 
 
-def open_study(settings: SearchSettings, *, existing_trials_seed: bool = False) -> optuna.Study:
+def open_study(settings: SearchSettings) -> optuna.Study:
     """Create or reopen the study; the sampler's seed moves on with the trials already there, so a
     resumed run does not propose the first run's points again."""
     storage = settings.storage_url
     try:
         study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                     directions=["maximize", "minimize", "minimize"])
-    except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as exc:
+    except (ValueError, ImportError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
         raise AutocompressError(f"--storage {storage!r} cannot be opened ({exc}); give an Optuna storage URL such as "
                                 "sqlite:///study.db or postgresql://user@host/db") from exc
-    offset = len(study.get_trials(deepcopy=False)) if existing_trials_seed else 0
-    study.sampler = make_sampler(settings.sampler, settings.seed + offset, settings.trials)
+    study.sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)),
+                                 settings.trials)
     return study
 
 

@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 
+from ..errors import AutocompressError
 from .base import TrialJob, TrialResult, WorkerLost, evaluate_job
 
 __all__ = ["RayExecutor"]
@@ -58,7 +59,12 @@ class RayExecutor:
             # this machine they get the driver's import path; other nodes need the same packages.
             runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}}
             if address:
-                ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+                try:
+                    ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
+                except (ConnectionError, ValueError, RuntimeError) as exc:
+                    raise AutocompressError(f"--ray-address {address!r}: no Ray cluster answers there "
+                                            f"({str(exc).splitlines()[0]}); start one with `ray start --head` "
+                                            "or pass auto on a cluster node") from exc
             else:
                 ray.init(num_cpus=(workers or os.cpu_count() or 1) * cpus_per_trial, include_dashboard=False,
                          logging_level=logging.WARNING, runtime_env=runtime_env)
