@@ -66,11 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--out", type=Path, default=None,
                          help="hardware model folder (default hardware_models/ort-cpu-<threads>t); an existing "
                               "folder is resumed: its measurements are kept")
-    profile.add_argument("--kernels", type=_positive, default=None, help="kernels to time (default 3000)")
+    defaults = _profile_defaults()
+    profile.add_argument("--kernels", type=_positive, default=None,
+                         help=f"kernels to time (default {defaults.kernels})")
     profile.add_argument("--candidates", type=_count, default=None,
-                         help="whole candidates to time (default 320)")
+                         help=f"whole candidates to time (default {defaults.candidates})")
+    profile.add_argument("--sweeps", type=_positive, default=None,
+                         help=f"time every whole candidate in this many sweeps, minutes apart, and keep the fastest "
+                              f"(default {defaults.sweeps}; a shared machine's cache makes one sweep unreliable)")
     profile.add_argument("--max-minutes", type=float, default=None,
-                         help="stop measuring after this long and fit on what there is (default 28)")
+                         help=f"stop measuring after this long and fit on what there is (default "
+                              f"{defaults.max_minutes:g}); rerun the same command to resume")
     profile.set_defaults(run=_profile)
 
     validate = sub.add_parser("validate-predictor",
@@ -82,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="input shape N,3,H,W with H = W (repeat for several; default 1,3,32,32)")
     validate.add_argument("--samples", type=_positive, default=100, help="candidates per model and shape (default 100)")
     validate.add_argument("--seed", type=_count, default=1, help="seed of the candidate draws (default 1)")
+    validate.add_argument("--sweeps", type=_positive, default=2,
+                          help="time every candidate in this many sweeps, minutes apart, and keep the fastest "
+                               "(default 2, as profiling does)")
     validate.add_argument("--out", type=Path, default=None,
                           help="folder for validation.json, .md and .png (default HARDWARE_MODEL/validation)")
     validate.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -218,6 +227,12 @@ def _apply(args) -> int:
     return 0
 
 
+def _profile_defaults():
+    from .hardware.profiling import ProfilePlan  # imported late: the CLI starts fast
+
+    return ProfilePlan()
+
+
 def _profile(args) -> int:
     import dataclasses
     import time
@@ -227,11 +242,11 @@ def _profile(args) -> int:
 
     out = args.out or Path("hardware_models") / f"{args.target}-{args.threads}t"
     overrides = {"threads": args.threads, "kernels": args.kernels, "candidates": args.candidates,
-                 "max_minutes": args.max_minutes}
+                 "sweeps": args.sweeps, "max_minutes": args.max_minutes}
     try:
         plan = dataclasses.replace(ProfilePlan(), **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
-        raise AutocompressError(f"{exc}; fix --kernels, --candidates or --max-minutes") from exc
+        raise AutocompressError(f"{exc}; fix --kernels, --candidates, --sweeps or --max-minutes") from exc
     started = time.monotonic()
     kernels, candidates = run_profile(plan, out)
     hardware = fit_hardware_model(out, plan=plan)
@@ -253,7 +268,7 @@ def _validate_predictor(args) -> int:
                                     "validation draws image models at 1,3,H,W with H = W")
     hardware = load_hardware_model(args.hardware_model)
     report = validate(hardware, args.hardware_model, args.model, [s[2] for s in shapes], samples=args.samples,
-                      seed=args.seed, threads=hardware.metadata.get("threads", 1))
+                      seed=args.seed, threads=hardware.metadata.get("threads", 1), sweeps=args.sweeps)
     out = args.out or args.hardware_model / "validation"
     plan = hardware.metadata.get("plan") or {}
     write_report(report, out, profiled_models=list(plan.get("models", [])), machine=hardware.metadata.get("machine", {}))

@@ -117,6 +117,10 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     _check_resumable(out / "search.json", settings)
     budget = Budget.parse(settings.budget)
     study = open_study(settings)  # a bad --storage fails here, before the baseline trains
+    if executor is None and settings.executor == "ray" and settings.ray_address:
+        from .executors.ray_pool import check_ray_address
+
+        check_ray_address(settings.ray_address)  # and so does a dead --ray-address
     problem = problem or build_problem(settings.problem, cache_dir=out)
     budget_ms = budget.resolve(problem.baseline_ms)
     _write_search_json(out / "search.json", settings, problem, budget_ms)

@@ -21,7 +21,7 @@ from autocompress.hardware.kernels import (
     kernels_of_model,
 )
 from autocompress.hardware.predictor import LatencyPredictor, NotFittedError
-from autocompress.hardware.profiling import ProfilePlan, run_profile
+from autocompress.hardware.profiling import ProfilePlan, read_model_measurements, run_profile
 from autocompress.hardware.store import (
     DifferentMachineWarning,
     fit_hardware_model,
@@ -123,7 +123,7 @@ def test_predictor_rejects_too_few_candidates():
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hw") / "tiny-1t"
-    plan = ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=16, candidates=20, seed=3)
+    plan = ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=16, candidates=12, sweeps=2, seed=3)
     run_profile(plan, folder)
     return folder, plan
 
@@ -135,15 +135,31 @@ def test_profile_measures_real_kernels_and_resumes(tiny_profile, tmp_path):
     assert len(rows) == 16 and all(0 < float(r["median_ms"]) <= float(r["p90_ms"]) for r in rows)
     assert {r["bits"] for r in rows} >= {"32", "8"}
     models = list(csv.DictReader((folder / "models.csv").open()))
-    assert len(models) == 20 and all(json.loads(m["kernels"]) for m in models)
-    # Resume: a bigger plan keeps every row already there and only adds the new ones.
+    assert len(models) == 24 and all(json.loads(m["kernels"]) for m in models)
+    assert Counter(m["sweep"] for m in models) == {"0": 12, "1": 12}
+    # Each candidate counts once, at its fastest sweep.
+    combined = read_model_measurements(folder / "models.csv")
+    assert len(combined) == 12 and all(r["sweeps"] == 2 for r in combined)
+    for row in combined:
+        timed = [float(m["best_ms"]) for m in models if m["candidate"] == row["candidate"]]
+        assert row["best_ms"] == min(timed) and len(timed) == 2
+    # Resume: a bigger plan keeps every row already there and only adds the new ones. The
+    # models.csv here comes from before sweeps (no sweep column, one sweep): its rows count as
+    # sweep 0 and only sweep 1 is timed.
     copy = tmp_path / "resumed"
     copy.mkdir()
-    for name in ("kernels.csv", "models.csv"):
-        (copy / name).write_text((folder / name).read_text())
-    run_profile(ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=18, candidates=20, seed=3), copy)
+    (copy / "kernels.csv").write_text((folder / "kernels.csv").read_text())
+    with (copy / "models.csv").open("w", newline="") as handle:
+        old_fields = [f for f in models[0] if f != "sweep"]
+        writer = csv.DictWriter(handle, fieldnames=old_fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(m for m in models if m["sweep"] == "0")
+    run_profile(ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=18, candidates=12, sweeps=2, seed=3), copy)
     resumed = list(csv.DictReader((copy / "kernels.csv").open()))
     assert resumed[:16] == rows and len(resumed) == 18
+    resumed_models = list(csv.DictReader((copy / "models.csv").open()))
+    assert Counter(m["sweep"] for m in resumed_models) == {"": 12, "1": 12}
+    assert [m["best_ms"] for m in resumed_models[:12]] == [m["best_ms"] for m in models if m["sweep"] == "0"]
 
 
 def test_hardware_model_fits_saves_and_reloads(tiny_profile):
@@ -215,7 +231,10 @@ def test_committed_hardware_model_predicts_this_machine_better_than_macs():
         hardware = load_hardware_model(folder)
     if any(issubclass(w.category, DifferentMachineWarning) for w in caught):
         pytest.skip("the committed hardware model was measured on another CPU than this one")
-    figures = validate(hardware, folder, ["resnet18"], [32], samples=24, seed=99).figures()
+    report = validate(hardware, folder, ["resnet18"], [32], samples=24, seed=99, sweeps=2)
+    figures = report.figures()
+    assert all(len(r["sweeps_ms"]) == 2 and r["measured_ms"] == min(r["sweeps_ms"]) for r in report.rows)
+    assert 0 <= figures["sweeps_agree_10pct"] <= 1
     predictor, proxy = figures["predictor"], figures["macs_proxy"]
     assert figures["candidates"] == 24
     assert predictor["spearman"] > 0.85 and predictor["rmspe"] < 30, figures

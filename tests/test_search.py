@@ -232,3 +232,11 @@ def test_cli_pareto_prints_the_front_and_bad_inputs_are_one_line(finished_search
     assert err.count("\n") == 1 and "--budget 'fast'" in err
     assert main(["export", str(tmp_path / "nothing"), "--trial", "1", "--out", str(tmp_path / "e")]) == 2
     assert "no search" in capsys.readouterr().err
+    # A dead Ray address answers at once (a TCP probe), not after Ray's minute of retries.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()  # the port is now free: nothing answers there
+    assert main(["search", "resnet18", "--executor", "ray", "--ray-address", dead, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--ray-address '{dead}': nothing answers there" in err

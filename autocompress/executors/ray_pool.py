@@ -47,6 +47,24 @@ class _TrialWorker:
         return evaluate_job(self.problem, job, worker=self.info())
 
 
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail with one line when nothing listens at ``address`` (HOST:PORT or ray://HOST:PORT).
+
+    ``ray.init`` retries a dead address for a minute or more before it gives up, and its error is
+    many lines; a plain TCP connect answers in milliseconds. ``auto`` is left to Ray."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise AutocompressError(f"--ray-address {address!r} is not HOST:PORT (the head's GCS address, "
+                                "port 6379 by default) or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise AutocompressError(f"--ray-address {address!r}: nothing answers there ({exc.strerror or exc}); "
+                                "start a cluster with `ray start --head` or pass auto on a cluster node") from exc
+
+
 class RayExecutor:
     def __init__(self, problem, *, workers: int | None = None, address: str | None = None,
                  cpus_per_trial: int = 1, gpus_per_trial: float | None = None, max_restarts: int = 3) -> None:

@@ -81,7 +81,9 @@ class LatencyPredictor:
         then trees on how far each kernel's log time sits from it. The baseline carries the
         orders of magnitude that trees cannot extrapolate across; the trees learn efficiency.
         Returns (baseline, trees, cross-validated RMS error of the log time)."""
-        baseline = LinearRegression(positive=True).fit(_roofline_terms(table), ms)
+        # Weighted by 1/ms^2, the fit minimises relative error: unweighted, the largest kernels
+        # decide it and small ones got a baseline near zero (log ratios the trees could not fix).
+        baseline = LinearRegression(positive=True).fit(_roofline_terms(table), ms, sample_weight=1.0 / ms ** 2)
         base = _baseline_ms(baseline, table)
         features, target = _stage1_features(table, base), np.log(ms / base)
         held_out = np.zeros(len(target))
@@ -172,11 +174,16 @@ class LatencyPredictor:
 
 
 def _roofline_terms(table: np.ndarray) -> np.ndarray:
-    """Per kernel: a constant (the call), MACs, input and output elements, weights (millions)."""
+    """Per kernel: a constant (the call), MACs, input and output elements, weights (millions);
+    then the costs of the runtime's slower paths: per group and per group-pixel (a grouped or
+    depthwise conv with unaligned channels runs group by group), and MACs with channels that are
+    not multiples of 16 (no blocked NCHWc layout on AVX-512)."""
     _, _, cin, cout, k, _, h, w, out_h, out_w, groups = table.T.astype(np.float64)
     weights = cout * np.floor(cin / groups) * k * k
-    return np.column_stack([np.ones(len(table)), weights * out_h * out_w / 1e6, cin * h * w / 1e6,
-                            cout * out_h * out_w / 1e6, weights / 1e6])
+    macs = weights * out_h * out_w / 1e6
+    unaligned = (table[:, 2] % 16 != 0) | (table[:, 3] % 16 != 0)
+    return np.column_stack([np.ones(len(table)), macs, cin * h * w / 1e6, cout * out_h * out_w / 1e6, weights / 1e6,
+                            groups / 1e3, groups * out_h * out_w / 1e6, macs * unaligned])
 
 
 def _baseline_ms(baseline: LinearRegression, table: np.ndarray) -> np.ndarray:
