@@ -237,6 +237,7 @@ def test_cli_pareto_prints_the_front_and_bad_inputs_are_one_line(finished_search
     listener.bind(("127.0.0.1", 0))
     dead = f"127.0.0.1:{listener.getsockname()[1]}"
     listener.close()  # the port is now free: nothing answers there
-    assert main(["search", "resnet18", "--executor", "ray", "--ray-address", dead, "--out", str(tmp_path / "r")]) == 2
+    assert main(["search", "resnet18", "--budget", "0.5x", "--executor", "ray", "--ray-address", dead,
+                 "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--ray-address '{dead}': nothing answers there" in err

@@ -74,8 +74,8 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     """Measure ``samples`` random candidates per model and input size, and score the predictions.
 
     Every candidate is timed in ``sweeps`` sweeps over the whole plan, minutes apart, and its
-    fastest sweep is the measurement, as in profiling (see ``profiling``). How often two sweeps
-    agree within 10% is the floor of what any predictor can score here; the report shows it."""
+    fastest sweep is the measurement, as in profiling (see ``profiling``). The report shows how
+    often the sweeps agreed within 10%: how often one sweep alone would have been right."""
     trained_on = {(r["model"], r["input_size"], r["candidate"]) for r in read_model_measurements(folder / "models.csv")}
     report = ValidationReport(str(folder))
     plan = []
@@ -165,8 +165,9 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
               "apart; each sweep takes the fastest of 5 interleaved passes of 20 runs (`measure_interleaved`), and "
               "the fastest sweep is the measurement."),
              "The MACs proxy is MACs times one constant fit on these very candidates.",
-             "*Sweeps agree* is the share of candidates whose sweeps came within 10% of each other: how far the "
-             "measurement itself reproduces on this machine, a ceiling on *within ±10%* for any predictor.", "",
+             "*Sweeps agree* is the share of candidates whose sweeps came within 10% of each other. Where it is "
+             "low, a sweep met a slow spell of the host (other tenants' cache and memory traffic, minutes long): a "
+             "single sweep would have been that far off, and the fastest sweep is the measurement.", "",
              ("| model @ input | fit on this family | candidates | within ±10% | RMSPE | Spearman "
               "| MACs proxy: within ±10% | RMSPE | Spearman | sweeps agree |"), "|---|---|---|---|---|---|---|---|---|---|"]
     groups = list(summary["by_model"].items()) + [("all", summary["overall"])]
