@@ -228,7 +228,8 @@ def _apply(args) -> int:
 
 
 def _profile_defaults():
-    from .hardware.profiling import ProfilePlan  # imported late: the CLI starts fast
+    """The plan `profile` runs without options, so its help text quotes the real defaults."""
+    from .hardware.profiling import ProfilePlan
 
     return ProfilePlan()
 
