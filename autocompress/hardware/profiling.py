@@ -91,12 +91,12 @@ def run_profile(plan: ProfilePlan, out: Path) -> tuple[list[dict], list[dict]]:
         deadline=start + 60 * plan.max_minutes * _KERNEL_SHARE_OF_TIME,
         measure=lambda chunk: measure_kernels(chunk, passes=plan.passes, threads=plan.threads),
         row=lambda kernel: {f: getattr(kernel, f) for f in KERNEL_FIELDS})
-    done = {_candidate_key(row) for row in _read_csv(models_csv)}
-    sweeps = [(spec, size, candidate, sweep) for sweep in range(plan.sweeps)
-              for spec, size, candidate in _candidate_plan(plan)]
+    done = {_candidate_key(row) for row in _read_csv(models_csv)}  # keys as the CSV holds them: strings
+    todo = [(spec, size, candidate, sweep) for sweep in range(plan.sweeps)
+            for spec, size, candidate in _candidate_plan(plan)
+            if (spec, str(size), candidate.to_json(), str(sweep)) not in done]
     _measure_in_batches(
-        [item for item in sweeps if (item[0], str(item[1]), item[2].to_json(), str(item[3])) not in done],
-        models_csv, _MODEL_FIELDS + _TIMING_FIELDS, what="candidates", batch=_CANDIDATES_PER_BATCH,
+        todo, models_csv, _MODEL_FIELDS + _TIMING_FIELDS, what="candidates", batch=_CANDIDATES_PER_BATCH,
         deadline=start + 60 * plan.max_minutes,
         measure=lambda chunk: measure_candidates([(model_under_test(spec, size), candidate)
                                                   for spec, size, candidate, _ in chunk],
