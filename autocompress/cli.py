@@ -69,8 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     defaults = _profile_defaults()
     profile.add_argument("--kernels", type=_positive, default=None,
                          help=f"kernels to time (default {defaults.kernels})")
+    profile.add_argument("--heavy-kernels", type=_count, default=None,
+                         help=f"more kernels of the profiling models, drawn in proportion to their MACs: the big "
+                              f"ones that dominate a network's time (default {defaults.heavy_kernels})")
     profile.add_argument("--candidates", type=_count, default=None,
-                         help=f"whole candidates to time (default {defaults.candidates})")
+                         help=f"random whole candidates to time (default {defaults.candidates})")
+    profile.add_argument("--light-candidates", type=_count, default=None,
+                         help=f"lightly compressed candidates per model and input size, timed besides its "
+                              f"uncompressed model (default {defaults.light_candidates})")
     profile.add_argument("--sweeps", type=_positive, default=None,
                          help=f"time every whole candidate in this many sweeps, minutes apart, and keep the fastest "
                               f"(default {defaults.sweeps}; a shared machine's cache makes one sweep unreliable)")
@@ -242,12 +248,14 @@ def _profile(args) -> int:
     from .hardware.store import fit_hardware_model
 
     out = args.out or Path("hardware_models") / f"{args.target}-{args.threads}t"
-    overrides = {"threads": args.threads, "kernels": args.kernels, "candidates": args.candidates,
+    overrides = {"threads": args.threads, "kernels": args.kernels, "heavy_kernels": args.heavy_kernels,
+                 "candidates": args.candidates, "light_candidates": args.light_candidates,
                  "sweeps": args.sweeps, "max_minutes": args.max_minutes}
     try:
         plan = dataclasses.replace(ProfilePlan(), **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
-        raise AutocompressError(f"{exc}; fix --kernels, --candidates, --sweeps or --max-minutes") from exc
+        raise AutocompressError(f"{exc}; fix --kernels, --heavy-kernels, --candidates, --light-candidates, "
+                                f"--sweeps or --max-minutes") from exc
     started = time.monotonic()
     kernels, candidates = run_profile(plan, out)
     hardware = fit_hardware_model(out, plan=plan)

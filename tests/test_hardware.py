@@ -7,13 +7,14 @@ import json
 import random
 import warnings
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from autocompress.analysis import analyze
-from autocompress.hardware.candidates import model_under_test, random_candidate
+from autocompress.hardware.candidates import light_candidate, model_under_test, random_candidate
 from autocompress.hardware.kernels import (
     Kernel,
     kernel_table,
@@ -21,7 +22,7 @@ from autocompress.hardware.kernels import (
     kernels_of_model,
 )
 from autocompress.hardware.predictor import LatencyPredictor, NotFittedError
-from autocompress.hardware.profiling import ProfilePlan, read_model_measurements, run_profile
+from autocompress.hardware.profiling import ProfilePlan, _kernel_plan, read_model_measurements, run_profile
 from autocompress.hardware.store import (
     DifferentMachineWarning,
     fit_hardware_model,
@@ -120,26 +121,52 @@ def test_predictor_rejects_too_few_candidates():
         LatencyPredictor().fit(kernels, kernel_ms, candidates, candidate_ms)
 
 
+def test_heavy_kernels_favour_the_big_ones_and_leave_the_plan_before_them_alone():
+    plan = ProfilePlan(models=("resnet18", "mobilenet_v2"), input_sizes=(32,), kernels=200, heavy_kernels=100,
+                       shared_share=1.0)
+    kernels = _kernel_plan(plan)
+    uniform, heavy = kernels[:200], kernels[200:]
+    assert len(heavy) == 100 and len(set(kernels)) == 300
+    assert np.median([k.macs for k in heavy]) > 3 * np.median([k.macs for k in uniform])
+    assert _kernel_plan(replace(plan, heavy_kernels=0)) == uniform  # a profile taken before them stays valid
+
+
+def test_light_candidates_change_little_and_skip_blocks_as_repair_does():
+    target = model_under_test("resnet18", 32)
+    space = Space(target.analysis)
+    drawn = [light_candidate(target, random.Random(i)) for i in range(20)]
+    for candidate in drawn:
+        space.validate(candidate)
+        changed = [name for name in space.changed(candidate) if not name.startswith("skip")]
+        assert len(changed) <= 0.15 * len(space) + 1
+    skipped = [sum(c.skip.values()) for c in drawn]
+    assert max(skipped) >= 3 and min(skipped) < max(skipped)
+
+
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hw") / "tiny-1t"
-    plan = ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=16, candidates=12, sweeps=2, seed=3)
+    plan = ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=16, heavy_kernels=4, candidates=12,
+                       light_candidates=1, sweeps=2, seed=3)
     run_profile(plan, folder)
     return folder, plan
 
 
 def test_profile_measures_real_kernels_and_resumes(tiny_profile, tmp_path):
-    folder, _ = tiny_profile
+    folder, plan = tiny_profile
     with (folder / "kernels.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 16 and all(0 < float(r["median_ms"]) <= float(r["p90_ms"]) for r in rows)
+    assert len(rows) == 16 + 4 and all(0 < float(r["median_ms"]) <= float(r["p90_ms"]) for r in rows)
     assert {r["bits"] for r in rows} >= {"32", "8"}
+    # 12 random candidates, then the uncompressed model and one lightly compressed candidate.
     models = list(csv.DictReader((folder / "models.csv").open()))
-    assert len(models) == 24 and all(json.loads(m["kernels"]) for m in models)
-    assert Counter(m["sweep"] for m in models) == {"0": 12, "1": 12}
+    assert len(models) == 2 * 14 and all(json.loads(m["kernels"]) for m in models)
+    assert Counter(m["sweep"] for m in models) == {"0": 14, "1": 14}
+    uncompressed = Space(model_under_test(TINY, 16).analysis).default().to_json()
+    assert [m["sweep"] for m in models if m["candidate"] == uncompressed] == ["0", "1"]
     # Each candidate counts once, at its fastest sweep.
     combined = read_model_measurements(folder / "models.csv")
-    assert len(combined) == 12 and all(r["sweeps"] == 2 for r in combined)
+    assert len(combined) == 14 and all(r["sweeps"] == 2 for r in combined)
     for row in combined:
         timed = [float(m["best_ms"]) for m in models if m["candidate"] == row["candidate"]]
         assert row["best_ms"] == min(timed) and len(timed) == 2
@@ -154,12 +181,12 @@ def test_profile_measures_real_kernels_and_resumes(tiny_profile, tmp_path):
         writer = csv.DictWriter(handle, fieldnames=old_fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(m for m in models if m["sweep"] == "0")
-    run_profile(ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=18, candidates=12, sweeps=2, seed=3), copy)
+    run_profile(replace(plan, kernels=18), copy)
     resumed = list(csv.DictReader((copy / "kernels.csv").open()))
-    assert resumed[:16] == rows and len(resumed) == 18
+    assert resumed[:20] == rows and len(resumed) == 22
     resumed_models = list(csv.DictReader((copy / "models.csv").open()))
-    assert Counter(m["sweep"] for m in resumed_models) == {"": 12, "1": 12}
-    assert [m["best_ms"] for m in resumed_models[:12]] == [m["best_ms"] for m in models if m["sweep"] == "0"]
+    assert Counter(m["sweep"] for m in resumed_models) == {"": 14, "1": 14}
+    assert [m["best_ms"] for m in resumed_models[:14]] == [m["best_ms"] for m in models if m["sweep"] == "0"]
 
 
 def test_hardware_model_fits_saves_and_reloads(tiny_profile):
@@ -181,6 +208,11 @@ def test_hardware_model_fits_saves_and_reloads(tiny_profile):
     refit = load_hardware_model(folder)
     assert refit.predict_candidate(target.analysis, candidate).ms == pytest.approx(before.ms, rel=1e-6)
     assert (folder / "predictor.joblib").read_bytes() != b"not a pickle"
+    # So is a pickle of an older predictor format (its fitted attributes differ).
+    stamp = json.loads((folder / "predictor.json").read_text())
+    (folder / "predictor.json").write_text(json.dumps(stamp | {"format_version": 1}))
+    load_hardware_model(folder)
+    assert json.loads((folder / "predictor.json").read_text())["format_version"] == LatencyPredictor.format_version
     metadata = json.loads((folder / "metadata.json").read_text())
     metadata["machine"]["cpu"] = "Some Other CPU"
     (folder / "metadata.json").write_text(json.dumps(metadata))

@@ -119,7 +119,8 @@ def load_hardware_model(folder: str | Path) -> HardwareModel:
 def _write_cache(folder: Path, predictor: LatencyPredictor) -> None:
     joblib.dump(predictor, folder / "predictor.joblib", compress=3)
     (folder / "predictor.json").write_text(json.dumps(
-        {"sha256": _sha256(folder / "predictor.joblib"), "scikit-learn": sklearn.__version__}) + "\n")
+        {"sha256": _sha256(folder / "predictor.joblib"), "scikit-learn": sklearn.__version__,
+         "format_version": LatencyPredictor.format_version}) + "\n")
 
 
 def _read_cache(folder: Path) -> LatencyPredictor | None:
@@ -129,6 +130,7 @@ def _read_cache(folder: Path) -> LatencyPredictor | None:
     except (OSError, json.JSONDecodeError):
         return None
     if not pickled.exists() or expected.get("scikit-learn") != sklearn.__version__ or \
+            expected.get("format_version") != LatencyPredictor.format_version or \
             expected.get("sha256") != _sha256(pickled):
         return None
     return joblib.load(pickled)
