@@ -57,8 +57,9 @@ _CANDIDATES_PER_BATCH = 24
 
 @dataclass(frozen=True)
 class ProfilePlan:
-    """What ``run_profile`` measures. The defaults take about 30 minutes on a 2-core x86 machine;
-    ``max_minutes`` caps a run (kernels get 40% of it) and a rerun resumes where it stopped."""
+    """What ``run_profile`` measures. The defaults take about 40 minutes on a 2-core x86 machine;
+    ``max_minutes`` caps a run (kernels get 40% of it), the model is fit on what was measured, and
+    a rerun resumes where it stopped."""
 
     models: tuple[str, ...] = ("resnet18", "mobilenet_v2", "efficientnet_b0", "mobilenet_v3_small")
     input_sizes: tuple[int, ...] = (32, 64)
