@@ -34,6 +34,7 @@ __all__ = [
     "kernel_features",
     "kernel_table",
     "kernel_unit",
+    "kernel_weights",
     "kernels_of_candidate",
     "kernels_of_model",
 ]
@@ -149,12 +150,18 @@ def kernel_table(kernels: list[Kernel]) -> np.ndarray:
                       k.groups) for k in kernels], dtype=np.int64).reshape(len(kernels), 11)
 
 
+def kernel_weights(table: np.ndarray) -> np.ndarray:
+    """The weight count of each row of ``kernel_table`` (float64)."""
+    _, _, cin, cout, k, _, _, _, _, _, groups = table.T.astype(np.float64)
+    return cout * np.floor(cin / groups) * k * k
+
+
 def kernel_features(table: np.ndarray) -> np.ndarray:
     """FEATURE_NAMES for each row of ``kernel_table``. Channel counts modulo 8 and 16 are there
     because the runtime's vectorised kernels run unaligned channel counts markedly slower."""
     _, _, cin, cout, k, stride, h, w, out_h, out_w, groups = table.T.astype(np.float64)
     out_pixels = out_h * out_w
-    weights = cout * np.floor(cin / groups) * k * k
+    weights = kernel_weights(table)
     ci, co = table[:, 2], table[:, 3]
     return np.column_stack([
         np.log(cin), np.log(cout), k, stride, np.log(h), np.log(out_pixels), np.log(weights * out_pixels),

@@ -36,7 +36,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold
 
-from .kernels import OPS, Kernel, kernel_features, kernel_table
+from .kernels import OPS, Kernel, kernel_features, kernel_table, kernel_weights
 
 __all__ = ["LatencyPrediction", "LatencyPredictor", "NotFittedError"]
 
@@ -180,7 +180,7 @@ class LatencyPredictor:
         precision = np.select([bits >= 16, bits == 8], [0, 1], 2)
         shares = [per_candidate(ms * ((op == o) & (precision == p))) / alone for o in range(len(OPS)) for p in range(3)]
         _, _, cin, cout, k, _, h, w, out_h, out_w, groups = table.T.astype(np.float64)
-        weights = cout * np.floor(cin / groups) * k * k / 1e6  # millions
+        weights = kernel_weights(table) / 1e6  # millions
         weight_mb = weights * np.select([bits == 32, bits == 16, bits == 8], [4, 2, 1], 0.5)
         by_bits = [per_candidate(weight_mb * (bits == b)) for b in _BITS]
         same_candidate = np.concatenate([[False], owner[1:] == owner[:-1]])
@@ -219,7 +219,7 @@ def _roofline_terms(table: np.ndarray) -> np.ndarray:
     depthwise conv with unaligned channels runs group by group), and MACs with channels that are
     not multiples of 16 (no blocked NCHWc layout on AVX-512)."""
     _, _, cin, cout, k, _, h, w, out_h, out_w, groups = table.T.astype(np.float64)
-    weights = cout * np.floor(cin / groups) * k * k
+    weights = kernel_weights(table)
     macs = weights * out_h * out_w / 1e6
     unaligned = (table[:, 2] % 16 != 0) | (table[:, 3] % 16 != 0)
     return np.column_stack([np.ones(len(table)), macs, cin * h * w / 1e6, cout * out_h * out_w / 1e6, weights / 1e6,
