@@ -21,7 +21,7 @@ from autocompress.hardware.kernels import (
     kernels_of_candidate,
     kernels_of_model,
 )
-from autocompress.hardware.predictor import LatencyPredictor, NotFittedError
+from autocompress.hardware.predictor import LatencyPredictor, NotFittedError, _glue_inputs
 from autocompress.hardware.profiling import ProfilePlan, _kernel_plan, read_model_measurements, run_profile
 from autocompress.hardware.store import (
     DifferentMachineWarning,
@@ -62,6 +62,25 @@ def test_kernels_follow_pruning_rank_and_kernel_choices(tiny):
     ranked = kernels_of_candidate(analysis, space.from_params({f"rank/{factorizable.name}": 0.25}))
     halves = [k for k in ranked if k.layer == factorizable.name]
     assert len(halves) == 2 and halves[0].cout == halves[1].cin and halves[1].kernel == 1
+
+
+def test_glue_inputs_find_the_stem_pool_and_whether_an_int_layer_reads_it():
+    """ResNet-18's max pool is the only glue before a conv; it counts once, as int-read when any
+    reader is int (the slow uint8 pool), and never for MobileNet-V2 (only a global pool)."""
+    target = model_under_test("resnet18", 64)
+    space = Space(target.analysis)
+    pooled = 64 * 16 * 16 / 1e6  # the stem's 64 channels, pooled from 32x32 to 16x16
+
+    def glue(analysis, candidate):
+        table = kernel_table(kernels_of_candidate(analysis, candidate))
+        return tuple(float(x[0]) for x in _glue_inputs(table, np.zeros(len(table), dtype=np.int64), 1))
+
+    assert glue(target.analysis, space.default()) == pytest.approx((0.0, pooled))
+    assert glue(target.analysis, space.from_params({"bits/layer1.0.conv1": 8})) == pytest.approx((pooled, 0.0))
+    low_rank_stem = space.from_params({"rank/conv1": 0.25, "bits/conv1": 4})
+    assert glue(target.analysis, low_rank_stem) == pytest.approx((0.0, pooled))  # the pool reads float
+    mobilenet = model_under_test("mobilenet_v2", 64)
+    assert glue(mobilenet.analysis, Space(mobilenet.analysis).default()) == (0.0, 0.0)
 
 
 def _synthetic_truth(kernels: np.ndarray) -> np.ndarray:

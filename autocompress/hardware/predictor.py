@@ -13,10 +13,12 @@ a candidate's latency, and the prediction is their mean in log space:
 
 - ratio head: ExtraTrees on the log ratio between the measured latency and the kernels alone,
   from model-independent features: how the kernel time splits over ops and precisions, weight
-  megabytes per precision, kernel count, precision changes, activations, largest input side;
+  megabytes per precision, kernel count, precision changes, activations, largest input side,
+  and the elements that reach a conv through glue ops rather than from a kernel (a max pool on a
+  tensor an int layer reads runs as a slow uint8 loop: ``_glue_inputs``);
 - excess head: first a linear excess, the time a network adds to (or saves on) its kernels alone
-  per million weights of each precision, per precision change, per kernel and per million
-  activations (fit for relative error). Streaming weights costs time in proportion to their
+  per million weights of each precision, per precision change, per kernel, per million
+  activations and per million elements through glue (fit for relative error). Streaming weights costs time in proportion to their
   bytes: additive, which trees on ratios learn poorly. Then ExtraTrees on the log ratio between
   the measured latency and that estimate (same features, plus the estimate's own ratio).
 
@@ -55,7 +57,7 @@ class LatencyPredictor:
 
     # Bumped whenever the fitted attributes change, so a cached pickle from an older version is
     # refit instead of failing at predict time (hardware.store checks it).
-    format_version = 2
+    format_version = 3
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 1, composition_min_samples_leaf: int = 2,
                  random_state: int = 0) -> None:
@@ -189,14 +191,17 @@ class LatencyPredictor:
         activations = per_candidate(cout * out_h * out_w / 1e6)
         max_side = np.zeros(n)
         np.maximum.at(max_side, owner, np.maximum(h, w))
+        glue_int, glue_float = _glue_inputs(table, owner, n)
         # log sum alone; time shares by (op, float/int8/int4); weight MB per bit width and in all;
-        # log kernel count; share of precision changes; log activation Mfloats; log largest side.
+        # log kernel count; share of precision changes; log activation Mfloats; log largest side;
+        # Mfloats reaching convs through glue, int-read and float (``_glue_inputs``).
         features = np.column_stack([np.log(alone), *shares, *by_bits, np.log(sum(by_bits) + 1e-6), np.log(counts),
-                                    changes / counts, np.log(activations), np.log(max_side)])
+                                    changes / counts, np.log(activations), np.log(max_side), glue_int, glue_float])
         # The excess: millions of weights per bit width, precision changes, kernels, millions of
-        # activations, and a constant (the session call).
+        # activations, millions of elements through glue (int-read and float), and a constant
+        # (the session call).
         excess_terms = np.column_stack([*(per_candidate(weights * (bits == b)) for b in _BITS), changes, counts,
-                                        activations, np.ones(n)])
+                                        activations, glue_int, glue_float, np.ones(n)])
         return features, alone, per_candidate(var), ms, owner, excess_terms
 
     def _kernel_ms(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +216,39 @@ class LatencyPredictor:
             log_var[rows] = log_error ** 2
         ms = np.exp(log_mean)
         return ms, (ms ** 2) * log_var  # delta method: var(exp(x)) ~ exp(x)^2 var(x)
+
+
+def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate, millions of elements that reach a conv through glue ops (a max pool, a
+    concatenation, a channel split) rather than straight from an earlier kernel: first those that
+    an int kernel reads, then those only float kernels read.
+
+    The runtime runs a pool on a quantized tensor (one an int kernel reads) with a slow generic
+    uint8 loop: profiled in ResNet-18 candidates at 64x64, the stem's max pool took 120-460 us when
+    a reader of its output was int8 or int4, and 3-25 us in float (blocked NCHWc layout).
+
+    A tensor is known by its owner, channels, height and width; a conv input that no earlier
+    kernel of the candidate produced came through glue. Global pools (1x1 outputs) are cheap and
+    left out; so is the network's input."""
+    op, bits, cin, cout, _, _, h, w, out_h, out_w, _ = table.T
+
+    def key(channels, height, width):
+        return (owner.astype(np.int64) << 40) | (channels << 24) | (height << 12) | width
+
+    produced, consumed = key(cout, out_h, out_w), key(cin, h, w)
+    known, first_row = np.unique(produced, return_index=True)
+    at = np.minimum(np.searchsorted(known, consumed), len(known) - 1)
+    fed_by_kernel = (known[at] == consumed) & (first_row[at] < np.arange(len(table)))
+    network_input = np.concatenate([[True], owner[1:] != owner[:-1]])
+    glue = ~fed_by_kernel & ~network_input & (op != OPS.index("linear")) & (h * w > 1)
+    tensors, reader_of = np.unique(consumed[glue], return_inverse=True)
+    int_read = np.zeros(len(tensors), dtype=bool)
+    np.logical_or.at(int_read, reader_of, bits[glue] <= 8)
+    first_reader = np.unique(reader_of, return_index=True)[1]
+    elements = (cin * h * w)[glue][first_reader] / 1e6
+    tensor_owner = owner[glue][first_reader]
+    return (np.bincount(tensor_owner, weights=elements * int_read, minlength=n),
+            np.bincount(tensor_owner, weights=elements * ~int_read, minlength=n))
 
 
 def _roofline_terms(table: np.ndarray) -> np.ndarray:
