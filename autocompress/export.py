@@ -142,19 +142,19 @@ def _inline_constant_identities(graph: onnx.ModelProto) -> int:
 def onnx_scope(model: nn.Module, name: str) -> str:
     """The node-name prefix the TorchScript exporter gives ops run by module ``name``.
 
-    Each module on the path contributes its name relative to its closest ancestor that is not a
-    plain container (``features.1.0``, ``block``, ``layers.0``); containers themselves are only
-    listed when they are called (Sequential) and never when they are not (ModuleList).
+    Every module that is called contributes one segment (ModuleList and ModuleDict are never
+    called, so they contribute none). A segment is the module's own attribute name (``conv``,
+    ``block1-0``), except that an index (``0``, from a Sequential or a ModuleList) is appended
+    to its parent's segment: ``features/features.1/conv/conv.0/conv.0.0``. Checked against the
+    exporter on plain and subclassed Sequentials, wrappers and torchvision models (tests).
     """
+    scope, segment = [], ""
     parts = name.split(".")
-    scope, anchor = [], 0
-    for depth in range(1, len(parts) + 1):
+    for depth, part in enumerate(parts, start=1):
+        segment = f"{segment}.{part}" if part.isdigit() and segment else part
         module = model.get_submodule(".".join(parts[:depth]))
-        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-            continue
-        scope.append(".".join(parts[anchor:depth]))
-        if not isinstance(module, nn.Sequential):
-            anchor = depth
+        if not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            scope.append(segment)
     return "/" + "/".join(scope) + "/"
 
 

@@ -117,8 +117,8 @@ class LatencyPredictor:
         conversions, but a negative excess extrapolated far must not reach zero). Chosen on
         cross-validation over the profile's candidates, before the glue and streaming terms: the
         excess head alone scored 82% within 10% against 77% for the ratio head, and their mean
-        82-83%; on MnasNet, which was never
-        profiled, the excess head alone over-predicted by 4-7% and the mean by 3-4%."""
+        82-83%; on MnasNet, which was never profiled, the excess head alone over-predicted by
+        4-7% and the mean by 3-4%."""
         estimate = np.maximum(alone + excess.predict(excess_terms), 0.3 * alone)
         return [(features, np.log(alone)),
                 (np.column_stack([features, np.log(estimate / alone)]), np.log(estimate))]
