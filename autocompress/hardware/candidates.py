@@ -20,7 +20,7 @@ from ..export import export_onnx
 from ..models import resolve_model
 from ..space import Candidate, Space, SpaceOptions
 from ..techniques import apply_candidate
-from .measure import LatencyMeasurement, measure_interleaved
+from .measure import PASSES, LatencyMeasurement, measure_interleaved
 
 __all__ = ["ModelUnderTest", "export_candidate", "light_candidate", "measure_candidates", "model_under_test",
            "random_candidate"]
@@ -78,7 +78,7 @@ def export_candidate(target: ModelUnderTest, candidate: Candidate, path: Path) -
     return path
 
 
-def measure_candidates(items: list[tuple[ModelUnderTest, Candidate]], *, passes: int = 5, runs: int = 20,
+def measure_candidates(items: list[tuple[ModelUnderTest, Candidate]], *, passes: int = PASSES, runs: int = 20,
                        threads: int = 1) -> list[LatencyMeasurement]:
     """Export and time a batch of candidates end to end, in interleaved passes."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,7 +40,7 @@ from ..space import Candidate, Space
 from ..techniques import apply_candidate
 from .candidates import light_candidate, measure_candidates, model_under_test, random_candidate
 from .kernels import KERNEL_FIELDS, Kernel, kernel_unit, kernels_of_candidate
-from .measure import LatencyMeasurement, measure_interleaved
+from .measure import PASSES, LatencyMeasurement, measure_interleaved
 
 __all__ = ["ProfilePlan", "measure_kernels", "read_kernel_measurements", "read_model_measurements", "run_profile"]
 
@@ -57,7 +57,7 @@ _CANDIDATES_PER_BATCH = 24
 
 @dataclass(frozen=True)
 class ProfilePlan:
-    """What ``run_profile`` measures. The defaults take about 40 minutes on a 2-core x86 machine;
+    """What ``run_profile`` measures. The defaults take about 45 minutes on a 2-core x86 machine;
     ``max_minutes`` caps a run (kernels get 40% of it), the model is fit on what was measured, and
     a rerun resumes where it stopped."""
 
@@ -70,7 +70,7 @@ class ProfilePlan:
     shared_share: float = 0.65  # share of kernels taken from the profiling models' candidates
     seed: int = 0
     threads: int = 1
-    passes: int = 5  # interleaved timing passes (see measure_interleaved)
+    passes: int = PASSES  # interleaved timing passes (see measure_interleaved)
     sweeps: int = 2  # sweeps over all whole candidates, minutes apart; the fastest counts
     max_minutes: float = 30.0
 
@@ -134,7 +134,7 @@ def _candidate_row(item: tuple[str, int, Candidate, int]) -> dict:
             "macs": sum(k.macs for k in kernels), "sweep": sweep}
 
 
-def measure_kernels(kernels: list[Kernel], *, passes: int = 5, threads: int = 1) -> list[LatencyMeasurement]:
+def measure_kernels(kernels: list[Kernel], *, passes: int = PASSES, threads: int = 1) -> list[LatencyMeasurement]:
     """Export each kernel alone through the same path as a real candidate; time them interleaved."""
     with tempfile.TemporaryDirectory() as tmp:
         models = [_export_kernel(kernel, Path(tmp) / f"{i}.onnx") for i, kernel in enumerate(kernels)]

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..errors import AutocompressError
 from .candidates import measure_candidates, model_under_test, random_candidate
 from .kernels import kernels_of_candidate
+from .measure import PASSES
 from .profiling import read_model_measurements
 from .store import HardwareModel
 
@@ -162,8 +163,8 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
     lines = [f"# Latency predictor validation: {report.hardware_model}", "",
              (f"Random candidates never used in fitting, each exported and timed end to end on {machine.get('cpu')} "
               f"(ONNX Runtime {machine.get('onnxruntime')}, 1 thread) in {sweeps} sweeps over all of them, minutes "
-              "apart; each sweep takes the fastest of 5 interleaved passes of 20 runs (`measure_interleaved`), and "
-              "the fastest sweep is the measurement."),
+              f"apart; each sweep takes the fastest of {PASSES} interleaved passes of 20 runs, each candidate's session "
+              "kept across them (`measure_interleaved`), and the fastest sweep is the measurement."),
              "The MACs proxy is MACs times one constant fit on these very candidates.",
              "*Sweeps agree* is the share of candidates whose sweeps came within 10% of each other. Where it is "
              "low, a sweep met a slow spell of the host (other tenants' cache and memory traffic, minutes long): a "
