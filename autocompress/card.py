@@ -16,13 +16,14 @@ import torch
 from optuna.trial import TrialState
 
 from .budget import Budget
+from .confirm import choose_by_measurement
 from .data import calibration_batches
 from .errors import AutocompressError
 from .export import export_and_compare, export_onnx
 from .finetune import DistillationConfig
 from .hardware import machine_info
 from .hardware.measure import measure_interleaved
-from .pareto import best_under, pareto_front, records_from_study
+from .pareto import TrialRecord, records_from_study
 from .problem import build_problem, read_spec
 from .search import STUDY_NAME, default_storage
 from .space import Candidate
@@ -32,34 +33,37 @@ __all__ = ["BUSY_LOAD", "busy_warning", "choose_trial", "export_from_search", "w
 log = logging.getLogger(__name__)
 
 
-def choose_trial(search_dir: Path, *, trial: int | None = None, best_under_budget: str | None = None):
-    """The finished trial to export: by number, or the most accurate front point under a latency."""
-    study = _open_search_study(search_dir)
-    records = records_from_study(study)
-    if trial is not None:
-        chosen = next((r for r in records if r.number == trial), None)
-        if chosen is None or chosen.state != "complete" or chosen.status not in ("evaluated", "stopped_early"):
-            raise AutocompressError(f"--trial {trial} is not a finished, fine-tuned trial of {search_dir}; "
-                                    f"`autocompress pareto {search_dir}` lists the front")
-        return chosen, records
-    settings = json.loads((search_dir / "search.json").read_text())
-    limit = Budget.parse(best_under_budget, flag="--best-under").resolve(settings["baseline"]["latency_ms"])
-    chosen = best_under(pareto_front(records), limit)
-    if chosen is None:
-        raise AutocompressError(f"no front point of {search_dir} is predicted under {limit:.3f} ms; loosen "
-                                "--best-under or run more trials")
-    return chosen, records
+def choose_trial(records: list[TrialRecord], trial: int, search_dir: Path) -> TrialRecord:
+    """The finished, fine-tuned trial numbered ``trial`` among a search's records."""
+    chosen = next((r for r in records if r.number == trial), None)
+    if chosen is None or chosen.state != "complete" or chosen.status not in ("evaluated", "stopped_early"):
+        raise AutocompressError(f"--trial {trial} is not a finished, fine-tuned trial of {search_dir}; "
+                                f"`autocompress pareto {search_dir}` lists the front")
+    return chosen
 
 
 def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None, best_under_budget: str | None = None,
                        finetune_steps: int = 300, passes: int = 15, runs: int = 30) -> dict:
-    """Rebuild the chosen candidate, fine-tune it ``finetune_steps`` steps, export and measure it."""
+    """Rebuild the chosen candidate, fine-tune it ``finetune_steps`` steps, export and measure it.
+
+    ``trial``: that trial. ``best_under_budget`` (5ms or 0.5x): the most accurate front point that
+    *measures* within it, timed before any fine-tuning (``confirm.choose_by_measurement``)."""
     search_dir, out = Path(search_dir), Path(out)
     if (trial is None) == (best_under_budget is None):
         raise AutocompressError("give exactly one of --trial N or --best-under LATENCY (5ms or 0.5x)")
-    chosen, _ = choose_trial(search_dir, trial=trial, best_under_budget=best_under_budget)
+    budget = Budget.parse(best_under_budget, flag="--best-under") if best_under_budget is not None else None
+    records = records_from_study(_open_search_study(search_dir))
+    chosen = choose_trial(records, trial, search_dir) if trial is not None else None
     settings = json.loads((search_dir / "search.json").read_text())
     problem = build_problem(read_spec(search_dir / "search.json"), cache_dir=search_dir)
+    selection = None
+    if budget is not None:
+        selection = choose_by_measurement(problem, records, budget, passes=passes, runs=runs)
+        if selection is None:
+            raise AutocompressError(f"no front point of {search_dir} is predicted within {budget} "
+                                    f"({budget.resolve(problem.baseline_ms):.3f} ms); loosen --best-under or run more "
+                                    "trials")
+        chosen = selection.chosen
     candidate = Candidate.from_dict(chosen.candidate)
     problem.space.validate(candidate)
     config = replace(DistillationConfig(**_tuples(settings["finetune"])), steps=finetune_steps, checkpoints=())
@@ -122,6 +126,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
         "onnx_nodes_by_bits": {str(b): len(n) for b, n in sorted(exported.nodes_by_bits.items())},
         "files": {"model": "model.onnx", "weights": "weights.pt", "baseline": "baseline.onnx"},
         "machine": machine_info(),
+        # how --best-under chose: the front points timed before fine-tuning, most accurate first
+        "selection": selection.to_dict() if selection is not None else None,
     }
     write_card(out, card)
     return card
@@ -147,6 +153,7 @@ def write_card(out: Path, card: dict) -> None:
         f"Prediction error: {100 * lat['prediction_error']:+.1f}% of the measured latency; measured latency is "
         f"{lat['measured_over_budget']:.2f}x the budget.",
         "",
+        *_selection_lines(card.get("selection")),
         "| accuracy | value |",
         "|---|---|",
         f"| baseline | {100 * acc['baseline']:.2f}% |",
@@ -164,6 +171,21 @@ def write_card(out: Path, card: dict) -> None:
         "",
     ]
     (out / "card.md").write_text("\n".join(lines))
+
+
+def _selection_lines(selection: dict | None) -> list[str]:
+    """How --best-under chose: the front points timed before fine-tuning, most accurate first."""
+    if not selection:
+        return []
+    verdict = ("the most accurate that measured within the budget" if selection["fits"] else
+               "none measured within the budget, so the fastest measured; loosen --best-under or search longer")
+    lines = [f"Chosen by measurement: trial {selection['chosen']}, {verdict}. Front points predicted up to "
+             f"{100 * selection['slack']:.0f}% over the budget were exported untrained and timed beside the baseline:",
+             "", "| trial | search accuracy | predicted (ms) | measured (ms) | limit (ms) | within |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {t['trial']} | {100 * t['accuracy']:.2f}% | {t['predicted_ms']:.3f} | {t['measured_ms']:.3f} | "
+              f"{t['limit_ms']:.3f} | {'yes' if t['fits'] else 'no'} |" for t in selection["timed"]]
+    return lines + [""]
 
 
 BUSY_LOAD = 0.25  # other cores busier than this while timing: the measured figures are suspect

@@ -144,8 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("dir", type=Path, help="the --out folder of a search")
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=_count, help="the trial number to export")
-    which.add_argument("--best-under", help="export the most accurate front point predicted under this latency "
-                       "(5ms or 0.5x)")
+    which.add_argument("--best-under", help="export the most accurate front point that measures under this latency "
+                       "(5ms, or 0.5x of the baseline measured beside it); the front points predicted near it are "
+                       "timed first")
     export.add_argument("--out", required=True, type=Path, help="folder for model.onnx, weights.pt, card.json, card.md")
     export.add_argument("--finetune-steps", type=_count, default=300, help="distillation steps (default 300)")
     export.set_defaults(run=_export)
@@ -339,7 +340,14 @@ def _export(args) -> int:
 
     card = export_from_search(args.dir, args.out, trial=args.trial, best_under_budget=args.best_under,
                               finetune_steps=args.finetune_steps)
-    lat, acc = card["latency"], card["accuracy"]
+    lat, acc, selection = card["latency"], card["accuracy"], card["selection"]
+    if selection is not None:
+        within = sum(t["fits"] for t in selection["timed"])
+        print(f"chose trial {selection['chosen']} by measurement: {len(selection['timed'])} front points timed before "
+              f"fine-tuning, {within} within {selection['limit_ms']:.3f} ms (card.md lists them)")
+        if not selection["fits"]:
+            print("Warning: no front point measured within the budget; exported the fastest measured. Loosen "
+                  "--best-under or search longer.", file=sys.stderr)
     print(f"trial {card['trial']}: latency predicted {lat['predicted_ms']:.3f} ms, measured {lat['measured_ms']:.3f} ms "
           f"({100 * lat['prediction_error']:+.1f}%); baseline measured {lat['baseline_measured_ms']:.3f} ms "
           f"({lat['ratio_to_baseline']:.2f}x); budget {card['budget_ms']:.3f} ms")

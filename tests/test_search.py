@@ -203,7 +203,19 @@ def test_export_writes_onnx_weights_and_a_measured_card(finished_search, tmp_pat
     settings, outcome, problem = finished_search
     out = tmp_path / "export"
     card = export_from_search(settings.out, out, best_under_budget="0.7x", finetune_steps=20, passes=3, runs=10)
-    assert card["trial"] == outcome.best.number
+    # --best-under timed the front points predicted near the budget, most accurate first, and
+    # chose the first that measured within 0.7x of the baseline measured beside them.
+    selection = card["selection"]
+    timed, front = selection["timed"], {p.number: p for p in outcome.front}
+    assert timed and all(front[t["trial"]].latency_ms <= 0.7 * problem.baseline_ms * 1.1 for t in timed)
+    assert [t["accuracy"] for t in timed] == sorted((t["accuracy"] for t in timed), reverse=True)
+    assert selection["limit_ms"] == pytest.approx(0.7 * selection["baseline_measured_ms"])
+    assert all(t["fits"] == (t["measured_ms"] <= t["limit_ms"]) for t in timed)
+    fitting = [t["trial"] for t in timed if t["fits"]]
+    assert selection["fits"] == bool(fitting)
+    fastest = min(timed, key=lambda t: t["measured_ms"] / t["limit_ms"])["trial"]
+    assert card["trial"] == selection["chosen"] == (fitting[0] if fitting else fastest)
+    assert "Chosen by measurement" in (out / "card.md").read_text()
     for name in ("model.onnx", "weights.pt", "baseline.onnx", "card.json", "card.md"):
         assert (out / name).is_file(), name
     lat, acc = card["latency"], card["accuracy"]
@@ -211,7 +223,7 @@ def test_export_writes_onnx_weights_and_a_measured_card(finished_search, tmp_pat
     assert lat["prediction_error"] == pytest.approx(lat["predicted_ms"] / lat["measured_ms"] - 1)
     assert acc["top1_agreement_torch_onnx"] >= 0.95
     assert abs(acc["after_finetune_onnx"] - acc["after_finetune_torch"]) <= 0.03
-    assert json.loads((out / "card.json").read_text())["candidate"] == outcome.best.candidate
+    assert json.loads((out / "card.json").read_text())["candidate"] == front[card["trial"]].candidate
     # weights.pt rebuilds the exported model from the baseline and the Candidate alone
     from autocompress.space import Candidate
 
