@@ -4,8 +4,10 @@ For each model: run ``autocompress search`` (budget 0.5x, 100 trials by default)
 
 - fine-tune every hand policy (every channel group pruned at one ratio, every layer int8) the
   same way as a search trial, and compare it with the front at matched latency;
-- export the best front point under the budget and the hand policy closest under the budget, both
-  fine-tuned longer the same way, and measure them with the hardware protocol next to the baseline.
+- export the best front point under the budget (``export --best-under``: the front points predicted
+  near it are timed first, and the most accurate that measures within it is chosen) and the hand
+  policy closest under the budget, both fine-tuned longer the same way, and measure them with the
+  hardware protocol next to the baseline.
 
 Writes results/search_vs_hand_policy.{md,json} and each model's pareto.png into results/.
 
@@ -80,8 +82,8 @@ def one_model(spec: str, args) -> dict:
 
     under = [p for p in front if p.latency_ms <= budget_ms]
     best = best_under(front, budget_ms)
-    export_best = export_from_search(work, work / "export_best", trial=best.number, finetune_steps=args.export_steps,
-                                     passes=15)
+    export_best = export_from_search(work, work / "export_best", best_under_budget=args.budget,
+                                     finetune_steps=args.export_steps, passes=15)
     hand_under = [h for h in hand if h["under_budget"]]
     hand_pick = max(hand_under, key=lambda h: h["latency_ms"]) if hand_under else None
     export_hand = None
@@ -102,6 +104,8 @@ def one_model(spec: str, args) -> dict:
         "front": [{"trial": p.number, "accuracy": p.accuracy, "latency_ms": p.latency_ms, "size_bytes": p.size_bytes,
                    "origin": p.origin} for p in front],
         "hand_policies": hand,
+        "best_predicted_under_budget": best.number,
+        "selection": export_best["selection"],
         "export_best": _card_summary(export_best),
         "export_hand": _card_summary(export_hand) if export_hand else None,
         "hand_policy_exported": hand_pick["policy"] if hand_pick else None,
@@ -153,7 +157,14 @@ def write(report: dict, out: Path) -> None:
                              f"{100 * e['prediction_error']:+.1f}% | {e['measured_over_budget']:.2f} | "
                              f"{e['ratio_to_baseline']:.3f} | {_pct(e['accuracy_onnx'])} | {e['drop_points']:+.2f} | "
                              f"{e['size_ratio']:.3f} |")
-        lines += ["", f"![{spec} front](search_{spec}_pareto.png)", ""]
+        sel = m["selection"]
+        lines += ["", f"Best under budget, chosen by measurement (`export --best-under`): {len(sel['timed'])} front "
+                  f"points timed untrained beside the baseline, most accurate first: "
+                  + ", ".join(f"trial {t['trial']} {t['predicted_ms']:.3f} predicted / {t['measured_ms']:.3f} "
+                              f"measured ms" for t in sel["timed"])
+                  + f"; limit {sel['limit_ms']:.3f} ms. The most accurate point predicted under budget was trial "
+                  f"{m['best_predicted_under_budget']}.",
+                  "", f"![{spec} front](search_{spec}_pareto.png)", ""]
     (out / "search_vs_hand_policy.md").write_text("\n".join(lines))
 
 
