@@ -285,7 +285,8 @@ def _validate_predictor(args) -> int:
     write_plot(report, out / "validation.png")
     summary = report.to_dict()
     if args.json:
-        print(json.dumps({k: summary[k] for k in ("hardware_model", "overall", "by_model")}, indent=2))
+        print(json.dumps({k: summary[k] for k in ("hardware_model", "overall", "by_model", "host_speed_vs_profile")},
+                         indent=2))
         return 0
     print(f"{'models @ input':32s} {'n':>4s}  {'within 10%':>10s} {'RMSPE':>7s} {'Spearman':>8s}   "
           f"{'MACs proxy: within 10%':>22s} {'RMSPE':>7s} {'Spearman':>8s}")
@@ -293,6 +294,10 @@ def _validate_predictor(args) -> int:
         p, m = figures["predictor"], figures["macs_proxy"]
         print(f"{name:32s} {figures['candidates']:4d}  {100 * p['within_10pct']:9.1f}% {p['rmspe']:6.1f}% "
               f"{p['spearman']:8.3f}   {100 * m['within_10pct']:21.1f}% {m['rmspe']:6.1f}% {m['spearman']:8.3f}")
+    speed = summary["host_speed_vs_profile"]
+    if speed:
+        print(f"host speed against the profile: {speed['candidates']} of its candidates re-timed here measured "
+              f"{speed['median_ratio']:.3f}x their profiled figures (median; figures not adjusted)")
     print(f"written: {out / 'validation.md'}, {out / 'validation.json'}, {out / 'validation.png'}")
     return 0
 

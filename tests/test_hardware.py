@@ -302,6 +302,10 @@ def test_committed_hardware_model_predicts_this_machine_better_than_macs():
     figures = report.figures()
     assert all(len(r["sweeps_ms"]) == 2 and r["measured_ms"] == min(r["sweeps_ms"]) for r in report.rows)
     assert 0 <= figures["sweeps_agree_10pct"] <= 1
+    # the profile's own candidates were re-timed beside them, and compared with their profiled figures
+    assert len(report.references) == 16 and all(r["input_size"] == 32 for r in report.references)
+    speed = report.host_speed()
+    assert 0.5 < speed["median_ratio"] < 2 and speed["p10_ratio"] <= speed["median_ratio"] <= speed["p90_ratio"]
     predictor, proxy = figures["predictor"], figures["macs_proxy"]
     assert figures["candidates"] == 24
     assert predictor["spearman"] > 0.85 and predictor["rmspe"] < 30, figures

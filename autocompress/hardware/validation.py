@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..errors import AutocompressError
 from .candidates import measure_candidates, model_under_test, random_candidate
+from ..space import Candidate
 from .kernels import kernels_of_candidate
 from .measure import PASSES
 from .profiling import read_model_measurements
@@ -26,6 +27,7 @@ from .store import HardwareModel
 __all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "validate", "write_plot", "write_report"]
 
 _BATCH = 24  # candidates timed together in interleaved passes
+REFERENCES = 16  # the profile's own candidates re-timed among the validation's (host speed against the profile)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,18 @@ def accuracy_figures(predicted: np.ndarray, measured: np.ndarray) -> AccuracyFig
 class ValidationReport:
     hardware_model: str
     rows: list[dict] = field(default_factory=list)  # model, input_size, candidate, measured/predicted/proxy ms
+    # The profile's own candidates re-timed in the same sweeps: model, input_size, profiled_ms, measured_ms
+    references: list[dict] = field(default_factory=list)
+
+    def host_speed(self) -> dict | None:
+        """How this run's machine compared with the profile's: the median ratio of the reference
+        candidates' measurements now to their profiled figures (above 1: slower now, so the
+        predictor, fit on the profile, reads low; below 1: it reads high). None without references."""
+        if not self.references:
+            return None
+        ratios = np.array([r["measured_ms"] / r["profiled_ms"] for r in self.references])
+        return {"candidates": len(ratios), "median_ratio": float(np.median(ratios)),
+                "p10_ratio": float(np.percentile(ratios, 10)), "p90_ratio": float(np.percentile(ratios, 90))}
 
     def figures(self, rows: list[dict] | None = None) -> dict:
         rows = self.rows if rows is None else rows
@@ -66,7 +80,9 @@ class ValidationReport:
             "overall": self.figures(),
             "by_model": {f"{m}@{s}": self.figures([r for r in self.rows if (r["model"], r["input_size"]) == (m, s)])
                          for m, s in groups},
+            "host_speed_vs_profile": self.host_speed(),
             "rows": self.rows,
+            "references": self.references,
         }
 
 
@@ -76,8 +92,14 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
 
     Every candidate is timed in ``sweeps`` sweeps over the whole plan, minutes apart, and its
     fastest sweep is the measurement, as in profiling (see ``profiling``). The report shows how
-    often the sweeps agreed within 10%: how often one sweep alone would have been right."""
-    trained_on = {(r["model"], r["input_size"], r["candidate"]) for r in read_model_measurements(folder / "models.csv")}
+    often the sweeps agreed within 10%: how often one sweep alone would have been right.
+
+    ``REFERENCES`` of the profile's own candidates (at these input sizes) are timed in the same
+    batches, and the report compares them with their profiled figures: the predictor carries the
+    machine's speed during the profile, and a shared host's speed drifts by a few percent from
+    hour to hour. They are reported beside the figures, never used to scale them."""
+    profiled = read_model_measurements(folder / "models.csv")
+    trained_on = {(r["model"], r["input_size"], r["candidate"]) for r in profiled}
     report = ValidationReport(str(folder))
     plan = []
     for spec in models:
@@ -87,6 +109,10 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
                 candidate = random_candidate(target, random.Random(f"validate-{seed}-{spec}-{size}-{i}"))
                 if (spec, size, candidate.to_json()) not in trained_on:  # never score what was fit on
                     plan.append((target, candidate))
+    references = _references(profiled, input_sizes, seed)
+    scored = len(plan)
+    plan += [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"]))
+             for r in references]
     timings: list[list] = [[] for _ in plan]
     with tqdm(total=len(plan) * sweeps, desc="validating", unit="candidate", disable=None) as bar:
         for _ in range(sweeps):
@@ -95,7 +121,10 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
                 for index, measured in enumerate(measure_candidates(batch, threads=threads), start):
                     timings[index].append(measured)
                 bar.update(len(batch))
-    for (target, candidate), measured in zip(plan, timings):
+    for row, measured in zip(references, timings[scored:]):
+        report.references.append({"model": row["model"], "input_size": int(row["input_size"]),
+                                  "profiled_ms": row["best_ms"], "measured_ms": min(m.best_ms for m in measured)})
+    for (target, candidate), measured in zip(plan[:scored], timings[:scored]):
         fastest = min(measured, key=lambda m: m.best_ms)
         kernels = kernels_of_candidate(target.analysis, candidate)
         prediction = hardware.predictor.predict(kernels)
@@ -116,6 +145,12 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     for row, m in zip(report.rows, macs):
         row["macs_proxy_ms"] = float(constant * m)
     return report
+
+
+def _references(profiled: list[dict], input_sizes: list[int], seed: int) -> list[dict]:
+    """A seeded sample of the profile's candidates at ``input_sizes``, any model."""
+    rows = [r for r in profiled if int(r["input_size"]) in input_sizes]
+    return random.Random(f"references-{seed}").sample(rows, min(REFERENCES, len(rows)))
 
 
 def _sweeps_agree(rows: list[dict]) -> float | None:
@@ -180,6 +215,13 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
                      f"| {p['spearman']:.3f} | {100 * m['within_10pct']:.1f}% | {m['rmspe']:.1f}% | {m['spearman']:.3f} "
                      f"| {'-' if agree is None else f'{100 * agree:.0f}%'} |")
     load = float(np.mean([r.get("background_load", 0.0) for r in report.rows])) if report.rows else 0.0
+    speed = summary["host_speed_vs_profile"]
+    if speed:
+        lines += ["", f"Host speed against the profile: {speed['candidates']} of the profile's own candidates, timed "
+                  f"in these sweeps, measured **{speed['median_ratio']:.3f}x** their profiled figures (median; p10 "
+                  f"{speed['p10_ratio']:.3f}x, p90 {speed['p90_ratio']:.3f}x). Above 1 the machine ran slower than "
+                  "during the profile, so the predictor reads low by about that much; below 1, high. The figures above "
+                  "are not adjusted for it."]
     lines += ["", f"Other processes kept {100 * load:.0f}% of the other CPU cores busy while timing, on average.",
               "", "![predicted vs measured](validation.png)"]
     (folder / "validation.md").write_text("\n".join(lines) + "\n")
