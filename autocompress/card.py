@@ -22,7 +22,7 @@ from .errors import AutocompressError
 from .export import export_and_compare, export_onnx
 from .finetune import DistillationConfig
 from .hardware import machine_info
-from .hardware.measure import measure_interleaved
+from .hardware.measure import SWEEPS, measure_in_sweeps
 from .pareto import TrialRecord, records_from_study
 from .problem import build_problem, read_spec
 from .search import STUDY_NAME, default_storage
@@ -43,7 +43,8 @@ def choose_trial(records: list[TrialRecord], trial: int, search_dir: Path) -> Tr
 
 
 def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None, best_under_budget: str | None = None,
-                       finetune_steps: int = 300, passes: int = 15, runs: int = 30) -> dict:
+                       finetune_steps: int = 300, passes: int = 15, runs: int = 30, sweeps: int = SWEEPS,
+                       pause_s: float = 20.0) -> dict:
     """Rebuild the chosen candidate, fine-tune it ``finetune_steps`` steps, export and measure it.
 
     ``trial``: that trial. ``best_under_budget`` (5ms or 0.5x): the most accurate front point that
@@ -58,7 +59,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     problem = build_problem(read_spec(search_dir / "search.json"), cache_dir=search_dir)
     selection = None
     if budget is not None:
-        selection = choose_by_measurement(problem, records, budget, passes=passes, runs=runs)
+        selection = choose_by_measurement(problem, records, budget, sweeps=sweeps, pause_s=pause_s, passes=passes,
+                                          runs=runs)
         if selection is None:
             raise AutocompressError(f"no front point of {search_dir} is predicted within {budget} "
                                     f"({budget.resolve(problem.baseline_ms):.3f} ms); loosen --best-under or run more "
@@ -76,7 +78,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     torch.save(student.state_dict(), out / "weights.pt")
     baseline_onnx = export_onnx(problem.baseline, problem.example, out / "baseline.onnx").path
     shape = tuple(problem.example.shape)
-    base_t, model_t = measure_interleaved([(baseline_onnx, shape), (exported.path, shape)], passes=passes, runs=runs)
+    (base_t, base_sweeps), (model_t, model_sweeps) = measure_in_sweeps(
+        [(baseline_onnx, shape), (exported.path, shape)], sweeps=sweeps, pause_s=pause_s, passes=passes, runs=runs)
     predicted = problem.predict(candidate)
     size = problem.size_bytes(candidate)
     onnx_accuracy = float((torch.from_numpy(logits_onnx).argmax(1) == labels).float().mean())
@@ -95,14 +98,17 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
             "measured_ms": model_t.best_ms,
             "measured_median_ms": model_t.median_ms,
             "measured_p90_ms": model_t.p90_ms,
+            "measured_sweeps_ms": model_sweeps,
             "prediction_error": predicted.ms / model_t.best_ms - 1.0,
             "baseline_predicted_ms": problem.baseline_ms,
             "baseline_measured_ms": base_t.best_ms,
             "baseline_measured_median_ms": base_t.median_ms,
+            "baseline_measured_sweeps_ms": base_sweeps,
             "ratio_to_baseline": model_t.best_ms / base_t.best_ms,
             "measured_over_budget": model_t.best_ms / settings["budget_ms"],
-            "protocol": f"ONNX Runtime {model_t.provider}, {model_t.threads} thread(s), {passes} interleaved passes "
-                        f"of {runs} runs; measured = fastest run, as the hardware model is fit",
+            "protocol": f"ONNX Runtime {model_t.provider}, {model_t.threads} thread(s), {sweeps} sweeps {pause_s:g} s "
+                        f"apart, each {passes} interleaved passes of {runs} runs; measured = fastest run of all, as "
+                        "the hardware model is fit",
             "background_load": model_t.background_load,
         },
         "accuracy": {

@@ -9,7 +9,7 @@ prediction was 14.5% fast, against +3% on average for that model.
 So ``export --best-under`` times the front points first. The most accurate front points predicted
 near the budget (up to ``SLACK`` over it: the predictor errs both ways) are built with the
 baseline's weights, exported and timed together with the baseline in interleaved passes, a
-batch at a time, most accurate first; the first that *measures* within the budget is chosen. A
+batch at a time, most accurate first, in sweeps seconds apart as export cards are; the first that *measures* within the budget is chosen. A
 budget relative to the baseline (``0.5x``) is checked against the baseline measured in the same
 passes, so a slow hour on a shared machine moves both sides alike.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .budget import Budget
 from .export import export_onnx
-from .hardware.measure import PASSES, measure_interleaved
+from .hardware.measure import SWEEPS, measure_in_sweeps
 from .pareto import TrialRecord, pareto_front
 from .space import Candidate
 
@@ -52,12 +52,13 @@ class MeasuredChoice:
                 "baseline_measured_ms": self.baseline_measured_ms, "slack": SLACK, "timed": self.timed}
 
 
-def choose_by_measurement(problem, records: Sequence[TrialRecord], budget: Budget, *, passes: int = PASSES,
-                          runs: int = 20) -> MeasuredChoice | None:
+def choose_by_measurement(problem, records: Sequence[TrialRecord], budget: Budget, *, sweeps: int = SWEEPS,
+                          pause_s: float = 20.0, **interleaved) -> MeasuredChoice | None:
     """The most accurate front point of ``records`` that measures within ``budget`` on this machine.
 
-    ``problem``: the search's ``SearchProblem`` (to build, export and predict candidates). Returns
-    None when no front point is even predicted near the budget.
+    ``problem``: the search's ``SearchProblem`` (to build, export and predict candidates). Timed
+    as export cards are (``measure_in_sweeps``; ``interleaved``: passes, runs). Returns None when
+    no front point is even predicted near the budget.
     """
     predicted_limit = budget.resolve(problem.baseline_ms)
     pool = sorted((r for r in pareto_front(records) if r.latency_ms <= predicted_limit * (1 + SLACK)),
@@ -74,7 +75,8 @@ def choose_by_measurement(problem, records: Sequence[TrialRecord], budget: Budge
         for start in range(0, len(pool), BATCH):
             batch = pool[start:start + BATCH]
             paths = [(_export_untrained(problem, r, Path(tmp) / f"trial{r.number}.onnx"), shape) for r in batch]
-            measured = measure_interleaved(models + paths, passes=passes, runs=runs)
+            measured = [fastest for fastest, _ in measure_in_sweeps(models + paths, sweeps=sweeps, pause_s=pause_s,
+                                                                    **interleaved)]
             if budget.unit == "x":
                 baseline_ms = measured[0].best_ms
                 limit_ms = budget.value * baseline_ms

@@ -129,8 +129,8 @@ def write(report: dict, out: Path) -> None:
     lines = ["# Search against the hand policy (uniform pruning + int8)", "",
              f"digits at 32x32, budget {report['budget']} of the baseline's predicted latency, {report['trials']} "
              f"trials of {report['finetune_steps']} distillation steps; exports fine-tuned {report['export_steps']} "
-             f"steps and measured with the hardware protocol (fastest of 15 interleaved passes, next to the "
-             f"baseline). Machine: {report['machine']['cpu']}. Command: `python benchmarks/search_vs_hand_policy.py`.",
+             f"steps and measured with the hardware protocol (fastest run of 3 sweeps 20 s apart, each of 15 "
+             f"interleaved passes, next to the baseline). Machine: {report['machine']['cpu']}. Command: `python benchmarks/search_vs_hand_policy.py`.",
              ""]
     for spec, m in report["models"].items():
         b = m["baseline"]

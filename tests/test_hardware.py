@@ -276,6 +276,20 @@ def test_interleaved_measurement_opens_each_session_once(tmp_path, monkeypatch):
     assert [t.runs for t in timings] == [20, 20] and all(0 < t.best_ms <= t.median_ms for t in timings)
 
 
+def test_sweeps_keep_each_models_fastest_sweep(tmp_path):
+    from autocompress.hardware.measure import measure_in_sweeps
+    from autocompress.hardware.profiling import _export_kernel
+
+    kernels = (Kernel("conv", 32, 8, 8, 1, 1, 4, 4, 4, 4), Kernel("conv", 32, 64, 64, 3, 1, 32, 32, 32, 32))
+    models = [_export_kernel(k, tmp_path / f"{i}.onnx") for i, k in enumerate(kernels)]
+    (small, small_sweeps), (big, big_sweeps) = measure_in_sweeps(models, sweeps=3, pause_s=0.1, passes=2, runs=5)
+    assert len(small_sweeps) == len(big_sweeps) == 3
+    assert small.best_ms == min(small_sweeps) and big.best_ms == min(big_sweeps)
+    assert small.best_ms < big.best_ms and small.runs == 10
+    with pytest.raises(ValueError, match="sweeps >= 1"):
+        measure_in_sweeps(models, sweeps=0)
+
+
 def test_cli_reports_a_missing_hardware_model_in_one_line(tmp_path, capsys):
     from autocompress.cli import main
 

@@ -202,7 +202,8 @@ def test_resuming_with_another_budget_is_refused(finished_search):
 def test_export_writes_onnx_weights_and_a_measured_card(finished_search, tmp_path):
     settings, outcome, problem = finished_search
     out = tmp_path / "export"
-    card = export_from_search(settings.out, out, best_under_budget="0.7x", finetune_steps=20, passes=3, runs=10)
+    card = export_from_search(settings.out, out, best_under_budget="0.7x", finetune_steps=20, passes=3, runs=10,
+                              sweeps=2, pause_s=1.0)
     # --best-under timed the front points predicted near the budget, most accurate first, and
     # chose the first that measured within 0.7x of the baseline measured beside them.
     selection = card["selection"]
@@ -219,7 +220,8 @@ def test_export_writes_onnx_weights_and_a_measured_card(finished_search, tmp_pat
     for name in ("model.onnx", "weights.pt", "baseline.onnx", "card.json", "card.md"):
         assert (out / name).is_file(), name
     lat, acc = card["latency"], card["accuracy"]
-    assert lat["measured_ms"] > 0 and lat["baseline_measured_ms"] > 0
+    assert lat["measured_ms"] == min(lat["measured_sweeps_ms"]) > 0 and len(lat["measured_sweeps_ms"]) == 2
+    assert lat["baseline_measured_ms"] == min(lat["baseline_measured_sweeps_ms"]) > 0
     assert lat["prediction_error"] == pytest.approx(lat["predicted_ms"] / lat["measured_ms"] - 1)
     assert acc["top1_agreement_torch_onnx"] >= 0.95
     assert abs(acc["after_finetune_onnx"] - acc["after_finetune_torch"]) <= 0.03
