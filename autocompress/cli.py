@@ -94,9 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="input shape N,3,H,W with H = W (repeat for several; default 1,3,32,32)")
     validate.add_argument("--samples", type=_positive, default=100, help="candidates per model and shape (default 100)")
     validate.add_argument("--seed", type=_count, default=1, help="seed of the candidate draws (default 1)")
-    validate.add_argument("--sweeps", type=_positive, default=2,
+    validate.add_argument("--sweeps", type=_positive, default=None,
                           help="time every candidate in this many sweeps, minutes apart, and keep the fastest "
-                               "(default 2, as profiling does)")
+                               "(default: as many as the hardware model's profile used)")
     validate.add_argument("--out", type=Path, default=None,
                           help="folder for validation.json, .md and .png (default HARDWARE_MODEL/validation)")
     validate.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -278,7 +278,8 @@ def _validate_predictor(args) -> int:
                                     "validation draws image models at 1,3,H,W with H = W")
     hardware = load_hardware_model(args.hardware_model)
     report = validate(hardware, args.hardware_model, args.model, [s[2] for s in shapes], samples=args.samples,
-                      seed=args.seed, threads=hardware.metadata.get("threads", 1), sweeps=args.sweeps)
+                      seed=args.seed, threads=hardware.metadata.get("threads", 1),
+                      sweeps=args.sweeps or (hardware.metadata.get("plan") or {}).get("sweeps", 2))
     out = args.out or args.hardware_model / "validation"
     plan = hardware.metadata.get("plan") or {}
     write_report(report, out, profiled_models=list(plan.get("models", [])), machine=hardware.metadata.get("machine", {}))
