@@ -16,7 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from .budget import Budget
-from .confirm import choose_by_measurement
+from .confirm import SLACK, choose_by_measurement
 from .data import calibration_batches
 from .errors import AutocompressError
 from .export import export_and_compare, export_onnx
@@ -62,7 +62,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
         selection = choose_by_measurement(problem, records, budget, sweeps=sweeps, pause_s=pause_s, passes=passes,
                                           runs=runs)
         if selection is None:
-            raise AutocompressError(f"no front point of {search_dir} is predicted within {budget} "
+            raise AutocompressError(f"no front point of {search_dir} is predicted within {100 * SLACK:.0f}% of "
+                                    f"--best-under {budget} "
                                     f"({budget.resolve(problem.baseline_ms):.3f} ms); loosen --best-under or run more "
                                     "trials")
         chosen = selection.chosen

@@ -8,10 +8,10 @@ prediction was 14.5% fast, against +3% on average for that model.
 
 So ``export --best-under`` times the front points first. The most accurate front points predicted
 near the budget (up to ``SLACK`` over it: the predictor errs both ways) are built with the
-baseline's weights, exported and timed together with the baseline in interleaved passes, a
-batch at a time, most accurate first, in sweeps seconds apart as export cards are; the first that *measures* within the budget is chosen. A
-budget relative to the baseline (``0.5x``) is checked against the baseline measured in the same
-passes, so a slow hour on a shared machine moves both sides alike.
+baseline's weights, exported and timed together with the baseline as export cards are
+(``measure_in_sweeps``), a batch at a time, most accurate first; the first that *measures* within
+the budget is chosen. A budget relative to the baseline (``0.5x``) is checked against the
+baseline measured in the same passes, so a slow hour on a shared machine moves both sides alike.
 
 Latency does not depend on the weights' values, so the untrained build times as the fine-tuned
 export will (each takes a few seconds to export and time).

@@ -17,8 +17,8 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from ..errors import AutocompressError
-from .candidates import measure_candidates, model_under_test, random_candidate
 from ..space import Candidate
+from .candidates import measure_candidates, model_under_test, random_candidate
 from .kernels import kernels_of_candidate
 from .measure import PASSES
 from .profiling import read_model_measurements
