@@ -187,7 +187,8 @@ def _selection_lines(selection: dict | None) -> list[str]:
     verdict = ("the most accurate that measured within the budget" if selection["fits"] else
                "none measured within the budget, so the fastest measured; loosen --best-under or search longer")
     lines = [f"Chosen by measurement: trial {selection['chosen']}, {verdict}. Front points predicted up to "
-             f"{100 * selection['slack']:.0f}% over the budget were exported untrained and timed beside the baseline:",
+             f"{100 * selection['slack']:.0f}% over the budget were exported untrained and timed beside the baseline; "
+             f"the limit is the budget less {100 * selection['margin']:.0f}% for measurement noise:",
              "", "| trial | search accuracy | predicted (ms) | measured (ms) | limit (ms) | within |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {t['trial']} | {100 * t['accuracy']:.2f}% | {t['predicted_ms']:.3f} | {t['measured_ms']:.3f} | "

@@ -210,7 +210,7 @@ def test_export_writes_onnx_weights_and_a_measured_card(finished_search, tmp_pat
     timed, front = selection["timed"], {p.number: p for p in outcome.front}
     assert timed and all(front[t["trial"]].latency_ms <= 0.7 * problem.baseline_ms * 1.1 for t in timed)
     assert [t["accuracy"] for t in timed] == sorted((t["accuracy"] for t in timed), reverse=True)
-    assert selection["limit_ms"] == pytest.approx(0.7 * selection["baseline_measured_ms"])
+    assert selection["limit_ms"] == pytest.approx(0.7 * selection["baseline_measured_ms"] * (1 - selection["margin"]))
     assert all(t["fits"] == (t["measured_ms"] <= t["limit_ms"]) for t in timed)
     fitting = [t["trial"] for t in timed if t["fits"]]
     assert selection["fits"] == bool(fitting)
