@@ -130,7 +130,8 @@ def write(report: dict, out: Path) -> None:
              f"digits at 32x32, budget {report['budget']} of the baseline's predicted latency, {report['trials']} "
              f"trials of {report['finetune_steps']} distillation steps; exports fine-tuned {report['export_steps']} "
              f"steps and measured with the hardware protocol (fastest run of 3 sweeps 20 s apart, each of 15 "
-             f"interleaved passes, next to the baseline). Machine: {report['machine']['cpu']}. Command: `python benchmarks/search_vs_hand_policy.py`.",
+             f"interleaved passes, next to the baseline). Machine: {report['machine']['cpu']}. Command: "
+             "`python benchmarks/search_vs_hand_policy.py`.",
              ""]
     for spec, m in report["models"].items():
         b = m["baseline"]
