@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--max-minutes", type=float, default=None,
                          help=f"stop measuring after this long and fit on what there is (default "
                               f"{defaults.max_minutes:g}); rerun the same command to resume")
+    profile.add_argument("--add-validation", type=Path, action="append", default=[], metavar="VALIDATION",
+                         help="also fit on the candidates a validate-predictor run timed on this machine "
+                              "(its validation.json or folder; repeatable); validate again with a new --seed")
     profile.set_defaults(run=_profile)
 
     validate = sub.add_parser("validate-predictor",
@@ -245,7 +248,7 @@ def _profile(args) -> int:
     import dataclasses
     import time
 
-    from .hardware.profiling import ProfilePlan, run_profile
+    from .hardware.profiling import ProfilePlan, add_validation_measurements, run_profile
     from .hardware.store import fit_hardware_model
 
     out = args.out or Path("hardware_models") / f"{args.target}-{args.threads}t"
@@ -258,6 +261,9 @@ def _profile(args) -> int:
         raise AutocompressError(f"{exc}; fix --kernels, --heavy-kernels, --candidates, --light-candidates, "
                                 f"--sweeps or --max-minutes") from exc
     started = time.monotonic()
+    for report in args.add_validation:
+        added = add_validation_measurements(report, out)
+        print(f"{out}: {added} candidates timed by {report} added to models.csv")
     kernels, candidates = run_profile(plan, out)
     hardware = fit_hardware_model(out, plan=plan)
     print(f"{out}: {len(kernels)} kernels and {len(candidates)} candidates measured; predictor fitted "
@@ -299,6 +305,9 @@ def _validate_predictor(args) -> int:
     if speed:
         print(f"host speed against the profile: {speed['candidates']} of its candidates re-timed here measured "
               f"{speed['median_ratio']:.3f}x their profiled figures (median; figures not adjusted)")
+    if report.skipped_trained_on:
+        print(f"{report.skipped_trained_on} drawn candidates left out: {args.hardware_model} was fit on them "
+              "(draw fresh ones with another --seed)")
     print(f"written: {out / 'validation.md'}, {out / 'validation.json'}, {out / 'validation.png'}")
     return 0
 

@@ -22,13 +22,20 @@ from autocompress.hardware.kernels import (
     kernels_of_model,
 )
 from autocompress.hardware.predictor import LatencyPredictor, NotFittedError, _glue_inputs
-from autocompress.hardware.profiling import ProfilePlan, _kernel_plan, read_model_measurements, run_profile
+from autocompress.errors import AutocompressError
+from autocompress.hardware.profiling import (
+    ProfilePlan,
+    _kernel_plan,
+    add_validation_measurements,
+    read_model_measurements,
+    run_profile,
+)
 from autocompress.hardware.store import (
     DifferentMachineWarning,
     fit_hardware_model,
     load_hardware_model,
 )
-from autocompress.hardware.validation import accuracy_figures
+from autocompress.hardware.validation import accuracy_figures, validate, write_report
 from autocompress.space import Space, SpaceOptions
 from autocompress.techniques import apply_candidate
 
@@ -237,6 +244,51 @@ def test_hardware_model_fits_saves_and_reloads(tiny_profile):
     (folder / "metadata.json").write_text(json.dumps(metadata))
     with pytest.warns(DifferentMachineWarning, match="Some Other CPU"):
         load_hardware_model(folder)
+
+
+def test_validated_candidates_join_the_profile_and_later_validations_skip_them(tiny_profile, tmp_path):
+    folder, plan = tiny_profile
+    hw = tmp_path / "hw"
+    hw.mkdir()
+    for name in ("kernels.csv", "models.csv"):
+        (hw / name).write_text((folder / name).read_text())
+    hardware = fit_hardware_model(hw, plan=plan)
+    report = validate(hardware, hw, [TINY], [16], samples=3, seed=5, sweeps=2)
+    write_report(report, tmp_path / "val", profiled_models=[TINY], machine=hardware.metadata["machine"])
+    profiled = len(read_model_measurements(hw / "models.csv"))
+    assert add_validation_measurements(tmp_path / "val", hw) == 3
+    assert add_validation_measurements(tmp_path / "val" / "validation.json", hw) == 0  # already there
+    added = [r for r in csv.DictReader((hw / "models.csv").open()) if r["source"] == "validation seed 5"]
+    assert Counter(r["sweep"] for r in added) == {"0": 3, "1": 3}
+    combined = {r["candidate"]: r for r in read_model_measurements(hw / "models.csv")}
+    assert len(combined) == profiled + 3
+    for row in report.rows:  # each counts at its fastest sweep, as the validation measured it
+        assert combined[json.dumps(row["candidate"], sort_keys=True)]["best_ms"] == pytest.approx(row["measured_ms"],
+                                                                                                  rel=1e-5)
+    refit = fit_hardware_model(hw, plan=plan)
+    assert refit.metadata["measurements"]["candidates_from_validation"] == 3
+    again = validate(refit, hw, [TINY], [16], samples=4, seed=5, sweeps=1)
+    assert again.skipped_trained_on == 3 and len(again.rows) == 1
+    # A report from before per-sweep timings: what it did not keep stays empty.
+    old = json.loads((tmp_path / "val" / "validation.json").read_text())
+    for row in old["rows"]:
+        del row["sweeps_timing"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "models.csv").write_text((folder / "models.csv").read_text())
+    assert add_validation_measurements(tmp_path / "old.json", fresh) == 3
+    kept = [r for r in read_model_measurements(fresh / "models.csv") if r["source"]]
+    assert len(kept) == 3 and all(np.isnan(r["p90_ms"]) and r["median_ms"] > 0 for r in kept)
+    # Timed on another machine: refused, nothing written.
+    old["measured_on"]["cpu"] = "Some Other CPU"
+    (tmp_path / "other.json").write_text(json.dumps(old))
+    before = (fresh / "models.csv").read_text()
+    with pytest.raises(AutocompressError, match="Some Other CPU"):
+        add_validation_measurements(tmp_path / "other.json", fresh)
+    assert (fresh / "models.csv").read_text() == before
+    with pytest.raises(AutocompressError, match="not a validation report"):
+        add_validation_measurements(tmp_path / "hw" / "metadata.json", fresh)
 
 
 def test_accuracy_figures_on_known_values():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PASSES", "SWEEPS", "LatencyMeasurement", "machine_info", "measure_in_sweeps", "measure_interleaved",
-           "measure_latency"]
+__all__ = ["PASSES", "SWEEPS", "LatencyMeasurement", "machine_differences", "machine_info", "measure_in_sweeps",
+           "measure_interleaved", "measure_latency"]
 
 
 PASSES = 12  # interleaved passes per measurement (see measure_interleaved)
@@ -203,3 +203,10 @@ def machine_info() -> dict:
     isa = {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")}
     return {"cpu": model, "isa": isa, "cores": os.cpu_count(), "onnxruntime": ort.__version__,
             "machine": platform.machine()}
+
+
+def machine_differences(measured: dict, here: dict) -> list[str]:
+    """What differs between two ``machine_info`` records in what sets a latency (CPU model and ISA,
+    ORT version), one phrase each; [] for the same machine class."""
+    return [f"{key}: {measured.get(key)!r} against {here.get(key)!r}" for key in ("cpu", "isa", "onnxruntime")
+            if measured.get(key) != here.get(key)]

@@ -35,19 +35,22 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..analysis import analyze
+from ..errors import AutocompressError
 from ..export import export_onnx
 from ..space import Candidate, Space
 from ..techniques import apply_candidate
 from .candidates import light_candidate, measure_candidates, model_under_test, random_candidate
 from .kernels import KERNEL_FIELDS, Kernel, kernel_unit, kernels_of_candidate
-from .measure import PASSES, LatencyMeasurement, measure_interleaved
+from .measure import PASSES, LatencyMeasurement, machine_differences, machine_info, measure_interleaved
 
-__all__ = ["ProfilePlan", "measure_kernels", "read_kernel_measurements", "read_model_measurements", "run_profile"]
+__all__ = ["ProfilePlan", "add_validation_measurements", "measure_kernels", "read_kernel_measurements",
+           "read_model_measurements", "run_profile"]
 
 log = logging.getLogger(__name__)
 
 _TIMING_FIELDS = ("best_ms", "median_ms", "p90_ms", "noise")
-_MODEL_FIELDS = ("model", "input_size", "candidate", "kernels", "macs", "sweep")
+# source: empty for the profile plan's candidates, "validation ..." for those a validation run timed
+_MODEL_FIELDS = ("model", "input_size", "candidate", "kernels", "macs", "sweep", "source")
 _KERNEL_SHARE_OF_TIME = 0.4  # a time-capped run still leaves time for whole candidates
 # Batches timed in interleaved passes: big enough that one pass lasts seconds (longer than a slow
 # spell of a shared machine), small enough that an interrupted run loses little.
@@ -108,6 +111,69 @@ def run_profile(plan: ProfilePlan, out: Path) -> tuple[list[dict], list[dict]]:
                                                  passes=plan.passes, threads=plan.threads),
         row=_candidate_row)
     return read_kernel_measurements(kernels_csv), read_model_measurements(models_csv)
+
+
+def add_validation_measurements(report_path: Path, out: Path) -> int:
+    """Append the candidates a validation run timed (its ``validation.json``) to ``out/models.csv``,
+    every sweep of each, so the next fit learns from them too; returns how many were new.
+
+    They are whole candidates timed end to end with the profile's protocol, and the predictor's
+    accuracy grows with the candidates it is fit on (cross-validated over the profile, 50%, 75%
+    and all of its candidates scored 81%, 85% and 87% within 10%). A later validation never
+    scores them: it skips candidates the model was fit on, so validate again with a new --seed.
+    Refused when the run was timed on another machine class or thread count than ``out``."""
+    report = _read_validation_report(report_path)
+    metadata_path = out / "metadata.json"
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    differences = machine_differences(report.get("measured_on") or report.get("machine") or {},
+                                      metadata.get("machine") or machine_info())
+    threads = (report.get("threads"), metadata.get("threads"))
+    if differences or (None not in threads and threads[0] != threads[1]):
+        raise AutocompressError(f"{report_path} was timed on another machine or thread count than {out} "
+                                f"({'; '.join(differences) or f'threads: {threads[0]} against {threads[1]}'}); "
+                                "validate on the machine the hardware model was profiled on")
+    source = f"validation seed {report['seed']}" if "seed" in report else "validation"
+    done = {_candidate_key(row) for row in _read_csv(out / "models.csv")}
+    added = 0
+    out.mkdir(parents=True, exist_ok=True)
+    with _Appender(out / "models.csv", _MODEL_FIELDS + _TIMING_FIELDS) as sink:
+        for row in report["rows"]:
+            candidate = Candidate.from_dict(row["candidate"])
+            described = _candidate_row((row["model"], int(row["input_size"]), candidate, 0))
+            fresh = False
+            for sweep, timing in enumerate(_sweep_timings(row)):
+                line = described | {"sweep": sweep, "source": source} | timing
+                if _candidate_key(line) not in done:
+                    sink.write(line)
+                    fresh = True
+            added += fresh
+    return added
+
+
+def _read_validation_report(path: Path) -> dict:
+    path = path / "validation.json" if path.is_dir() else path
+    try:
+        report = json.loads(path.read_text())
+        rows = report["rows"]
+        if not all({"model", "input_size", "candidate", "sweeps_ms"} <= set(r) for r in rows):
+            raise KeyError("model, input_size, candidate, sweeps_ms")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AutocompressError(f"{path} is not a validation report ({type(exc).__name__}: {exc}); pass the "
+                                "validation.json (or its folder) that `autocompress validate-predictor` wrote") from exc
+    return report
+
+
+def _sweep_timings(row: dict) -> list[dict]:
+    """A validation row's timing in each sweep, as models.csv columns. Reports before
+    ``sweeps_timing`` kept only each sweep's best time, and the fastest sweep's median and spread;
+    what they did not keep is left empty."""
+    if "sweeps_timing" in row:
+        return [_timing_row(LatencyMeasurement(**timing)) for timing in row["sweeps_timing"]]
+    fastest = row["sweeps_ms"].index(min(row["sweeps_ms"]))
+    return [{"best_ms": f"{best:.6f}", "p90_ms": "",
+             "median_ms": f"{row['measured_median_ms']:.6f}" if sweep == fastest else "",
+             "noise": f"{row['measurement_spread']:.4f}" if sweep == fastest else ""}
+            for sweep, best in enumerate(row["sweeps_ms"])]
 
 
 def _measure_in_batches(items: list, path: Path, fields: tuple[str, ...], *, what: str, batch: int, deadline: float,
@@ -289,7 +355,7 @@ def read_model_measurements(path: Path) -> list[dict]:
     fastest: dict[tuple, dict] = {}
     for raw in _read_csv(path):
         row = raw | {"input_size": int(raw["input_size"]), "macs": int(raw["macs"])} | {
-            f: float(raw[f]) for f in _TIMING_FIELDS}
+            f: float(raw[f] or "nan") for f in _TIMING_FIELDS}  # empty: not kept (``_sweep_timings``)
         row.pop("sweep", None)
         key = (row["model"], row["input_size"], row["candidate"])
         seen = fastest.get(key)

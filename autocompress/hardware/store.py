@@ -33,7 +33,7 @@ from .kernels import (
     kernels_of_candidate,
     kernels_of_model,
 )
-from .measure import machine_info
+from .measure import machine_differences, machine_info
 from .predictor import LatencyPrediction, LatencyPredictor
 from .profiling import ProfilePlan, read_kernel_measurements, read_model_measurements
 
@@ -82,7 +82,9 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
         "threads": plan.threads if plan else old.get("threads", 1),
         "machine": old.get("machine") or machine_info(),
         "plan": asdict(plan) if plan else old.get("plan"),
-        "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows), "figure": "best_ms"},
+        "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows),
+                         "candidates_from_validation": sum(bool(r.get("source")) for r in model_rows),
+                         "figure": "best_ms"},
         "predictor": {"class": "LatencyPredictor",
                       "params": {k: v for k, v in vars(predictor).items() if not k.endswith("_")},
                       "composition_relative_error_cv": predictor.relative_error_,
@@ -145,12 +147,11 @@ def _training_arrays(kernel_rows: list[dict], model_rows: list[dict]):
 
 
 def _warn_if_other_machine(folder: Path, metadata: dict) -> None:
-    measured, here = metadata.get("machine", {}), machine_info()
-    differences = [f"{key}: measured on {measured.get(key)!r}, running on {here.get(key)!r}"
-                   for key in ("cpu", "isa", "onnxruntime") if measured.get(key) != here.get(key)]
+    differences = machine_differences(metadata.get("machine", {}), machine_info())
     if differences:
-        warnings.warn(f"hardware model {folder} was measured on another machine ({'; '.join(differences)}); its "
-                      "predictions may be off here: run `autocompress profile` on this machine",
+        warnings.warn(f"hardware model {folder} was measured on another machine (the profile's against this one: "
+                      f"{'; '.join(differences)}); its predictions may be off here: run `autocompress profile` on "
+                      "this machine",
                       DifferentMachineWarning, stacklevel=3)
 
 

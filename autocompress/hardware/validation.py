@@ -20,7 +20,7 @@ from ..errors import AutocompressError
 from ..space import Candidate
 from .candidates import measure_candidates, model_under_test, random_candidate
 from .kernels import kernels_of_candidate
-from .measure import PASSES
+from .measure import PASSES, machine_info
 from .profiling import read_model_measurements
 from .store import HardwareModel
 
@@ -51,6 +51,10 @@ def accuracy_figures(predicted: np.ndarray, measured: np.ndarray) -> AccuracyFig
 @dataclass
 class ValidationReport:
     hardware_model: str
+    seed: int = 1
+    threads: int = 1
+    measured_on: dict = field(default_factory=dict)  # machine_info() of the machine that timed the candidates
+    skipped_trained_on: int = 0  # drawn candidates left out because the predictor was fit on them
     rows: list[dict] = field(default_factory=list)  # model, input_size, candidate, measured/predicted/proxy ms
     # The profile's own candidates re-timed in the same sweeps: model, input_size, profiled_ms, measured_ms
     references: list[dict] = field(default_factory=list)
@@ -77,6 +81,10 @@ class ValidationReport:
         groups = sorted({(r["model"], r["input_size"]) for r in self.rows})
         return {
             "hardware_model": self.hardware_model,
+            "seed": self.seed,
+            "threads": self.threads,
+            "measured_on": self.measured_on,
+            "skipped_trained_on": self.skipped_trained_on,
             "overall": self.figures(),
             "by_model": {f"{m}@{s}": self.figures([r for r in self.rows if (r["model"], r["input_size"]) == (m, s)])
                          for m, s in groups},
@@ -100,7 +108,7 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     hour to hour. They are reported beside the figures, never used to scale them."""
     profiled = read_model_measurements(folder / "models.csv")
     trained_on = {(r["model"], r["input_size"], r["candidate"]) for r in profiled}
-    report = ValidationReport(str(folder))
+    report = ValidationReport(str(folder), seed=seed, threads=threads, measured_on=machine_info())
     plan = []
     for spec in models:
         for size in input_sizes:
@@ -109,6 +117,8 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
                 candidate = random_candidate(target, random.Random(f"validate-{seed}-{spec}-{size}-{i}"))
                 if (spec, size, candidate.to_json()) not in trained_on:  # never score what was fit on
                     plan.append((target, candidate))
+                else:
+                    report.skipped_trained_on += 1
     references = _references(profiled, input_sizes, seed)
     scored = len(plan)
     plan += [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"]))
@@ -131,6 +141,7 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
         report.rows.append({"model": target.spec, "input_size": target.input_size,
                             "candidate": candidate.to_dict(), "measured_ms": fastest.best_ms,
                             "sweeps_ms": [m.best_ms for m in measured],
+                            "sweeps_timing": [m.to_dict() for m in measured],
                             "measured_median_ms": fastest.median_ms,
                             "measurement_spread": fastest.noise,
                             "background_load": float(np.mean([m.background_load for m in measured])),
@@ -222,6 +233,9 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
                   f"{speed['p10_ratio']:.3f}x, p90 {speed['p90_ratio']:.3f}x). Above 1 the machine ran slower than "
                   "during the profile, so the predictor reads low by about that much; below 1, high. The figures above "
                   "are not adjusted for it."]
+    if summary["skipped_trained_on"]:
+        lines += ["", f"{summary['skipped_trained_on']} of the drawn candidates were left out: the hardware model was "
+                  "fit on them (`profile --add-validation`)."]
     lines += ["", f"Other processes kept {100 * load:.0f}% of the other CPU cores busy while timing, on average.",
               "", "![predicted vs measured](validation.png)"]
     (folder / "validation.md").write_text("\n".join(lines) + "\n")
