@@ -115,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     search.add_argument("--out", required=True, type=Path,
                         help="folder for the study, the baseline and the results; an existing search there resumes")
-    search.add_argument("--hardware", default="hardware_models/ort-cpu-1t",
-                        help="hardware model folder (default hardware_models/ort-cpu-1t)")
+    search.add_argument("--hardware", default="auto",
+                        help="hardware model folder, or auto (default): the one under hardware_models/ measured on a "
+                        "machine like this one (same CPU, ISA and ONNX Runtime)")
     search.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="default nsga2")
     search.add_argument("--seed", type=_count, default=0, help="sampler seed (default 0)")
     search.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
@@ -312,6 +313,18 @@ def _validate_predictor(args) -> int:
     return 0
 
 
+def _chosen_hardware(name: str) -> str:
+    """The hardware model folder a search records: "auto" is resolved here, once, so that resuming
+    and exporting use the folder this search started with."""
+    from .hardware.store import AUTO, find_hardware_model
+
+    if name != AUTO:
+        return name
+    folder = find_hardware_model()
+    print(f"hardware model: {folder}", file=sys.stderr)
+    return str(folder)
+
+
 def _search(args) -> int:
     from .finetune import DistillationConfig
     from .pareto import summary_table
@@ -320,7 +333,7 @@ def _search(args) -> int:
 
     spec = ProblemSpec(model=args.model, dataset=args.dataset, input_size=args.input_size,
                        weights=str(args.weights) if args.weights else None, num_classes=args.num_classes,
-                       train_steps=args.train_steps, hardware=args.hardware)
+                       train_steps=args.train_steps, hardware=_chosen_hardware(args.hardware))
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
                               finetune=DistillationConfig(steps=args.finetune_steps),

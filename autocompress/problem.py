@@ -21,7 +21,8 @@ from .apply_run import baseline_model
 from .data import DatasetSplits, calibration_batches, load_dataset
 from .errors import AutocompressError
 from .finetune import DistillationConfig, FinetuneResult, distill, evaluate_accuracy, teacher_logits
-from .hardware import HardwareModel, LatencyPrediction, load_hardware_model
+from .hardware import HardwareModel, LatencyPrediction, find_hardware_model, load_hardware_model
+from .hardware.store import AUTO, SHIPPED_MODELS
 from .space import Candidate, Space
 from .techniques import apply_candidate
 
@@ -40,7 +41,7 @@ class ProblemSpec:
     weights: str | None = None
     num_classes: int | None = None
     train_steps: int = 400  # baseline training when no weights are given
-    hardware: str = "hardware_models/ort-cpu-1t"
+    hardware: str = AUTO  # a hardware model folder, or "auto": one measured on a machine like this one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,10 +114,13 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu") ->
 
 
 def _hardware_folder(name: str) -> Path:
-    """``name`` as given, or, for a relative name not found here, the hardware model shipped beside
-    the package (so the default ``hardware_models/ort-cpu-1t`` works from any working directory)."""
+    """``name`` as given; for "auto", ``find_hardware_model``'s pick; for a relative name not found
+    here, the hardware model shipped beside the package (so ``hardware_models/ort-cpu-1t`` works
+    from any working directory)."""
+    if name == AUTO:
+        return find_hardware_model()
     path = Path(name)
-    shipped = Path(__file__).resolve().parent.parent / path
+    shipped = SHIPPED_MODELS.parent / path
     if not path.is_absolute() and not (path / "metadata.json").is_file() and (shipped / "metadata.json").is_file():
         return shipped
     return path

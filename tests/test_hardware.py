@@ -8,6 +8,7 @@ import random
 import warnings
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,9 +33,11 @@ from autocompress.hardware.profiling import (
 )
 from autocompress.hardware.store import (
     DifferentMachineWarning,
+    find_hardware_model,
     fit_hardware_model,
     load_hardware_model,
 )
+from autocompress.hardware.measure import machine_info
 from autocompress.hardware.validation import accuracy_figures, validate, write_report
 from autocompress.space import Space, SpaceOptions
 from autocompress.techniques import apply_candidate
@@ -246,6 +249,31 @@ def test_hardware_model_fits_saves_and_reloads(tiny_profile):
         load_hardware_model(folder)
 
 
+def test_auto_picks_the_hardware_model_measured_on_this_machine_class(tmp_path):
+    here = machine_info()
+    others = {"no-avx512": here | {"isa": here["isa"] | {"avx512f": not here["isa"]["avx512f"]}},
+              "old-runtime": here | {"onnxruntime": "1.0.0"}, "other-cpu": here | {"cpu": "Some Other CPU"}}
+    for name, machine in others.items():
+        (tmp_path / "shipped" / name).mkdir(parents=True)
+        (tmp_path / "shipped" / name / "metadata.json").write_text(json.dumps({"threads": 1, "machine": machine}))
+    (tmp_path / "shipped" / "broken").mkdir()
+    (tmp_path / "shipped" / "broken" / "metadata.json").write_text("{not json")
+    # none measured here: the nearest, the same CPU model with one difference (named first)
+    assert find_hardware_model(roots=[tmp_path / "shipped"]).name == "no-avx512"
+    (tmp_path / "local" / "this-one").mkdir(parents=True)
+    (tmp_path / "local" / "this-one" / "metadata.json").write_text(json.dumps({"threads": 1, "machine": here}))
+    (tmp_path / "local" / "four-threads").mkdir()
+    (tmp_path / "local" / "four-threads" / "metadata.json").write_text(json.dumps({"threads": 4, "machine": here}))
+    roots = [tmp_path / "local", tmp_path / "shipped"]
+    assert find_hardware_model(roots=roots) == tmp_path / "local" / "this-one"
+    assert find_hardware_model(threads=4, roots=roots) == tmp_path / "local" / "four-threads"
+    with pytest.raises(AutocompressError, match="no hardware model for 2 thread"):
+        find_hardware_model(threads=2, roots=roots)
+    # the models shipped with autocompress: one per machine class, with its measurements
+    shipped = find_hardware_model(roots=[Path(__file__).resolve().parents[1] / "hardware_models"])
+    assert (shipped / "models.csv").is_file() and (shipped / "kernels.csv").is_file()
+
+
 def test_validated_candidates_join_the_profile_and_later_validations_skip_them(tiny_profile, tmp_path):
     folder, plan = tiny_profile
     hw = tmp_path / "hw"
@@ -358,16 +386,20 @@ def test_committed_hardware_model_predicts_this_machine_better_than_macs():
 
     from autocompress.hardware.validation import validate
 
-    folder = Path(__file__).resolve().parents[1] / "hardware_models" / "ort-cpu-1t"
+    folder = find_hardware_model(roots=[Path(__file__).resolve().parents[1] / "hardware_models"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         hardware = load_hardware_model(folder)
     if any(issubclass(w.category, DifferentMachineWarning) for w in caught):
-        pytest.skip("the committed hardware model was measured on another CPU than this one")
+        pytest.skip("no committed hardware model was measured on this machine class")
     report = validate(hardware, folder, ["resnet18"], [32], samples=24, seed=99, sweeps=2)
     figures = report.figures()
     assert all(len(r["sweeps_ms"]) == 2 and r["measured_ms"] == min(r["sweeps_ms"]) for r in report.rows)
     assert 0 <= figures["sweeps_agree_10pct"] <= 1
+    # with two sweeps, each half is one sweep: the halves agree exactly when the sweeps do
+    halves = figures["halves"]
+    assert halves["sweeps_each"] == 1 and halves["agree_10pct"] == figures["sweeps_agree_10pct"]
+    assert all(0 <= share <= 1 for share in halves["predictor_within_10pct"])
     # the profile's own candidates were re-timed beside them, and compared with their profiled figures
     assert len(report.references) == 16 and all(r["input_size"] == 32 for r in report.references)
     speed = report.host_speed()

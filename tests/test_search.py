@@ -20,7 +20,7 @@ from autocompress.card import export_from_search
 from autocompress.cli import main
 from autocompress.errors import AutocompressError
 from autocompress.finetune import DistillationConfig, FinetuneDiverged, distill, evaluate_accuracy
-from autocompress.hardware import load_hardware_model
+from autocompress.hardware import find_hardware_model, load_hardware_model
 from autocompress.pareto import load_front
 from autocompress.problem import ProblemSpec, SearchProblem, build_problem
 from autocompress.space import Space
@@ -59,7 +59,7 @@ def test_repair_brings_a_slow_candidate_under_the_budget():
     from autocompress.hardware.candidates import model_under_test
 
     target = model_under_test("resnet18", 32)
-    hardware = load_hardware_model("hardware_models/ort-cpu-1t")
+    hardware = load_hardware_model(find_hardware_model())
     space = Space(target.analysis)
     budget = 0.5 * hardware.predict_candidate(target.analysis, space.default()).ms
     slow = space.from_params({v.name: (4 if v.kind == "bits" else space._neutral(v)) for v in space.variables})

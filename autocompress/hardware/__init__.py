@@ -6,12 +6,13 @@ from .predictor import LatencyPrediction, LatencyPredictor, NotFittedError
 from .store import (
     DifferentMachineWarning,
     HardwareModel,
+    find_hardware_model,
     fit_hardware_model,
     load_hardware_model,
 )
 
 __all__ = [
     "DifferentMachineWarning", "HardwareModel", "Kernel", "LatencyMeasurement", "LatencyPrediction",
-    "LatencyPredictor", "NotFittedError", "fit_hardware_model", "kernels_of_candidate", "kernels_of_model",
-    "load_hardware_model", "machine_info", "measure_latency",
+    "LatencyPredictor", "NotFittedError", "find_hardware_model", "fit_hardware_model", "kernels_of_candidate",
+    "kernels_of_model", "load_hardware_model", "machine_info", "measure_latency",
 ]

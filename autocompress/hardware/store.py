@@ -37,9 +37,14 @@ from .measure import machine_differences, machine_info
 from .predictor import LatencyPrediction, LatencyPredictor
 from .profiling import ProfilePlan, read_kernel_measurements, read_model_measurements
 
-__all__ = ["DifferentMachineWarning", "HardwareModel", "fit_hardware_model", "load_hardware_model"]
+__all__ = ["AUTO", "DifferentMachineWarning", "HardwareModel", "SHIPPED_MODELS", "find_hardware_model",
+           "fit_hardware_model", "load_hardware_model"]
 
 log = logging.getLogger(__name__)
+
+AUTO = "auto"  # the --hardware value that picks a hardware model measured on a machine like this one
+# The hardware models committed with autocompress, one per machine class it was profiled on.
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "hardware_models"
 
 
 class DifferentMachineWarning(UserWarning):
@@ -117,6 +122,39 @@ def load_hardware_model(folder: str | Path) -> HardwareModel:
     except OSError:
         pass  # a read-only folder still works, it just refits next time
     return HardwareModel(predictor, metadata)
+
+
+def find_hardware_model(*, threads: int = 1, roots: list[Path] | None = None) -> Path:
+    """The hardware model folder to use on this machine: among the folders under ``roots`` (by
+    default ./hardware_models, then the ones shipped with autocompress) profiled with ``threads``
+    threads, one measured on this machine class (same CPU model, ISA and ONNX Runtime version).
+
+    Why: latency is a property of the machine, not of the model alone. Our 2-core development
+    machines come on two AMD EPYC generations, with and without AVX-512, and a hardware model
+    profiled on one predicts the other poorly (README, "Hardware models"). When no folder
+    matches, the nearest one is returned (fewest differences, the CPU model counting most), and
+    loading it warns (DifferentMachineWarning) that it was measured elsewhere."""
+    roots = [Path("hardware_models"), SHIPPED_MODELS] if roots is None else roots
+    here = machine_info()
+    found: dict[str, tuple[tuple, Path]] = {}
+    for root in roots:
+        for folder in sorted(root.glob("*/metadata.json")) if root.is_dir() else []:
+            try:
+                metadata = json.loads(folder.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # not ours to judge here: load_hardware_model explains a broken folder
+            if metadata.get("threads", 1) != threads:
+                continue
+            machine = metadata.get("machine", {})
+            rank = (len(machine_differences(machine, here)), machine.get("cpu") != here.get("cpu"))
+            found.setdefault(folder.parent.name, (rank, folder.parent))  # ./hardware_models wins a name clash
+    if not found:
+        raise AutocompressError(f"no hardware model for {threads} thread(s) in {', '.join(map(str, roots))}; profile "
+                                f"this machine first: autocompress profile --target ort-cpu --threads {threads}")
+    rank, folder = min(found.values(), key=lambda item: (item[0], item[1].name))
+    log.info("hardware model %s (%s)", folder, "measured on this machine class" if rank[0] == 0 else
+             "the nearest: none was measured on this machine class")
+    return folder
 
 
 def _write_cache(folder: Path, predictor: LatencyPredictor) -> None:

@@ -75,7 +75,7 @@ class ValidationReport:
         return {"candidates": len(rows),
                 "predictor": accuracy_figures(np.array([r["predicted_ms"] for r in rows]), measured).to_dict(),
                 "macs_proxy": accuracy_figures(np.array([r["macs_proxy_ms"] for r in rows]), measured).to_dict(),
-                "sweeps_agree_10pct": _sweeps_agree(rows)}
+                "sweeps_agree_10pct": _sweeps_agree(rows), "halves": _halves(rows)}
 
     def to_dict(self) -> dict:
         groups = sorted({(r["model"], r["input_size"]) for r in self.rows})
@@ -171,6 +171,24 @@ def _sweeps_agree(rows: list[dict]) -> float | None:
     return float(np.mean([max(t) <= 1.10 * min(t) for t in timed])) if timed else None
 
 
+def _halves(rows: list[dict]) -> dict | None:
+    """The measurement against itself: each candidate's fastest sweep among the first half of its
+    sweeps against its fastest among the second half, two independent measurements with half the
+    sweeps each. ``agree_10pct``: the share within 10% of each other, a ceiling on what any
+    predictor can score against labels that noisy. ``predictor_within_10pct``: the predictor's
+    share within 10% of each half's figure, to set beside its share against all sweeps: how far the
+    score moves with the label's quality. None with fewer than 2 sweeps."""
+    timed = [r for r in rows if len(r.get("sweeps_ms", ())) > 1]
+    if not timed:
+        return None
+    first = np.array([min(r["sweeps_ms"][:len(r["sweeps_ms"]) // 2]) for r in timed])
+    second = np.array([min(r["sweeps_ms"][len(r["sweeps_ms"]) // 2:]) for r in timed])
+    predicted = np.array([r["predicted_ms"] for r in timed])
+    return {"sweeps_each": len(timed[0]["sweeps_ms"]) // 2,
+            "agree_10pct": float(np.mean(np.maximum(first, second) <= 1.10 * np.minimum(first, second))),
+            "predictor_within_10pct": [accuracy_figures(predicted, half).within_10pct for half in (first, second)]}
+
+
 def write_plot(report: ValidationReport, path: Path) -> None:
     """Predicted vs measured latency (log-log), predictor and MACs proxy side by side."""
     import matplotlib
@@ -215,16 +233,24 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
              "*Sweeps agree* is the share of candidates whose sweeps came within 10% of each other. Where it is "
              "low, a sweep met a slow spell of the host (other tenants' cache and memory traffic, minutes long): a "
              "single sweep would have been that far off, and the fastest sweep is the measurement.", "",
+             "*Halves agree* sets each candidate's fastest sweep among the first half of its sweeps against its "
+             "fastest among the second half: how often two measurements with half the sweeps each came within 10% of "
+             "each other, a ceiling on what any predictor scores against labels that noisy. *Against halves* is the "
+             "predictor's share within ±10% of each half's figure, beside its share against all sweeps.", "",
              ("| model @ input | fit on this family | candidates | within ±10% | RMSPE | Spearman "
-              "| MACs proxy: within ±10% | RMSPE | Spearman | sweeps agree |"), "|---|---|---|---|---|---|---|---|---|---|"]
+              "| MACs proxy: within ±10% | RMSPE | Spearman | sweeps agree | halves agree | against halves |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups = list(summary["by_model"].items()) + [("all", summary["overall"])]
     for name, figures in groups:
         p, m = figures["predictor"], figures["macs_proxy"]
         seen = "" if name == "all" else ("yes" if name.split("@")[0] in profiled_models else "**no**")
-        agree = figures["sweeps_agree_10pct"]
+        agree, halves = figures["sweeps_agree_10pct"], figures["halves"]
+        halves_agree = "-" if halves is None else f"{100 * halves['agree_10pct']:.0f}%"
+        against = "-" if halves is None else " / ".join(f"{100 * v:.1f}%" for v in halves["predictor_within_10pct"])
         lines.append(f"| {name} | {seen} | {figures['candidates']} | {100 * p['within_10pct']:.1f}% | {p['rmspe']:.1f}% "
                      f"| {p['spearman']:.3f} | {100 * m['within_10pct']:.1f}% | {m['rmspe']:.1f}% | {m['spearman']:.3f} "
-                     f"| {'-' if agree is None else f'{100 * agree:.0f}%'} |")
+                     f"| {'-' if agree is None else f'{100 * agree:.0f}%'} "
+                     f"| {halves_agree} | {against} |")
     load = float(np.mean([r.get("background_load", 0.0) for r in report.rows])) if report.rows else 0.0
     speed = summary["host_speed_vs_profile"]
     if speed:
