@@ -251,7 +251,7 @@ def test_hardware_model_fits_saves_and_reloads(tiny_profile):
 
 def test_auto_picks_the_hardware_model_measured_on_this_machine_class(tmp_path):
     here = machine_info()
-    others = {"no-avx512": here | {"isa": here["isa"] | {"avx512f": not here["isa"]["avx512f"]}},
+    others = {"isa-differs": here | {"isa": here["isa"] | {"avx512f": not here["isa"]["avx512f"]}},
               "old-runtime": here | {"onnxruntime": "1.0.0"}, "other-cpu": here | {"cpu": "Some Other CPU"}}
     for name, machine in others.items():
         (tmp_path / "shipped" / name).mkdir(parents=True)
@@ -259,7 +259,7 @@ def test_auto_picks_the_hardware_model_measured_on_this_machine_class(tmp_path):
     (tmp_path / "shipped" / "broken").mkdir()
     (tmp_path / "shipped" / "broken" / "metadata.json").write_text("{not json")
     # none measured here: the nearest, the same CPU model with one difference (named first)
-    assert find_hardware_model(roots=[tmp_path / "shipped"]).name == "no-avx512"
+    assert find_hardware_model(roots=[tmp_path / "shipped"]).name == "isa-differs"
     (tmp_path / "local" / "this-one").mkdir(parents=True)
     (tmp_path / "local" / "this-one" / "metadata.json").write_text(json.dumps({"threads": 1, "machine": here}))
     (tmp_path / "local" / "four-threads").mkdir()
@@ -382,8 +382,6 @@ def test_cli_reports_a_missing_hardware_model_in_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_committed_hardware_model_predicts_this_machine_better_than_macs():
-    from pathlib import Path
-
     from autocompress.hardware.validation import validate
 
     folder = find_hardware_model(roots=[Path(__file__).resolve().parents[1] / "hardware_models"])
