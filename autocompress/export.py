@@ -194,11 +194,15 @@ def _quantize_static(float_path: Path, out_path: Path, graph: onnx.ModelProto, n
     weights = {t.name: t for t in graph.graph.initializer}
     int_nodes = nodes_by_bits.get(8, []) + nodes_by_bits.get(4, [])
     overrides = {}
-    for node_name in nodes_by_bits.get(4, []):
-        node = by_name[node_name]
-        # Per output channel: axis 0 for Conv and Gemm(transB=1) weights, 1 for MatMul's (in, out).
-        axis = 1 if node.op_type == "MatMul" else 0
-        overrides[node.input[1]] = _int4_channel_overrides(numpy_helper.to_array(weights[node.input[1]]), axis)
+    # int4 weights always get the simulation's scales; int8 ones where its range is not ORT's own
+    # (7-bit weights on a CPU whose int8 kernels saturate: see weight_qrange).
+    explicit = [4] + ([8] if weight_qrange(8) != (-127, 127) else [])
+    for bits in explicit:
+        for node_name in nodes_by_bits.get(bits, []):
+            node = by_name[node_name]
+            # Per output channel: axis 0 for Conv and Gemm(transB=1) weights, 1 for MatMul's (in, out).
+            axis = 1 if node.op_type == "MatMul" else 0
+            overrides[node.input[1]] = _channel_overrides(numpy_helper.to_array(weights[node.input[1]]), axis, bits)
     # ORT's quantizer logs advice ("consider pre-processing", the int4 opset note) on the root logger.
     root_logger = logging.getLogger()
     level = root_logger.level
@@ -226,14 +230,15 @@ def _quantize_static(float_path: Path, out_path: Path, graph: onnx.ModelProto, n
         root_logger.setLevel(level)
 
 
-def _int4_channel_overrides(weight: np.ndarray, axis: int) -> list[dict]:
-    """Explicit int4 scales, absmax / 7 per channel: the simulation's rule (see weight_qrange)."""
+def _channel_overrides(weight: np.ndarray, axis: int, bits: int) -> list[dict]:
+    """Explicit per-channel scales, absmax / qmax: the simulation's rule (see weight_qrange)."""
     from onnxruntime.quantization import QuantType
 
-    _, qmax = weight_qrange(4)
+    _, qmax = weight_qrange(bits)
     absmax = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(axis=1)
     scales = np.where(absmax > 0, absmax / np.float32(qmax), np.float32(1.0)).astype(np.float32)
-    return [{"quant_type": QuantType.QInt4, "axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)}
+    quant_type = QuantType.QInt4 if bits == 4 else QuantType.QInt8
+    return [{"quant_type": quant_type, "axis": axis, "scale": np.float32(s), "zero_point": np.int8(0)}
             for s in scales]
 
 

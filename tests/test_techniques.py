@@ -9,6 +9,8 @@ from autocompress.techniques.quantizers import (
     activation_qparams,
     calibrate,
     fake_quantize_weight,
+    int8_weights_saturate,
+    weight_qrange,
 )
 
 
@@ -43,14 +45,27 @@ def test_all_32_bit_candidate_is_the_identity(tiny):
     assert (built(example) - tiny(example)).abs().max().item() <= 1e-4
 
 
+def test_int8_weights_have_7_bits_where_int8_kernels_saturate(monkeypatch):
+    from autocompress.techniques import quantizers
+
+    assert weight_qrange(8) == ((-64, 64) if int8_weights_saturate() else (-127, 127))
+    monkeypatch.setattr(quantizers, "int8_weights_saturate", lambda: True)
+    assert weight_qrange(8) == (-64, 64) and weight_qrange(4) == (-7, 7)
+    levels = fake_quantize_weight(torch.tensor([[1.0, -0.5, 0.25]]), 8) / (1.0 / 64)
+    assert torch.allclose(levels, torch.tensor([[64.0, -32.0, 16.0]]))
+    monkeypatch.setattr(quantizers, "int8_weights_saturate", lambda: False)
+    assert weight_qrange(8) == (-127, 127)
+
+
 def test_int8_weights_follow_ort_symmetric_per_channel_rule():
     torch.manual_seed(0)
     weight = torch.randn(8, 4, 3, 3)
     q = fake_quantize_weight(weight, 8)
-    scale = weight.abs().amax(dim=(1, 2, 3)) / 127.0
+    _, qmax = weight_qrange(8)  # 127, or 64 where ORT's int8 kernels saturate
+    scale = weight.abs().amax(dim=(1, 2, 3)) / qmax
     levels = q / scale.view(-1, 1, 1, 1)
     assert torch.allclose(levels, levels.round(), atol=1e-3)
-    assert levels.abs().max().item() <= 127.0 + 1e-3
+    assert levels.abs().max().item() <= qmax + 1e-3
     assert (q - weight).abs().max().item() <= scale.max().item() / 2 + 1e-6
     q4 = fake_quantize_weight(weight, 4)
     levels4 = q4 / (weight.abs().amax(dim=(1, 2, 3)) / 7.0).view(-1, 1, 1, 1)

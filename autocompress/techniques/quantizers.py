@@ -1,6 +1,7 @@
 """Fake quantizers that compute what ONNX Runtime's int kernels will compute.
 
-8 and 4 bits: weights per output channel, symmetric (int8 in [-127, 127], int4 in [-7, 7]), inputs
+8 and 4 bits: weights per output channel, symmetric (int8 in [-127, 127], or [-64, 64] where the
+CPU's int8 kernels saturate; int4 in [-7, 7]), inputs
 per tensor, asymmetric uint8: the same formulas ORT's QDQ quantizer uses, so that calibrating both
 on the same batches gives the same scales. 4-bit layers keep 8-bit inputs (ORT has no 4-bit
 activations). 16 bits: weights stored as float16, computed in float32. Rounding goes through a
@@ -9,6 +10,7 @@ straight-through estimator, so the simulated model can be fine-tuned.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["QuantizedLayer", "QuantizedOutput", "ActivationQuantizer", "calibrate",
-           "fake_quantize_weight", "weight_qrange", "weight_scale", "bias_rounding",
+           "fake_quantize_weight", "int8_weights_saturate", "weight_qrange", "weight_scale", "bias_rounding",
            "activation_qparams"]
 
 _EMA_MOMENTUM = 0.1  # how fast activation ranges follow the weights during fine-tuning
@@ -25,11 +27,30 @@ _EMA_MOMENTUM = 0.1  # how fast activation ranges follow the weights during fine
 def weight_qrange(bits: int) -> tuple[int, int]:
     """Integer range of a symmetric weight quantizer.
 
-    int8 is ORT's own symmetric range. For int4 ORT would use [-8, 7], whose scale maps the
-    largest weight to exactly 7.5, a rounding tie that float noise in BatchNorm folding breaks
-    differently on each side; [-7, 7] maps it to 7, and export hands ORT these scales.
+    int8 is ORT's own symmetric range, [-127, 127], or [-64, 64] (7 bits, ORT's ``reduce_range``)
+    on a CPU whose int8 kernels saturate (``int8_weights_saturate``). For int4 ORT would use
+    [-8, 7], whose scale maps the largest weight to exactly 7.5, a rounding tie that float noise in
+    BatchNorm folding breaks differently on each side; [-7, 7] maps it to 7, and export hands ORT
+    these scales.
     """
+    if bits == 8 and int8_weights_saturate():
+        return (-64, 64)
     return {8: (-127, 127), 4: (-7, 7)}[bits]
+
+
+@functools.lru_cache(maxsize=1)
+def int8_weights_saturate() -> bool:
+    """Whether ORT's int8 kernels on this CPU can saturate: x86 without VNNI. There ORT multiplies
+    uint8 inputs by int8 weights with VPMADDUBSW, which adds pairs of products in int16, and
+    255 x 127 x 2 overflows it; with 7-bit weights it cannot (255 x 64 x 2 < 32767). ORT's own
+    advice for such machines is 7-bit weights. On an AVX2-only EPYC, full-range int8 ResNet-18
+    agreed with its PyTorch simulation on 98.6% of digits, against 99% or more with VNNI. With
+    VNNI (and on ARM) the products add up in int32."""
+    from ..hardware.measure import machine_info
+
+    info = machine_info()
+    x86 = info.get("machine", "").lower() in ("x86_64", "amd64", "i686", "x86")
+    return x86 and not (info["isa"].get("avx512_vnni") or info["isa"].get("avx_vnni"))
 
 
 def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
