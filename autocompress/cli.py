@@ -320,9 +320,7 @@ def _chosen_hardware(name: str) -> str:
 
     if name != AUTO:
         return name
-    folder = find_hardware_model()
-    print(f"hardware model: {folder}", file=sys.stderr)
-    return str(folder)
+    return str(find_hardware_model())  # recorded in search.json; a bad-input error stays one line
 
 
 def _search(args) -> int:
