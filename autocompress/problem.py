@@ -86,10 +86,7 @@ class SearchProblem:
 
 def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu") -> SearchProblem:
     """Load the data and hardware model, and train (or load) the baseline, cached in ``cache_dir``."""
-    hardware_dir = _hardware_folder(spec.hardware)
-    if not (hardware_dir / "metadata.json").is_file():
-        raise AutocompressError(f"--hardware {spec.hardware!r} is not a hardware model folder; pass one written by "
-                                "`autocompress profile`, e.g. hardware_models/ort-cpu-1t")
+    hardware_dir = hardware_folder(spec.hardware)
     splits = load_dataset(spec.dataset, image_size=spec.input_size)
     classes = spec.num_classes or splits.num_classes
     if classes < splits.num_classes:
@@ -113,16 +110,19 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu") ->
     )
 
 
-def _hardware_folder(name: str) -> Path:
+def hardware_folder(name: str) -> Path:
     """``name`` as given; for "auto", ``find_hardware_model``'s pick; for a relative name not found
     here, the hardware model shipped beside the package (so ``hardware_models/ort-cpu-1t`` works
-    from any working directory)."""
+    from any working directory). Raises a one-line error unless it is a hardware model folder."""
     if name == AUTO:
         return find_hardware_model()
     path = Path(name)
     shipped = SHIPPED_MODELS.parent / path
     if not path.is_absolute() and not (path / "metadata.json").is_file() and (shipped / "metadata.json").is_file():
         return shipped
+    if not (path / "metadata.json").is_file():
+        raise AutocompressError(f"--hardware {name!r} is not a hardware model folder; pass one written by "
+                                "`autocompress profile`, e.g. hardware_models/ort-cpu-1t, or auto")
     return path
 
 

@@ -36,7 +36,7 @@ from .errors import AutocompressError
 from .executors import Executor, LocalExecutor, WorkerLost
 from .finetune import DistillationConfig
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study, write_results
-from .problem import ProblemSpec, SearchProblem, build_problem
+from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder
 from .space import Space
 
 __all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "default_storage", "open_study", "run_search"]
@@ -116,6 +116,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     out.mkdir(parents=True, exist_ok=True)
     _check_resumable(out / "search.json", settings)
     budget = Budget.parse(settings.budget)
+    if problem is None:
+        hardware_folder(settings.problem.hardware)  # a bad --hardware fails before the study is created
     study = open_study(settings)  # a bad --storage fails here, before the baseline trains
     if executor is None and settings.executor == "ray" and settings.ray_address:
         from .executors.ray_pool import check_ray_address

@@ -4,7 +4,7 @@ A search scores thousands of candidates; the goal is at most 1 ms per ResNet-18-
 when many are predicted at once. Times the whole path a search pays: Candidate -> kernels
 (``kernels_of_candidate``) -> predicted latency, and writes results/predictor_speed.{md,json}.
 
-    python benchmarks/predictor_speed.py [--hardware-model hardware_models/ort-cpu-1t] [--repeats 5]
+    python benchmarks/predictor_speed.py [--hardware-model auto] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
-from autocompress.hardware import load_hardware_model, machine_info
+from autocompress.hardware import find_hardware_model, load_hardware_model, machine_info
 from autocompress.hardware.candidates import model_under_test, random_candidate
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
@@ -25,12 +25,15 @@ BATCHES = (1, 100, 1000)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hardware-model", type=Path, default=Path("hardware_models/ort-cpu-1t"))
+    parser.add_argument("--hardware-model", default="auto",
+                        help="hardware model folder, or auto (default): the one measured on a machine like this")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per batch size (median reported)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
 
-    hardware = load_hardware_model(args.hardware_model)
+    if args.hardware_model == "auto":
+        args.hardware_model = find_hardware_model()
+    hardware = load_hardware_model(Path(args.hardware_model))
     rows = []
     for spec in MODELS:
         target = model_under_test(spec, 32)

@@ -244,6 +244,10 @@ def test_cli_pareto_prints_the_front_and_bad_inputs_are_one_line(finished_search
     assert main(["search", "resnet18", "--budget", "fast", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--budget 'fast'" in err
+    assert main(["search", "resnet18", "--budget", "0.5x", "--hardware", "nope", "--out", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--hardware 'nope' is not a hardware model folder" in err
+    assert not (tmp_path / "h" / "study.db").exists()  # rejected before a study is created
     assert main(["export", str(tmp_path / "nothing"), "--trial", "1", "--out", str(tmp_path / "e")]) == 2
     assert "no search" in capsys.readouterr().err
     # A dead Ray address answers at once (a TCP probe), not after Ray's minute of retries.
