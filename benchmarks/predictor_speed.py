@@ -16,8 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
-from autocompress.hardware import find_hardware_model, load_hardware_model, machine_info
+from autocompress.hardware import load_hardware_model, machine_info
 from autocompress.hardware.candidates import model_under_test, random_candidate
+from autocompress.problem import hardware_folder
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 BATCHES = (1, 100, 1000)
@@ -31,9 +32,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
 
-    if args.hardware_model == "auto":
-        args.hardware_model = find_hardware_model()
-    hardware = load_hardware_model(Path(args.hardware_model))
+    args.hardware_model = hardware_folder(args.hardware_model)  # "auto": the one measured on this machine class
+    hardware = load_hardware_model(args.hardware_model)
     rows = []
     for spec in MODELS:
         target = model_under_test(spec, 32)
