@@ -130,8 +130,9 @@ def find_hardware_model(*, threads: int = 1, roots: list[Path] | None = None) ->
     threads, one measured on this machine class (same CPU model, ISA and ONNX Runtime version).
 
     Why: latency is a property of the machine, not of the model alone. Our 2-core development
-    machines come on two AMD EPYC generations, with and without AVX-512, and a hardware model
-    profiled on one predicts the other 23% fast (README, "Machine classes"). When no folder
+    machines come on two AMD EPYC generations, with and without AVX-512, and on an Intel Xeon with
+    AMX; a hardware model profiled on one predicts another up to 23% off (README, "Machine
+    classes"). When no folder
     matches, the nearest one is returned (fewest differences, the CPU model counting most), and
     loading it warns (DifferentMachineWarning) that it was measured elsewhere."""
     roots = [Path("hardware_models"), SHIPPED_MODELS] if roots is None else roots
