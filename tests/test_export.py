@@ -27,11 +27,22 @@ def test_all_int8_model_agrees_with_onnxruntime_on_digits(spec, trained_models, 
     candidate = Candidate(bits={u.name: 8 for u in analysis.layers})
     _, result, torch_logits, ort_logits, labels = _compare(model, candidate, analysis, example_input, digits,
                                                            tmp_path / "int8.onnx")
-    agreement = (torch_logits.argmax(1) == ort_logits.argmax(1)).mean()
+    disagree = torch_logits.argmax(1) != ort_logits.argmax(1)
+    agreement = 1 - disagree.mean()
     # Where ORT's int8 kernels saturate (x86 without VNNI) int8 weights have 7 bits, and the
     # simulation drifts further from ORT: EfficientNet-B0 agreed on 98.6% of digits on an AVX2-only
-    # EPYC (87.8% with full-range weights, which saturate), 99% or more for every model with VNNI.
-    assert agreement >= (0.98 if int8_weights_saturate() else 0.99), f"{spec}: top-1 agreement {agreement:.4f}"
+    # EPYC (87.8% with full-range weights, which saturate).
+    assert agreement >= 0.98, f"{spec}: top-1 agreement {agreement:.4f}"
+    if not int8_weights_saturate():
+        # With VNNI the kernels add up exactly, and what is left is rounding: the int8 logits sit on
+        # a grid, and ORT's requantization may round a sample one step (0.62 in a spread of 6.4)
+        # the other way. On an Intel Xeon with AMX, EfficientNet-B0 disagreed on 4 of 360 digits
+        # (98.9%), every one a near-tie: PyTorch's top two logits 0 or one step apart. A real
+        # mismatch would flip samples with a clear winner.
+        top2 = np.sort(torch_logits, axis=1)[:, -2:]
+        margins = top2[:, 1] - top2[:, 0]
+        assert np.all(margins[disagree] < 0.25 * torch_logits.std()), \
+            f"{spec}: ORT disagrees where PyTorch had a clear winner (margins {margins[disagree]})"
     assert (torch_logits.argmax(1) == labels).mean() > 0.8  # a real classifier, not a collapsed one
     assert sum(len(v) for v in result.nodes_by_bits.values()) >= len(analysis.layers)
 
