@@ -132,9 +132,9 @@ def find_hardware_model(*, threads: int = 1, roots: list[Path] | None = None) ->
     Why: latency is a property of the machine, not of the model alone. Our 2-core development
     machines come on two AMD EPYC generations, with and without AVX-512, and on an Intel Xeon with
     AMX; a hardware model profiled on one predicts another up to 23% off (README, "Machine
-    classes"). When no folder
-    matches, the nearest one is returned (fewest differences, the CPU model counting most), and
-    loading it warns (DifferentMachineWarning) that it was measured elsewhere."""
+    classes"). When no folder matches, the nearest one is returned (fewest differences, the CPU
+    model counting most), and loading it warns (DifferentMachineWarning) that it was measured
+    elsewhere."""
     roots = [Path("hardware_models"), SHIPPED_MODELS] if roots is None else roots
     here = machine_info()
     found: dict[str, tuple[tuple, Path]] = {}
