@@ -26,6 +26,7 @@ from autocompress.hardware.predictor import LatencyPredictor, NotFittedError, _g
 from autocompress.errors import AutocompressError
 from autocompress.hardware.profiling import (
     ProfilePlan,
+    _candidate_plan,
     _kernel_plan,
     add_validation_measurements,
     read_model_measurements,
@@ -39,6 +40,7 @@ from autocompress.hardware.store import (
 )
 from autocompress.hardware.measure import machine_info
 from autocompress.hardware.validation import accuracy_figures, validate, write_report
+from autocompress.search import warm_start_policies
 from autocompress.space import Space, SpaceOptions
 from autocompress.techniques import apply_candidate
 
@@ -74,9 +76,10 @@ def test_kernels_follow_pruning_rank_and_kernel_choices(tiny):
     assert len(halves) == 2 and halves[0].cout == halves[1].cin and halves[1].kernel == 1
 
 
-def test_glue_inputs_find_the_stem_pool_and_whether_an_int_layer_reads_it():
-    """ResNet-18's max pool is the only glue before a conv; it counts once, as int-read when any
-    reader is int (the slow uint8 pool), and never for MobileNet-V2 (only a global pool)."""
+def test_glue_inputs_find_the_stem_pool_and_whether_the_runtime_requantizes_it():
+    """ResNet-18's max pool is the only glue before a conv; it counts once, as requantized when an
+    int layer reads it and the stem is not int8 (the slow uint8 pool; after an int8 stem the pool
+    runs on its uint8 output), and never for MobileNet-V2 (only a global pool)."""
     target = model_under_test("resnet18", 64)
     space = Space(target.analysis)
     pooled = 64 * 16 * 16 / 1e6  # the stem's 64 channels, pooled from 32x32 to 16x16
@@ -87,6 +90,9 @@ def test_glue_inputs_find_the_stem_pool_and_whether_an_int_layer_reads_it():
 
     assert glue(target.analysis, space.default()) == pytest.approx((0.0, pooled))
     assert glue(target.analysis, space.from_params({"bits/layer1.0.conv1": 8})) == pytest.approx((pooled, 0.0))
+    assert glue(target.analysis, space.from_params({"bits/layer1.0.conv1": 4})) == pytest.approx((pooled, 0.0))
+    int8_stem = space.from_params({"bits/conv1": 8, "bits/layer1.0.conv1": 8})
+    assert glue(target.analysis, int8_stem) == pytest.approx((0.0, pooled))
     low_rank_stem = space.from_params({"rank/conv1": 0.25, "bits/conv1": 4})
     assert glue(target.analysis, low_rank_stem) == pytest.approx((0.0, pooled))  # the pool reads float
     mobilenet = model_under_test("mobilenet_v2", 64)
@@ -172,11 +178,21 @@ def test_light_candidates_change_little_and_skip_blocks_as_repair_does():
     assert max(skipped) >= 3 and min(skipped) < max(skipped)
 
 
+def test_profile_plan_ends_with_the_searchs_warm_start_policies():
+    plan = ProfilePlan(models=("resnet18",), input_sizes=(32,), candidates=4, light_candidates=1)
+    items = _candidate_plan(plan)
+    before = _candidate_plan(replace(plan, warm_start_policies=False))
+    assert items[:len(before)] == before  # a profile taken before them stays valid
+    space = Space(model_under_test("resnet18", 32).analysis)
+    policies = [space.from_params(params) for params in warm_start_policies(space).values()]
+    assert len(policies) == 11 and [c for _, _, c in items[len(before):]] == policies
+
+
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hw") / "tiny-1t"
     plan = ProfilePlan(models=(TINY,), input_sizes=(16,), kernels=16, heavy_kernels=4, candidates=12,
-                       light_candidates=1, sweeps=2, seed=3)
+                       light_candidates=1, warm_start_policies=False, sweeps=2, seed=3)
     run_profile(plan, folder)
     return folder, plan
 

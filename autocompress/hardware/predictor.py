@@ -8,8 +8,9 @@ Stage 2 (ours): a network is not the sum of its kernels timed alone. Alone, each
 session call and converts its input and output, and its weights stay in cache between runs; in a
 network consecutive kernels of one precision skip those conversions, while the weights of a large
 network stream from memory (profiled inside a ResNet-18 candidate, an 8 MB float conv ran 4.7x
-slower than alone, at about 11 GB/s). Fit on whole candidates timed end to end, two heads predict
-a candidate's latency, and the prediction is their mean in log space:
+slower than alone, at about 11 GB/s). So a candidate's "kernels alone" are their times alone less
+the session call each paid (``call_ms_``), plus one call. Fit on whole candidates timed end to end,
+two heads predict a candidate's latency, and the prediction is their mean in log space:
 
 - ratio head: ExtraTrees on the log ratio between the measured latency and the kernels alone,
   from model-independent features: how the kernel time splits over ops and precisions, weight
@@ -63,7 +64,7 @@ class LatencyPredictor:
 
     # Bumped whenever the fitted attributes change, so a cached pickle from an older version is
     # refit instead of failing at predict time (hardware.store checks it).
-    format_version = 5  # 5: squeeze-and-excitation gates (``_gated_elements``)
+    format_version = 6  # 6: one session call per network (``call_ms_``), requantized glue
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 1, composition_min_samples_leaf: int = 2,
                  random_state: int = 0) -> None:
@@ -91,6 +92,8 @@ class LatencyPredictor:
                 if rows.sum() >= 10:
                     self.kernel_models_[(op, bits)] = self._fit_kernel_model(kernels[rows], kernel_ms[rows])
         self.fallback_ = self._fit_kernel_model(kernels, kernel_ms)
+        # The fastest kernel timed alone (a Linear of a few dozen weights) is all session call.
+        self.call_ms_ = float(kernel_ms.min())
         features, alone, _, _, _, excess_parts = self._composition(candidates)
         log_ms = np.log(candidate_ms)
         # How many MB of float weights a network holds before they stream from memory depends on
@@ -177,23 +180,30 @@ class LatencyPredictor:
         heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_)
         ms = np.exp(np.mean([reference + forest.predict(x) for (x, reference), forest in zip(heads, self.composition_)],
                             axis=0))
-        ratio = ms / alone
         relative_var = alone_var / alone ** 2 + self.relative_error_ ** 2
-        return ms, ms * np.sqrt(relative_var), kernel_ms * ratio[owner]
+        # The one session call is shared out over the kernels in proportion to their time.
+        return ms, ms * np.sqrt(relative_var), kernel_ms * (ms / (alone - self.call_ms_))[owner]
 
     def _composition(self, tables: list[np.ndarray]):
-        """Stage-2 features of each candidate, the sum of its kernels timed alone (and that sum's
-        variance), each kernel's time alone, which candidate each kernel belongs to, and the terms
-        of the linear excess."""
+        """Stage-2 features of each candidate, its kernels' time alone (and that time's variance),
+        each kernel's own time, which candidate each kernel belongs to, and the terms of the
+        linear excess.
+
+        A kernel timed alone pays a whole session call (about 5 us here), a network pays one: a
+        kernel's own time is its time alone less the call (at least a tenth of it), and the
+        candidate's time alone is the sum of its kernels' own times plus one call. Summing whole
+        calls instead, a MobileNet-V2 pruned uniformly by 75% at 32x32 summed to 0.29 ms alone
+        and ran in 0.07 ms, a ratio far below any the random candidates had taught stage 2."""
         table = np.concatenate(tables)
         owner = np.repeat(np.arange(len(tables)), [len(t) for t in tables])
-        ms, var = self._kernel_ms(table)
+        alone_ms, var = self._kernel_ms(table)
+        ms = np.maximum(alone_ms - self.call_ms_, 0.1 * alone_ms)
         n = len(tables)
 
         def per_candidate(values: np.ndarray) -> np.ndarray:
             return np.bincount(owner, weights=values, minlength=n)
 
-        alone = per_candidate(ms)
+        alone = per_candidate(ms) + self.call_ms_
         op, bits = table[:, 0], table[:, 1]
         precision = np.select([bits >= 16, bits == 8], [0, 1], 2)
         shares = [per_candidate(ms * ((op == o) & (precision == p))) / alone for o in range(len(OPS)) for p in range(3)]
@@ -207,25 +217,25 @@ class LatencyPredictor:
         activations = per_candidate(cout * out_h * out_w / 1e6)
         max_side = np.zeros(n)
         np.maximum.at(max_side, owner, np.maximum(h, w))
-        glue_int, glue_float = _glue_inputs(table, owner, n)
+        glue_requantized, glue_plain = _glue_inputs(table, owner, n)
         gated = _gated_elements(table, owner, n)
         # log sum alone; time shares by (op, float/int8/int4); weight MB per bit width and in all;
         # log kernel count; share of precision changes; log activation Mfloats; log largest side;
-        # Mfloats reaching convs through glue, int-read and float (``_glue_inputs``); Mfloats
+        # Mfloats reaching convs through glue, requantized and not (``_glue_inputs``); Mfloats
         # gated by squeeze-and-excitation (``_gated_elements``).
         features = np.column_stack([np.log(alone), *shares, *by_bits, np.log(sum(by_bits) + 1e-6), np.log(counts),
-                                    changes / counts, np.log(activations), np.log(max_side), glue_int, glue_float,
+                                    changes / counts, np.log(activations), np.log(max_side), glue_requantized, glue_plain,
                                     gated])
         # The excess: millions of weights by how often a kernel reuses each one (float weights by
         # output pixels: 1, 2-4, 5-16, more; fp16 counts as float, which ORT converts it to when
         # it loads the model), then int8 and int4 weights; precision changes, kernels, millions of
-        # activations, millions of elements through glue (int-read and float) and gated, and a
+        # activations, millions of elements through glue (requantized and not) and gated, and a
         # constant (the session call). ``_excess_terms`` adds the streaming term.
         is_float, pixels = bits >= 16, out_h * out_w
         reuse = np.digitize(pixels, [2, 5, 17])  # 0: one pixel, 1: 2-4, 2: 5-16, 3: more
         excess_base = np.column_stack([*(per_candidate(weights * is_float * (reuse == r)) for r in range(4)),
                                        per_candidate(weights * (bits == 8)), per_candidate(weights * (bits == 4)),
-                                       changes, counts, activations, glue_int, glue_float, gated, np.ones(n)])
+                                       changes, counts, activations, glue_requantized, glue_plain, gated, np.ones(n)])
         streamable = per_candidate(weights * is_float * (pixels > 1))
         excess_parts = (excess_base, streamable, 4 * per_candidate(weights * is_float))
         return features, alone, per_candidate(var), ms, owner, excess_parts
@@ -256,16 +266,19 @@ def _excess_terms(excess_parts, threshold_mb: float) -> np.ndarray:
 
 def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate, millions of elements that reach a conv through glue ops (a max pool, a
-    concatenation, a channel split) rather than straight from an earlier kernel: first those that
-    an int kernel reads, then those only float kernels read.
+    concatenation, a channel split) rather than straight from an earlier kernel: first those the
+    runtime requantizes (an int kernel reads them and no int8 kernel produced them), then the rest.
 
-    The runtime runs a pool on a quantized tensor (one an int kernel reads) with a slow generic
+    The runtime runs a pool on a tensor it has to quantize for an int reader with a slow generic
     uint8 loop: profiled in ResNet-18 candidates at 64x64, the stem's max pool took 120-460 us when
-    a reader of its output was int8 or int4, and 3-25 us in float (blocked NCHWc layout).
+    a reader of its output was int8 or int4 and the stem float or int4 (a float conv either way),
+    and 3-25 us in float (blocked NCHWc layout). After an int8 stem the pool runs on its uint8 output
+    in the fast NHWC kernel (11 us): counting that case as slow over-predicted one candidate by 43%.
 
     A tensor is known by its owner, channels, height and width; a conv input that no earlier
-    kernel of the candidate produced came through glue. Global pools (1x1 outputs) are cheap and
-    left out; so is the network's input."""
+    kernel of the candidate produced came through glue. Its producer is taken to be the nearest
+    earlier kernel with as many output channels and an output at least as large. Global pools (1x1
+    outputs) are cheap and left out; so is the network's input."""
     op, bits, cin, cout, _, _, h, w, out_h, out_w, _ = table.T
 
     def key(channels, height, width):
@@ -277,14 +290,21 @@ def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarr
     fed_by_kernel = (known[at] == consumed) & (first_row[at] < np.arange(len(table)))
     network_input = np.concatenate([[True], owner[1:] != owner[:-1]])
     glue = ~fed_by_kernel & ~network_input & (op != OPS.index("linear")) & (h * w > 1)
+    int8_produced = np.zeros(len(table), dtype=bool)
+    for row in np.flatnonzero(glue):  # a few rows per candidate: ResNet's pool, a concatenation
+        earlier = np.arange(row - 1, -1, -1)
+        earlier = earlier[owner[earlier] == owner[row]]
+        source = earlier[(cout[earlier] == cin[row]) & (out_h[earlier] >= h[row])][:1]
+        int8_produced[row] = len(source) == 1 and bits[source[0]] == 8
     tensors, reader_of = np.unique(consumed[glue], return_inverse=True)
     int_read = np.zeros(len(tensors), dtype=bool)
     np.logical_or.at(int_read, reader_of, bits[glue] <= 8)
     first_reader = np.unique(reader_of, return_index=True)[1]
+    requantized = int_read & ~int8_produced[glue][first_reader]
     elements = (cin * h * w)[glue][first_reader] / 1e6
     tensor_owner = owner[glue][first_reader]
-    return (np.bincount(tensor_owner, weights=elements * int_read, minlength=n),
-            np.bincount(tensor_owner, weights=elements * ~int_read, minlength=n))
+    return (np.bincount(tensor_owner, weights=elements * requantized, minlength=n),
+            np.bincount(tensor_owner, weights=elements * ~requantized, minlength=n))
 
 
 def _gated_elements(table: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
