@@ -291,9 +291,9 @@ def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarr
     network_input = np.concatenate([[True], owner[1:] != owner[:-1]])
     glue = ~fed_by_kernel & ~network_input & (op != OPS.index("linear")) & (h * w > 1)
     int8_produced = np.zeros(len(table), dtype=bool)
+    first_of_owner = np.searchsorted(owner, owner)  # a candidate's rows are contiguous, in order
     for row in np.flatnonzero(glue):  # a few rows per candidate: ResNet's pool, a concatenation
-        earlier = np.arange(row - 1, -1, -1)
-        earlier = earlier[owner[earlier] == owner[row]]
+        earlier = np.arange(row - 1, first_of_owner[row] - 1, -1)  # its own candidate's only
         source = earlier[(cout[earlier] == cin[row]) & (out_h[earlier] >= h[row])][:1]
         int8_produced[row] = len(source) == 1 and bits[source[0]] == 8
     tensors, reader_of = np.unique(consumed[glue], return_inverse=True)
