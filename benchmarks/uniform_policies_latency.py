@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from autocompress.errors import AutocompressError
 from autocompress.hardware import load_hardware_model, machine_info
-from autocompress.hardware.candidates import measure_candidates, model_under_test
-from autocompress.hardware.kernels import kernels_of_candidate
-from autocompress.hardware.validation import _BATCH, accuracy_figures
+from autocompress.hardware.candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test
+from autocompress.hardware.validation import accuracy_figures
 from autocompress.search import warm_start_policies
 from autocompress.space import Space
 
@@ -59,7 +59,12 @@ def main() -> None:
     parser.add_argument("--suffix", default="", help="appended to the report's file name (a machine class)")
     parser.add_argument("--sweeps", type=int, default=3, help="sweeps over all candidates; the fastest counts")
     args = parser.parse_args()
-    hardware = load_hardware_model(args.hardware_model)
+    if args.sweeps < 1:
+        parser.error(f"--sweeps must be 1 or more, got {args.sweeps}")
+    try:
+        hardware = load_hardware_model(args.hardware_model)
+    except AutocompressError as exc:
+        parser.error(str(exc))
     items, rows = [], []
     for spec in MODELS:
         for size in SIZES:
@@ -67,17 +72,17 @@ def main() -> None:
             space = Space(target.analysis)
             for which, name, params in policies(space):
                 candidate = space.from_params(params)
-                predicted = hardware.predictor.predict(kernels_of_candidate(target.analysis, candidate)).ms
+                predicted = hardware.predict_candidate(target.analysis, candidate).ms
                 items.append((target, candidate))
                 rows.append({"set": which, "model": spec, "input_size": size, "policy": name,
                              "predicted_ms": predicted})
     started = time.monotonic()
-    # As profiling and validation time candidates: in batches of 24, in several sweeps over all of
-    # them, the fastest sweep counting. Timed in one batch of all 126, the int8 ResNet-18 policies
-    # at 32x32 measured up to 19% slower than the profile's batches and the export card (which
-    # agreed); and single sweeps of the same batches differed by up to 25% (EfficientNet-B0).
+    # As profiling and validation time candidates: in their batches, in several sweeps over all of
+    # them, the fastest sweep counting (single sweeps of the same batches differed by up to 25%
+    # on EfficientNet-B0).
     for sweep in range(args.sweeps):
-        timings = [t for start in range(0, len(items), _BATCH) for t in measure_candidates(items[start:start + _BATCH])]
+        timings = [t for start in range(0, len(items), CANDIDATES_PER_BATCH)
+                   for t in measure_candidates(items[start:start + CANDIDATES_PER_BATCH])]
         for row, timing in zip(rows, timings):
             row.setdefault("sweeps_ms", []).append(timing.best_ms)
     for row in rows:
@@ -96,11 +101,12 @@ def main() -> None:
     name = "uniform_policies_latency" + (f"_{args.suffix}" if args.suffix else "")
     out = Path("results")
     out.mkdir(exist_ok=True)
-    report = {"hardware_model": str(args.hardware_model), "machine": machine_info(), "minutes": minutes,
+    machine = machine_info()
+    report = {"hardware_model": str(args.hardware_model), "machine": machine, "minutes": minutes,
               "summary": summary, "rows": rows}
     (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Uniform policies: {args.hardware_model} predicted against measured", "",
-             f"Machine: {machine_info().get('cpu')}; {len(rows)} candidates timed in {args.sweeps} sweeps, "
+             f"Machine: {machine.get('cpu')}; {len(rows)} candidates timed in {args.sweeps} sweeps, "
              f"the fastest counting, in {minutes:.1f} min "
              "(`python benchmarks/uniform_policies_latency.py`). `warm-start`: the search's own policies "
              "(in the default profile plan); `held-out`: uniform policies the plan does not hold.", "",

@@ -39,7 +39,7 @@ from ..errors import AutocompressError
 from ..export import export_onnx
 from ..space import Candidate, Space
 from ..techniques import apply_candidate
-from .candidates import light_candidate, measure_candidates, model_under_test, random_candidate
+from .candidates import CANDIDATES_PER_BATCH, light_candidate, measure_candidates, model_under_test, random_candidate
 from .kernels import KERNEL_FIELDS, Kernel, kernel_unit, kernels_of_candidate
 from .measure import PASSES, LatencyMeasurement, machine_differences, machine_info, measure_interleaved
 
@@ -55,7 +55,6 @@ _KERNEL_SHARE_OF_TIME = 0.4  # a time-capped run still leaves time for whole can
 # Batches timed in interleaved passes: big enough that one pass lasts seconds (longer than a slow
 # spell of a shared machine), small enough that an interrupted run loses little.
 _KERNELS_PER_BATCH = 250
-_CANDIDATES_PER_BATCH = 24
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def run_profile(plan: ProfilePlan, out: Path) -> tuple[list[dict], list[dict]]:
             for spec, size, candidate in _candidate_plan(plan)
             if (spec, str(size), candidate.to_json(), str(sweep)) not in done]
     _measure_in_batches(
-        todo, models_csv, _MODEL_FIELDS + _TIMING_FIELDS, what="candidates", batch=_CANDIDATES_PER_BATCH,
+        todo, models_csv, _MODEL_FIELDS + _TIMING_FIELDS, what="candidates", batch=CANDIDATES_PER_BATCH,
         deadline=start + 60 * plan.max_minutes,
         measure=lambda chunk: measure_candidates([(model_under_test(spec, size), candidate)
                                                   for spec, size, candidate, _ in chunk],

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..errors import AutocompressError
 from ..space import Candidate
-from .candidates import measure_candidates, model_under_test, random_candidate
+from .candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test, random_candidate
 from .kernels import kernels_of_candidate
 from .measure import PASSES, machine_info
 from .profiling import read_model_measurements
@@ -26,7 +26,6 @@ from .store import HardwareModel
 
 __all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "validate", "write_plot", "write_report"]
 
-_BATCH = 24  # candidates timed together in interleaved passes
 REFERENCES = 16  # the profile's own candidates re-timed among the validation's (host speed against the profile)
 
 
@@ -126,8 +125,8 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     timings: list[list] = [[] for _ in plan]
     with tqdm(total=len(plan) * sweeps, desc="validating", unit="candidate", disable=None) as bar:
         for _ in range(sweeps):
-            for start in range(0, len(plan), _BATCH):
-                batch = plan[start:start + _BATCH]
+            for start in range(0, len(plan), CANDIDATES_PER_BATCH):
+                batch = plan[start:start + CANDIDATES_PER_BATCH]
                 for index, measured in enumerate(measure_candidates(batch, threads=threads), start):
                     timings[index].append(measured)
                 bar.update(len(batch))
