@@ -93,6 +93,8 @@ class TrialDriver:
 
     def _prepare(self, trial: optuna.Trial) -> TrialJob | None:
         started = time.perf_counter()
+        # First, so that a resume never takes a trial this live process is still drawing for stale.
+        trial.set_user_attr("driver", {"host": socket.gethostname(), "pid": os.getpid()})
         candidate = self.problem.space.suggest(trial)
         prediction = self.problem.predict(candidate)
         size = self.problem.size_bytes(candidate)
@@ -101,7 +103,6 @@ class TrialDriver:
         trial.set_user_attr("predicted_ms", prediction.ms)
         trial.set_user_attr("predicted_std_ms", prediction.std_ms)
         trial.set_user_attr("size_bytes", size)
-        trial.set_user_attr("driver", {"host": socket.gethostname(), "pid": os.getpid()})
         trial.set_constraint("latency_over_budget_ms", prediction.ms - self.budget_ms)
         if prediction.ms > self.budget_ms:
             trial.set_user_attr("status", "over_budget")
@@ -180,14 +181,26 @@ def candidate_params(space: Space, candidate: Candidate) -> dict:
     return {var.name: getattr(candidate, var.kind).get(var.unit, Space._neutral(var)) for var in space.variables}
 
 
+def retry_params(frozen: optuna.trial.FrozenTrial) -> dict | None:
+    """The parameters to queue a failed trial again with, or None when it must not be retried.
+
+    They are the trial's drawn parameters, or, for a queued trial (warm start, repair, retry)
+    whose process died before it drew them, the parameters it was queued with: those must not be
+    lost. None after ``MAX_RETRIES`` retries, and for a trial with nothing to retry.
+    """
+    if int(frozen.user_attrs.get("retries", 0)) >= MAX_RETRIES:
+        return None
+    return frozen.system_attrs.get("fixed_params") or frozen.params or None
+
+
 def queue_retry(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-    """Queue a failed trial's parameters again, at most ``MAX_RETRIES`` times per candidate."""
-    retries = int(frozen.user_attrs.get("retries", 0))
-    if retries >= MAX_RETRIES or not frozen.params:
+    """Queue a failed trial's candidate again (see ``retry_params``)."""
+    params = retry_params(frozen)
+    if params is None:
         return
-    origin = frozen.user_attrs.get("origin", "sampler")
-    study.enqueue_trial(frozen.params, user_attrs={"origin": origin, "retries": retries + 1,
-                                                   "retry_of": frozen.number})
+    study.enqueue_trial(params, user_attrs={"origin": frozen.user_attrs.get("origin", "sampler"),
+                                            "retries": int(frozen.user_attrs.get("retries", 0)) + 1,
+                                            "retry_of": frozen.number})
 
 
 def _key(candidate: dict) -> str:

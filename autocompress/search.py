@@ -31,7 +31,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from .budget import Budget
-from .driver import TrialDriver, candidate_params, queue_retry
+from .driver import MAX_RETRIES, TrialDriver, candidate_params, queue_retry, retry_params
 from .errors import AutocompressError
 from .executors import Executor, LocalExecutor, WorkerLost
 from .finetune import DistillationConfig
@@ -228,17 +228,24 @@ def sparse_random_starts(space: Space, count: int, seed: int) -> list[dict]:
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a process that no longer exists: failed, with a reason, and retried."""
+    """Trials left RUNNING by a process that no longer exists: failed, with a reason, and retried
+    when they hold a candidate."""
     host = socket.gethostname()
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         driver = frozen.user_attrs.get("driver") or {}
         if driver.get("host") not in (None, host) or _alive(driver.get("pid")):
             continue  # another machine's or a live process's trial: not ours to judge
+        # A sampler trial killed while drawing holds part of a candidate: the sampler draws afresh.
+        drawn = "candidate" in frozen.user_attrs or "fixed_params" in frozen.system_attrs
+        retry = drawn and retry_params(frozen) is not None
         trial = optuna.trial.Trial(study, frozen._trial_id)
-        trial.set_user_attr("fail_reason", "left running by a process that stopped (killed?); retried")
+        trial.set_user_attr("fail_reason", "left running by a process that stopped (killed?); " + (
+            "retried" if retry else "not retried: it had drawn no candidate yet" if not drawn
+            else f"not retried: retried {MAX_RETRIES} times already"))
         trial.set_user_attr("status", "failed")
         study.tell(frozen.number, state=TrialState.FAIL)
-        queue_retry(study, frozen)
+        if retry:
+            queue_retry(study, frozen)
 
 
 def _alive(pid) -> bool:

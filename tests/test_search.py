@@ -158,6 +158,39 @@ def test_resume_keeps_finished_trials_and_retries_those_a_killed_process_left_ru
     assert len(resumed.records) == len(trials)
 
 
+def test_a_stale_trial_is_retried_only_when_it_holds_a_candidate():
+    """A process killed right after ``study.ask()`` leaves a trial with no parameters drawn.
+
+    A queued trial (warm start, repair) in that state must be queued again with the parameters it
+    was queued with, or its candidate is lost; a sampler trial has nothing to retry.
+    """
+    from autocompress.search import _fail_stale_trials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.enqueue_trial({"x": 0.25}, user_attrs={"origin": "warm_start"})
+    queued = study.ask()  # popped from the queue, killed before drawing
+    sampler = study.ask()  # killed before drawing
+    drawn = study.ask()
+    drawn.suggest_float("x", 0, 1)
+    drawn.set_user_attr("candidate", {"prune": {}})
+    for trial in (queued, sampler, drawn):
+        trial.set_user_attr("driver", {"host": socket.gethostname(), "pid": dead.pid})
+
+    _fail_stale_trials(study)
+    trials = study.get_trials()
+    assert [trials[t.number].state for t in (queued, sampler, drawn)] == [TrialState.FAIL] * 3
+    reasons = [trials[t.number].user_attrs["fail_reason"] for t in (queued, sampler, drawn)]
+    assert reasons[0].endswith("; retried") and reasons[2].endswith("; retried")
+    assert reasons[1].endswith("not retried: it had drawn no candidate yet")
+    waiting = {t.user_attrs["retry_of"]: t for t in study.get_trials(states=(TrialState.WAITING,))}
+    assert sorted(waiting) == [queued.number, drawn.number]
+    assert waiting[queued.number].system_attrs["fixed_params"] == {"x": 0.25}
+    assert waiting[queued.number].user_attrs["origin"] == "warm_start"
+    assert waiting[drawn.number].system_attrs["fixed_params"] == trials[drawn.number].params
+
+
 def test_a_failing_trial_is_recorded_and_an_interrupt_stops_cleanly(finished_search, tmp_path, monkeypatch):
     settings, _, problem = finished_search
     calls = {"n": 0}
