@@ -21,8 +21,7 @@ two heads predict a candidate's latency, and the prediction is their mean in log
 - excess head: first a linear excess, the time a network adds to (or saves on) its kernels alone
   per million weights (float ones by how often the kernel reuses each: its output pixels; int8;
   int4), per million float weights read more than once when the network's float weights pass a
-  threshold (the cache it can keep them in; ``_excess_terms``), per MB of weights in kernels too
-  large for a core's own cache (``_large_kernel_megabytes``), per precision change, per kernel,
+  threshold (the cache it can keep them in; ``_excess_terms``), per precision change, per kernel,
   per million activations, per million elements through glue and per million gated elements (fit
   for relative error).
   Streaming weights costs time in proportion to their bytes: additive, which trees on ratios
@@ -65,7 +64,7 @@ class LatencyPredictor:
 
     # Bumped whenever the fitted attributes change, so a cached pickle from an older version is
     # refit instead of failing at predict time (hardware.store checks it).
-    format_version = 7  # 7: weights of kernels too large for a core's cache (``_large_kernel_megabytes``)
+    format_version = 6  # 6: one session call per network (``call_ms_``), requantized glue
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 1, composition_min_samples_leaf: int = 2,
                  random_state: int = 0) -> None:
@@ -105,7 +104,7 @@ class LatencyPredictor:
         for threshold in _STREAM_THRESHOLDS_MB:
             excess_terms = _excess_terms(excess_parts, threshold)
             # Fit for relative error (1/ms^2), like the kernel baselines. Cross-validation refits
-            # only the trees: the excess has 16 coefficients for hundreds of candidates.
+            # only the trees: the excess has 14 coefficients for hundreds of candidates.
             excess = LinearRegression(fit_intercept=False).fit(excess_terms, candidate_ms - alone,
                                                                sample_weight=1.0 / candidate_ms ** 2)
             heads = self._heads(features, alone, excess_terms, excess)
@@ -232,14 +231,11 @@ class LatencyPredictor:
         # output pixels: 1, 2-4, 5-16, more; fp16 counts as float, which ORT converts it to when
         # it loads the model), then int8 and int4 weights; precision changes, kernels, millions of
         # activations, millions of elements through glue (requantized and not) and gated, and a
-        # constant (the session call). Between int4 weights and precision changes come the MB of
-        # weights in kernels too large for a core's own cache (``_large_kernel_megabytes``).
-        # ``_excess_terms`` adds the streaming term.
+        # constant (the session call). ``_excess_terms`` adds the streaming term.
         is_float, pixels = bits >= 16, out_h * out_w
         reuse = np.digitize(pixels, [2, 5, 17])  # 0: one pixel, 1: 2-4, 2: 5-16, 3: more
         excess_base = np.column_stack([*(per_candidate(weights * is_float * (reuse == r)) for r in range(4)),
                                        per_candidate(weights * (bits == 8)), per_candidate(weights * (bits == 4)),
-                                       *_large_kernel_megabytes(table, per_candidate),
                                        changes, counts, activations, glue_requantized, glue_plain, gated, np.ones(n)])
         streamable = per_candidate(weights * is_float * (pixels > 1))
         excess_parts = (excess_base, streamable, 4 * per_candidate(weights * is_float))
@@ -267,21 +263,6 @@ def _excess_terms(excess_parts, threshold_mb: float) -> np.ndarray:
     and grew by about 0.07 ms per MB beyond)."""
     base, streamable, float_mb = excess_parts
     return np.column_stack([base, streamable * (float_mb > threshold_mb)])
-
-
-def _large_kernel_megabytes(table: np.ndarray, per_candidate) -> list[np.ndarray]:
-    """Per candidate, MB of weights (as the runtime holds them: float16 converted to float) in
-    kernels whose weights pass 1 MB, and in those past 2 MB: a core's own (L2) cache on the
-    machines we profile (1 MB on the AMD EPYC classes, 2 MB on the Intel one).
-
-    Timed alone, a kernel's weights stay in that cache from one run to the next when they fit; in
-    a network every other kernel passes through it in between, and kernels that large stream
-    their weights from the shared cache or memory. Chosen on the Intel AMX profile, fit on its 896
-    candidates and scored on 480 fresh ones (seed-2 and seed-3 validation): 92.1% within 10%
-    without these terms, 93.5% with them (RMSPE 5.8% -> 5.3%)."""
-    bits = table[:, 1]
-    megabytes = kernel_weights(table) / 1e6 * np.select([bits >= 16, bits == 8], [4, 1], 0.5)
-    return [per_candidate(megabytes * (megabytes > limit)) for limit in (1.0, 2.0)]
 
 
 def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
