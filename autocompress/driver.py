@@ -184,13 +184,16 @@ def candidate_params(space: Space, candidate: Candidate) -> dict:
 def retry_params(frozen: optuna.trial.FrozenTrial) -> dict | None:
     """The parameters to queue a failed trial again with, or None when it must not be retried.
 
-    They are the trial's drawn parameters, or, for a queued trial (warm start, repair, retry)
-    whose process died before it drew them, the parameters it was queued with: those must not be
-    lost. None after ``MAX_RETRIES`` retries, and for a trial with nothing to retry.
+    They are the parameters a queued trial (warm start, repair, retry) was queued with, which
+    must not be lost even when its process died before drawing them, or else the candidate a
+    sampler trial drew. None after ``MAX_RETRIES`` retries, and for a sampler trial killed before
+    its candidate was whole: it holds part of one at most, and the sampler draws afresh.
     """
     if int(frozen.user_attrs.get("retries", 0)) >= MAX_RETRIES:
         return None
-    return frozen.system_attrs.get("fixed_params") or frozen.params or None
+    if "fixed_params" in frozen.system_attrs:
+        return frozen.system_attrs["fixed_params"]
+    return frozen.params if "candidate" in frozen.user_attrs else None
 
 
 def queue_retry(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:

@@ -235,17 +235,17 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         driver = frozen.user_attrs.get("driver") or {}
         if driver.get("host") not in (None, host) or _alive(driver.get("pid")):
             continue  # another machine's or a live process's trial: not ours to judge
-        # A sampler trial killed while drawing holds part of a candidate: the sampler draws afresh.
-        drawn = "candidate" in frozen.user_attrs or "fixed_params" in frozen.system_attrs
-        retry = drawn and retry_params(frozen) is not None
+        if retry_params(frozen) is not None:
+            outcome = "retried"
+        elif int(frozen.user_attrs.get("retries", 0)) >= MAX_RETRIES:
+            outcome = f"not retried: retried {MAX_RETRIES} times already"
+        else:
+            outcome = "not retried: it had drawn no candidate yet"
         trial = optuna.trial.Trial(study, frozen._trial_id)
-        trial.set_user_attr("fail_reason", "left running by a process that stopped (killed?); " + (
-            "retried" if retry else "not retried: it had drawn no candidate yet" if not drawn
-            else f"not retried: retried {MAX_RETRIES} times already"))
+        trial.set_user_attr("fail_reason", f"left running by a process that stopped (killed?); {outcome}")
         trial.set_user_attr("status", "failed")
         study.tell(frozen.number, state=TrialState.FAIL)
-        if retry:
-            queue_retry(study, frozen)
+        queue_retry(study, frozen)
 
 
 def _alive(pid) -> bool:

@@ -76,8 +76,8 @@ def main() -> None:
               "rebuilt from the rows it kept and may differ from the ones it timed")
 
     # The report's batches: its rows in order, CANDIDATES_PER_BATCH at a time.
-    batch_of = {i: i // CANDIDATES_PER_BATCH for i in range(len(rows))}
-    validated = [[i for i in range(len(rows)) if batch_of[i] == b] for b in sorted({batch_of[i] for i in chosen})]
+    validated = [list(range(b * CANDIDATES_PER_BATCH, min((b + 1) * CANDIDATES_PER_BATCH, len(rows))))
+                 for b in sorted({i // CANDIDATES_PER_BATCH for i in chosen})]
     order = chosen[:]
     random.Random(0).shuffle(order)
     shuffled = [order[s:s + CANDIDATES_PER_BATCH] for s in range(0, len(order), CANDIDATES_PER_BATCH)]
