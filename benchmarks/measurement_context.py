@@ -58,10 +58,10 @@ def main() -> None:
     try:
         report = json.loads(args.report.read_text())
         rows = report["rows"]
+        chosen = [i for i, r in enumerate(rows) if r["model"] == args.model and r["input_size"] == args.input_size]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         parser.error(f"{args.report} is not a validation report ({exc.__class__.__name__}); pass the "
                      "validation.json that autocompress validate-predictor wrote")
-    chosen = [i for i, r in enumerate(rows) if r["model"] == args.model and r["input_size"] == args.input_size]
     if not chosen:
         present = sorted({f"{r['model']}@{r['input_size']}" for r in rows})
         parser.error(f"{args.report} has no {args.model}@{args.input_size} rows; it has {', '.join(present)}")
