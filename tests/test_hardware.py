@@ -342,6 +342,18 @@ def test_accuracy_figures_on_known_values():
     assert figures.rmspe == pytest.approx(100 * np.sqrt((0 + 0.05 ** 2 + (2.8 / 3 - 1) ** 2 + 0.25 ** 2) / 4))
 
 
+def test_validation_reports_how_often_the_stated_uncertainty_held():
+    from autocompress.hardware.validation import ValidationReport
+
+    # measured 1.0 each; deviations of 0.5, 1.5 and 3 standard deviations, and one without a std
+    rows = [{"measured_ms": 1.0, "predicted_ms": predicted, "predicted_std_ms": std, "macs_proxy_ms": 1.0}
+            for predicted, std in ((1.05, 0.1), (1.15, 0.1), (0.7, 0.1), (1.2, 0.0))]
+    coverage = ValidationReport("hw", rows=rows).figures()["uncertainty_coverage"]
+    assert coverage == {"1sd": pytest.approx(1 / 3), "2sd": pytest.approx(2 / 3)}
+    assert ValidationReport("hw", rows=[dict(rows[0], predicted_std_ms=None)] * 3).figures()[
+        "uncertainty_coverage"] is None
+
+
 def test_interleaved_measurement_times_each_model(tmp_path):
     from autocompress.hardware.measure import measure_interleaved, measure_latency
     from autocompress.hardware.profiling import _export_kernel

@@ -74,7 +74,8 @@ class ValidationReport:
         return {"candidates": len(rows),
                 "predictor": accuracy_figures(np.array([r["predicted_ms"] for r in rows]), measured).to_dict(),
                 "macs_proxy": accuracy_figures(np.array([r["macs_proxy_ms"] for r in rows]), measured).to_dict(),
-                "sweeps_agree_10pct": _sweeps_agree(rows), "halves": _halves(rows)}
+                "sweeps_agree_10pct": _sweeps_agree(rows), "halves": _halves(rows),
+                "uncertainty_coverage": _uncertainty_coverage(rows)}
 
     def to_dict(self) -> dict:
         groups = sorted({(r["model"], r["input_size"]) for r in self.rows})
@@ -161,6 +162,17 @@ def _references(profiled: list[dict], input_sizes: list[int], seed: int) -> list
     """A seeded sample of the profile's candidates at ``input_sizes``, any model."""
     rows = [r for r in profiled if int(r["input_size"]) in input_sizes]
     return random.Random(f"references-{seed}").sample(rows, min(REFERENCES, len(rows)))
+
+
+def _uncertainty_coverage(rows: list[dict]) -> dict | None:
+    """How often the measurement fell within one and within two of the predictor's standard
+    deviations of its prediction: about 68% and 95% if the stated uncertainty is right, more if it
+    is too cautious, less if overconfident. None for reports from before ``predicted_std_ms``."""
+    rows = [r for r in rows if r.get("predicted_std_ms")]
+    if not rows:
+        return None
+    deviations = np.array([abs(r["measured_ms"] - r["predicted_ms"]) / r["predicted_std_ms"] for r in rows])
+    return {"1sd": float(np.mean(deviations <= 1)), "2sd": float(np.mean(deviations <= 2))}
 
 
 def _sweeps_agree(rows: list[dict]) -> float | None:
@@ -250,6 +262,11 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
                      f"| {p['spearman']:.3f} | {100 * m['within_10pct']:.1f}% | {m['rmspe']:.1f}% | {m['spearman']:.3f} "
                      f"| {'-' if agree is None else f'{100 * agree:.0f}%'} "
                      f"| {halves_agree} | {against} |")
+    coverage = summary["overall"]["uncertainty_coverage"]
+    if coverage:
+        lines += ["", f"The predictor's stated uncertainty: the measurement fell within one predicted standard "
+                  f"deviation of the prediction for **{100 * coverage['1sd']:.0f}%** of candidates (68% if the "
+                  f"uncertainty were exact) and within two for **{100 * coverage['2sd']:.0f}%** (95%)."]
     load = float(np.mean([r.get("background_load", 0.0) for r in report.rows])) if report.rows else 0.0
     speed = summary["host_speed_vs_profile"]
     if speed:
