@@ -306,6 +306,10 @@ def _validate_predictor(args) -> int:
     if speed:
         print(f"host speed against the profile: {speed['candidates']} of its candidates re-timed here measured "
               f"{speed['median_ratio']:.3f}x their profiled figures (median; figures not adjusted)")
+    coverage = summary["overall"]["uncertainty_coverage"]
+    if coverage:
+        print(f"stated uncertainty: {100 * coverage['1sd']:.0f}% of measurements within 1 predicted standard deviation "
+              f"(68% if exact), {100 * coverage['2sd']:.0f}% within 2 (95%)")
     if report.skipped_trained_on:
         print(f"{report.skipped_trained_on} drawn candidates left out: {args.hardware_model} was fit on them "
               "(draw fresh ones with another --seed)")

@@ -345,12 +345,12 @@ def test_accuracy_figures_on_known_values():
 def test_validation_reports_how_often_the_stated_uncertainty_held():
     from autocompress.hardware.validation import ValidationReport
 
-    # measured 1.0 each; deviations of 0.5, 1.5 and 3 standard deviations, and one without a std
-    rows = [{"measured_ms": 1.0, "predicted_ms": predicted, "predicted_std_ms": std, "macs_proxy_ms": 1.0}
-            for predicted, std in ((1.05, 0.1), (1.15, 0.1), (0.7, 0.1), (1.2, 0.0))]
+    # deviations of 0.5, 1.5 and 3 standard deviations, and one without a std
+    rows = [{"measured_ms": measured, "predicted_ms": predicted, "predicted_std_ms": std, "macs_proxy_ms": measured}
+            for measured, predicted, std in ((1.0, 1.05, 0.1), (2.0, 2.15, 0.1), (3.0, 2.7, 0.1), (4.0, 4.2, 0.0))]
     coverage = ValidationReport("hw", rows=rows).figures()["uncertainty_coverage"]
     assert coverage == {"1sd": pytest.approx(1 / 3), "2sd": pytest.approx(2 / 3)}
-    assert ValidationReport("hw", rows=[dict(rows[0], predicted_std_ms=None)] * 3).figures()[
+    assert ValidationReport("hw", rows=[dict(row, predicted_std_ms=None) for row in rows]).figures()[
         "uncertainty_coverage"] is None
 
 
