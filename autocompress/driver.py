@@ -181,8 +181,9 @@ def candidate_params(space: Space, candidate: Candidate) -> dict:
     return {var.name: getattr(candidate, var.kind).get(var.unit, Space._neutral(var)) for var in space.variables}
 
 
-def retry_params(frozen: optuna.trial.FrozenTrial) -> dict | None:
-    """The parameters to queue a failed trial again with, or None when it must not be retried.
+def retry_decision(frozen: optuna.trial.FrozenTrial) -> tuple[dict | None, str]:
+    """The parameters to queue a failed trial again with (None when it must not be retried), and
+    the outcome in words, for its fail reason.
 
     They are the parameters a queued trial (warm start, repair, retry) was queued with, which
     must not be lost even when its process died before drawing them, or else the candidate a
@@ -190,15 +191,17 @@ def retry_params(frozen: optuna.trial.FrozenTrial) -> dict | None:
     its candidate was whole: it holds part of one at most, and the sampler draws afresh.
     """
     if int(frozen.user_attrs.get("retries", 0)) >= MAX_RETRIES:
-        return None
+        return None, f"not retried: retried {MAX_RETRIES} times already"
     if "fixed_params" in frozen.system_attrs:
-        return frozen.system_attrs["fixed_params"]
-    return frozen.params if "candidate" in frozen.user_attrs else None
+        return frozen.system_attrs["fixed_params"], "retried"
+    if "candidate" in frozen.user_attrs:
+        return frozen.params, "retried"
+    return None, "not retried: it had drawn no candidate yet"
 
 
 def queue_retry(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-    """Queue a failed trial's candidate again (see ``retry_params``)."""
-    params = retry_params(frozen)
+    """Queue a failed trial's candidate again (see ``retry_decision``)."""
+    params, _ = retry_decision(frozen)
     if params is None:
         return
     study.enqueue_trial(params, user_attrs={"origin": frozen.user_attrs.get("origin", "sampler"),

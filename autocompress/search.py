@@ -31,7 +31,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from .budget import Budget
-from .driver import MAX_RETRIES, TrialDriver, candidate_params, queue_retry, retry_params
+from .driver import TrialDriver, candidate_params, queue_retry, retry_decision
 from .errors import AutocompressError
 from .executors import Executor, LocalExecutor, WorkerLost
 from .finetune import DistillationConfig
@@ -235,12 +235,7 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         driver = frozen.user_attrs.get("driver") or {}
         if driver.get("host") not in (None, host) or _alive(driver.get("pid")):
             continue  # another machine's or a live process's trial: not ours to judge
-        if retry_params(frozen) is not None:
-            outcome = "retried"
-        elif int(frozen.user_attrs.get("retries", 0)) >= MAX_RETRIES:
-            outcome = f"not retried: retried {MAX_RETRIES} times already"
-        else:
-            outcome = "not retried: it had drawn no candidate yet"
+        _, outcome = retry_decision(frozen)
         trial = optuna.trial.Trial(study, frozen._trial_id)
         trial.set_user_attr("fail_reason", f"left running by a process that stopped (killed?); {outcome}")
         trial.set_user_attr("status", "failed")

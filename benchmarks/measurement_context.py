@@ -82,16 +82,12 @@ def main() -> None:
     random.Random(0).shuffle(order)
     shuffled = [order[s:s + CANDIDATES_PER_BATCH] for s in range(0, len(order), CANDIDATES_PER_BATCH)]
 
-    targets: dict[tuple[str, int], object] = {}
     figures: dict[str, dict[int, list[float]]] = {name: {} for name in ARRANGEMENTS}
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for i in sorted({i for batch in validated for i in batch}):
-            key = (rows[i]["model"], rows[i]["input_size"])
-            if key not in targets:
-                targets[key] = model_under_test(*key)
-            target = targets[key]
+            target = model_under_test(rows[i]["model"], rows[i]["input_size"])  # cached per model and size
             path = export_candidate(target, Candidate.from_dict(rows[i]["candidate"]), Path(tmp) / f"{i}.onnx")
             paths[i] = (path, target.input_shape)
 
@@ -118,7 +114,7 @@ def main() -> None:
     if hardware is None:
         predicted = np.array([rows[i]["predicted_ms"] for i in chosen])
     else:
-        target = targets[(args.model, args.input_size)]
+        target = model_under_test(args.model, args.input_size)
         predicted = np.array([hardware.predict_candidate(target.analysis, Candidate.from_dict(rows[i]["candidate"])).ms
                               for i in chosen])
     summary = [{"arrangement": "the report", "median_ratio": 1.0, "ratio_sd": 0.0, "worst_ratio": 1.0,
