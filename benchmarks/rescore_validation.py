@@ -25,7 +25,7 @@ from autocompress.hardware.candidates import model_under_test
 from autocompress.hardware.kernels import kernels_of_candidate
 from autocompress.hardware.profiling import read_model_measurements
 from autocompress.hardware.store import DifferentMachineWarning
-from autocompress.hardware.validation import accuracy_figures
+from autocompress.hardware.validation import accuracy_figures, uncertainty_coverage
 from autocompress.space import Candidate
 
 
@@ -49,9 +49,10 @@ def main() -> None:
             skipped += 1
             continue
         target = model_under_test(row["model"], int(row["input_size"]))
-        predicted = hardware.predictor.predict(kernels_of_candidate(target.analysis, candidate)).ms
+        predicted = hardware.predictor.predict(kernels_of_candidate(target.analysis, candidate))
         rows.append({"group": f"{row['model']}@{row['input_size']}", "measured_ms": row["measured_ms"],
-                     "predicted_ms": predicted, "reported_ms": row["predicted_ms"]})
+                     "predicted_ms": predicted.ms, "predicted_std_ms": predicted.std_ms,
+                     "reported_ms": row["predicted_ms"], "reported_std_ms": row.get("predicted_std_ms")})
     if not rows:
         raise SystemExit(f"{args.report}: every candidate is in {args.hardware_model}'s fit; nothing left to score")
 
@@ -61,6 +62,9 @@ def main() -> None:
         return {"candidates": len(subset),
                 "rescored": accuracy_figures(now, measured).to_dict(),
                 "as_reported": accuracy_figures(np.array([r["reported_ms"] for r in subset]), measured).to_dict(),
+                "uncertainty_coverage": uncertainty_coverage(subset),
+                "uncertainty_coverage_as_reported": uncertainty_coverage(
+                    [dict(r, predicted_ms=r["reported_ms"], predicted_std_ms=r["reported_std_ms"]) for r in subset]),
                 "median_error_pct": float(100 * np.median(now / measured - 1))}
 
     groups = sorted({r["group"] for r in rows})
@@ -72,14 +76,23 @@ def main() -> None:
     lines = [f"# {args.hardware_model} rescored on {args.report} (seed {report.get('seed')})", "",
              "Predictions of the current code on candidates the report measured; nothing re-timed. "
              f"{skipped} rows left out: the model has since been fit on them.", "",
-             "| models | candidates | within ±10% | RMSPE % | Spearman | median error % | as reported: within ±10% |",
-             "|---|---|---|---|---|---|---|"]
+             "Within 1 / 2 sd: the share of measurements within one and two of the stated standard deviations "
+             "(68% / 95% if the stated uncertainty is right).", "",
+             "| models | candidates | within ±10% | RMSPE % | Spearman | median error % | within 1 / 2 sd | "
+             "as reported: within ±10% | as reported: within 1 / 2 sd |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, figures in [("all", result["overall"]), *result["by_model"].items()]:
         now, then = figures["rescored"], figures["as_reported"]
         lines.append(f"| {name} | {figures['candidates']} | {100 * now['within_10pct']:.1f}% | {now['rmspe']:.1f} | "
-                     f"{now['spearman']:.3f} | {figures['median_error_pct']:+.1f} | {100 * then['within_10pct']:.1f}% |")
+                     f"{now['spearman']:.3f} | {figures['median_error_pct']:+.1f} | "
+                     f"{_coverage(figures['uncertainty_coverage'])} | {100 * then['within_10pct']:.1f}% | "
+                     f"{_coverage(figures['uncertainty_coverage_as_reported'])} |")
     (args.out / "rescored.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _coverage(coverage: dict | None) -> str:
+    return "n/a" if coverage is None else f"{100 * coverage['1sd']:.0f}% / {100 * coverage['2sd']:.0f}%"
 
 
 if __name__ == "__main__":

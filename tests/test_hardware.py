@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 import warnings
@@ -135,7 +136,11 @@ def test_predictor_learns_a_known_latency_law():
     ms, std = predictor.predict_many(test)
     figures = accuracy_figures(ms, candidate_ms[120:])
     assert figures.within_10pct >= 0.9 and figures.spearman >= 0.95, figures
-    assert np.all(std > 0)
+    # The stated uncertainty is per candidate, and calibrated on held-out candidates during fit:
+    # measurements land within one and two of its standard deviations about as often as they should.
+    assert np.all(std > 0) and np.ptp(std / ms) > 0.01
+    deviations = np.abs(candidate_ms[120:] - ms) / std
+    assert 0.5 <= np.mean(deviations <= 1) <= 0.9 and np.mean(deviations <= 2) >= 0.85, deviations
     one = predictor.predict(test[0])
     assert one.ms == pytest.approx(ms[0], rel=1e-9)
     assert sum(one.per_layer_ms.values()) == pytest.approx(one.ms, rel=1e-9)
@@ -258,6 +263,12 @@ def test_hardware_model_fits_saves_and_reloads(tiny_profile):
     (folder / "predictor.json").write_text(json.dumps(stamp | {"format_version": 1}))
     load_hardware_model(folder)
     assert json.loads((folder / "predictor.json").read_text())["format_version"] == LatencyPredictor.format_version
+    # And so is one fit on other measurements (a git pull or a profile run since it was written).
+    rows = (folder / "models.csv").read_text().splitlines(keepends=True)
+    (folder / "models.csv").write_text("".join(rows[:-1]))
+    load_hardware_model(folder)
+    stamp = json.loads((folder / "predictor.json").read_text())
+    assert stamp["measurements_sha256"]["models.csv"] == hashlib.sha256((folder / "models.csv").read_bytes()).hexdigest()
     metadata = json.loads((folder / "metadata.json").read_text())
     metadata["machine"]["cpu"] = "Some Other CPU"
     (folder / "metadata.json").write_text(json.dumps(metadata))

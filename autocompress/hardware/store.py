@@ -4,10 +4,12 @@
   the source of truth and what the repository commits;
 - ``metadata.json``: target, threads, the machine it was measured on, the profiling plan, library
   versions and the predictor's settings;
-- ``predictor.joblib`` + ``predictor.json``: the fitted ``LatencyPredictor`` and its SHA-256 and
-  scikit-learn version. A pickle runs code when loaded and ties itself to one scikit-learn
-  version, so it is a local cache (not committed): it is loaded only when its hash and version
-  match, and otherwise the predictor is refit from the CSV files (seconds) and the cache rewritten.
+- ``predictor.joblib`` + ``predictor.json``: the fitted ``LatencyPredictor``, its SHA-256, the
+  scikit-learn version and predictor format, and the SHA-256 of the two CSV files it was fit on. A
+  pickle runs code when loaded and ties itself to one scikit-learn version, so it is a local cache
+  (not committed): it is loaded only when all of these match (measurements pulled or profiled
+  since make it stale), and otherwise the predictor is refit from the CSV files (seconds) and the
+  cache rewritten.
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
         "predictor": {"class": "LatencyPredictor",
                       "params": {k: v for k, v in vars(predictor).items() if not k.endswith("_")},
                       "composition_relative_error_cv": predictor.relative_error_,
+                      "uncertainty_log_var": {"floor": predictor.uncertainty_[0],
+                                              "per_tree_var": predictor.uncertainty_[1],
+                                              "typical_kernel_var": predictor.typical_kernel_var_},
                       "stream_threshold_mb": predictor.stream_threshold_mb_},
         "versions": {"scikit-learn": sklearn.__version__, "autocompress": _autocompress_version()},
         "fitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -162,7 +167,8 @@ def _write_cache(folder: Path, predictor: LatencyPredictor) -> None:
     joblib.dump(predictor, folder / "predictor.joblib", compress=3)
     (folder / "predictor.json").write_text(json.dumps(
         {"sha256": _sha256(folder / "predictor.joblib"), "scikit-learn": sklearn.__version__,
-         "format_version": LatencyPredictor.format_version}) + "\n")
+         "format_version": LatencyPredictor.format_version, "measurements_sha256": _measurements_sha256(folder)})
+        + "\n")
 
 
 def _read_cache(folder: Path) -> LatencyPredictor | None:
@@ -173,9 +179,15 @@ def _read_cache(folder: Path) -> LatencyPredictor | None:
         return None
     if not pickled.exists() or expected.get("scikit-learn") != sklearn.__version__ or \
             expected.get("format_version") != LatencyPredictor.format_version or \
+            expected.get("measurements_sha256") != _measurements_sha256(folder) or \
             expected.get("sha256") != _sha256(pickled):
         return None
     return joblib.load(pickled)
+
+
+def _measurements_sha256(folder: Path) -> dict:
+    """What the cached predictor was fit on: a git pull or a profile run changes the CSV files."""
+    return {name: _sha256(folder / name) for name in ("kernels.csv", "models.csv")}
 
 
 def _training_arrays(kernel_rows: list[dict], model_rows: list[dict]):

@@ -24,7 +24,8 @@ from .measure import PASSES, machine_info
 from .profiling import read_model_measurements
 from .store import HardwareModel
 
-__all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "validate", "write_plot", "write_report"]
+__all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "uncertainty_coverage", "validate", "write_plot",
+           "write_report"]
 
 REFERENCES = 16  # the profile's own candidates re-timed among the validation's (host speed against the profile)
 
@@ -75,7 +76,7 @@ class ValidationReport:
                 "predictor": accuracy_figures(np.array([r["predicted_ms"] for r in rows]), measured).to_dict(),
                 "macs_proxy": accuracy_figures(np.array([r["macs_proxy_ms"] for r in rows]), measured).to_dict(),
                 "sweeps_agree_10pct": _sweeps_agree(rows), "halves": _halves(rows),
-                "uncertainty_coverage": _uncertainty_coverage(rows)}
+                "uncertainty_coverage": uncertainty_coverage(rows)}
 
     def to_dict(self) -> dict:
         groups = sorted({(r["model"], r["input_size"]) for r in self.rows})
@@ -164,7 +165,7 @@ def _references(profiled: list[dict], input_sizes: list[int], seed: int) -> list
     return random.Random(f"references-{seed}").sample(rows, min(REFERENCES, len(rows)))
 
 
-def _uncertainty_coverage(rows: list[dict]) -> dict | None:
+def uncertainty_coverage(rows: list[dict]) -> dict | None:
     """How often the measurement fell within one and within two of the predictor's standard
     deviations of its prediction: about 68% and 95% if the stated uncertainty is right, more if it
     is too cautious, less if overconfident. None for reports from before ``predicted_std_ms``."""
