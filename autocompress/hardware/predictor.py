@@ -130,8 +130,11 @@ class LatencyPredictor:
                              for x, reference in heads]
         # Uncertainty: held-out squared log errors against the trees' variance (see the module
         # docstring); stage 1's variance counts only above what the profile's candidates had.
-        calibration = LinearRegression(positive=True).fit(tree_var[:, None], log_error ** 2)
-        self.uncertainty_ = (max(float(calibration.intercept_), 0.0), float(calibration.coef_[0]))
+        # The floor is a coefficient on a constant column, so that it is held >= 0 in the fit
+        # itself (an intercept is not, and clipping one afterwards leaves the slope fit to it).
+        calibration = LinearRegression(positive=True, fit_intercept=False).fit(
+            np.column_stack([np.ones(len(tree_var)), tree_var]), log_error ** 2)
+        self.uncertainty_ = tuple(float(c) for c in calibration.coef_)
         self.typical_kernel_var_ = float(np.median(kernel_var / alone ** 2))
         return self
 
