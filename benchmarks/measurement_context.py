@@ -37,6 +37,7 @@ from autocompress.errors import AutocompressError
 from autocompress.hardware import load_hardware_model, machine_info
 from autocompress.hardware.candidates import CANDIDATES_PER_BATCH, export_candidate, model_under_test
 from autocompress.hardware.measure import _session, measure_interleaved
+from autocompress.hardware.profiling import read_validation_report
 from autocompress.space import Candidate
 
 ARRANGEMENTS = ("as validated", "shuffled", "alone", "alone, others open")
@@ -56,12 +57,11 @@ def main() -> None:
     if args.sweeps < 1:
         parser.error(f"--sweeps must be 1 or more, got {args.sweeps}")
     try:
-        report = json.loads(args.report.read_text())
-        rows = report["rows"]
-        chosen = [i for i, r in enumerate(rows) if r["model"] == args.model and r["input_size"] == args.input_size]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        parser.error(f"{args.report} is not a validation report ({exc.__class__.__name__}); pass the "
-                     "validation.json that autocompress validate-predictor wrote")
+        report = read_validation_report(args.report)
+    except AutocompressError as exc:
+        parser.error(str(exc))
+    rows = report["rows"]
+    chosen = [i for i, r in enumerate(rows) if r["model"] == args.model and r["input_size"] == args.input_size]
     if not chosen:
         present = sorted({f"{r['model']}@{r['input_size']}" for r in rows})
         parser.error(f"{args.report} has no {args.model}@{args.input_size} rows; it has {', '.join(present)}")

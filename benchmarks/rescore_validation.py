@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from autocompress.errors import AutocompressError
 from autocompress.hardware import load_hardware_model
 from autocompress.hardware.candidates import model_under_test
 from autocompress.hardware.kernels import kernels_of_candidate
-from autocompress.hardware.profiling import read_model_measurements
+from autocompress.hardware.profiling import read_model_measurements, read_validation_report
 from autocompress.hardware.store import DifferentMachineWarning
 from autocompress.hardware.validation import accuracy_figures, uncertainty_coverage
 from autocompress.space import Candidate
@@ -32,14 +33,18 @@ from autocompress.space import Candidate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("hardware_model", type=Path)
-    parser.add_argument("report", type=Path, help="a validation.json written by autocompress validate-predictor")
+    parser.add_argument("report", type=Path,
+                        help="a validation.json (or its folder) written by autocompress validate-predictor")
     parser.add_argument("--out", type=Path, required=True, help="folder for rescored.{md,json}")
     args = parser.parse_args()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DifferentMachineWarning)  # the point: score a model measured elsewhere
-        hardware = load_hardware_model(args.hardware_model)
-    report = json.loads(args.report.read_text())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DifferentMachineWarning)  # the point: score a model measured elsewhere
+            hardware = load_hardware_model(args.hardware_model)
+        report = read_validation_report(args.report)
+    except AutocompressError as exc:
+        parser.error(str(exc))
     fit_on = {(r["model"], r["input_size"], r["candidate"])
               for r in read_model_measurements(args.hardware_model / "models.csv")}
     rows, skipped = [], 0

@@ -44,7 +44,7 @@ from .kernels import KERNEL_FIELDS, Kernel, kernel_unit, kernels_of_candidate
 from .measure import PASSES, LatencyMeasurement, machine_differences, machine_info, measure_interleaved
 
 __all__ = ["ProfilePlan", "add_validation_measurements", "measure_kernels", "read_kernel_measurements",
-           "read_model_measurements", "run_profile"]
+           "read_model_measurements", "read_validation_report", "run_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def add_validation_measurements(report_path: Path, out: Path) -> int:
     was fit on, so validate again with a new --seed. Refused when the run was timed on another
     machine class or thread count than ``out`` (reports from before ``measured_on`` recorded only
     the hardware model's machine, which is checked instead)."""
-    report = _read_validation_report(report_path)
+    report = read_validation_report(report_path)
     metadata_path = out / "metadata.json"
     metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
     differences = machine_differences(report.get("measured_on") or report.get("machine") or {},
@@ -152,13 +152,16 @@ def add_validation_measurements(report_path: Path, out: Path) -> int:
     return added
 
 
-def _read_validation_report(path: Path) -> dict:
+def read_validation_report(path: Path) -> dict:
+    """A report ``autocompress validate-predictor`` wrote (its validation.json, or the folder);
+    AutocompressError, in one line that says what to pass, for anything else."""
     path = path / "validation.json" if path.is_dir() else path
     try:
         report = json.loads(path.read_text())
         rows = report["rows"]
-        if not all({"model", "input_size", "candidate", "sweeps_ms"} <= set(r) for r in rows):
-            raise KeyError("model, input_size, candidate, sweeps_ms")
+        if not all({"model", "input_size", "candidate", "sweeps_ms", "measured_ms", "predicted_ms"} <= set(r)
+                   for r in rows):
+            raise KeyError("model, input_size, candidate, sweeps_ms, measured_ms, predicted_ms")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AutocompressError(f"{path} is not a validation report ({type(exc).__name__}: {exc}); pass the "
                                 "validation.json (or its folder) that `autocompress validate-predictor` wrote") from exc
