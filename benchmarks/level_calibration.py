@@ -63,7 +63,7 @@ def main() -> None:
         if seed is None or None in rows or not np.all(seed_of_row[rows] == seed):
             parser.error(f"{path}: its candidates are not in {args.hardware_model / 'models.csv'} as validation "
                          f"seed {seed}; add them with `autocompress profile --add-validation {path}` first")
-        known = np.flatnonzero(~(seed_of_row >= seed))  # the profile, untagged rows and earlier seeds
+        known = np.flatnonzero(seed_of_row < seed)  # the profile (untagged rows, -inf) and earlier seeds
         references = [_reference_row(ref, model_rows, known) for ref in report["references"]]
         if not references or None in references:
             parser.error(f"{path}: a re-timed reference is not among the rows known before seed {seed} in "
