@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from autocompress.errors import AutocompressError
-from autocompress.hardware.kernels import Kernel
 from autocompress.hardware.predictor import LatencyPredictor
 from autocompress.hardware.profiling import read_kernel_measurements, read_model_measurements, read_validation_report
-from autocompress.hardware.store import _training_arrays
+from autocompress.hardware.store import _row_kernels, _training_arrays
 from autocompress.hardware.validation import accuracy_figures
 from autocompress.space import Candidate
 
@@ -117,7 +116,7 @@ def _reference_row(reference: dict, model_rows: list[dict], known: np.ndarray) -
 
 
 def _predict(predictor: LatencyPredictor, model_rows: list[dict], rows: list[int]) -> np.ndarray:
-    return predictor.predict_many([[Kernel(*k) for k in json.loads(model_rows[i]["kernels"])] for i in rows])[0]
+    return predictor.predict_many([_row_kernels(model_rows[i]) for i in rows])[0]
 
 
 if __name__ == "__main__":

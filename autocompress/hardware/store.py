@@ -193,8 +193,14 @@ def _measurements_sha256(folder: Path) -> dict:
 def _training_arrays(kernel_rows: list[dict], model_rows: list[dict]):
     kernels = kernel_table([Kernel(**{f: r[f] for f in KERNEL_FIELDS}) for r in kernel_rows])
     kernel_ms = np.array([r["best_ms"] for r in kernel_rows])
-    candidates = [kernel_table([Kernel(*k) for k in json.loads(r["kernels"])]) for r in model_rows]
+    candidates = [kernel_table(_row_kernels(r)) for r in model_rows]
     return kernels, kernel_ms, candidates, np.array([r["best_ms"] for r in model_rows])
+
+
+def _row_kernels(row: dict) -> list[Kernel]:
+    """The kernels of a models.csv row: its ``kernels`` column holds each one's KERNEL_FIELDS, in
+    order, as JSON (``profiling._candidate_row`` writes it)."""
+    return [Kernel(*k) for k in json.loads(row["kernels"])]
 
 
 def _warn_if_other_machine(folder: Path, metadata: dict) -> None:
