@@ -24,7 +24,7 @@ from .finetune import DistillationConfig
 from .hardware import machine_info
 from .hardware.measure import SWEEPS, measure_in_sweeps
 from .pareto import TrialRecord, records_from_study
-from .problem import build_problem, read_spec
+from .problem import build_problem, read_host_level, read_spec
 from .search import STUDY_NAME, default_storage
 from .space import Candidate
 
@@ -56,7 +56,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     records = records_from_study(_open_search_study(search_dir))
     chosen = choose_trial(records, trial, search_dir) if trial is not None else None
     settings = json.loads((search_dir / "search.json").read_text())
-    problem = build_problem(read_spec(search_dir / "search.json"), cache_dir=search_dir)
+    host_level = read_host_level(search_dir / "search.json")  # predict as the search did
+    problem = build_problem(read_spec(search_dir / "search.json"), cache_dir=search_dir, host_level=host_level)
     selection = None
     if budget is not None:
         selection = choose_by_measurement(problem, records, budget, sweeps=sweeps, pause_s=pause_s, passes=passes,
@@ -102,6 +103,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
             "measured_sweeps_ms": model_sweeps,
             "prediction_error": predicted.ms / model_t.best_ms - 1.0,
             "baseline_predicted_ms": problem.baseline_ms,
+            # what predictions were scaled by: the host's level when the search started (1: the profile's)
+            "host_level": problem.hardware.level,
             "baseline_measured_ms": base_t.best_ms,
             "baseline_measured_median_ms": base_t.median_ms,
             "baseline_measured_sweeps_ms": base_sweeps,
@@ -158,7 +161,9 @@ def write_card(out: Path, card: dict) -> None:
         f"{size['baseline_bytes'] / 1024:.1f} | {size['ratio_to_baseline']:.2f}x |",
         "",
         f"Prediction error: {100 * lat['prediction_error']:+.1f}% of the measured latency; measured latency is "
-        f"{lat['measured_over_budget']:.2f}x the budget.",
+        f"{lat['measured_over_budget']:.2f}x the budget."
+        + (f" Predictions are at the host's level when the search started ({lat['host_level']:.3f}x the hardware "
+           "model's, `--calibrate-host`)." if lat.get("host_level", 1.0) != 1.0 else ""),
         "",
         *_selection_lines(card.get("selection")),
         "| accuracy | value |",

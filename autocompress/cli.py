@@ -136,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--cpus-per-trial", type=_positive, default=1, help="CPUs each Ray worker declares (default 1)")
     search.add_argument("--gpus-per-trial", type=float, default=None,
                         help="GPUs each Ray worker declares (default: 1 when the cluster has GPUs, else 0)")
+    search.add_argument("--calibrate-host", action="store_true",
+                        help="first time 16 of the hardware model's measured candidates (about a minute) and predict "
+                        "at this host's speed now, not the profile's: the level a shared host drifts by between "
+                        "sessions (a resumed search keeps the level it started with)")
     search.add_argument("--quiet", action="store_true", help="no progress bar")
     search.set_defaults(run=_search)
 
@@ -293,8 +297,8 @@ def _validate_predictor(args) -> int:
     write_plot(report, out / "validation.png")
     summary = report.to_dict()
     if args.json:
-        print(json.dumps({k: summary[k] for k in ("hardware_model", "overall", "by_model", "host_speed_vs_profile")},
-                         indent=2))
+        print(json.dumps({k: summary[k] for k in ("hardware_model", "overall", "by_model", "host_speed_vs_profile",
+                                                  "at_host_level")}, indent=2))
         return 0
     print(f"{'models @ input':32s} {'n':>4s}  {'within 10%':>10s} {'RMSPE':>7s} {'Spearman':>8s}   "
           f"{'MACs proxy: within 10%':>22s} {'RMSPE':>7s} {'Spearman':>8s}")
@@ -306,6 +310,10 @@ def _validate_predictor(args) -> int:
     if speed:
         print(f"host speed against the profile: {speed['candidates']} of its candidates re-timed here measured "
               f"{speed['median_ratio']:.3f}x their profiled figures (median; figures not adjusted)")
+    leveled = summary["at_host_level"]
+    if leveled:
+        print(f"at the host's level (--calibrate-host): predictions scaled by {leveled['ratio']:.3f}, "
+              f"{100 * leveled['overall']['within_10pct']:.1f}% within 10%, RMSPE {leveled['overall']['rmspe']:.1f}%")
     coverage = summary["overall"]["uncertainty_coverage"]
     if coverage:
         print(f"stated uncertainty: {100 * coverage['1sd']:.0f}% of measurements within 1 predicted standard deviation "
@@ -342,7 +350,7 @@ def _search(args) -> int:
                               warm_start=not args.no_warm_start,
                               executor="ray" if args.ray_address else args.executor, workers=args.workers,
                               ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
-                              gpus_per_trial=args.gpus_per_trial)
+                              gpus_per_trial=args.gpus_per_trial, calibrate_host=args.calibrate_host)
     outcome = run_search(settings, progress=not args.quiet)
     print(summary_table(outcome.front, budget_ms=outcome.budget_ms, baseline=outcome.baseline))
     print("written: " + ", ".join(str(p) for p in outcome.files.values()))

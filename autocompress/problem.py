@@ -22,11 +22,12 @@ from .data import DatasetSplits, calibration_batches, load_dataset
 from .errors import AutocompressError
 from .finetune import DistillationConfig, FinetuneResult, distill, evaluate_accuracy, teacher_logits
 from .hardware import HardwareModel, LatencyPrediction, find_hardware_model, load_hardware_model
+from .hardware.host_level import HostLevel
 from .hardware.store import AUTO, SHIPPED_MODELS
 from .space import Candidate, Space
 from .techniques import apply_candidate
 
-__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "read_spec"]
+__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "read_host_level", "read_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ class SearchProblem:
         return {"accuracy": self.baseline_accuracy, "latency_ms": self.baseline_ms, "size_bytes": self.baseline_bytes}
 
 
-def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu") -> SearchProblem:
-    """Load the data and hardware model, and train (or load) the baseline, cached in ``cache_dir``."""
+def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu",
+                  host_level: HostLevel | None = None) -> SearchProblem:
+    """Load the data and hardware model, and train (or load) the baseline, cached in ``cache_dir``.
+    ``host_level``: predict at that level of the host (``hardware.host_level``), not the profile's."""
     hardware_dir = hardware_folder(spec.hardware)
     splits = load_dataset(spec.dataset, image_size=spec.input_size)
     classes = spec.num_classes or splits.num_classes
@@ -99,6 +102,8 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu") ->
     analysis = analyze(baseline, example)
     space = Space(analysis)
     hardware = load_hardware_model(hardware_dir)
+    if host_level is not None:
+        hardware = hardware.at_level(host_level.ratio)
     return SearchProblem(
         spec=spec, splits=splits, baseline=baseline, example=example, analysis=analysis, space=space,
         hardware=hardware, soft_targets=teacher_logits(baseline, splits.train),
@@ -124,6 +129,15 @@ def hardware_folder(name: str) -> Path:
         raise AutocompressError(f"--hardware {name!r} is not a hardware model folder; pass one written by "
                                 "`autocompress profile`, e.g. hardware_models/ort-cpu-1t, or auto")
     return path
+
+
+def read_host_level(path: Path) -> HostLevel | None:
+    """The host level a search recorded in its search.json (``search --calibrate-host``), if any."""
+    try:
+        recorded = json.loads(path.read_text()).get("host_level")
+    except (OSError, json.JSONDecodeError):
+        return None  # read_spec explains a missing or broken search.json
+    return HostLevel.from_dict(recorded) if recorded else None
 
 
 def read_spec(path: Path) -> ProblemSpec:

@@ -36,7 +36,9 @@ from .errors import AutocompressError
 from .executors import Executor, LocalExecutor, WorkerLost
 from .finetune import DistillationConfig
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study, write_results
-from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder
+from .hardware import load_hardware_model
+from .hardware.host_level import REFERENCES, HostLevel, measure_host_level
+from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder, read_host_level
 from .space import Space
 
 __all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "default_storage", "open_study", "run_search"]
@@ -66,6 +68,9 @@ class SearchSettings:
     ray_address: str | None = None  # join this cluster ("auto", "host:port"); default: start Ray locally
     cpus_per_trial: int = 1
     gpus_per_trial: float | None = None  # default: 1 when the cluster has GPUs, else 0
+    # Time the hardware model's reference candidates first and predict at this host's speed now
+    # (``hardware.host_level``); a resumed search keeps the level it started with.
+    calibrate_host: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -123,9 +128,12 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         from .executors.ray_pool import check_ray_address
 
         check_ray_address(settings.ray_address)  # and so does a dead --ray-address
-    problem = problem or build_problem(settings.problem, cache_dir=out)
+    host_level = None
+    if problem is None:
+        host_level = _host_level(out / "search.json", settings)
+        problem = build_problem(settings.problem, cache_dir=out, host_level=host_level)
     budget_ms = budget.resolve(problem.baseline_ms)
-    _write_search_json(out / "search.json", settings, problem, budget_ms)
+    _write_search_json(out / "search.json", settings, problem, budget_ms, host_level)
     _fail_stale_trials(study)
     if settings.warm_start and not study.user_attrs.get("warm_started"):
         for name, params in warm_start_policies(problem.space).items():
@@ -271,7 +279,29 @@ def _check_resumable(path: Path, settings: SearchSettings) -> None:
                                 "the same arguments to resume it, or pick another --out folder")
 
 
-def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProblem, budget_ms: float) -> None:
+def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:
+    """The host level to predict at: the one this search recorded when it started (a resumed
+    search reads all its trials alike), else, with ``calibrate_host``, one measured now."""
+    if path.is_file():
+        recorded = read_host_level(path)
+        if recorded is not None or not settings.calibrate_host:
+            return recorded
+        log.warning("this search started without --calibrate-host: its trials were predicted at the hardware "
+                    "model's level, and it resumes at that level")
+        return None
+    if not settings.calibrate_host:
+        return None
+    folder = hardware_folder(settings.problem.hardware)
+    hardware = load_hardware_model(folder)
+    log.info("timing %d candidates measured in %s to set this host's level", REFERENCES, folder)
+    level = measure_host_level(hardware.predictor, folder, threads=hardware.metadata.get("threads", 1))
+    log.info("host level: the references measured %.3fx the predictor's reading of them; predictions are scaled "
+             "by that", level.ratio)
+    return level
+
+
+def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProblem, budget_ms: float,
+                       host_level: HostLevel | None) -> None:
     path.write_text(json.dumps({
         "identity": settings.identity(),
         "problem": settings.problem.to_dict(),
@@ -283,4 +313,5 @@ def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProb
         "seed": settings.seed,
         "storage": settings.storage_url if settings.storage else None,
         "space_size": len(problem.space),
+        "host_level": host_level.to_dict() if host_level is not None else None,
     }, indent=2, default=str) + "\n")

@@ -445,3 +445,93 @@ def test_committed_hardware_model_predicts_this_machine_better_than_macs():
     assert figures["candidates"] == 24
     assert predictor["spearman"] > 0.85 and predictor["rmspe"] < 30, figures
     assert predictor["spearman"] > proxy["spearman"] and predictor["rmspe"] < proxy["rmspe"], figures
+
+
+def test_host_level_is_the_median_of_measured_over_predicted_and_scales_every_prediction(tiny_profile, tmp_path):
+    from autocompress.hardware.host_level import (HostLevel, measure_host_level, reference_prediction_ms,
+                                                  reference_rows)
+
+    folder, plan = tiny_profile
+    hw = tmp_path / "hw"
+    hw.mkdir()
+    for name in ("kernels.csv", "models.csv"):
+        (hw / name).write_text((folder / name).read_text())
+    hardware = fit_hardware_model(hw, plan=plan)
+    level = measure_host_level(hardware.predictor, hw, sweeps=1)
+    rows = reference_rows(read_model_measurements(hw / "models.csv"), seed=0)
+    assert len(level.references) == len(rows) == 14  # all of the tiny profile's candidates (fewer than 16)
+    for reference, row in zip(level.references, rows):
+        assert reference["profiled_ms"] == row["best_ms"] and reference["measured_ms"] > 0
+        assert reference["predicted_ms"] == pytest.approx(reference_prediction_ms(hardware.predictor, row))
+    ratios = sorted(r["measured_ms"] / r["predicted_ms"] for r in level.references)
+    assert level.ratio == pytest.approx((ratios[6] + ratios[7]) / 2)
+    # Same machine, minutes later: the predictor's reading of its own candidates is near the level now.
+    assert 0.6 < level.ratio < 1.6
+    assert HostLevel.from_dict(json.loads(json.dumps(level.to_dict()))) == level
+    # Every prediction is scaled alike: the total, its deviation and the per-layer breakdown.
+    target = model_under_test(TINY, 16)
+    candidate = random_candidate(target, random.Random(7))
+    raw, scaled = hardware.predict_candidate(target.analysis, candidate), hardware.at_level(1.25).predict_candidate(
+        target.analysis, candidate)
+    assert (scaled.ms, scaled.std_ms) == pytest.approx((1.25 * raw.ms, 1.25 * raw.std_ms))
+    assert sum(scaled.per_layer_ms.values()) == pytest.approx(scaled.ms)
+    many, _ = hardware.at_level(1.25).predict_candidates(target.analysis, [candidate])
+    assert many[0] == pytest.approx(scaled.ms)
+    with pytest.raises(ValueError, match="at least one reference"):
+        HostLevel.from_references([])
+
+
+def test_validation_scores_predictions_at_the_host_level_beside_the_raw_ones():
+    from autocompress.hardware.validation import ValidationReport
+
+    # The host runs 8% slower than predicted: raw, three of four are within 10%; at its level, all four.
+    rows = [{"model": "m", "input_size": 32, "measured_ms": 1.08 * p, "predicted_ms": p, "predicted_std_ms": 0.1,
+             "macs_proxy_ms": p} for p in (1.0, 2.0, 3.0)] + [
+        {"model": "m", "input_size": 32, "measured_ms": 4.0 * 1.2, "predicted_ms": 4.0, "predicted_std_ms": 0.1,
+         "macs_proxy_ms": 4.0}]
+    references = [{"model": "m", "input_size": 32, "profiled_ms": 1.0, "predicted_ms": 1.0, "measured_ms": m}
+                  for m in (1.07, 1.08, 1.09, 1.5)]
+    report = ValidationReport("hw", rows=rows, references=references).to_dict()
+    assert report["overall"]["predictor"]["within_10pct"] == 0.75
+    leveled = report["at_host_level"]
+    assert leveled["ratio"] == pytest.approx(1.085)  # the median: the slow 1.5 does not move it
+    assert leveled["overall"]["within_10pct"] == 1.0 and leveled["by_model"]["m@32"]["within_10pct"] == 1.0
+    # Reports from before the host level kept no predicted_ms for their references.
+    old = [{k: v for k, v in r.items() if k != "predicted_ms"} for r in references]
+    assert ValidationReport("hw", rows=rows, references=old).to_dict()["at_host_level"] is None
+
+
+def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_resume(tiny_profile, tmp_path,
+                                                                                   monkeypatch):
+    import autocompress.search as search_module
+    from autocompress.card import export_from_search
+    from autocompress.finetune import DistillationConfig
+    from autocompress.problem import ProblemSpec, read_host_level
+    from autocompress.search import SearchSettings, run_search
+
+    folder, plan = tiny_profile
+    hw = tmp_path / "hw"
+    hw.mkdir()
+    for name in ("kernels.csv", "models.csv"):
+        (hw / name).write_text((folder / name).read_text())
+    hardware = fit_hardware_model(hw, plan=plan)
+    spec = ProblemSpec(model=TINY, input_size=16, train_steps=40, hardware=str(hw))
+    settings = SearchSettings(problem=spec, budget="5ms", out=tmp_path / "run", trials=2,
+                              finetune=DistillationConfig(steps=4), calibrate_host=True)
+    outcome = run_search(settings, progress=False)
+    level = read_host_level(tmp_path / "run" / "search.json")
+    assert level is not None and len(level.references) == 14
+    target = model_under_test(TINY, 16)
+    raw_baseline = hardware.predict_candidate(target.analysis, Space(target.analysis).default()).ms
+    assert outcome.baseline["latency_ms"] == pytest.approx(level.ratio * raw_baseline, rel=1e-6)
+    # A resumed search reads its trials as it started: the recorded level, not a new measurement.
+    monkeypatch.setattr(search_module, "measure_host_level", lambda *a, **k: pytest.fail("measured again"))
+    run_search(replace(settings, trials=3), progress=False)
+    assert read_host_level(tmp_path / "run" / "search.json") == level
+    # The export card predicts at the search's level and says so.
+    finished = next(r.number for r in outcome.records if r.status == "evaluated")
+    card = export_from_search(tmp_path / "run", tmp_path / "export", trial=finished, finetune_steps=2, passes=2, runs=5,
+                              sweeps=1, pause_s=0)
+    assert card["latency"]["host_level"] == pytest.approx(level.ratio)
+    assert card["latency"]["baseline_predicted_ms"] == pytest.approx(level.ratio * raw_baseline, rel=1e-6)
+    assert "host's level" in (tmp_path / "export" / "card.md").read_text()

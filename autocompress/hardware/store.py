@@ -54,23 +54,38 @@ class DifferentMachineWarning(UserWarning):
 
 
 class HardwareModel:
-    """A fitted latency predictor for one target, and what it was measured on."""
+    """A fitted latency predictor for one target, and what it was measured on.
 
-    def __init__(self, predictor: LatencyPredictor, metadata: dict) -> None:
+    ``level`` multiplies every prediction: 1 reads the machine at the speed it had when measured;
+    ``at_level`` sets the host's speed now (``host_level.measure_host_level``)."""
+
+    def __init__(self, predictor: LatencyPredictor, metadata: dict, level: float = 1.0) -> None:
         self.predictor = predictor
         self.metadata = metadata
+        self.level = level
+
+    def at_level(self, level: float) -> HardwareModel:
+        """The same predictor, its predictions multiplied by ``level``."""
+        return HardwareModel(self.predictor, self.metadata, level)
 
     def predict_candidate(self, analysis, candidate) -> LatencyPrediction:
         """Predicted latency of ``candidate`` on the analysed model, from the Candidate alone."""
-        return self.predictor.predict(kernels_of_candidate(analysis, candidate))
+        return self._leveled(self.predictor.predict(kernels_of_candidate(analysis, candidate)))
 
     def predict_candidates(self, analysis, candidates) -> tuple[np.ndarray, np.ndarray]:
         """Latencies (ms) and standard deviations of many candidates in one pass (the fast path)."""
-        return self.predictor.predict_many([kernels_of_candidate(analysis, c) for c in candidates])
+        ms, std = self.predictor.predict_many([kernels_of_candidate(analysis, c) for c in candidates])
+        return ms * self.level, std * self.level
 
     def predict_model(self, model: torch.nn.Module, example_input: torch.Tensor) -> LatencyPrediction:
         """Predicted latency of a built model (for example one ``apply_candidate`` returned)."""
-        return self.predictor.predict(kernels_of_model(model, example_input))
+        return self._leveled(self.predictor.predict(kernels_of_model(model, example_input)))
+
+    def _leveled(self, prediction: LatencyPrediction) -> LatencyPrediction:
+        if self.level == 1.0:
+            return prediction
+        return LatencyPrediction(prediction.ms * self.level, prediction.std_ms * self.level,
+                                 {layer: ms * self.level for layer, ms in prediction.per_layer_ms.items()})
 
 
 def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,

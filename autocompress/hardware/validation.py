@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..errors import AutocompressError
 from ..space import Candidate
 from .candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test, random_candidate
+from .host_level import HostLevel, reference_prediction_ms, reference_rows
 from .kernels import kernels_of_candidate
 from .measure import PASSES, machine_info
 from .profiling import read_model_measurements
@@ -26,9 +27,6 @@ from .store import HardwareModel
 
 __all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "uncertainty_coverage", "validate", "write_plot",
            "write_report"]
-
-REFERENCES = 16  # the profile's own candidates re-timed among the validation's (host speed against the profile)
-
 
 @dataclass(frozen=True)
 class AccuracyFigures:
@@ -56,7 +54,8 @@ class ValidationReport:
     measured_on: dict = field(default_factory=dict)  # machine_info() of the machine that timed the candidates
     skipped_trained_on: int = 0  # drawn candidates left out because the predictor was fit on them
     rows: list[dict] = field(default_factory=list)  # model, input_size, candidate, measured/predicted/proxy ms
-    # The profile's own candidates re-timed in the same sweeps: model, input_size, profiled_ms, measured_ms
+    # The profile's own candidates re-timed in the same sweeps: model, input_size, profiled_ms,
+    # predicted_ms (absent from reports before the host level), measured_ms
     references: list[dict] = field(default_factory=list)
 
     def host_speed(self) -> dict | None:
@@ -68,6 +67,28 @@ class ValidationReport:
         ratios = np.array([r["measured_ms"] / r["profiled_ms"] for r in self.references])
         return {"candidates": len(ratios), "median_ratio": float(np.median(ratios)),
                 "p10_ratio": float(np.percentile(ratios, 10)), "p90_ratio": float(np.percentile(ratios, 90))}
+
+    def host_level(self) -> HostLevel | None:
+        """The level the product would scale its predictions by on this host now
+        (``host_level``), from the references timed in these very sweeps. None without them."""
+        references = [r for r in self.references if r.get("predicted_ms")]
+        return HostLevel.from_references(references) if references else None
+
+    def at_host_level(self) -> dict | None:
+        """The predictor's figures with every prediction scaled by ``host_level``: what a search
+        or export that times the references first (``--calibrate-host``) would have predicted."""
+        level = self.host_level()
+        if level is None:
+            return None
+
+        def figures(rows: list[dict]) -> dict:
+            return accuracy_figures(np.array([r["predicted_ms"] for r in rows]) * level.ratio,
+                                    np.array([r["measured_ms"] for r in rows])).to_dict()
+
+        groups = sorted({(r["model"], r["input_size"]) for r in self.rows})
+        return {"ratio": level.ratio, "overall": figures(self.rows),
+                "by_model": {f"{m}@{s}": figures([r for r in self.rows if (r["model"], r["input_size"]) == (m, s)])
+                             for m, s in groups}}
 
     def figures(self, rows: list[dict] | None = None) -> dict:
         rows = self.rows if rows is None else rows
@@ -90,6 +111,7 @@ class ValidationReport:
             "by_model": {f"{m}@{s}": self.figures([r for r in self.rows if (r["model"], r["input_size"]) == (m, s)])
                          for m, s in groups},
             "host_speed_vs_profile": self.host_speed(),
+            "at_host_level": self.at_host_level(),
             "rows": self.rows,
             "references": self.references,
         }
@@ -106,7 +128,9 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     ``REFERENCES`` of the profile's own candidates (at these input sizes) are timed in the same
     batches, and the report compares them with their profiled figures: the predictor carries the
     machine's speed during the profile, and a shared host's speed drifts by a few percent from
-    hour to hour. They are reported beside the figures, never used to scale them."""
+    hour to hour. The raw figures are never scaled; beside them, ``at_host_level`` scores the
+    predictions as the product reads them with ``--calibrate-host``: scaled by the median of the
+    references' measurements now over the predictor's reading of them (``host_level``)."""
     profiled = read_model_measurements(folder / "models.csv")
     trained_on = {(r["model"], r["input_size"], r["candidate"]) for r in profiled}
     report = ValidationReport(str(folder), seed=seed, threads=threads, measured_on=machine_info())
@@ -120,7 +144,7 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
                     plan.append((target, candidate))
                 else:
                     report.skipped_trained_on += 1
-    references = _references(profiled, input_sizes, seed)
+    references = reference_rows(profiled, seed=seed, input_sizes=input_sizes)
     scored = len(plan)
     plan += [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"]))
              for r in references]
@@ -134,7 +158,9 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
                 bar.update(len(batch))
     for row, measured in zip(references, timings[scored:]):
         report.references.append({"model": row["model"], "input_size": int(row["input_size"]),
-                                  "profiled_ms": row["best_ms"], "measured_ms": min(m.best_ms for m in measured)})
+                                  "profiled_ms": row["best_ms"],
+                                  "predicted_ms": reference_prediction_ms(hardware.predictor, row),
+                                  "measured_ms": min(m.best_ms for m in measured)})
     for (target, candidate), measured in zip(plan[:scored], timings[:scored]):
         fastest = min(measured, key=lambda m: m.best_ms)
         kernels = kernels_of_candidate(target.analysis, candidate)
@@ -157,12 +183,6 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     for row, m in zip(report.rows, macs):
         row["macs_proxy_ms"] = float(constant * m)
     return report
-
-
-def _references(profiled: list[dict], input_sizes: list[int], seed: int) -> list[dict]:
-    """A seeded sample of the profile's candidates at ``input_sizes``, any model."""
-    rows = [r for r in profiled if int(r["input_size"]) in input_sizes]
-    return random.Random(f"references-{seed}").sample(rows, min(REFERENCES, len(rows)))
 
 
 def uncertainty_coverage(rows: list[dict]) -> dict | None:
@@ -269,6 +289,13 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
                   f"deviation of the prediction for **{100 * coverage['1sd']:.0f}%** of candidates (68% if the "
                   f"uncertainty were exact) and within two for **{100 * coverage['2sd']:.0f}%** (95%)."]
     load = float(np.mean([r.get("background_load", 0.0) for r in report.rows])) if report.rows else 0.0
+    leveled = summary["at_host_level"]
+    if leveled:
+        by_model = ", ".join(f"{name} {100 * f['within_10pct']:.1f}%" for name, f in leveled["by_model"].items())
+        lines += ["", f"At the host's level (`--calibrate-host`): the same {len(report.references)} re-timed candidates "
+                  f"measured **{leveled['ratio']:.3f}x** the predictor's reading of them (median). Every prediction "
+                  f"scaled by that: **{100 * leveled['overall']['within_10pct']:.1f}%** within ±10%, RMSPE "
+                  f"{leveled['overall']['rmspe']:.1f}% ({by_model}). The table above is not scaled."]
     speed = summary["host_speed_vs_profile"]
     if speed:
         lines += ["", f"Host speed against the profile: {speed['candidates']} of the profile's own candidates, timed "
