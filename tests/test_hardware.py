@@ -535,3 +535,14 @@ def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_res
     assert card["latency"]["host_level"] == pytest.approx(level.ratio)
     assert card["latency"]["baseline_predicted_ms"] == pytest.approx(level.ratio * raw_baseline, rel=1e-6)
     assert "host's level" in (tmp_path / "export" / "card.md").read_text()
+
+
+def test_validation_spreads_its_references_through_each_sweep():
+    from autocompress.hardware.validation import _spread_references
+
+    order = _spread_references(240, 16)
+    assert sorted(order) == list(range(256))  # every candidate and reference, once
+    assert [i for i in order if i < 240] == list(range(240))  # the candidates keep their order
+    positions = [at for at, i in enumerate(order) if i >= 240]
+    assert positions[0] < 16 and positions[-1] > 240 and all(13 <= b - a <= 17 for a, b in zip(positions, positions[1:]))
+    assert _spread_references(5, 0) == [0, 1, 2, 3, 4]
