@@ -267,8 +267,10 @@ def _profile(args) -> int:
                                 f"--sweeps or --max-minutes") from exc
     started = time.monotonic()
     for report in args.add_validation:
-        added = add_validation_measurements(report, out)
-        print(f"{out}: {added} candidates timed by {report} added to models.csv")
+        added, level = add_validation_measurements(report, out)
+        print(f"{out}: {added} candidates timed by {report} added to models.csv; "
+              + (f"its host ran at {level:.3f}x the profile's level, which the fit takes out" if level is not None
+                 else "it re-timed no profiled candidates, so its host's level is taken as the profile's"))
     kernels, candidates = run_profile(plan, out)
     hardware = fit_hardware_model(out, plan=plan)
     print(f"{out}: {len(kernels)} kernels and {len(candidates)} candidates measured; predictor fitted "

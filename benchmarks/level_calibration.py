@@ -26,7 +26,12 @@ import numpy as np
 
 from autocompress.errors import AutocompressError
 from autocompress.hardware.predictor import LatencyPredictor
-from autocompress.hardware.profiling import read_kernel_measurements, read_model_measurements, read_validation_report
+from autocompress.hardware.profiling import (
+    find_reference_row,
+    read_kernel_measurements,
+    read_model_measurements,
+    read_validation_report,
+)
 from autocompress.hardware.store import _row_kernels, _training_arrays
 from autocompress.hardware.validation import accuracy_figures
 from autocompress.space import Candidate
@@ -63,7 +68,9 @@ def main() -> None:
             parser.error(f"{path}: its candidates are not in {args.hardware_model / 'models.csv'} as validation "
                          f"seed {seed}; add them with `autocompress profile --add-validation {path}` first")
         known = np.flatnonzero(seed_of_row < seed)  # the profile (untagged rows, -inf) and earlier seeds
-        references = [_reference_row(ref, model_rows, known) for ref in report["references"]]
+        known_rows = [model_rows[i] for i in known]
+        references = [None if (index := find_reference_row(ref, known_rows)) is None else int(known[index])
+                      for ref in report["references"]]
         if not references or None in references:
             parser.error(f"{path}: a re-timed reference is not among the rows known before seed {seed} in "
                          f"{args.hardware_model / 'models.csv'}; pass that model's own validations")
@@ -105,14 +112,6 @@ def main() -> None:
 def _seed(source: str | None) -> float:
     """The validation seed a models.csv row came from; -inf for the profile's own rows."""
     return int(source.rsplit(" ", 1)[1]) if source and source.startswith("validation seed ") else -np.inf
-
-
-def _reference_row(reference: dict, model_rows: list[dict], known: np.ndarray) -> int | None:
-    """The models.csv row a re-timed reference stands for: same model and size, same profiled figure."""
-    matches = [i for i in known if model_rows[i]["model"] == reference["model"]
-               and model_rows[i]["input_size"] == int(reference["input_size"])
-               and abs(model_rows[i]["best_ms"] - reference["profiled_ms"]) < 1e-6]
-    return matches[0] if len(matches) == 1 else None
 
 
 def _predict(predictor: LatencyPredictor, model_rows: list[dict], rows: list[int]) -> np.ndarray:

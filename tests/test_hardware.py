@@ -30,11 +30,13 @@ from autocompress.hardware.profiling import (
     _candidate_plan,
     _kernel_plan,
     add_validation_measurements,
+    read_kernel_measurements,
     read_model_measurements,
     run_profile,
 )
 from autocompress.hardware.store import (
     DifferentMachineWarning,
+    _training_arrays,
     find_hardware_model,
     fit_hardware_model,
     load_hardware_model,
@@ -311,15 +313,32 @@ def test_validated_candidates_join_the_profile_and_later_validations_skip_them(t
     report = validate(hardware, hw, [TINY], [16], samples=3, seed=5, sweeps=2)
     write_report(report, tmp_path / "val", profiled_models=[TINY], machine=hardware.metadata["machine"])
     profiled = len(read_model_measurements(hw / "models.csv"))
-    assert add_validation_measurements(tmp_path / "val", hw) == 3
-    assert add_validation_measurements(tmp_path / "val" / "validation.json", hw) == 0  # already there
+    count, level = add_validation_measurements(tmp_path / "val", hw)
+    # The session's level: its references are all profile rows here, so it is the host speed it reported.
+    assert count == 3 and level == pytest.approx(report.host_speed()["median_ratio"], rel=1e-9)
+    assert add_validation_measurements(tmp_path / "val" / "validation.json", hw) == (0, level)  # already there
     added = [r for r in csv.DictReader((hw / "models.csv").open()) if r["source"] == "validation seed 5"]
     assert Counter(r["sweep"] for r in added) == {"0": 3, "1": 3}
+    assert {r["level"] for r in added} == {f"{level:.6f}"}
     combined = {r["candidate"]: r for r in read_model_measurements(hw / "models.csv")}
     assert len(combined) == profiled + 3
     for row in report.rows:  # each counts at its fastest sweep, as the validation measured it
         assert combined[json.dumps(row["candidate"], sort_keys=True)]["best_ms"] == pytest.approx(row["measured_ms"],
                                                                                                   rel=1e-5)
+    # ... and the fit reads it at the profile's level; the profile's own rows as they are
+    kernel_rows, model_rows = read_kernel_measurements(hw / "kernels.csv"), read_model_measurements(hw / "models.csv")
+    fit_on = _training_arrays(kernel_rows, model_rows)[3]
+    for row, figure in zip(model_rows, fit_on):
+        assert figure == pytest.approx(row["best_ms"] / (float(f"{level:.6f}") if row["source"] else 1.0))
+    # A folder from before levels: adding the report again records its level on the rows already there.
+    cells = list(csv.DictReader((hw / "models.csv").open()))
+    with (hw / "models.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[f for f in cells[0] if f != "level"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(cells)
+    assert read_model_measurements(hw / "models.csv")[-1]["level"] == 1.0
+    assert add_validation_measurements(tmp_path / "val", hw) == (0, level)
+    assert [r["level"] for r in csv.DictReader((hw / "models.csv").open())] == [r["level"] for r in cells]
     refit = fit_hardware_model(hw, plan=plan)
     assert refit.metadata["measurements"]["candidates_from_validation"] == 3
     again = validate(refit, hw, [TINY], [16], samples=4, seed=5, sweeps=1)
@@ -332,9 +351,11 @@ def test_validated_candidates_join_the_profile_and_later_validations_skip_them(t
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "models.csv").write_text((folder / "models.csv").read_text())
-    assert add_validation_measurements(tmp_path / "old.json", fresh) == 3
+    del old["references"]  # and from before re-timed references: its level is taken as the profile's
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert add_validation_measurements(tmp_path / "old.json", fresh) == (3, None)
     kept = [r for r in read_model_measurements(fresh / "models.csv") if r["source"]]
-    assert len(kept) == 3 and all(np.isnan(r["p90_ms"]) and r["median_ms"] > 0 for r in kept)
+    assert len(kept) == 3 and all(np.isnan(r["p90_ms"]) and r["median_ms"] > 0 and r["level"] == 1.0 for r in kept)
     # Timed on another machine: refused, nothing written.
     old["measured_on"]["cpu"] = "Some Other CPU"
     (tmp_path / "other.json").write_text(json.dumps(old))

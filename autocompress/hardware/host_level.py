@@ -28,7 +28,7 @@ from ..errors import AutocompressError
 from ..space import Candidate
 from .candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test
 from .predictor import LatencyPredictor
-from .profiling import read_model_measurements
+from .profiling import profile_level_ms, read_model_measurements
 from .store import _row_kernels
 
 __all__ = ["REFERENCES", "HostLevel", "measure_host_level", "reference_rows", "reference_prediction_ms"]
@@ -91,5 +91,5 @@ def measure_host_level(predictor: LatencyPredictor, folder: Path, *, seed: int =
                                                                 threads=threads), start):
                 fastest[index] = min(fastest[index], measured.best_ms)
     return HostLevel.from_references([
-        {"model": r["model"], "input_size": int(r["input_size"]), "profiled_ms": r["best_ms"],
+        {"model": r["model"], "input_size": int(r["input_size"]), "profiled_ms": profile_level_ms(r),
          "predicted_ms": reference_prediction_ms(predictor, r), "measured_ms": ms} for r, ms in zip(rows, fastest)])

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import random
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -43,14 +44,17 @@ from .candidates import CANDIDATES_PER_BATCH, light_candidate, measure_candidate
 from .kernels import KERNEL_FIELDS, Kernel, kernel_unit, kernels_of_candidate
 from .measure import PASSES, LatencyMeasurement, machine_differences, machine_info, measure_interleaved
 
-__all__ = ["ProfilePlan", "add_validation_measurements", "measure_kernels", "read_kernel_measurements",
-           "read_model_measurements", "read_validation_report", "run_profile"]
+__all__ = ["ProfilePlan", "add_validation_measurements", "find_reference_row", "measure_kernels",
+           "profile_level_ms", "read_kernel_measurements", "read_model_measurements", "read_validation_report",
+           "run_profile", "session_level"]
 
 log = logging.getLogger(__name__)
 
 _TIMING_FIELDS = ("best_ms", "median_ms", "p90_ms", "noise")
-# source: empty for the profile plan's candidates, "validation ..." for those a validation run timed
-_MODEL_FIELDS = ("model", "input_size", "candidate", "kernels", "macs", "sweep", "source")
+# source: empty for the profile plan's candidates, "validation ..." for those a validation run timed.
+# level: how fast the host ran in that validation's session against the profile's (``session_level``;
+# empty: the profile's own, 1). The fit reads every row at the profile's level (``profile_level_ms``).
+_MODEL_FIELDS = ("model", "input_size", "candidate", "kernels", "macs", "sweep", "source", "level")
 _KERNEL_SHARE_OF_TIME = 0.4  # a time-capped run still leaves time for whole candidates
 # Batches timed in interleaved passes: big enough that one pass lasts seconds (longer than a slow
 # spell of a shared machine), small enough that an interrupted run loses little.
@@ -113,17 +117,20 @@ def run_profile(plan: ProfilePlan, out: Path) -> tuple[list[dict], list[dict]]:
     return read_kernel_measurements(kernels_csv), read_model_measurements(models_csv)
 
 
-def add_validation_measurements(report_path: Path, out: Path) -> int:
+def add_validation_measurements(report_path: Path, out: Path) -> tuple[int, float | None]:
     """Append the candidates a validation run timed (its ``validation.json``) to ``out/models.csv``,
-    every sweep of each, so the next fit learns from them too; returns how many were new.
+    every sweep of each, so the next fit learns from them too; returns how many were new, and the
+    level of the host in that run's session (``session_level``; None when it re-timed no
+    references), recorded on each of its rows so that the fit reads them at the profile's level.
 
     They are whole candidates timed end to end with the profile's protocol, and the predictor's
     accuracy grows with the candidates it is fit on, if slowly past a few hundred (cross-validated
     over the profile, 50%, 75% and all of its first 568 candidates scored 81%, 85% and 87% within
     10%, and 808 scored 87.4%). A later validation never scores them: it skips candidates the model
-    was fit on, so validate again with a new --seed. Refused when the run was timed on another
-    machine class or thread count than ``out`` (reports from before ``measured_on`` recorded only
-    the hardware model's machine, which is checked instead)."""
+    was fit on, so validate again with a new --seed. Adding a report again adds nothing, but records
+    its level on the rows it added before (folders from before levels). Refused when the run was
+    timed on another machine class or thread count than ``out`` (reports from before
+    ``measured_on`` recorded only the hardware model's machine, which is checked instead)."""
     report = read_validation_report(report_path)
     metadata_path = out / "metadata.json"
     metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
@@ -135,21 +142,63 @@ def add_validation_measurements(report_path: Path, out: Path) -> int:
                                 f"({'; '.join(differences) or f'threads: {threads[0]} against {threads[1]}'}); "
                                 "validate on the machine the hardware model was profiled on")
     source = f"validation seed {report['seed']}" if "seed" in report else "validation"
-    done = {_candidate_key(row) for row in _read_csv(out / "models.csv")}
+    models_csv = out / "models.csv"
+    level = session_level(report, [r for r in read_model_measurements(models_csv) if r["source"] != source])
+    level_cell = f"{level:.6f}" if level is not None else ""
+    existing = _read_csv(models_csv)
+    if any(r["source"] == source and (r.get("level") or "") != level_cell for r in existing):
+        _rewrite_csv(models_csv, _MODEL_FIELDS + _TIMING_FIELDS,
+                     [r | {"level": level_cell} if r["source"] == source else r for r in existing])
+    done = {_candidate_key(row) for row in existing}
     added = 0
     out.mkdir(parents=True, exist_ok=True)
-    with _Appender(out / "models.csv", _MODEL_FIELDS + _TIMING_FIELDS) as sink:
+    with _Appender(models_csv, _MODEL_FIELDS + _TIMING_FIELDS) as sink:
         for row in report["rows"]:
             candidate = Candidate.from_dict(row["candidate"])
             described = _candidate_row((row["model"], int(row["input_size"]), candidate, 0))
             fresh = False
             for sweep, timing in enumerate(_sweep_timings(row)):
-                line = described | {"sweep": sweep, "source": source} | timing
+                line = described | {"sweep": sweep, "source": source, "level": level_cell} | timing
                 if _candidate_key(line) not in done:
                     sink.write(line)
                     fresh = True
             added += fresh
-    return added
+    return added, level
+
+
+def session_level(report: dict, model_rows: list[dict]) -> float | None:
+    """How fast the host ran in a validation's session against the profile's: the median, over the
+    candidates of ``model_rows`` it re-timed (its ``references``), of their time then over their
+    time at the profile's level. Why it matters: a shared cloud host's speed differs by a few
+    percent from session to session (the Intel AMX class ran its validations of seeds 1-5 at
+    1.00-1.03x the profile's level and seeds 6-8 at 0.96x), and rows fit at their own session's
+    level teach the predictor that level as if it were the candidates'. Read at the profile's
+    level, refits left-future-out scored fresh seeds better (``benchmarks/level_calibration.py``).
+    None when no reference is found in ``model_rows``."""
+    ratios = [reference["measured_ms"] / profile_level_ms(model_rows[index])
+              for reference in report.get("references") or []
+              if (index := find_reference_row(reference, model_rows)) is not None]
+    return float(statistics.median(ratios)) if ratios else None
+
+
+def find_reference_row(reference: dict, model_rows: list[dict]) -> int | None:
+    """The index in ``model_rows`` of the measured candidate a validation re-timed as a reference:
+    by its candidate (reports since levels record it), else by model, size and the figure it had
+    in models.csv (older reports); None when absent or ambiguous."""
+    if "candidate" in reference:
+        matches = [i for i, r in enumerate(model_rows) if r["model"] == reference["model"]
+                   and r["input_size"] == int(reference["input_size"]) and r["candidate"] == reference["candidate"]]
+    else:
+        matches = [i for i, r in enumerate(model_rows) if r["model"] == reference["model"]
+                   and r["input_size"] == int(reference["input_size"])
+                   and abs(r["best_ms"] - reference["profiled_ms"]) < 1e-6]
+    return matches[0] if len(matches) == 1 else None
+
+
+def profile_level_ms(row: dict) -> float:
+    """A models.csv row's latency (its fastest sweep) at the profile's level: what the predictor is
+    fit on and predicts."""
+    return row["best_ms"] / row["level"]
 
 
 def read_validation_report(path: Path) -> dict:
@@ -373,7 +422,8 @@ def read_model_measurements(path: Path) -> list[dict]:
     ``sweeps``, how many sweeps timed it. [] when the file does not exist yet."""
     fastest: dict[tuple, dict] = {}
     for raw in _read_csv(path):
-        row = raw | {"input_size": int(raw["input_size"]), "macs": int(raw["macs"])} | {
+        row = raw | {"input_size": int(raw["input_size"]), "macs": int(raw["macs"]),
+                     "source": raw.get("source") or "", "level": float(raw.get("level") or 1.0)} | {
             f: float(raw[f] or "nan") for f in _TIMING_FIELDS}  # empty: not kept (``_sweep_timings``)
         row.pop("sweep", None)
         key = (row["model"], row["input_size"], row["candidate"])
@@ -390,6 +440,17 @@ def _read_csv(path: Path) -> list[dict]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def _rewrite_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
+    """Replace ``path`` with ``rows`` under ``fields`` (missing cells empty) in one step, so that
+    an interrupted rewrite leaves the old file whole."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
 
 
 def _read_header(path: Path) -> list[str]:
@@ -415,11 +476,7 @@ class _Appender:
 
     def _rewrite_with_new_header(self) -> None:
         """A file from an older version (fewer columns): keep its rows, the new columns left empty."""
-        rows = _read_csv(self.path)
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        _rewrite_csv(self.path, self.fields, _read_csv(self.path))
 
     def write(self, row: dict) -> None:
         self.writer.writerow(row)

@@ -37,7 +37,7 @@ from .kernels import (
 )
 from .measure import machine_differences, machine_info
 from .predictor import LatencyPrediction, LatencyPredictor
-from .profiling import ProfilePlan, read_kernel_measurements, read_model_measurements
+from .profiling import ProfilePlan, profile_level_ms, read_kernel_measurements, read_model_measurements
 
 __all__ = ["AUTO", "DifferentMachineWarning", "HardwareModel", "SHIPPED_MODELS", "find_hardware_model",
            "fit_hardware_model", "load_hardware_model"]
@@ -106,7 +106,8 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
         "plan": asdict(plan) if plan else old.get("plan"),
         "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows),
                          "candidates_from_validation": sum(bool(r.get("source")) for r in model_rows),
-                         "figure": "best_ms"},
+                         "figure": "best_ms / level",
+                         "session_levels": {r["source"]: r["level"] for r in model_rows if r["source"]}},
         "predictor": {"class": "LatencyPredictor",
                       "params": {k: v for k, v in vars(predictor).items() if not k.endswith("_")},
                       "composition_relative_error_cv": predictor.relative_error_,
@@ -209,7 +210,7 @@ def _training_arrays(kernel_rows: list[dict], model_rows: list[dict]):
     kernels = kernel_table([Kernel(**{f: r[f] for f in KERNEL_FIELDS}) for r in kernel_rows])
     kernel_ms = np.array([r["best_ms"] for r in kernel_rows])
     candidates = [kernel_table(_row_kernels(r)) for r in model_rows]
-    return kernels, kernel_ms, candidates, np.array([r["best_ms"] for r in model_rows])
+    return kernels, kernel_ms, candidates, np.array([profile_level_ms(r) for r in model_rows])
 
 
 def _row_kernels(row: dict) -> list[Kernel]:

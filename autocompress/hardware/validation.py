@@ -22,7 +22,7 @@ from .candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_te
 from .host_level import HostLevel, reference_prediction_ms, reference_rows
 from .kernels import kernels_of_candidate
 from .measure import PASSES, machine_info
-from .profiling import read_model_measurements
+from .profiling import profile_level_ms, read_model_measurements
 from .store import HardwareModel
 
 __all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "uncertainty_coverage", "validate", "write_plot",
@@ -54,8 +54,10 @@ class ValidationReport:
     measured_on: dict = field(default_factory=dict)  # machine_info() of the machine that timed the candidates
     skipped_trained_on: int = 0  # drawn candidates left out because the predictor was fit on them
     rows: list[dict] = field(default_factory=list)  # model, input_size, candidate, measured/predicted/proxy ms
-    # The profile's own candidates re-timed in the same sweeps: model, input_size, profiled_ms,
-    # predicted_ms (absent from reports before the host level), measured_ms
+    # The profile's own candidates re-timed in the same sweeps: model, input_size, candidate (absent
+    # before session levels), profiled_ms (at the profile's level since session levels: a row a
+    # validation added counts at its best_ms / level), predicted_ms (absent before the host level),
+    # measured_ms
     references: list[dict] = field(default_factory=list)
 
     def host_speed(self) -> dict | None:
@@ -159,7 +161,7 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
                 bar.update(len(batch))
     for row, measured in zip(references, timings[scored:]):
         report.references.append({"model": row["model"], "input_size": int(row["input_size"]),
-                                  "profiled_ms": row["best_ms"],
+                                  "candidate": row["candidate"], "profiled_ms": profile_level_ms(row),
                                   "predicted_ms": reference_prediction_ms(hardware.predictor, row),
                                   "measured_ms": min(m.best_ms for m in measured),
                                   "sweeps_ms": [m.best_ms for m in measured]})
