@@ -18,6 +18,7 @@ import torch
 from autocompress.analysis import analyze
 from autocompress.hardware.candidates import light_candidate, model_under_test, random_candidate
 from autocompress.hardware.kernels import (
+    KERNEL_FIELDS,
     Kernel,
     kernel_table,
     kernels_of_candidate,
@@ -150,7 +151,7 @@ def test_predictor_learns_a_known_latency_law():
 
 
 def _kernel_of(row: np.ndarray, layer: str) -> Kernel:
-    from autocompress.hardware.kernels import KERNEL_FIELDS, OPS
+    from autocompress.hardware.kernels import OPS
 
     values = dict(zip(KERNEL_FIELDS, map(int, row)))
     values["op"] = OPS[values["op"]]
@@ -301,6 +302,23 @@ def test_auto_picks_the_hardware_model_measured_on_this_machine_class(tmp_path):
     # the models shipped with autocompress: one per machine class, with its measurements
     shipped = find_hardware_model(roots=[Path(__file__).resolve().parents[1] / "hardware_models"])
     assert (shipped / "models.csv").is_file() and (shipped / "kernels.csv").is_file()
+
+
+def test_a_measurement_row_that_does_not_parse_is_named_with_its_line(tmp_path):
+    header = "model,input_size,candidate,kernels,macs,sweep,source,level,best_ms,median_ms,p90_ms,noise\n"
+    good = 'tiny,16,"{}",[],1000,0,,,0.5,0.6,0.7,0.01\n'
+    models = tmp_path / "models.csv"
+    models.write_text(header + good + good.replace(",,0.5", ",1.02,0.5"))
+    assert [r["level"] for r in read_model_measurements(models)] == [1.0]  # one candidate; its fastest sweep
+    for bad_level in ("abc", "0", "-1", "inf"):
+        models.write_text(header + good + good.replace(",,0.5", f",{bad_level},0.5"))
+        with pytest.raises(AutocompressError, match=r"models.csv line 3 does not parse .*level.*fix or delete"):
+            read_model_measurements(models)
+    kernels = tmp_path / "kernels.csv"
+    kernels.write_text(",".join(KERNEL_FIELDS) + ",best_ms,median_ms,p90_ms,noise\n"
+                       + "conv" + ",x" * (len(KERNEL_FIELDS) - 1) + ",0.1,0.1,0.1,0\n")
+    with pytest.raises(AutocompressError, match="kernels.csv line 2 does not parse"):
+        read_kernel_measurements(kernels)
 
 
 def test_validated_candidates_join_the_profile_and_later_validations_skip_them(tiny_profile, tmp_path):

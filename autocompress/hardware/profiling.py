@@ -143,9 +143,9 @@ def add_validation_measurements(report_path: Path, out: Path) -> tuple[int, floa
                                 "validate on the machine the hardware model was profiled on")
     source = f"validation seed {report['seed']}" if "seed" in report else "validation"
     models_csv = out / "models.csv"
-    level = session_level(report, [r for r in read_model_measurements(models_csv) if r["source"] != source])
-    level_cell = f"{level:.6f}" if level is not None else ""
     existing = _read_csv(models_csv)
+    level = session_level(report, [r for r in _fastest_sweeps(models_csv, existing) if r["source"] != source])
+    level_cell = f"{level:.6f}" if level is not None else ""
     if any(r["source"] == source and (r.get("level") or "") != level_cell for r in existing):
         _rewrite_csv(models_csv, _MODEL_FIELDS + _TIMING_FIELDS,
                      [r | {"level": level_cell} if r["source"] == source else r for r in existing])
@@ -413,19 +413,24 @@ def _timing_row(timing: LatencyMeasurement) -> dict:
 
 def read_kernel_measurements(path: Path) -> list[dict]:
     """Rows of kernels.csv with numbers parsed; [] when the file does not exist yet."""
-    return [{f: (row[f] if f == "op" else int(row[f])) for f in KERNEL_FIELDS}
-            | {f: float(row[f]) for f in _TIMING_FIELDS} for row in _read_csv(path)]
+    return _parse_rows(path, _read_csv(path), _parse_kernel_row)
+
+
+def _parse_kernel_row(raw: dict) -> dict:
+    return ({f: (raw[f] if f == "op" else _number(raw, f, int)) for f in KERNEL_FIELDS}
+            | {f: _number(raw, f, float) for f in _TIMING_FIELDS})
 
 
 def read_model_measurements(path: Path) -> list[dict]:
     """One row per candidate of models.csv, numbers parsed: its fastest sweep's timing, and
     ``sweeps``, how many sweeps timed it. [] when the file does not exist yet."""
+    return _fastest_sweeps(path, _read_csv(path))
+
+
+def _fastest_sweeps(path: Path, raw_rows: list[dict]) -> list[dict]:
+    """``read_model_measurements`` of the rows already read from ``path``."""
     fastest: dict[tuple, dict] = {}
-    for raw in _read_csv(path):
-        row = raw | {"input_size": int(raw["input_size"]), "macs": int(raw["macs"]),
-                     "source": raw.get("source") or "", "level": float(raw.get("level") or 1.0)} | {
-            f: float(raw[f] or "nan") for f in _TIMING_FIELDS}  # empty: not kept (``_sweep_timings``)
-        row.pop("sweep", None)
+    for row in _parse_rows(path, raw_rows, _parse_model_row):
         key = (row["model"], row["input_size"], row["candidate"])
         seen = fastest.get(key)
         if seen is None or row["best_ms"] < seen["best_ms"]:
@@ -433,6 +438,41 @@ def read_model_measurements(path: Path) -> list[dict]:
         else:
             seen["sweeps"] += 1
     return list(fastest.values())
+
+
+def _parse_model_row(raw: dict) -> dict:
+    row = raw | {"input_size": _number(raw, "input_size", int), "macs": _number(raw, "macs", int),
+                 "source": raw.get("source") or "", "level": _number(raw, "level", float, empty=1.0)} | {
+        f: _number(raw, f, float, empty=math.nan) for f in _TIMING_FIELDS}  # empty: not kept (``_sweep_timings``)
+    if not 0 < row["level"] < math.inf:  # the fit divides by it (``profile_level_ms``)
+        raise ValueError(f"level {raw['level']!r} is not a positive speed ratio")
+    row.pop("sweep", None)
+    return row
+
+
+def _number(raw: dict, field: str, kind: type, *, empty: float | None = None) -> float:
+    """``raw[field]`` as ``kind``; ``empty`` stands for an empty or missing cell where one is allowed."""
+    cell = raw.get(field)
+    if not cell and empty is not None:
+        return empty
+    try:
+        return kind(cell)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field} {cell!r} is not a number") from None
+
+
+def _parse_rows(path: Path, raw_rows: list[dict], parse) -> list[dict]:
+    """``parse`` applied to each row read from ``path``; a cell that does not parse stops the read
+    with one line naming the file, its line and the fix, instead of a traceback."""
+    parsed = []
+    for line, raw in enumerate(raw_rows, start=2):  # line 1 is the header
+        try:
+            parsed.append(parse(raw))
+        except ValueError as exc:
+            raise AutocompressError(f"{path} line {line} does not parse ({exc}); fix or delete that row: "
+                                    "`autocompress profile` measures a deleted plan candidate or kernel again, "
+                                    "`--add-validation` adds a validation's candidates again") from None
+    return parsed
 
 
 def _read_csv(path: Path) -> list[dict]:
