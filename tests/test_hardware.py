@@ -585,3 +585,22 @@ def test_validation_spreads_its_references_through_each_sweep():
     positions = [at for at, i in enumerate(order) if i >= 240]
     assert positions[0] < 16 and positions[-1] > 240 and all(13 <= b - a <= 17 for a, b in zip(positions, positions[1:]))
     assert _spread_references(5, 0) == [0, 1, 2, 3, 4]
+
+
+def test_a_plan_is_timed_in_every_sweep_in_the_order_given(monkeypatch):
+    from autocompress.hardware import candidates as candidates_module
+
+    target = model_under_test(TINY, 16)
+    plan = [(target, random_candidate(target, random.Random(i))) for i in range(3)]
+    timed: list[list[int]] = []
+    real = candidates_module.measure_candidates
+
+    def watched(items, **kwargs):  # the real measurement, noting which plan items each batch held
+        timed.append([next(i for i, p in enumerate(plan) if p is item) for item in items])
+        return real(items, **kwargs)
+
+    monkeypatch.setattr(candidates_module, "measure_candidates", watched)
+    timings = candidates_module.measure_in_batches_and_sweeps(plan, sweeps=2, order=[2, 0, 1])
+    assert timed == [[2, 0, 1], [2, 0, 1]]  # one batch per sweep here, in the order asked
+    assert [len(t) for t in timings] == [2, 2, 2]  # each candidate's own measurement from each sweep
+    assert all(m.best_ms > 0 and m.runs > 0 for t in timings for m in t)

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..analysis import ModelAnalysis, analyze
 from ..export import export_onnx
@@ -23,7 +24,7 @@ from ..techniques import apply_candidate
 from .measure import PASSES, LatencyMeasurement, measure_interleaved
 
 __all__ = ["CANDIDATES_PER_BATCH", "ModelUnderTest", "export_candidate", "light_candidate", "measure_candidates",
-           "model_under_test", "random_candidate"]
+           "measure_in_batches_and_sweeps", "model_under_test", "random_candidate"]
 
 # Whole candidates timed together in interleaved passes, by profiling, validation and benchmarks
 # alike: the batch is part of the protocol. On the Intel (AMX) class, int8 ResNet-18s at 32x32
@@ -90,3 +91,21 @@ def measure_candidates(items: list[tuple[ModelUnderTest, Candidate]], *, passes:
         models = [(export_candidate(target, candidate, Path(tmp) / f"{i}.onnx"), target.input_shape)
                   for i, (target, candidate) in enumerate(items)]
         return measure_interleaved(models, passes=passes, runs=runs, threads=threads)
+
+
+def measure_in_batches_and_sweeps(items: list[tuple[ModelUnderTest, Candidate]], *, sweeps: int, threads: int = 1,
+                                  order: list[int] | None = None,
+                                  desc: str | None = None) -> list[list[LatencyMeasurement]]:
+    """Every candidate's measurement in each of ``sweeps`` sweeps over all of them, taken in
+    ``CANDIDATES_PER_BATCH`` batches in ``order`` (default: as given): validation, host levels and
+    benchmarks time a plan of candidates this way. With ``desc``, a progress bar."""
+    order = list(range(len(items))) if order is None else order
+    timings: list[list[LatencyMeasurement]] = [[] for _ in items]
+    with tqdm(total=len(order) * sweeps, desc=desc, unit="candidate", disable=None if desc else True) as bar:
+        for _ in range(sweeps):
+            for start in range(0, len(order), CANDIDATES_PER_BATCH):
+                batch = order[start:start + CANDIDATES_PER_BATCH]
+                for index, measured in zip(batch, measure_candidates([items[i] for i in batch], threads=threads)):
+                    timings[index].append(measured)
+                bar.update(len(batch))
+    return timings

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import AutocompressError
 from ..space import Candidate
-from .candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test
+from .candidates import measure_in_batches_and_sweeps, model_under_test
 from .predictor import LatencyPredictor
 from .profiling import profile_level_ms, read_model_measurements
 from .store import _row_kernels
@@ -84,12 +84,8 @@ def measure_host_level(predictor: LatencyPredictor, folder: Path, *, seed: int =
         raise AutocompressError(f"{folder} holds no measured candidates to time the host against; pass a folder "
                                 "written by `autocompress profile`")
     plan = [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"])) for r in rows]
-    fastest = [float("inf")] * len(plan)
-    for _ in range(sweeps):
-        for start in range(0, len(plan), CANDIDATES_PER_BATCH):
-            for index, measured in enumerate(measure_candidates(plan[start:start + CANDIDATES_PER_BATCH],
-                                                                threads=threads), start):
-                fastest[index] = min(fastest[index], measured.best_ms)
+    fastest = [min(m.best_ms for m in measured)
+               for measured in measure_in_batches_and_sweeps(plan, sweeps=sweeps, threads=threads)]
     return HostLevel.from_references([
         {"model": r["model"], "input_size": int(r["input_size"]), "profiled_ms": profile_level_ms(r),
          "predicted_ms": reference_prediction_ms(predictor, r), "measured_ms": ms} for r, ms in zip(rows, fastest)])

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
-from tqdm import tqdm
 
 from ..errors import AutocompressError
 from ..space import Candidate
-from .candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test, random_candidate
+from .candidates import measure_in_batches_and_sweeps, model_under_test, random_candidate
 from .host_level import HostLevel, reference_prediction_ms, reference_rows
 from .kernels import kernels_of_candidate
 from .measure import PASSES, machine_info
@@ -151,14 +150,7 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     plan += [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"]))
              for r in references]
     order = _spread_references(scored, len(references))
-    timings: list[list] = [[] for _ in plan]
-    with tqdm(total=len(plan) * sweeps, desc="validating", unit="candidate", disable=None) as bar:
-        for _ in range(sweeps):
-            for start in range(0, len(order), CANDIDATES_PER_BATCH):
-                batch = order[start:start + CANDIDATES_PER_BATCH]
-                for index, measured in zip(batch, measure_candidates([plan[i] for i in batch], threads=threads)):
-                    timings[index].append(measured)
-                bar.update(len(batch))
+    timings = measure_in_batches_and_sweeps(plan, sweeps=sweeps, threads=threads, order=order, desc="validating")
     for row, measured in zip(references, timings[scored:]):
         report.references.append({"model": row["model"], "input_size": int(row["input_size"]),
                                   "candidate": row["candidate"], "profiled_ms": profile_level_ms(row),
