@@ -54,9 +54,9 @@ def main() -> None:
     if not references or not all({"candidate", "predicted_ms"} <= set(r) for r in references):
         parser.error(f"{args.report}: its references do not record their candidate and the predictor's reading "
                      "(reports from before session levels); retest a report that validate-predictor wrote since")
+    if args.sweeps is not None and args.sweeps < 1:
+        parser.error(f"--sweeps {args.sweeps}: pass 1 or more (or leave it out: as many as the report had)")
     sweeps = args.sweeps or len(report["rows"][0]["sweeps_ms"])
-    if sweeps < 1:
-        parser.error(f"--sweeps {sweeps}: pass 1 or more")
 
     rows = report["rows"]
     plan = [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_dict(r["candidate"])) for r in rows]
