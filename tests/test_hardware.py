@@ -535,6 +535,10 @@ def test_validation_scores_predictions_at_the_host_level_beside_the_raw_ones():
     leveled = report["at_host_level"]
     assert leveled["ratio"] == pytest.approx(1.085)  # the median: the slow 1.5 does not move it
     assert leveled["overall"]["within_10pct"] == 1.0 and leveled["by_model"]["m@32"]["within_10pct"] == 1.0
+    # The stated deviation scales with the prediction: raw, only the 1 ms row's 0.08 miss is within
+    # 0.1; at the level, the first three are within 0.1085 of the measurement (the last is 0.46 off).
+    assert report["overall"]["uncertainty_coverage"]["1sd"] == 0.25
+    assert leveled["uncertainty_coverage"]["1sd"] == 0.75
     # Reports from before the host level kept no predicted_ms for their references.
     old = [{k: v for k, v in r.items() if k != "predicted_ms"} for r in references]
     assert ValidationReport("hw", rows=rows, references=old).to_dict()["at_host_level"] is None
