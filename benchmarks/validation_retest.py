@@ -4,7 +4,8 @@ A validation scores the predictor against one session's measurements. If a candi
 in another session came out several percent away from itself (beyond the host's level, which
 ``--calibrate-host`` removes), no predictor could score better than the measurement reproduces,
 and the bar would be a bar on the protocol. This re-times every candidate and reference of a
-committed report with the same protocol (the same batches, order and number of sweeps) and
+committed report with the same protocol (the same batches, order and number of sweeps; with
+``--shuffle SEED``, in a shuffled order, so that each candidate meets other batch-mates) and
 reports:
 
 - retest: each candidate's measurement now against the report's, once the two sessions' common
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="path stem for the .md and .json reports")
     parser.add_argument("--sweeps", type=int, default=None,
                         help="sweeps to time in (default: as many as the report's candidates had)")
+    parser.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                        help="time the candidates and references in an order shuffled with this seed, so that each "
+                             "meets other batch-mates than it had (default: the report's own batches and order)")
     args = parser.parse_args()
     try:
         report = read_validation_report(args.report)
@@ -62,12 +66,17 @@ def main() -> None:
     plan = [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_dict(r["candidate"])) for r in rows]
     plan += [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"]))
              for r in references]
-    timings = measure_in_batches_and_sweeps(plan, sweeps=sweeps, order=_spread_references(len(rows), len(references)),
-                                            desc="re-timing")
+    order = _spread_references(len(rows), len(references))
+    if args.shuffle is not None:
+        # A candidate timed beside the same 23 batch-mates may share their footprint in the cache in
+        # both sessions: an error that repeats only in the same batches would be the plan's, not the
+        # predictor's.
+        order = [int(i) for i in np.random.default_rng(args.shuffle).permutation(order)]
+    timings = measure_in_batches_and_sweeps(plan, sweeps=sweeps, order=order, desc="re-timing")
     now = np.array([min(m.best_ms for m in measured) for measured in timings])
     result = retest_figures(rows, references, now[:len(rows)], now[len(rows):])
-    result |= {"report": str(args.report), "seed": report.get("seed"), "sweeps": sweeps, "measured_on": machine_info(),
-               "then_measured_on": report.get("measured_on"),
+    result |= {"report": str(args.report), "seed": report.get("seed"), "sweeps": sweeps, "shuffle": args.shuffle,
+               "measured_on": machine_info(), "then_measured_on": report.get("measured_on"),
                "now_ms": [float(x) for x in now[:len(rows)]], "now_references_ms": [float(x) for x in now[len(rows):]]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -108,7 +117,8 @@ def retest_figures(rows: list[dict], references: list[dict], now_ms: np.ndarray,
 def markdown(result: dict) -> list[str]:
     lines = [f"# Validation retest: {result['report']} (seed {result['seed']})", "",
              f"Every candidate of the report re-timed in a new session with the same protocol ({result['sweeps']} "
-             "sweeps; `python benchmarks/validation_retest.py`). Retest: the candidate now against itself then, "
+             f"sweeps; {_batches(result.get('shuffle'))}; `python benchmarks/validation_retest.py`). "
+             "Retest: the candidate now against itself then, "
              f"after the sessions' common factor ({result['now_over_then']:.3f}, the median of now / then). "
              "The predictions are the report's own, each session's scaled by its host level (the median over its "
              f"re-timed references of measured / predicted: {result['then_host_level']:.3f} then, "
@@ -124,6 +134,12 @@ def markdown(result: dict) -> list[str]:
                      f"{now['rmspe']:.1f}% | {100 * figures['error_sd_log'][0]:.1f}% | "
                      f"{100 * figures['error_sd_log'][1]:.1f}% | {figures['error_correlation']:.2f} |")
     return lines
+
+
+def _batches(shuffle: int | None) -> str:
+    if shuffle is None:
+        return "the report's own batches and order"
+    return f"batches and order shuffled with seed {shuffle}, so each candidate met other batch-mates"
 
 
 if __name__ == "__main__":
