@@ -34,9 +34,9 @@ import numpy as np
 
 from autocompress.errors import AutocompressError
 from autocompress.hardware import machine_info
-from autocompress.hardware.candidates import measure_in_batches_and_sweeps, model_under_test
+from autocompress.hardware.candidates import batch_orders, measure_in_batches_and_sweeps, model_under_test
 from autocompress.hardware.profiling import read_validation_report
-from autocompress.hardware.validation import _spread_references, accuracy_figures
+from autocompress.hardware.validation import accuracy_figures
 from autocompress.space import Candidate
 
 
@@ -47,8 +47,9 @@ def main() -> None:
     parser.add_argument("--sweeps", type=int, default=None,
                         help="sweeps to time in (default: as many as the report's candidates had)")
     parser.add_argument("--shuffle", type=int, default=None, metavar="SEED",
-                        help="time the candidates and references in an order shuffled with this seed, so that each "
-                             "meets other batch-mates than it had (default: the report's own batches and order)")
+                        help="time the candidates and references in one order shuffled with this seed in every sweep, "
+                             "so that each meets other batch-mates than it had (default: the report's own batches "
+                             "and order, sweep by sweep)")
     args = parser.parse_args()
     try:
         report = read_validation_report(args.report)
@@ -66,13 +67,14 @@ def main() -> None:
     plan = [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_dict(r["candidate"])) for r in rows]
     plan += [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"]))
              for r in references]
-    order = _spread_references(len(rows), len(references))
+    # The report's own batches, sweep by sweep (one order for every sweep before validation
+    # shuffled them, ``batch_seed``).
+    orders = batch_orders(len(rows), len(references), sweeps, seed=report.get("batch_seed"))
     if args.shuffle is not None:
-        # A candidate timed beside the same 23 batch-mates may share their footprint in the cache in
-        # both sessions: an error that repeats only in the same batches would be the plan's, not the
-        # predictor's.
-        order = [int(i) for i in np.random.default_rng(args.shuffle).permutation(order)]
-    timings = measure_in_batches_and_sweeps(plan, sweeps=sweeps, order=order, desc="re-timing")
+        # A candidate's time depends on its batch-mates: an error that repeats only in the same
+        # batches would be the plan's, not the predictor's.
+        orders = [[int(i) for i in np.random.default_rng(args.shuffle).permutation(orders[0])]] * sweeps
+    timings = measure_in_batches_and_sweeps(plan, sweeps=sweeps, orders=orders, desc="re-timing")
     now = np.array([min(m.best_ms for m in measured) for measured in timings])
     result = retest_figures(rows, references, now[:len(rows)], now[len(rows):])
     result |= {"report": str(args.report), "seed": report.get("seed"), "sweeps": sweeps, "shuffle": args.shuffle,
@@ -138,7 +140,7 @@ def markdown(result: dict) -> list[str]:
 
 def _batches(shuffle: int | None) -> str:
     if shuffle is None:
-        return "the report's own batches and order"
+        return "the report's own batches and order in each sweep"
     return f"batches and order shuffled with seed {shuffle}, so each candidate met other batch-mates"
 
 

@@ -581,17 +581,38 @@ def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_res
 
 
 def test_validation_spreads_its_references_through_each_sweep():
-    from autocompress.hardware.validation import _spread_references
+    from autocompress.hardware.candidates import spread_references
 
-    order = _spread_references(240, 16)
+    order = spread_references(240, 16)
     assert sorted(order) == list(range(256))  # every candidate and reference, once
     assert [i for i in order if i < 240] == list(range(240))  # the candidates keep their order
     positions = [at for at, i in enumerate(order) if i >= 240]
     assert positions[0] < 16 and positions[-1] > 240 and all(13 <= b - a <= 17 for a, b in zip(positions, positions[1:]))
-    assert _spread_references(5, 0) == [0, 1, 2, 3, 4]
+    assert spread_references(5, 0) == [0, 1, 2, 3, 4]
 
 
-def test_a_plan_is_timed_in_every_sweep_in_the_order_given(monkeypatch):
+def test_each_sweep_meets_other_batch_mates_with_the_references_still_spread():
+    from autocompress.hardware.candidates import CANDIDATES_PER_BATCH, batch_orders, spread_references
+
+    assert batch_orders(240, 16, 3, seed=None) == [spread_references(240, 16)] * 3  # reports from before
+    orders = batch_orders(240, 16, 4, seed=11)
+    assert orders == batch_orders(240, 16, 4, seed=11)  # a retest can time the very same batches
+    spread = [i >= 240 for i in spread_references(240, 16)]
+    for order in orders:
+        assert sorted(order) == list(range(256))
+        assert [i >= 240 for i in order] == spread  # references where the spread put them
+
+    def batch_mates(order, candidate):
+        at = order.index(candidate) // CANDIDATES_PER_BATCH
+        return set(order[at * CANDIDATES_PER_BATCH:(at + 1) * CANDIDATES_PER_BATCH]) - {candidate}
+
+    # A candidate shares at most a few batch-mates between any two sweeps (about 2 of 23 by chance).
+    shared = [len(batch_mates(a, c) & batch_mates(b, c)) for c in range(240)
+              for a, b in zip(orders, orders[1:])]
+    assert np.mean(shared) < 4 and len({tuple(o) for o in orders}) == 4
+
+
+def test_a_plan_is_timed_in_every_sweep_in_that_sweeps_order(monkeypatch):
     from autocompress.hardware import candidates as candidates_module
 
     target = model_under_test(TINY, 16)
@@ -604,7 +625,7 @@ def test_a_plan_is_timed_in_every_sweep_in_the_order_given(monkeypatch):
         return real(items, **kwargs)
 
     monkeypatch.setattr(candidates_module, "measure_candidates", watched)
-    timings = candidates_module.measure_in_batches_and_sweeps(plan, sweeps=2, order=[2, 0, 1])
-    assert timed == [[2, 0, 1], [2, 0, 1]]  # one batch per sweep here, in the order asked
+    timings = candidates_module.measure_in_batches_and_sweeps(plan, sweeps=2, orders=[[2, 0, 1], [1, 2, 0]])
+    assert timed == [[2, 0, 1], [1, 2, 0]]  # one batch per sweep here, each in its own order
     assert [len(t) for t in timings] == [2, 2, 2]  # each candidate's own measurement from each sweep
     assert all(m.best_ms > 0 and m.runs > 0 for t in timings for m in t)

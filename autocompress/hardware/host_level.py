@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import AutocompressError
 from ..space import Candidate
-from .candidates import measure_in_batches_and_sweeps, model_under_test
+from .candidates import batch_orders, measure_in_batches_and_sweeps, model_under_test
 from .predictor import LatencyPredictor
 from .profiling import profile_level_ms, read_model_measurements
 from .store import _row_kernels
@@ -77,7 +77,8 @@ def reference_prediction_ms(predictor: LatencyPredictor, row: dict) -> float:
 def measure_host_level(predictor: LatencyPredictor, folder: Path, *, seed: int = 0, threads: int = 1,
                        sweeps: int = 2) -> HostLevel:
     """Time ``REFERENCES`` of the candidates measured in the hardware model ``folder`` (the fastest
-    of ``sweeps`` sweeps, as profiling does) and set them against ``predictor``'s reading of them."""
+    of ``sweeps`` sweeps, each in batches shuffled anew, as validation does) and set them against
+    ``predictor``'s reading of them."""
     profiled = read_model_measurements(Path(folder) / "models.csv")
     rows = reference_rows(profiled, seed=seed)
     if not rows:
@@ -85,7 +86,8 @@ def measure_host_level(predictor: LatencyPredictor, folder: Path, *, seed: int =
                                 "written by `autocompress profile`")
     plan = [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"])) for r in rows]
     fastest = [min(m.best_ms for m in measured)
-               for measured in measure_in_batches_and_sweeps(plan, sweeps=sweeps, threads=threads)]
+               for measured in measure_in_batches_and_sweeps(
+                   plan, sweeps=sweeps, threads=threads, orders=batch_orders(0, len(plan), sweeps, seed=seed))]
     return HostLevel.from_references([
         {"model": r["model"], "input_size": int(r["input_size"]), "profiled_ms": profile_level_ms(r),
          "predicted_ms": reference_prediction_ms(predictor, r), "measured_ms": ms} for r, ms in zip(rows, fastest)])

@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 
 from ..errors import AutocompressError
 from ..space import Candidate
-from .candidates import measure_in_batches_and_sweeps, model_under_test, random_candidate
+from .candidates import batch_orders, measure_in_batches_and_sweeps, model_under_test, random_candidate
 from .host_level import HostLevel, reference_prediction_ms, reference_rows
 from .kernels import kernels_of_candidate
 from .measure import PASSES, machine_info
@@ -58,6 +58,9 @@ class ValidationReport:
     # validation added counts at its best_ms / level), predicted_ms (absent before the host level),
     # measured_ms
     references: list[dict] = field(default_factory=list)
+    # The seed each sweep's batches were shuffled with (``batch_orders``); None in reports from
+    # before, whose sweeps all timed one order, so that each candidate met one set of batch-mates.
+    batch_seed: int | None = None
 
     def host_speed(self) -> dict | None:
         """How this run's machine compared with the profile's: the median ratio of the reference
@@ -114,6 +117,7 @@ class ValidationReport:
             "threads": self.threads,
             "measured_on": self.measured_on,
             "skipped_trained_on": self.skipped_trained_on,
+            "batch_seed": self.batch_seed,
             "overall": self.figures(),
             "by_model": {f"{m}@{s}": self.figures([r for r in self.rows if (r["model"], r["input_size"]) == (m, s)])
                          for m, s in groups},
@@ -129,8 +133,11 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     """Measure ``samples`` random candidates per model and input size, and score the predictions.
 
     Every candidate is timed in ``sweeps`` sweeps over the whole plan, minutes apart, and its
-    fastest sweep is the measurement, as in profiling (see ``profiling``). The report shows how
-    often the sweeps agreed within 10%: how often one sweep alone would have been right.
+    fastest sweep is the measurement, as in profiling (see ``profiling``). Each sweep shuffles the
+    batches (``batch_orders``, seeded with ``seed``), so that a candidate meets other batch-mates
+    each time: its time depends on them by a few percent, which sweeps of one fixed batch could
+    neither show nor average out. The report shows how often the sweeps agreed within 10%: how
+    often one sweep alone would have been right.
 
     ``REFERENCES`` of the profile's own candidates (at these input sizes) are timed in the same
     batches, and the report compares them with their profiled figures: the predictor carries the
@@ -140,7 +147,7 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     references' measurements now over the predictor's reading of them (``host_level``)."""
     profiled = read_model_measurements(folder / "models.csv")
     trained_on = {(r["model"], r["input_size"], r["candidate"]) for r in profiled}
-    report = ValidationReport(str(folder), seed=seed, threads=threads, measured_on=machine_info())
+    report = ValidationReport(str(folder), seed=seed, threads=threads, measured_on=machine_info(), batch_seed=seed)
     plan = []
     for spec in models:
         for size in input_sizes:
@@ -155,8 +162,8 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     scored = len(plan)
     plan += [(model_under_test(r["model"], int(r["input_size"])), Candidate.from_json(r["candidate"]))
              for r in references]
-    order = _spread_references(scored, len(references))
-    timings = measure_in_batches_and_sweeps(plan, sweeps=sweeps, threads=threads, order=order, desc="validating")
+    timings = measure_in_batches_and_sweeps(plan, sweeps=sweeps, threads=threads, desc="validating",
+                                            orders=batch_orders(scored, len(references), sweeps, seed=seed))
     for row, measured in zip(references, timings[scored:]):
         report.references.append({"model": row["model"], "input_size": int(row["input_size"]),
                                   "candidate": row["candidate"], "profiled_ms": profile_level_ms(row),
@@ -185,21 +192,6 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
     for row, m in zip(report.rows, macs):
         row["macs_proxy_ms"] = float(constant * m)
     return report
-
-
-def _spread_references(scored: int, references: int) -> list[int]:
-    """The order to time a plan in: its ``scored`` candidates (indices 0..scored-1) with the
-    ``references`` after them (indices scored..) spread evenly among them, so that the references
-    meet the host when the candidates do. Timed at the end of each sweep instead, seed 7's
-    references read the host 0.952x the predictor while its candidates, through sweeps that grew
-    faster as they went, measured 0.915x (median)."""
-    slots = [round((j + 0.5) * scored / references) for j in range(references)] if references else []
-    order: list[int] = []
-    for i in range(scored + 1):
-        order += [scored + j for j, slot in enumerate(slots) if slot == i]
-        if i < scored:
-            order.append(i)
-    return order
 
 
 def uncertainty_coverage(rows: list[dict]) -> dict | None:
