@@ -17,7 +17,8 @@ from scipy.stats import spearmanr
 
 from ..errors import AutocompressError
 from ..space import Candidate
-from .candidates import batch_orders, measure_in_batches_and_sweeps, model_under_test, random_candidate
+from .candidates import (CANDIDATES_PER_BATCH, batch_orders, measure_in_batches_and_sweeps, model_under_test,
+                         random_candidate)
 from .host_level import HostLevel, reference_prediction_ms, reference_rows
 from .kernels import kernels_of_candidate
 from .measure import PASSES, machine_info
@@ -205,6 +206,12 @@ def uncertainty_coverage(rows: list[dict]) -> dict | None:
     return {"1sd": float(np.mean(deviations <= 1)), "2sd": float(np.mean(deviations <= 2))}
 
 
+def _batches_of(report: ValidationReport) -> str:
+    if report.batch_seed is None:
+        return f"each sweep in the same batches of {CANDIDATES_PER_BATCH}"
+    return f"each sweep in its own batches of {CANDIDATES_PER_BATCH} (`batch_orders`, seed {report.batch_seed})"
+
+
 def _sweeps_agree(rows: list[dict]) -> float | None:
     """Share of candidates whose slowest sweep is within 10% of their fastest: how far the
     measurement itself reproduces here (None with one sweep)."""
@@ -268,11 +275,13 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
     lines = [f"# Latency predictor validation: {report.hardware_model}", "",
              (f"Random candidates never used in fitting, each exported and timed end to end on {machine.get('cpu')} "
               f"(ONNX Runtime {machine.get('onnxruntime')}, 1 thread) in {sweeps} sweeps over all of them, minutes "
-              f"apart; each sweep takes the fastest of {PASSES} interleaved passes of 20 runs, each candidate's session "
-              "kept across them (`measure_interleaved`), and the fastest sweep is the measurement."),
+              f"apart, {_batches_of(report)}; each sweep takes the fastest of {PASSES} interleaved passes of 20 runs, "
+              "each candidate's session kept across them (`measure_interleaved`), and the fastest sweep is the "
+              "measurement."),
              "The MACs proxy is MACs times one constant fit on these very candidates.",
              "*Sweeps agree* is the share of candidates whose sweeps came within 10% of each other. Where it is "
-             "low, a sweep met a slow spell of the host (other tenants' cache and memory traffic, minutes long): a "
+             "low, a sweep met a slow spell of the host (other tenants' cache and memory traffic, minutes long)"
+             f"{'' if report.batch_seed is None else ' or batch-mates that slowed it (by about 3% on average)'}: a "
              "single sweep would have been that far off, and the fastest sweep is the measurement.", "",
              "*Halves agree* sets each candidate's fastest sweep among the first half of its sweeps against its "
              "fastest among the second half: how often two measurements with half the sweeps each came within 10% of "
