@@ -281,7 +281,7 @@ def write_report(report: ValidationReport, folder: Path, *, profiled_models: lis
              "The MACs proxy is MACs times one constant fit on these very candidates.",
              "*Sweeps agree* is the share of candidates whose sweeps came within 10% of each other. Where it is "
              "low, a sweep met a slow spell of the host (other tenants' cache and memory traffic, minutes long)"
-             f"{'' if report.batch_seed is None else ' or batch-mates that slowed it (by about 3% on average)'}: a "
+             f"{'' if report.batch_seed is None else ' or batch-mates that slowed it by a few percent'}: a "
              "single sweep would have been that far off, and the fastest sweep is the measurement.", "",
              "*Halves agree* sets each candidate's fastest sweep among the first half of its sweeps against its "
              "fastest among the second half: how often two measurements with half the sweeps each came within 10% of "
