@@ -35,6 +35,7 @@ import numpy as np
 from autocompress.errors import AutocompressError
 from autocompress.hardware import machine_info
 from autocompress.hardware.candidates import batch_orders, measure_in_batches_and_sweeps, model_under_test
+from autocompress.hardware.host_level import HostLevel
 from autocompress.hardware.profiling import read_validation_report
 from autocompress.hardware.validation import accuracy_figures
 from autocompress.space import Candidate
@@ -59,6 +60,8 @@ def main() -> None:
     if not references or not all({"candidate", "predicted_ms"} <= set(r) for r in references):
         parser.error(f"{args.report}: its references do not record their candidate and the predictor's reading "
                      "(reports from before session levels); retest a report that validate-predictor wrote since")
+    if args.shuffle is not None and args.shuffle < 0:
+        parser.error(f"--shuffle {args.shuffle}: pass a seed of 0 or more (or leave it out: the report's own batches)")
     if args.sweeps is not None and args.sweeps < 1:
         parser.error(f"--sweeps {args.sweeps}: pass 1 or more (or leave it out: as many as the report had)")
     sweeps = args.sweeps or len(report["rows"][0]["sweeps_ms"])
@@ -89,8 +92,10 @@ def main() -> None:
 
 def retest_figures(rows: list[dict], references: list[dict], now_ms: np.ndarray, now_references_ms: np.ndarray) -> dict:
     """The retest and the predictor's errors in both sessions, overall and per model and size."""
-    then_level = float(np.median([r["measured_ms"] / r["predicted_ms"] for r in references]))
-    now_level = float(np.median(now_references_ms / np.array([r["predicted_ms"] for r in references])))
+    # Each session's level as the product reads it off the references (``--calibrate-host``).
+    then_level = HostLevel.from_references(references).ratio
+    now_level = HostLevel.from_references([r | {"measured_ms": float(ms)}
+                                           for r, ms in zip(references, now_references_ms)]).ratio
     then_ms = np.array([r["measured_ms"] for r in rows])
     predicted = np.array([r["predicted_ms"] for r in rows])
     common = float(np.median(now_ms / then_ms))
