@@ -77,7 +77,8 @@ class LatencyPredictor:
     # refit instead of failing at predict time (hardware.store checks it).
     # 8: per-candidate uncertainty from the trees' spread (``uncertainty_``). Not 7: a format 7
     # was committed and reverted, and caches it wrote may still be about.
-    format_version = 8
+    # 9: a max pool read by int4 convs after an int8 stem counts as requantized (``_glue_inputs``).
+    format_version = 9
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 1, composition_min_samples_leaf: int = 2,
                  random_state: int = 0) -> None:
@@ -313,6 +314,9 @@ def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarr
     a reader of its output was int8 or int4 and the stem float or int4 (a float conv either way),
     and 3-25 us in float (blocked NCHWc layout). After an int8 stem the pool runs on its uint8 output
     in the fast NHWC kernel (11 us): counting that case as slow over-predicted one candidate by 43%.
+    But only when an int8 kernel reads it: with only int4 (and float) readers after an int8 stem,
+    the pool is back on the slow loop (profiled at 64x64: 290 us; any int8 reader, 8 us). Counting
+    that case as fast under-predicted two seed-13 validation candidates by 46% and 24%.
 
     A tensor is known by its owner, channels, height and width; a conv input that no earlier
     kernel of the candidate produced came through glue. Its producer is taken to be the nearest
@@ -336,10 +340,11 @@ def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarr
         source = earlier[(cout[earlier] == cin[row]) & (out_h[earlier] >= h[row])][:1]
         int8_produced[row] = len(source) == 1 and bits[source[0]] == 8
     tensors, reader_of = np.unique(consumed[glue], return_inverse=True)
-    int_read = np.zeros(len(tensors), dtype=bool)
+    int_read, int8_read = np.zeros(len(tensors), dtype=bool), np.zeros(len(tensors), dtype=bool)
     np.logical_or.at(int_read, reader_of, bits[glue] <= 8)
+    np.logical_or.at(int8_read, reader_of, bits[glue] == 8)
     first_reader = np.unique(reader_of, return_index=True)[1]
-    requantized = int_read & ~int8_produced[glue][first_reader]
+    requantized = int_read & ~(int8_produced[glue][first_reader] & int8_read)
     elements = (cin * h * w)[glue][first_reader] / 1e6
     tensor_owner = owner[glue][first_reader]
     return (np.bincount(tensor_owner, weights=elements * requantized, minlength=n),
