@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     profile = sub.add_parser("profile", help="measure a target's kernels and candidates, fit its latency predictor")
     profile.add_argument("--target", default="ort-cpu", choices=["ort-cpu"],
                          help="runtime and device: ort-cpu (ONNX Runtime, CPUExecutionProvider)")
-    profile.add_argument("--threads", type=_positive, default=1, help="intra-op threads (default 1)")
+    profile.add_argument("--threads", type=_positive, default=None,
+                         help="intra-op threads (default 1; an existing --out folder keeps the plan it records)")
     profile.add_argument("--out", type=Path, default=None,
                          help="hardware model folder (default hardware_models/ort-cpu-<threads>t); an existing "
                               "folder is resumed: its measurements are kept")
@@ -254,14 +255,14 @@ def _profile(args) -> int:
     import time
 
     from .hardware.profiling import ProfilePlan, add_validation_measurements, run_profile
-    from .hardware.store import fit_hardware_model
+    from .hardware.store import fit_hardware_model, recorded_plan
 
-    out = args.out or Path("hardware_models") / f"{args.target}-{args.threads}t"
+    out = args.out or Path("hardware_models") / f"{args.target}-{args.threads or 1}t"
     overrides = {"threads": args.threads, "kernels": args.kernels, "heavy_kernels": args.heavy_kernels,
                  "candidates": args.candidates, "light_candidates": args.light_candidates,
                  "sweeps": args.sweeps, "max_minutes": args.max_minutes}
     try:
-        plan = dataclasses.replace(ProfilePlan(), **{k: v for k, v in overrides.items() if v is not None})
+        plan = dataclasses.replace(recorded_plan(out) or ProfilePlan(), **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
         raise AutocompressError(f"{exc}; fix --kernels, --heavy-kernels, --candidates, --light-candidates, "
                                 f"--sweeps or --max-minutes") from exc

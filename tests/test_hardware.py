@@ -41,6 +41,7 @@ from autocompress.hardware.store import (
     find_hardware_model,
     fit_hardware_model,
     load_hardware_model,
+    recorded_plan,
 )
 from autocompress.hardware.measure import machine_info
 from autocompress.hardware.validation import accuracy_figures, validate, write_report
@@ -319,6 +320,23 @@ def test_a_measurement_row_that_does_not_parse_is_named_with_its_line(tmp_path):
                        + "conv" + ",x" * (len(KERNEL_FIELDS) - 1) + ",0.1,0.1,0.1,0\n")
     with pytest.raises(AutocompressError, match="kernels.csv line 2 does not parse"):
         read_kernel_measurements(kernels)
+
+
+def test_profile_on_an_existing_folder_resumes_the_plan_it_records(tiny_profile, tmp_path):
+    from autocompress.cli import main
+
+    folder, plan = tiny_profile
+    hw = tmp_path / "hw"
+    hw.mkdir()
+    for name in ("kernels.csv", "models.csv"):
+        (hw / name).write_text((folder / name).read_text())
+    fit_hardware_model(hw, plan=plan)
+    before = (hw / "models.csv").read_text()
+    # No --threads, --sweeps or models given: the folder's own plan, all measured, so nothing to time
+    # (from the defaults it would profile ResNet-18 and friends and record 2 sweeps).
+    assert main(["profile", "--out", str(hw), "--max-minutes", "1"]) == 0
+    assert (hw / "models.csv").read_text() == before
+    assert recorded_plan(hw) == replace(plan, max_minutes=1.0)
 
 
 def test_validated_candidates_join_the_profile_and_later_validations_skip_them(tiny_profile, tmp_path):

@@ -30,7 +30,7 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -80,6 +80,13 @@ class ProfilePlan:
     passes: int = PASSES  # interleaved timing passes (see measure_interleaved)
     sweeps: int = 2  # sweeps over all whole candidates, minutes apart; the fastest counts
     max_minutes: float = 30.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ProfilePlan:
+        """The plan a hardware model's metadata.json records (``asdict``), lists back as tuples;
+        keys this version does not know are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
     def __post_init__(self) -> None:
         if self.kernels < 1 or min(self.heavy_kernels, self.candidates, self.light_candidates) < 0 \

@@ -40,7 +40,7 @@ from .predictor import LatencyPrediction, LatencyPredictor
 from .profiling import ProfilePlan, profile_level_ms, read_kernel_measurements, read_model_measurements
 
 __all__ = ["AUTO", "DifferentMachineWarning", "HardwareModel", "SHIPPED_MODELS", "find_hardware_model",
-           "fit_hardware_model", "load_hardware_model"]
+           "fit_hardware_model", "load_hardware_model", "recorded_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,22 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
     (folder / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
     _write_cache(folder, predictor)
     return HardwareModel(predictor, metadata)
+
+
+def recorded_plan(folder: Path) -> ProfilePlan | None:
+    """The plan ``folder``'s metadata.json records, None for a new folder (or one from before
+    plans were recorded). A profile run on an existing folder resumes this plan: starting from
+    the defaults instead, ``profile --add-validation`` on a folder profiled with other models or
+    sweeps would have measured the default models and recorded the default sweeps."""
+    folder = Path(folder)
+    if not (folder / "metadata.json").exists():
+        return None
+    plan = _read_metadata(folder).get("plan")
+    try:
+        return ProfilePlan.from_dict(plan) if plan else None
+    except (TypeError, ValueError) as exc:
+        raise AutocompressError(f"{folder / 'metadata.json'} records a plan this version cannot read ({exc}); pass "
+                                "the plan's settings to `autocompress profile` or profile into a new --out") from exc
 
 
 def load_hardware_model(folder: str | Path) -> HardwareModel:
