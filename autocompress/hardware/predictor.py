@@ -315,7 +315,7 @@ def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarr
     and 3-25 us in float (blocked NCHWc layout). After an int8 stem the pool runs on its uint8 output
     in the fast NHWC kernel (11 us): counting that case as slow over-predicted one candidate by 43%.
     But only when an int8 kernel reads it: with only int4 (and float) readers after an int8 stem,
-    the pool is back on the slow loop (profiled at 64x64: 290 us; any int8 reader, 8 us). Counting
+    the pool is back on the slow loop (profiled at 64x64: 290 us; any int8 reader, 9 us). Counting
     that case as fast under-predicted two seed-13 validation candidates by 46% and 24%.
 
     A tensor is known by its owner, channels, height and width; a conv input that no earlier
