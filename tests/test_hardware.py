@@ -322,15 +322,21 @@ def test_a_measurement_row_that_does_not_parse_is_named_with_its_line(tmp_path):
         read_kernel_measurements(kernels)
 
 
-def test_profile_on_an_existing_folder_resumes_the_plan_it_records(tiny_profile, tmp_path):
-    from autocompress.cli import main
-
+def _fitted_copy(tiny_profile, tmp_path):
+    """A copy of the tiny profile's measurements in tmp_path/hw, fit: the shared folder stays as is."""
     folder, plan = tiny_profile
     hw = tmp_path / "hw"
     hw.mkdir()
     for name in ("kernels.csv", "models.csv"):
         (hw / name).write_text((folder / name).read_text())
-    fit_hardware_model(hw, plan=plan)
+    return hw, fit_hardware_model(hw, plan=plan)
+
+
+def test_profile_on_an_existing_folder_resumes_the_plan_it_records(tiny_profile, tmp_path):
+    from autocompress.cli import main
+
+    plan = tiny_profile[1]
+    hw, _ = _fitted_copy(tiny_profile, tmp_path)
     before = (hw / "models.csv").read_text()
     # No --threads, --sweeps or models given: the folder's own plan is resumed (from the defaults it
     # would profile ResNet-18 and friends and record 2 sweeps). What it times, if anything, is the
@@ -343,11 +349,7 @@ def test_profile_on_an_existing_folder_resumes_the_plan_it_records(tiny_profile,
 
 def test_validated_candidates_join_the_profile_and_later_validations_skip_them(tiny_profile, tmp_path):
     folder, plan = tiny_profile
-    hw = tmp_path / "hw"
-    hw.mkdir()
-    for name in ("kernels.csv", "models.csv"):
-        (hw / name).write_text((folder / name).read_text())
-    hardware = fit_hardware_model(hw, plan=plan)
+    hw, hardware = _fitted_copy(tiny_profile, tmp_path)
     report = validate(hardware, hw, [TINY], [16], samples=3, seed=5, sweeps=2)
     write_report(report, tmp_path / "val", profiled_models=[TINY], machine=hardware.metadata["machine"])
     profiled = len(read_model_measurements(hw / "models.csv"))

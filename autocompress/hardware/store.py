@@ -135,8 +135,9 @@ def recorded_plan(folder: Path) -> ProfilePlan | None:
     try:
         return ProfilePlan.from_dict(plan) if plan else None
     except (TypeError, ValueError) as exc:
-        raise AutocompressError(f"{folder / 'metadata.json'} records a plan this version cannot read ({exc}); pass "
-                                "the plan's settings to `autocompress profile` or profile into a new --out") from exc
+        raise AutocompressError(f"{folder / 'metadata.json'} records a plan this version cannot read ({exc}); fix its "
+                                "\"plan\" entry, delete the entry to profile with the defaults, or profile into a new "
+                                "--out") from exc
 
 
 def load_hardware_model(folder: str | Path) -> HardwareModel:
