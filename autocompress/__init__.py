@@ -1,9 +1,9 @@
 """autocompress: joint per-layer pruning, quantization, low-rank and NAS for PyTorch models."""
 
-from .accounting import Footprint, footprint_of_candidate, footprint_of_model
-from .analysis import ModelAnalysis, analyze
-from .channel_groups import keep_channels
-from .data import DatasetSplits, calibration_batches, load_dataset
+from .core.accounting import Footprint, footprint_of_candidate, footprint_of_model
+from .core.analysis import ModelAnalysis, analyze
+from .core.channel_groups import keep_channels
+from .train.data import DatasetSplits, calibration_batches, load_dataset
 from .errors import (
                      AutocompressError,
                      DatasetError,
@@ -12,14 +12,15 @@ from .errors import (
                      ModelResolutionError,
                      WeightsMismatchError,
 )
-from .export import ExportResult, export_and_compare, export_onnx, run_onnx
-from .card import export_from_search
-from .finetune import DistillationConfig
-from .pareto import TrialRecord, load_front, pareto_front
-from .problem import ProblemSpec, build_problem
-from .search import SearchOutcome, SearchSettings, run_search
-from .models import load_weights, resolve_model
-from .space import Candidate, Space, SpaceOptions
+from .hardware.onnx_export import ExportResult, export_and_compare, export_onnx, run_onnx
+from .export.card import export_from_search
+from .train.finetune import DistillationConfig
+from .search.folder import SearchFolder, load_front
+from .search.pareto import TrialRecord, pareto_front
+from .search.problem import ProblemSpec, build_problem
+from .search.run import SearchOutcome, SearchSettings, run_search
+from .train.models import load_weights, resolve_model
+from .core.space import Candidate, Space, SpaceOptions
 from .techniques import apply_candidate, calibrate
 
 __all__ = [
@@ -33,4 +34,4 @@ __all__ = [
     "export_from_search", "load_front", "pareto_front", "run_search",
 ]
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402

@@ -13,6 +13,10 @@ __all__ = [
     "DatasetError",
     "InvalidCandidateError",
     "ExportError",
+    "BudgetError",
+    "ResultsError",
+    "FinetuneDiverged",
+    "WorkerLost",
 ]
 
 
@@ -38,3 +42,22 @@ class InvalidCandidateError(AutocompressError):
 
 class ExportError(AutocompressError):
     """A model could not be exported to, or run in, ONNX Runtime."""
+
+
+class BudgetError(AutocompressError):
+    """A latency budget could not be read."""
+
+
+class ResultsError(AutocompressError):
+    """A results folder or study cannot be read as autocompress search results."""
+
+
+# The two below are raised inside a search and handled there (a trial fails, or is retried
+# elsewhere); they stay RuntimeErrors for code that catches those.
+class FinetuneDiverged(AutocompressError, RuntimeError):
+    """The loss became NaN or infinite: the candidate cannot be trained at these settings."""
+
+
+class WorkerLost(AutocompressError, RuntimeError):
+    """The process (or node) running a trial died; the trial is worth retrying elsewhere."""
+

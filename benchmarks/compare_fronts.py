@@ -15,8 +15,8 @@ from pathlib import Path
 
 import optuna
 
-from autocompress.pareto import best_under, hypervolume_2d, pareto_front, records_from_study
-from autocompress.search import STUDY_NAME, default_storage
+from autocompress.search.pareto import best_under, hypervolume_2d, pareto_front, records_from_study
+from autocompress.search.run import STUDY_NAME, default_storage
 
 
 def main() -> None:

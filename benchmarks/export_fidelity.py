@@ -30,9 +30,9 @@ from autocompress import (
     load_dataset,
     resolve_model,
 )
-from autocompress.export import export_and_compare
+from autocompress.hardware.onnx_export import export_and_compare
 from autocompress.hardware import machine_info
-from autocompress.training import predict, train_classifier
+from autocompress.train.training import predict, train_classifier
 
 MODELS = {"resnet18": 120, "mobilenet_v2": 150, "mobilenet_v3_small": 150, "efficientnet_b0": 150,
           "autocompress.zoo:transformer_classifier": 300}

@@ -28,7 +28,7 @@ import numpy as np
 
 from autocompress.errors import AutocompressError
 from autocompress.hardware.predictor import LatencyPredictor
-from autocompress.hardware.profiling import (
+from autocompress.hardware.measurements import (
     find_reference_row,
     read_kernel_measurements,
     read_model_measurements,
@@ -36,7 +36,7 @@ from autocompress.hardware.profiling import (
 )
 from autocompress.hardware.store import _row_kernels, _training_arrays
 from autocompress.hardware.validation import accuracy_figures
-from autocompress.space import Candidate
+from autocompress.core.space import Candidate
 
 WAYS = ("as predicted", "x references measured / predicted", "x references measured / profiled")
 

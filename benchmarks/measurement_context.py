@@ -37,8 +37,8 @@ from autocompress.errors import AutocompressError
 from autocompress.hardware import load_hardware_model, machine_info
 from autocompress.hardware.candidates import CANDIDATES_PER_BATCH, export_candidate, model_under_test
 from autocompress.hardware.measure import _session, measure_interleaved
-from autocompress.hardware.profiling import read_validation_report
-from autocompress.space import Candidate
+from autocompress.hardware.measurements import read_validation_report
+from autocompress.core.space import Candidate
 
 ARRANGEMENTS = ("as validated", "shuffled", "alone", "alone, others open")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from autocompress.hardware import load_hardware_model, machine_info
 from autocompress.hardware.candidates import model_under_test, random_candidate
-from autocompress.problem import hardware_folder
+from autocompress.search.problem import hardware_folder
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 BATCHES = (1, 100, 1000)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from autocompress.driver import candidate_params
-from autocompress.executors import LocalExecutor, TrialJob
-from autocompress.executors.ray_pool import RayExecutor
-from autocompress.finetune import DistillationConfig
+from autocompress.search.driver import candidate_params
+from autocompress.search.executors import LocalExecutor, TrialJob
+from autocompress.search.executors.ray_pool import RayExecutor
+from autocompress.train.finetune import DistillationConfig
 from autocompress.hardware import machine_info
-from autocompress.problem import ProblemSpec, build_problem
+from autocompress.search.problem import ProblemSpec, build_problem
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ from autocompress.errors import AutocompressError
 from autocompress.hardware import load_hardware_model
 from autocompress.hardware.candidates import model_under_test
 from autocompress.hardware.kernels import kernels_of_candidate
-from autocompress.hardware.profiling import read_model_measurements, read_validation_report
+from autocompress.hardware.measurements import read_model_measurements, read_validation_report
 from autocompress.hardware.store import DifferentMachineWarning
 from autocompress.hardware.validation import accuracy_figures, uncertainty_coverage
-from autocompress.space import Candidate
+from autocompress.core.space import Candidate
 
 
 def main() -> None:

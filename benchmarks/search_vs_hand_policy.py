@@ -23,12 +23,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from autocompress.card import export_from_search
-from autocompress.finetune import DistillationConfig
+from autocompress.export.card import export_from_search
+from autocompress.train.finetune import DistillationConfig
 from autocompress.hardware import machine_info
-from autocompress.pareto import best_under
-from autocompress.problem import ProblemSpec, build_problem
-from autocompress.search import SearchSettings, run_search, warm_start_policies
+from autocompress.search.pareto import best_under
+from autocompress.search.problem import ProblemSpec, build_problem
+from autocompress.search.run import SearchSettings, run_search, warm_start_policies
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """How well a hardware model predicts the uniform policies a search starts from, and their kin.
 
-The search seeds every study with uniform policies (``search.warm_start_policies``: all int8, and
+The search seeds every study with uniform policies (``core.policies.warm_start_policies``: all int8, and
 uniform pruning by 25-75% in int8 and in float) and exports what wins, yet random candidates, on
 which ``validate-predictor`` scores the predictor, never come near them: every layer pruned alike
 and long chains of one precision. This times, with the shared protocol, two sets of each model and
@@ -31,8 +31,8 @@ from autocompress.errors import AutocompressError
 from autocompress.hardware import load_hardware_model, machine_info
 from autocompress.hardware.candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test
 from autocompress.hardware.validation import accuracy_figures
-from autocompress.search import warm_start_policies
-from autocompress.space import Space
+from autocompress.search.run import warm_start_policies
+from autocompress.core.space import Space
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 SIZES = (32, 64)

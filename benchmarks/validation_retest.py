@@ -36,9 +36,9 @@ from autocompress.errors import AutocompressError
 from autocompress.hardware import machine_info
 from autocompress.hardware.candidates import batch_orders, measure_in_batches_and_sweeps, model_under_test
 from autocompress.hardware.host_level import HostLevel
-from autocompress.hardware.profiling import read_validation_report
+from autocompress.hardware.measurements import read_validation_report
 from autocompress.hardware.validation import accuracy_figures
-from autocompress.space import Candidate
+from autocompress.core.space import Candidate
 
 
 def main() -> None:

@@ -7,9 +7,9 @@ import torch
 from reference_models import COVERAGE_MODELS, tiny_resnet
 from torch import nn
 
-from autocompress.data import load_dataset
-from autocompress.models import resolve_model
-from autocompress.training import train_classifier
+from autocompress.train.data import load_dataset
+from autocompress.train.models import resolve_model
+from autocompress.train.training import train_classifier
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from autocompress import (
     footprint_of_model,
     resolve_model,
 )
-from autocompress.accounting import weight_bytes
+from autocompress.core.accounting import weight_bytes
 
 MODELS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
           "autocompress.zoo:transformer_classifier", "shufflenet_v2_x0_5"]

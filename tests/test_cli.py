@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from autocompress.cli import main
+from autocompress.cli.main import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import pytest
 from reference_models import COVERAGE_MODELS
 
 from autocompress import Candidate, Space, analyze, apply_candidate, calibration_batches, export_and_compare
-from autocompress.techniques.quantizers import int8_weights_saturate
+from autocompress.hardware.targets.ort_cpu import int8_weights_saturate, machine_info
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def test_all_int8_model_agrees_with_onnxruntime_on_digits(spec, trained_models, 
     # simulation drifts further from ORT: EfficientNet-B0 agreed on 98.6% of digits on an AVX2-only
     # EPYC (87.8% with full-range weights, which saturate).
     assert agreement >= 0.98, f"{spec}: top-1 agreement {agreement:.4f}"
-    if not int8_weights_saturate():
+    if not int8_weights_saturate(machine_info()):
         # With VNNI the kernels add up exactly, and what is left is rounding: the int8 logits sit on
         # a grid, and ORT's requantization may round a sample one step (0.62 in a spread of 6.4)
         # the other way. On an Intel Xeon with AMX, EfficientNet-B0 disagreed on 4 of 360 digits

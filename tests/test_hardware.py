@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from autocompress.analysis import analyze
+from autocompress.core.analysis import analyze
 from autocompress.hardware.candidates import light_candidate, model_under_test, random_candidate
 from autocompress.hardware.kernels import (
     KERNEL_FIELDS,
@@ -26,15 +26,9 @@ from autocompress.hardware.kernels import (
 )
 from autocompress.hardware.predictor import LatencyPredictor, NotFittedError, _glue_inputs
 from autocompress.errors import AutocompressError
-from autocompress.hardware.profiling import (
-    ProfilePlan,
-    _candidate_plan,
-    _kernel_plan,
-    add_validation_measurements,
-    read_kernel_measurements,
-    read_model_measurements,
-    run_profile,
-)
+from autocompress.hardware.measurements import read_kernel_measurements, read_model_measurements
+from autocompress.hardware.profile_plan import ProfilePlan, _candidate_plan, _kernel_plan
+from autocompress.hardware.profiling import add_validation_measurements, run_profile
 from autocompress.hardware.store import (
     DifferentMachineWarning,
     _training_arrays,
@@ -45,8 +39,8 @@ from autocompress.hardware.store import (
 )
 from autocompress.hardware.measure import machine_info
 from autocompress.hardware.validation import accuracy_figures, validate, write_report
-from autocompress.search import warm_start_policies
-from autocompress.space import Space, SpaceOptions
+from autocompress.search.run import warm_start_policies
+from autocompress.core.space import Space, SpaceOptions
 from autocompress.techniques import apply_candidate
 
 TINY = "reference_models:tiny_resnet"
@@ -333,7 +327,7 @@ def _fitted_copy(tiny_profile, tmp_path):
 
 
 def test_profile_on_an_existing_folder_resumes_the_plan_it_records(tiny_profile, tmp_path):
-    from autocompress.cli import main
+    from autocompress.cli.main import main
 
     plan = tiny_profile[1]
     hw, _ = _fitted_copy(tiny_profile, tmp_path)
@@ -471,7 +465,7 @@ def test_sweeps_keep_each_models_fastest_sweep(tmp_path):
 
 
 def test_cli_reports_a_missing_hardware_model_in_one_line(tmp_path, capsys):
-    from autocompress.cli import main
+    from autocompress.cli.main import main
 
     assert main(["validate-predictor", str(tmp_path / "nowhere"), "--model", "resnet18"]) == 2
     err = capsys.readouterr().err.strip()
@@ -568,11 +562,11 @@ def test_validation_scores_predictions_at_the_host_level_beside_the_raw_ones():
 
 def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_resume(tiny_profile, tmp_path,
                                                                                    monkeypatch):
-    import autocompress.search as search_module
-    from autocompress.card import export_from_search
-    from autocompress.finetune import DistillationConfig
-    from autocompress.problem import ProblemSpec, read_host_level
-    from autocompress.search import SearchSettings, run_search
+    import autocompress.search.run as search_module
+    from autocompress.export.card import export_from_search
+    from autocompress.train.finetune import DistillationConfig
+    from autocompress.search.problem import ProblemSpec, read_host_level
+    from autocompress.search.run import SearchSettings, run_search
 
     folder, plan = tiny_profile
     hw = tmp_path / "hw"

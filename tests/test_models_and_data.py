@@ -9,7 +9,7 @@ from autocompress import (
     load_dataset,
     resolve_model,
 )
-from autocompress.models import load_weights
+from autocompress.train.models import load_weights
 
 
 def test_torchvision_names_with_and_without_prefix():

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from autocompress.export import onnx_scope
+from autocompress.hardware.onnx_export import onnx_scope
 
 
 class _SubSequential(nn.Sequential):

@@ -8,18 +8,16 @@ import json
 import optuna
 import pytest
 
-from autocompress.errors import AutocompressError
-from autocompress.pareto import (
-    ResultsError,
+from autocompress.core.candidate import candidate_summary
+from autocompress.errors import AutocompressError, ResultsError
+from autocompress.search.folder import load_front, write_results
+from autocompress.search.pareto import (
     TrialRecord,
     best_under,
-    candidate_summary,
     hypervolume_2d,
-    load_front,
     pareto_front,
     records_from_study,
     summary_table,
-    write_results,
 )
 
 BUDGET_MS = 5.0

@@ -7,7 +7,7 @@ from torch import nn
 
 from autocompress import Candidate, analyze, apply_candidate, export_onnx, run_onnx
 from autocompress.techniques.quantizers import QuantizedLayer, QuantizedOutput, bias_rounding
-from autocompress.training import predict
+from autocompress.train.training import predict
 
 
 def _int8(model, example):

@@ -14,9 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autocompress.finetune import DistillationConfig
-from autocompress.problem import ProblemSpec, build_problem
-from autocompress.search import SearchSettings, open_study, run_search
+from autocompress.train.finetune import DistillationConfig
+from autocompress.search.problem import ProblemSpec, build_problem
+from autocompress.search.run import SearchSettings, open_study, run_search
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402

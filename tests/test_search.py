@@ -14,18 +14,18 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from autocompress.boundary import repair_to_budget
-from autocompress.budget import Budget, BudgetError
-from autocompress.card import export_from_search
-from autocompress.cli import main
+from autocompress.search.boundary import repair_to_budget
+from autocompress.search.budget import Budget, BudgetError
+from autocompress.export.card import export_from_search
+from autocompress.cli.main import main
 from autocompress.errors import AutocompressError
-from autocompress.finetune import DistillationConfig, FinetuneDiverged, distill, evaluate_accuracy
+from autocompress.train.finetune import DistillationConfig, FinetuneDiverged, distill, evaluate_accuracy
 from autocompress.hardware import find_hardware_model, load_hardware_model
-from autocompress.pareto import load_front
-from autocompress.problem import ProblemSpec, SearchProblem, build_problem
-from autocompress.space import Space
-from autocompress.search import SearchSettings, run_search, warm_start_policies
-from autocompress.stopping import HopelessRule
+from autocompress.search.folder import load_front
+from autocompress.search.problem import ProblemSpec, SearchProblem, build_problem
+from autocompress.core.space import Space
+from autocompress.search.run import SearchSettings, run_search, warm_start_policies
+from autocompress.search.stopping import HopelessRule
 
 TINY = ProblemSpec(model="reference_models:tiny_resnet", train_steps=80)
 FAST = DistillationConfig(steps=12)
@@ -62,7 +62,7 @@ def test_repair_brings_a_slow_candidate_under_the_budget():
     hardware = load_hardware_model(find_hardware_model())
     space = Space(target.analysis)
     budget = 0.5 * hardware.predict_candidate(target.analysis, space.default()).ms
-    slow = space.from_params({v.name: (4 if v.kind == "bits" else space._neutral(v)) for v in space.variables})
+    slow = space.from_params({v.name: (4 if v.kind == "bits" else space.neutral(v)) for v in space.variables})
     assert hardware.predict_candidate(target.analysis, slow).ms > budget
     repaired, ms = repair_to_budget(space, hardware, slow, budget)
     space.validate(repaired)
@@ -164,7 +164,7 @@ def test_a_stale_trial_is_retried_only_when_it_holds_a_candidate():
     A queued trial (warm start, repair) in that state must be queued again with the parameters it
     was queued with, or its candidate is lost; a sampler trial has nothing to retry.
     """
-    from autocompress.search import _fail_stale_trials
+    from autocompress.search.run import _fail_stale_trials
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -260,7 +260,7 @@ def test_export_writes_onnx_weights_and_a_measured_card(finished_search, tmp_pat
     assert abs(acc["after_finetune_onnx"] - acc["after_finetune_torch"]) <= 0.03
     assert json.loads((out / "card.json").read_text())["candidate"] == front[card["trial"]].candidate
     # weights.pt rebuilds the exported model from the baseline and the Candidate alone
-    from autocompress.space import Candidate
+    from autocompress.core.space import Candidate
 
     rebuilt = problem.build(Candidate.from_dict(card["candidate"]))
     rebuilt.load_state_dict(torch.load(out / "weights.pt", weights_only=True))
@@ -292,3 +292,9 @@ def test_cli_pareto_prints_the_front_and_bad_inputs_are_one_line(finished_search
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--ray-address '{dead}': nothing answers there" in err
+
+
+def test_the_study_names_its_objectives_for_optuna_dashboard(finished_search):
+    settings, _, _ = finished_search
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{settings.out / 'study.db'}")
+    assert study.metric_names == ["accuracy", "latency_ms", "size_bytes"]

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autocompress.problem import ProblemSpec, build_problem
+from autocompress.search.problem import ProblemSpec, build_problem
 
 pytestmark = pytest.mark.slow
 

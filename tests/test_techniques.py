@@ -9,9 +9,9 @@ from autocompress.techniques.quantizers import (
     activation_qparams,
     calibrate,
     fake_quantize_weight,
-    int8_weights_saturate,
     weight_qrange,
 )
+from autocompress.hardware.targets.ort_cpu import ORT_CPU, int8_weights_saturate, machine_info
 
 
 @pytest.mark.parametrize("layer", [
@@ -45,16 +45,18 @@ def test_all_32_bit_candidate_is_the_identity(tiny):
     assert (built(example) - tiny(example)).abs().max().item() <= 1e-4
 
 
-def test_int8_weights_have_7_bits_where_int8_kernels_saturate(monkeypatch):
-    from autocompress.techniques import quantizers
-
-    assert weight_qrange(8) == ((-64, 64) if int8_weights_saturate() else (-127, 127))
-    monkeypatch.setattr(quantizers, "int8_weights_saturate", lambda: True)
-    assert weight_qrange(8) == (-64, 64) and weight_qrange(4) == (-7, 7)
-    levels = fake_quantize_weight(torch.tensor([[1.0, -0.5, 0.25]]), 8) / (1.0 / 64)
+def test_int8_weights_have_7_bits_where_int8_kernels_saturate():
+    # The rule follows the target machine (a hardware model's record), not the host.
+    here = ORT_CPU.quantization_rules(None)
+    assert here.weight_range(8) == ((-64, 64) if int8_weights_saturate(machine_info()) else (-127, 127))
+    avx2_only = {"machine": "x86_64", "isa": {"avx2": True, "avx512_vnni": False, "avx_vnni": False}}
+    saturating = ORT_CPU.quantization_rules(avx2_only)
+    assert weight_qrange(8, saturating) == (-64, 64) and weight_qrange(4, saturating) == (-7, 7)
+    levels = fake_quantize_weight(torch.tensor([[1.0, -0.5, 0.25]]), 8, saturating.weight_range(8)) / (1.0 / 64)
     assert torch.allclose(levels, torch.tensor([[64.0, -32.0, 16.0]]))
-    monkeypatch.setattr(quantizers, "int8_weights_saturate", lambda: False)
-    assert weight_qrange(8) == (-127, 127)
+    with_vnni = {"machine": "x86_64", "isa": {"avx2": True, "avx512_vnni": True}}
+    assert weight_qrange(8, ORT_CPU.quantization_rules(with_vnni)) == (-127, 127)
+    assert weight_qrange(8, ORT_CPU.quantization_rules({"machine": "aarch64", "isa": {}})) == (-127, 127)
 
 
 def test_int8_weights_follow_ort_symmetric_per_channel_rule():

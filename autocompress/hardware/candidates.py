@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..analysis import ModelAnalysis, analyze
-from ..export import export_onnx
-from ..models import resolve_model
-from ..space import Candidate, Space, SpaceOptions
+from ..core.analysis import ModelAnalysis, analyze
+from .onnx_export import export_onnx
+from ..train.models import resolve_model
+from ..core.space import Candidate, Space, SpaceOptions
 from ..techniques import apply_candidate
 from .measure import PASSES, LatencyMeasurement, measure_interleaved
 
@@ -74,7 +74,7 @@ def light_candidate(target: ModelUnderTest, rng: random.Random) -> Candidate:
     all float) came out 25% faster than predicted."""
     candidate = random_candidate(target, rng, density=(0.0, 0.15))
     skip_share = rng.uniform(0.0, 0.6)
-    return replace(candidate, skip={block.name: rng.random() < skip_share for block in target.analysis.blocks})
+    return candidate.replace(skip={block.name: rng.random() < skip_share for block in target.analysis.blocks})
 
 
 def export_candidate(target: ModelUnderTest, candidate: Candidate, path: Path) -> Path:

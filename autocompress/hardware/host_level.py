@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AutocompressError
-from ..space import Candidate
+from ..core.space import Candidate
 from .candidates import batch_orders, measure_in_batches_and_sweeps, model_under_test
 from .predictor import LatencyPredictor
-from .profiling import profile_level_ms, read_model_measurements
+from .measurements import profile_level_ms, read_model_measurements
 from .store import _row_kernels
 
 __all__ = ["REFERENCES", "HostLevel", "measure_host_level", "reference_rows", "reference_prediction_ms"]

@@ -2,7 +2,8 @@
 
 ONNX Runtime folds BatchNorm into the convolution before it and fuses the activation after it, so
 one Conv2d/Linear of the model is one kernel (two for a low-rank layer). A Kernel is what the
-latency predictor prices. It comes two ways that must agree (tests hold them equal):
+latency predictor prices: shape, bits and grouping. Unstructured sparsity is not part of it,
+because ORT's CPU kernels run a sparse weight dense (see ``targets.ort_cpu``). It comes two ways that must agree (tests hold them equal):
 
 - ``kernels_of_candidate``: from the analysis and a Candidate alone, in microseconds (the search);
 - ``kernels_of_model``: from a built model, by watching one forward pass.
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._modules import forward_with_hooks
-from ..accounting import alive_in, layer_shape, removed_channels
-from ..analysis import ModelAnalysis
-from ..space import Candidate
+from ..core.modules import forward_with_hooks
+from ..core.accounting import model_shapes
+from ..core.analysis import ModelAnalysis
+from ..core.candidate import Candidate
 from ..techniques.factorize import LowRank
 from ..techniques.quantizers import QuantizedLayer, QuantizedOutput
 
@@ -83,12 +84,12 @@ def _op(kind: str, groups: int, cin: int, cout: int) -> str:
 
 def kernels_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> list[Kernel]:
     """The kernels of ``candidate`` applied to the analysed model, in the model's layer order."""
-    alive, removed = alive_in(candidate), removed_channels(analysis, candidate)
+    shapes = model_shapes(analysis, candidate)
     kernels = []
     for unit in analysis.layers:
-        if not alive(unit.name):
+        if not shapes.alive(unit.name):
             continue
-        s = layer_shape(unit, candidate, removed)
+        s = shapes.layers[unit.name]
         (h, w), (out_h, out_w) = unit.in_hw, unit.out_hw
         k, stride = s.kernel[0], unit.stride
         if s.rank is None:

@@ -7,13 +7,14 @@ from ``measure_latency``, so figures are comparable with each other.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .targets.ort_cpu import ORT_CPU, PROVIDER, machine_differences, machine_info
 
 __all__ = ["PASSES", "SWEEPS", "LatencyMeasurement", "machine_differences", "machine_info", "measure_in_sweeps",
            "measure_interleaved", "measure_latency"]
@@ -41,7 +42,7 @@ class LatencyMeasurement:
 
 def measure_latency(onnx_path: str | Path, input_shape: tuple[int, ...], *, threads: int = 1, warmup: int = 10,
                     runs: int = 50, rounds: int = 1, pause_s: float = 0.1,
-                    provider: str = "CPUExecutionProvider") -> LatencyMeasurement:
+                    provider: str = PROVIDER) -> LatencyMeasurement:
     """Median and p90 latency (ms) of one inference on a random input of ``input_shape``.
 
     With ``rounds`` > 1 the runs are split into that many rounds, ``pause_s`` apart, and the median
@@ -70,7 +71,7 @@ def measure_latency(onnx_path: str | Path, input_shape: tuple[int, ...], *, thre
 
 def measure_interleaved(models: list[tuple[str | Path, tuple[int, ...]]], *, passes: int = PASSES, runs: int = 20,
                         threads: int = 1, warmup: int = 5,
-                        provider: str = "CPUExecutionProvider") -> list[LatencyMeasurement]:
+                        provider: str = PROVIDER) -> list[LatencyMeasurement]:
     """Time many models in ``passes`` interleaved passes (all models once, then all again, ...).
 
     This is how profiling, validation and export cards time things. On a shared machine the
@@ -173,40 +174,8 @@ def _busy_cpu_seconds() -> float | None:
 
 
 def _session(onnx_path, input_shape, threads: int, provider: str):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
-    name = session.get_inputs()[0].name
-    return session, {name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+    if provider != PROVIDER:
+        raise ValueError(f"provider {provider!r} is not a registered target's; ort-cpu times with {PROVIDER}")
+    return ORT_CPU.open_session(onnx_path, input_shape, threads=threads)
 
 
-def machine_info() -> dict:
-    """What a latency depends on besides the model: CPU model and ISA, ORT version, cores."""
-    import onnxruntime as ort
-
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")}
-    return {"cpu": model, "isa": isa, "cores": os.cpu_count(), "onnxruntime": ort.__version__,
-            "machine": platform.machine()}
-
-
-def machine_differences(measured: dict, here: dict) -> list[str]:
-    """What differs between two ``machine_info`` records in what sets a latency (CPU model and ISA,
-    ORT version), one phrase each; [] for the same machine class."""
-    return [f"{key}: {measured.get(key)!r} against {here.get(key)!r}" for key in ("cpu", "isa", "onnxruntime")
-            if measured.get(key) != here.get(key)]

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,7 @@ import sklearn
 import torch
 
 from ..errors import AutocompressError
+from ..version import __version__
 from .kernels import (
     KERNEL_FIELDS,
     Kernel,
@@ -35,18 +37,23 @@ from .kernels import (
     kernels_of_candidate,
     kernels_of_model,
 )
-from .measure import machine_differences, machine_info
+from ..core.target import Target, target
 from .predictor import LatencyPrediction, LatencyPredictor
-from .profiling import ProfilePlan, profile_level_ms, read_kernel_measurements, read_model_measurements
+from .measurements import measurement_file, profile_level_ms, read_kernel_measurements, read_model_measurements
+from .profile_plan import ProfilePlan
 
 __all__ = ["AUTO", "DifferentMachineWarning", "HardwareModel", "SHIPPED_MODELS", "find_hardware_model",
            "fit_hardware_model", "load_hardware_model", "recorded_plan"]
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TARGET = "ort-cpu"
 AUTO = "auto"  # the --hardware value that picks a hardware model measured on a machine like this one
-# The hardware models committed with autocompress, one per machine class it was profiled on.
-SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "hardware_models"
+# The hardware models shipped with autocompress, one per machine class it was profiled on: in an
+# installed package, gzipped package data (setup.py puts them there); in a source checkout, the
+# repository's hardware_models/.
+_PACKAGE_DATA = Path(__file__).resolve().parents[1] / "_hardware_models"
+SHIPPED_MODELS = _PACKAGE_DATA if _PACKAGE_DATA.is_dir() else Path(__file__).resolve().parents[2] / "hardware_models"
 
 
 class DifferentMachineWarning(UserWarning):
@@ -63,6 +70,16 @@ class HardwareModel:
         self.predictor = predictor
         self.metadata = metadata
         self.level = level
+
+    @property
+    def target(self) -> Target:
+        """The target it was measured on (hardware models from before targets were named: ort-cpu)."""
+        return target(self.metadata.get("target", DEFAULT_TARGET))
+
+    @property
+    def quantization_rules(self):
+        """The integer ranges the simulation follows: the measured machine's, not the host's."""
+        return self.target.quantization_rules(self.metadata.get("machine") or None)
 
     def at_level(self, level: float) -> HardwareModel:
         """The same predictor, its predictions multiplied by ``level``."""
@@ -99,10 +116,10 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
     predictor = (predictor or LatencyPredictor()).fit(*_training_arrays(kernel_rows, model_rows))
     old = _read_metadata(folder) if (folder / "metadata.json").exists() else {}
     metadata = {
-        "target": "ort-cpu",
+        "target": old.get("target", DEFAULT_TARGET),
         "provider": "CPUExecutionProvider",
         "threads": plan.threads if plan else old.get("threads", 1),
-        "machine": old.get("machine") or machine_info(),
+        "machine": old.get("machine") or target(old.get("target", DEFAULT_TARGET)).machine(),
         "plan": asdict(plan) if plan else old.get("plan"),
         "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows),
                          "candidates_from_validation": sum(bool(r.get("source")) for r in model_rows),
@@ -155,17 +172,15 @@ def load_hardware_model(folder: str | Path) -> HardwareModel:
     params = metadata.get("predictor", {}).get("params", {})
     predictor = LatencyPredictor(**params).fit(*_training_arrays(
         read_kernel_measurements(folder / "kernels.csv"), read_model_measurements(folder / "models.csv")))
-    try:
-        _write_cache(folder, predictor)
-    except OSError:
-        pass  # a read-only folder still works, it just refits next time
+    _write_cache(folder, predictor)
     return HardwareModel(predictor, metadata)
 
 
-def find_hardware_model(*, threads: int = 1, roots: list[Path] | None = None) -> Path:
+def find_hardware_model(*, target_name: str = DEFAULT_TARGET, threads: int = 1, roots: list[Path] | None = None) -> Path:
     """The hardware model folder to use on this machine: among the folders under ``roots`` (by
-    default ./hardware_models, then the ones shipped with autocompress) profiled with ``threads``
-    threads, one measured on this machine class (same CPU model, ISA and ONNX Runtime version).
+    default ./hardware_models, then the ones shipped with autocompress) profiled for
+    ``target_name`` with ``threads`` threads, one measured on this machine class (for ort-cpu:
+    same CPU model, ISA and ONNX Runtime version).
 
     Why: latency is a property of the machine, not of the model alone. Our 2-core development
     machines come on two AMD EPYC generations, with and without AVX-512, and on an Intel Xeon with
@@ -174,7 +189,8 @@ def find_hardware_model(*, threads: int = 1, roots: list[Path] | None = None) ->
     model counting most), and loading it warns (DifferentMachineWarning) that it was measured
     elsewhere."""
     roots = [Path("hardware_models"), SHIPPED_MODELS] if roots is None else roots
-    here = machine_info()
+    chosen = target(target_name)
+    here = chosen.machine()
     found: dict[str, tuple[tuple, Path]] = {}
     for root in roots:
         for folder in sorted(root.glob("*/metadata.json")) if root.is_dir() else []:
@@ -182,30 +198,54 @@ def find_hardware_model(*, threads: int = 1, roots: list[Path] | None = None) ->
                 metadata = json.loads(folder.read_text())
             except (OSError, json.JSONDecodeError):
                 continue  # not ours to judge here: load_hardware_model explains a broken folder
-            if metadata.get("threads", 1) != threads:
+            if metadata.get("threads", 1) != threads or metadata.get("target", DEFAULT_TARGET) != target_name:
                 continue
             machine = metadata.get("machine", {})
-            rank = (len(machine_differences(machine, here)), machine.get("cpu") != here.get("cpu"))
+            rank = (len(chosen.machine_differences(machine, here)), machine.get("cpu") != here.get("cpu"))
             found.setdefault(folder.parent.name, (rank, folder.parent))  # ./hardware_models wins a name clash
     if not found:
-        raise AutocompressError(f"no hardware model for {threads} thread(s) in {', '.join(map(str, roots))}; profile "
-                                f"this machine first: autocompress profile --target ort-cpu --threads {threads}")
+        raise AutocompressError(f"no hardware model for {threads} thread(s) of target {target_name} in "
+                                f"{', '.join(map(str, roots))}; profile this machine first: autocompress profile "
+                                f"--target {target_name} --threads {threads}")
     rank, folder = min(found.values(), key=lambda item: (item[0], item[1].name))
     log.info("hardware model %s (%s)", folder, "measured on this machine class" if rank[0] == 0 else
              "the nearest: none was measured on this machine class")
     return folder
 
 
+def _cache_folders(folder: Path) -> list[Path]:
+    """Where a folder's fitted predictor is cached: beside its measurements, or, where that is
+    read-only (an installed package), in the user's cache directory."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autocompress" / "hardware_models"
+    tag = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    return [folder, root / f"{folder.name}-{tag}"]
+
+
 def _write_cache(folder: Path, predictor: LatencyPredictor) -> None:
-    joblib.dump(predictor, folder / "predictor.joblib", compress=3)
-    (folder / "predictor.json").write_text(json.dumps(
-        {"sha256": _sha256(folder / "predictor.joblib"), "scikit-learn": sklearn.__version__,
-         "format_version": LatencyPredictor.format_version, "measurements_sha256": _measurements_sha256(folder)})
-        + "\n")
+    stamp = json.dumps({"scikit-learn": sklearn.__version__, "format_version": LatencyPredictor.format_version,
+                        "measurements_sha256": _measurements_sha256(folder)})
+    for cache in _cache_folders(folder):
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            joblib.dump(predictor, cache / "predictor.joblib", compress=3)
+            (cache / "predictor.json").write_text(json.dumps(
+                {"sha256": _sha256(cache / "predictor.joblib"), **json.loads(stamp)}) + "\n")
+            return
+        except OSError:
+            continue  # read-only: try the next place
+    log.info("%s: no writable place for the predictor cache; it is refit on each load", folder)
 
 
 def _read_cache(folder: Path) -> LatencyPredictor | None:
-    pickled, stamp = folder / "predictor.joblib", folder / "predictor.json"
+    for cache in _cache_folders(folder):
+        predictor = _read_cache_in(cache, folder)
+        if predictor is not None:
+            return predictor
+    return None
+
+
+def _read_cache_in(cache: Path, folder: Path) -> LatencyPredictor | None:
+    pickled, stamp = cache / "predictor.joblib", cache / "predictor.json"
     try:
         expected = json.loads(stamp.read_text())
     except (OSError, json.JSONDecodeError):
@@ -220,7 +260,7 @@ def _read_cache(folder: Path) -> LatencyPredictor | None:
 
 def _measurements_sha256(folder: Path) -> dict:
     """What the cached predictor was fit on: a git pull or a profile run changes the CSV files."""
-    return {name: _sha256(folder / name) for name in ("kernels.csv", "models.csv")}
+    return {name: _sha256(measurement_file(folder / name)) for name in ("kernels.csv", "models.csv")}
 
 
 def _training_arrays(kernel_rows: list[dict], model_rows: list[dict]):
@@ -237,7 +277,8 @@ def _row_kernels(row: dict) -> list[Kernel]:
 
 
 def _warn_if_other_machine(folder: Path, metadata: dict) -> None:
-    differences = machine_differences(metadata.get("machine", {}), machine_info())
+    measured_on = target(metadata.get("target", DEFAULT_TARGET))
+    differences = measured_on.machine_differences(metadata.get("machine", {}), measured_on.machine())
     if differences:
         warnings.warn(f"hardware model {folder} was measured on another machine (the profile's against this one: "
                       f"{'; '.join(differences)}); its predictions may be off here: run `autocompress profile` on "
@@ -258,5 +299,4 @@ def _sha256(path: Path) -> str:
 
 
 def _autocompress_version() -> str:
-    from .. import __version__
     return __version__

@@ -16,13 +16,13 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from ..errors import AutocompressError
-from ..space import Candidate
+from ..core.space import Candidate
 from .candidates import (CANDIDATES_PER_BATCH, batch_orders, measure_in_batches_and_sweeps, model_under_test,
                          random_candidate)
 from .host_level import HostLevel, reference_prediction_ms, reference_rows
 from .kernels import kernels_of_candidate
 from .measure import PASSES, machine_info
-from .profiling import profile_level_ms, read_model_measurements
+from .measurements import profile_level_ms, read_model_measurements
 from .store import HardwareModel
 
 __all__ = ["AccuracyFigures", "ValidationReport", "accuracy_figures", "uncertainty_coverage", "validate", "write_plot",

@@ -1,54 +1,50 @@
-"""The techniques and the one verb that applies a Candidate: ``apply_candidate``.
+"""The techniques, one module each, and the one verb that applies a Candidate: ``apply_candidate``.
 
-Each technique is ``apply(model, candidate, context) -> None`` and edits the model in place; the
-registry fixes their order (NAS, then prune, then factorize, then quantize), because each later
-step acts on the shapes the earlier ones leave.
+Importing this package registers every built-in technique (``core.technique.register``); the
+registry's order is the apply order (skip, kernel, prune, rank, sparsity, bits), because each
+later step acts on the shapes the earlier ones leave. A new technique is one module here that
+subclasses ``Technique``, registers an instance, and is imported below.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..analysis import ModelAnalysis
-from ..space import Candidate
-from .factorize import LowRank, apply_factorization, factorize
-from .nas import apply_nas, shrink_kernel
-from .prune import apply_pruning
-from .quantize import apply_quantization
-from .quantizers import QuantizedLayer, calibrate
+from ..core.analysis import ModelAnalysis
+from ..core.candidate import Candidate
+from ..core.target import default_target
+from ..core.technique import registered
+from . import kernel, prune, quantize, skip, sparsity  # noqa: F401  (each registers itself)
+from .factorize import LowRank, factorize
+from .kernel import shrink_kernel
+from .quantizers import QuantizationRules, QuantizedLayer, calibrate
 
-__all__ = ["TECHNIQUES", "ApplyContext", "apply_candidate", "LowRank", "QuantizedLayer", "calibrate", "factorize",
-           "shrink_kernel"]
+__all__ = ["ApplyContext", "apply_candidate", "LowRank", "QuantizationRules", "QuantizedLayer", "calibrate",
+           "factorize", "shrink_kernel"]
 
 
 @dataclass(frozen=True)
 class ApplyContext:
     analysis: ModelAnalysis
     example_input: torch.Tensor
-
-
-Technique = Callable[[nn.Module, Candidate, ApplyContext], None]
-
-TECHNIQUES: dict[str, Technique] = {
-    "nas": apply_nas,
-    "prune": apply_pruning,
-    "factorize": apply_factorization,
-    "quantize": apply_quantization,
-}
+    rules: QuantizationRules = field(default_factory=QuantizationRules)  # the target's integer ranges
 
 
 def apply_candidate(model: nn.Module, candidate: Candidate, analysis: ModelAnalysis,
-                    example_input: torch.Tensor) -> nn.Module:
-    """A compressed copy of ``model``; the original is left untouched."""
+                    example_input: torch.Tensor, *, rules: QuantizationRules | None = None) -> nn.Module:
+    """A compressed copy of ``model``; the original is left untouched.
+
+    ``rules``: the integer weight ranges of the target the model will run on
+    (``Target.quantization_rules``); None: the default target's rules on this machine.
+    """
     compressed = copy.deepcopy(model).eval()
-    context = ApplyContext(analysis, example_input)
-    for apply in TECHNIQUES.values():
-        apply(compressed, candidate, context)
+    context = ApplyContext(analysis, example_input, rules or default_target().quantization_rules(None))
+    for technique in registered():
+        technique.apply(compressed, candidate, context)
     _keep_transformer_layers_on_module_path(compressed)
     return compressed
 

@@ -2,13 +2,86 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from .._modules import set_submodule
-from ..space import Candidate, rank_for
+from ..core.modules import set_submodule
+from ..core.technique import ModelShapes, Technique, Variable, register
 
-__all__ = ["LowRank", "apply_factorization", "factorize", "full_rank"]
+__all__ = ["Factorize", "LowRank", "factorize", "full_rank", "rank_for"]
+
+DEFAULT_RATIOS = (1.0, 0.75, 0.5, 0.25)
+
+
+class Factorize(Technique):
+    """``rank/<layer>``: the kept rank as a share of the full rank; 1.0 leaves the layer whole."""
+
+    kind = "rank"
+    order = 40
+    position = 30
+    value_type = float
+    neutral = 1.0
+    option = "rank_ratios"
+    default_option = DEFAULT_RATIOS
+    ordered = True
+    in_every_candidate_json = True
+
+    def read_option(self, value):
+        ratios = tuple(value)
+        if not ratios or 1.0 not in ratios or any(not 0.0 < r <= 1.0 for r in ratios):
+            raise ValueError(f"rank_ratios must include 1.0 and lie in (0, 1], got rank_ratios={ratios}")
+        return ratios
+
+    def variables(self, analysis, options) -> list[Variable]:
+        out = []
+        for unit in analysis.layers:
+            useful = _params_saving_ratios(unit, options.rank_ratios) if unit.factorizable else ()
+            if len(useful) > 1:
+                out.append(Variable(self.kind, unit.name, useful))
+        return out
+
+    def apply(self, model, candidate, context) -> None:
+        for name, ratio in sorted(candidate.rank.items()):
+            try:
+                layer = model.get_submodule(name)
+            except AttributeError:
+                continue  # removed with a skipped block
+            rank = rank_for(ratio, full_rank(layer))
+            if rank is not None:
+                set_submodule(model, name, factorize(layer, rank))
+
+    def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
+        for name, shape in shapes.layers.items():
+            if analysis.layer(name).factorizable:
+                rank = rank_for(candidate.rank.get(name, 1.0), min(shape.out_channels, shape.fan_in))
+                shapes.layers[name] = shape.replace(rank=rank)
+
+    def repair_moves(self, var, value, share):
+        if value < 1.0:  # a factorized layer runs as two kernels: undoing it often saves time, always accuracy
+            yield 1.0, 0.0
+
+    def summary(self, values: dict) -> str | None:
+        factorized = sum(1 for v in values.values() if float(v) < 1.0)
+        return f"{factorized} layer{'' if factorized == 1 else 's'} low-rank" if factorized else None
+
+
+def rank_for(ratio: float, full_rank: int) -> int | None:
+    """The rank a ratio asks for, or None when the layer stays whole (ratio 1.0)."""
+    if ratio >= 1.0:
+        return None
+    return max(1, int(math.floor(ratio * full_rank + 0.5)))
+
+
+def _params_saving_ratios(unit, ratios: tuple[float, ...]) -> tuple[float, ...]:
+    """Rank ratios that make the two factors smaller than the layer (1.0 always stays)."""
+    k_h, k_w = unit.kernel_size
+    fan_in = unit.in_channels * k_h * k_w
+    full = min(unit.out_channels, fan_in)
+    kept = [r for r in sorted(set(ratios), reverse=True)
+            if r >= 1.0 or rank_for(r, full) * (fan_in + unit.out_channels) < unit.out_channels * fan_in]
+    return tuple(kept)
 
 
 class LowRank(nn.Sequential):
@@ -27,17 +100,6 @@ def full_rank(layer: nn.Module) -> int:
     if isinstance(layer, nn.Conv2d):
         return min(layer.out_channels, layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1])
     return min(layer.out_features, layer.in_features)
-
-
-def apply_factorization(model: nn.Module, candidate: Candidate, context) -> None:
-    for name, ratio in sorted(candidate.rank.items()):
-        try:
-            layer = model.get_submodule(name)
-        except AttributeError:
-            continue  # removed with a skipped block
-        rank = rank_for(ratio, full_rank(layer))
-        if rank is not None:
-            set_submodule(model, name, factorize(layer, rank))
 
 
 def factorize(layer: nn.Module, rank: int) -> LowRank:
@@ -67,3 +129,6 @@ def factorize(layer: nn.Module, rank: int) -> LowRank:
     if has_bias:
         expand.bias = nn.Parameter(layer.bias.detach().clone())
     return LowRank(reduce, expand)
+
+
+register(Factorize())

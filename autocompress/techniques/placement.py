@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._modules import forward_with_hooks, set_submodule
+from ..core.modules import forward_with_hooks, set_submodule
 from .quantizers import QuantizedLayer, QuantizedOutput
 
 __all__ = ["place_activation_quantizers"]

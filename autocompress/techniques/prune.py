@@ -6,13 +6,89 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..channel_groups import build_dependency_graph, keep_channels
-from ..space import Candidate
+from ..core.channel_groups import build_dependency_graph, keep_channels
+from ..core.technique import ModelShapes, Technique, Variable, register
 
-__all__ = ["apply_pruning"]
+__all__ = ["PruneChannels", "removed_channels"]
+
+DEFAULT_RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
-def apply_pruning(model: nn.Module, candidate: Candidate, context) -> None:
+class PruneChannels(Technique):
+    kind = "prune"
+    order = 30
+    position = 10
+    value_type = float
+    neutral = 0.0
+    option = "prune_ratios"
+    default_option = DEFAULT_RATIOS
+    ordered = True
+    in_every_candidate_json = True
+
+    def read_option(self, value):
+        ratios = tuple(value)
+        if not ratios or 0.0 not in ratios or any(not 0.0 <= r < 1.0 for r in ratios):
+            raise ValueError(f"prune_ratios must include 0.0 and lie in [0, 1), got prune_ratios={ratios}")
+        return ratios
+
+    def variables(self, analysis, options) -> list[Variable]:
+        ratios = tuple(sorted(options.prune_ratios))
+        if len(ratios) < 2:
+            return []
+        return [Variable(self.kind, g.id, ratios) for g in analysis.prunable_groups
+                if g.channels > options.channel_multiple]
+
+    def apply(self, model, candidate, context) -> None:
+        apply_pruning(model, candidate, context)
+
+    def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
+        removed = removed_channels(analysis, candidate)
+        if not removed:
+            return
+        for name, shape in shapes.layers.items():
+            unit = analysis.layer(name)
+            out_ch = unit.out_channels - removed.get((name, "out"), 0)
+            if unit.depthwise:
+                in_ch, groups = out_ch, out_ch
+            else:
+                in_ch, groups = unit.in_channels - removed.get((name, "in"), 0), unit.groups
+            shapes.layers[name] = shape.replace(in_channels=in_ch, out_channels=out_ch, groups=groups)
+        for name in shapes.norm_channels:
+            shapes.norm_channels[name] -= removed.get((name, "out"), 0)
+
+    def mac_share(self, analysis, unit: str) -> float:
+        total = max(1, sum(u.macs for u in analysis.layers))
+        macs = {u.name: u.macs for u in analysis.layers}
+        group = analysis.group(unit)
+        return sum(macs.get(m.module, 0) for m in group.members) / total
+
+    def repair_moves(self, var, value, share):
+        deeper = [c for c in sorted(var.choices) if c > value + 1e-9]
+        if deeper:  # one notch more, its damage the notch times the MAC share it cuts
+            yield deeper[0], (deeper[0] - value) * share
+
+    def summary(self, values: dict) -> str | None:
+        prune = [float(v) for v in values.values() if float(v) > 0]
+        if not prune:
+            return None
+        return f"{len(prune)} group{'' if len(prune) == 1 else 's'} pruned (mean {100 * sum(prune) / len(prune):.0f}%)"
+
+
+def removed_channels(analysis, candidate) -> dict[tuple[str, str], int]:
+    """(module, "out"/"in") -> channels or features the Candidate's pruning removes there."""
+    removed: dict[tuple[str, str], int] = {}
+    for group in analysis.prunable_groups:
+        ratio = candidate.prune.get(group.id, 0.0)
+        if ratio <= 0:
+            continue
+        cut = group.channels - keep_channels(group.channels, ratio, candidate.channel_multiple)
+        for m in group.members:
+            key = (m.module, m.direction)
+            removed[key] = removed.get(key, 0) + m.tied * cut // group.channels
+    return removed
+
+
+def apply_pruning(model: nn.Module, candidate, context) -> None:
     """Prune each group to ``keep_channels(n, ratio, multiple)`` channels, in place.
 
     Groups are traced again on ``model`` because NAS may have removed members; each group is
@@ -39,3 +115,6 @@ def apply_pruning(model: nn.Module, candidate: Candidate, context) -> None:
         if kept < channels:
             order = torch.argsort(importance(group), stable=True)
             group.prune(idxs=sorted(order[: channels - kept].tolist()))
+
+
+register(PruneChannels())

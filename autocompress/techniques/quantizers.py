@@ -1,7 +1,7 @@
 """Fake quantizers that compute what ONNX Runtime's int kernels will compute.
 
-8 and 4 bits: weights per output channel, symmetric (int8 in [-127, 127], or [-64, 64] where the
-CPU's int8 kernels saturate; int4 in [-7, 7]), inputs
+8 and 4 bits: weights per output channel, symmetric, in the target's ranges (``QuantizationRules``:
+int8 in [-127, 127], or [-64, 64] where the CPU's int8 kernels saturate; int4 in [-7, 7]), inputs
 per tensor, asymmetric uint8: the same formulas ORT's QDQ quantizer uses, so that calibrating both
 on the same batches gives the same scales. 4-bit layers keep 8-bit inputs (ORT has no 4-bit
 activations). 16 bits: weights stored as float16, computed in float32. Rounding goes through a
@@ -10,65 +10,42 @@ straight-through estimator, so the simulated model can be fine-tuned.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.target import QuantizationRules
+
 __all__ = ["QuantizedLayer", "QuantizedOutput", "ActivationQuantizer", "calibrate",
-           "fake_quantize_weight", "int8_weights_saturate", "weight_qrange", "weight_scale", "bias_rounding",
+           "fake_quantize_weight", "QuantizationRules", "weight_qrange", "weight_scale", "bias_rounding",
            "activation_qparams"]
 
 _EMA_MOMENTUM = 0.1  # how fast activation ranges follow the weights during fine-tuning
 
 
-def weight_qrange(bits: int) -> tuple[int, int]:
-    """Integer range of a symmetric weight quantizer.
-
-    int8 is ORT's own symmetric range, [-127, 127], or [-64, 64] (7 bits, ORT's ``reduce_range``)
-    on a CPU whose int8 kernels saturate (``int8_weights_saturate``). For int4 ORT would use
-    [-8, 7], whose scale maps the largest weight to exactly 7.5, a rounding tie that float noise in
-    BatchNorm folding breaks differently on each side; [-7, 7] maps it to 7, and export hands ORT
-    these scales.
-    """
-    if bits == 8 and int8_weights_saturate():
-        return (-64, 64)
-    return {8: (-127, 127), 4: (-7, 7)}[bits]
+def weight_qrange(bits: int, rules: QuantizationRules | None = None) -> tuple[int, int]:
+    """Integer range of a symmetric weight quantizer under ``rules`` (ORT's own by default)."""
+    return (rules or QuantizationRules()).weight_range(bits)
 
 
-@functools.lru_cache(maxsize=1)
-def int8_weights_saturate() -> bool:
-    """Whether ORT's int8 kernels on this CPU can saturate: x86 without VNNI. There ORT multiplies
-    uint8 inputs by int8 weights with VPMADDUBSW, which adds pairs of products in int16, and
-    255 x 127 x 2 overflows it; with 7-bit weights it cannot (255 x 64 x 2 < 32767). ORT's own
-    advice for such machines is 7-bit weights. On an AVX2-only EPYC, full-range int8 ResNet-18
-    agreed with its PyTorch simulation on 98.6% of digits, against 99% or more with VNNI. With
-    VNNI (and on ARM) the products add up in int32."""
-    from ..hardware.measure import machine_info
-
-    info = machine_info()
-    x86 = info.get("machine", "").lower() in ("x86_64", "amd64", "i686", "x86")
-    return x86 and not (info["isa"].get("avx512_vnni") or info["isa"].get("avx_vnni"))
-
-
-def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
+def weight_scale(weight: torch.Tensor, bits: int, qrange: tuple[int, int] | None = None) -> torch.Tensor:
     """Per-output-channel scale of a symmetric int weight quantizer, shaped to broadcast (ORT's rule)."""
-    qmin, qmax = weight_qrange(bits)
+    qmin, qmax = qrange or weight_qrange(bits)
     absmax = weight.detach().abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True)
     scale = (2.0 * absmax / (qmax - qmin)).to(weight.dtype)
     return torch.where(scale < torch.finfo(weight.dtype).tiny, torch.ones_like(scale), scale)
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+def fake_quantize_weight(weight: torch.Tensor, bits: int, qrange: tuple[int, int] | None = None) -> torch.Tensor:
     if bits >= 32:
         return weight
     if bits == 16:
         rounded = weight.detach().to(torch.float16).to(weight.dtype)
     else:
-        qmin, qmax = weight_qrange(bits)
-        scale = weight_scale(weight, bits)
+        qmin, qmax = qrange or weight_qrange(bits)
+        scale = weight_scale(weight, bits, (qmin, qmax))
         rounded = torch.clamp(torch.round(weight.detach() / scale), qmin, qmax) * scale
     return weight + (rounded - weight).detach()  # straight-through: gradients see the identity
 
@@ -141,7 +118,7 @@ class ActivationQuantizer(nn.Module):
 class QuantizedLayer(nn.Module):
     """A Conv2d or Linear run with fake-quantized weights (and inputs, at 8 and 4 bits)."""
 
-    def __init__(self, layer: nn.Module, bits: int) -> None:
+    def __init__(self, layer: nn.Module, bits: int, *, weight_range: tuple[int, int] | None = None) -> None:
         super().__init__()
         if bits not in (16, 8, 4):
             raise ValueError(f"bits must be 16, 8 or 4, got {bits=}")
@@ -149,6 +126,8 @@ class QuantizedLayer(nn.Module):
             raise TypeError(f"only Conv2d and Linear layers are quantized, got {type(layer).__name__}")
         self.layer = layer
         self.bits = bits
+        # the target's integer weight range (QuantizationRules); None at 16 bits
+        self.weight_range = (weight_range or weight_qrange(bits)) if bits <= 8 else None
         self.observing = False  # calibration runs the float layer
         self.input_quantizer = ActivationQuantizer() if bits <= 8 else None
         self.bias_folded_downstream = False  # set when a BatchNorm follows: its wrapper rounds the folded bias
@@ -158,13 +137,13 @@ class QuantizedLayer(nn.Module):
             x = self.input_quantizer(x)
         if self.observing:
             return self.layer(x)
-        weight = fake_quantize_weight(self.layer.weight, self.bits)
+        weight = fake_quantize_weight(self.layer.weight, self.bits, self.weight_range)
         bias = self.layer.bias
         # ORT runs 8/4-bit Conv and Gemm (a Linear on 2-D inputs) as int kernels with an int32 bias;
         # a Linear on 3-D inputs becomes MatMul + a float Add.
         int_kernel = self.bits <= 8 and (isinstance(self.layer, nn.Conv2d) or x.dim() == 2)
         if bias is not None and int_kernel and not self.bias_folded_downstream:
-            step = self.input_quantizer.last_scale * weight_scale(self.layer.weight, self.bits).flatten()
+            step = self.input_quantizer.last_scale * weight_scale(self.layer.weight, self.bits, self.weight_range).flatten()
             bias = bias + bias_rounding(bias, step)
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, weight, bias)
@@ -208,7 +187,7 @@ class QuantizedOutput(nn.Module):
         factor = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
         conv_bias = conv.layer.bias.detach() if conv.layer.bias is not None else torch.zeros_like(factor)
         folded_bias = factor * (conv_bias - bn.running_mean) + bn.bias.detach()
-        step = conv.input_quantizer.last_scale * weight_scale(conv.layer.weight, conv.bits).flatten() * factor.abs()
+        step = conv.input_quantizer.last_scale * weight_scale(conv.layer.weight, conv.bits, conv.weight_range).flatten() * factor.abs()
         return bias_rounding(folded_bias, step)
 
 

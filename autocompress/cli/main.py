@@ -1,0 +1,300 @@
+"""The command line: a thin layer over the API. Every user error is one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import AutocompressError
+from .arguments import _count, _parse_shape, _positive
+from .hardware_commands import _profile, _profile_defaults, _validate_predictor
+from .space_flags import add_space_flags, space_options_from_args
+
+__all__ = ["main"]
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.run(args)
+    except AutocompressError as exc:
+        print(f"autocompress: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable --out, a full disk: say which path
+        print(f"autocompress: error: {exc.strerror or exc} ({exc.filename or 'no path'}); "
+              "choose a writable --out folder", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autocompress: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autocompress", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inspect = sub.add_parser("inspect", help="list every compressible unit of a model")
+    _model_arguments(inspect)
+    inspect.add_argument("--input-shape", default="1,3,32,32", help="example input shape, e.g. 1,3,32,32")
+    inspect.add_argument("--json", action="store_true", help="print the full analysis and space as JSON")
+    add_space_flags(inspect)
+    inspect.set_defaults(run=_inspect)
+
+    apply = sub.add_parser("apply", help="apply one Candidate, export it to ONNX and check it against ORT")
+    _model_arguments(apply)
+    apply.add_argument("--candidate", required=True,
+                       help="a Candidate JSON file, uniform:RATIO[,fp16|int8|int4] (every group pruned at RATIO, "
+                            "every layer at those bits), or random[:SEED] for a random point of the space")
+    apply.add_argument("--dataset", default="digits", help="digits (default), cifar10 or imagefolder:PATH")
+    apply.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
+    apply.add_argument("--train-steps", type=_count, default=0,
+                       help="without --weights, train the baseline this many steps first (cached in --out)")
+    apply.add_argument("--finetune-steps", type=_count, default=0,
+                       help="fine-tune the compressed model this many steps before export (default 0)")
+    apply.add_argument("--out", required=True, type=Path, help="folder for candidate.json, model.onnx, report.json")
+    add_space_flags(apply)
+    apply.set_defaults(run=_apply)
+
+    profile = sub.add_parser("profile", help="measure a target's kernels and candidates, fit its latency predictor")
+    profile.add_argument("--target", default="ort-cpu", choices=["ort-cpu"],
+                         help="runtime and device: ort-cpu (ONNX Runtime, CPUExecutionProvider)")
+    profile.add_argument("--threads", type=_positive, default=None,
+                         help="intra-op threads (default 1; an existing --out folder keeps the plan it records)")
+    profile.add_argument("--out", type=Path, default=None,
+                         help="hardware model folder (default hardware_models/ort-cpu-<threads>t); an existing "
+                              "folder is resumed: its measurements are kept")
+    defaults = _profile_defaults()
+    profile.add_argument("--kernels", type=_positive, default=None,
+                         help=f"kernels to time (default {defaults.kernels})")
+    profile.add_argument("--heavy-kernels", type=_count, default=None,
+                         help=f"more kernels of the profiling models, drawn in proportion to their MACs: the big "
+                              f"ones that dominate a network's time (default {defaults.heavy_kernels})")
+    profile.add_argument("--candidates", type=_count, default=None,
+                         help=f"random whole candidates to time (default {defaults.candidates})")
+    profile.add_argument("--light-candidates", type=_count, default=None,
+                         help=f"lightly compressed candidates per model and input size, timed besides its "
+                              f"uncompressed model (default {defaults.light_candidates})")
+    profile.add_argument("--sweeps", type=_positive, default=None,
+                         help=f"time every whole candidate in this many sweeps, minutes apart, and keep the fastest "
+                              f"(default {defaults.sweeps}; a shared machine's cache makes one sweep unreliable)")
+    profile.add_argument("--max-minutes", type=float, default=None,
+                         help=f"stop measuring after this long and fit on what there is (default "
+                              f"{defaults.max_minutes:g}); rerun the same command to resume")
+    profile.add_argument("--add-validation", type=Path, action="append", default=[], metavar="VALIDATION",
+                         help="also fit on the candidates a validate-predictor run timed on this machine "
+                              "(its validation.json or folder; repeatable); validate again with a new --seed")
+    profile.set_defaults(run=_profile)
+
+    validate = sub.add_parser("validate-predictor",
+                              help="time random candidates end to end and score a hardware model's predictions")
+    validate.add_argument("hardware_model", type=Path, help="hardware model folder, e.g. hardware_models/ort-cpu-1t")
+    validate.add_argument("--model", action="append", required=True,
+                          help="model to draw candidates of (repeat for several)")
+    validate.add_argument("--input-shape", action="append", default=None,
+                          help="input shape N,3,H,W with H = W (repeat for several; default 1,3,32,32)")
+    validate.add_argument("--samples", type=_positive, default=100, help="candidates per model and shape (default 100)")
+    validate.add_argument("--seed", type=_count, default=1, help="seed of the candidate draws (default 1)")
+    validate.add_argument("--sweeps", type=_positive, default=None,
+                          help="time every candidate in this many sweeps, minutes apart, and keep the fastest "
+                               "(default: as many as the hardware model's profile used)")
+    validate.add_argument("--out", type=Path, default=None,
+                          help="folder for validation.json, .md and .png (default HARDWARE_MODEL/validation)")
+    validate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    validate.set_defaults(run=_validate_predictor)
+
+    search = sub.add_parser("search", help="joint multi-objective search under a latency budget (the main job)")
+    _model_arguments(search)
+    search.add_argument("--dataset", default="digits", help="digits (default), cifar10 or imagefolder:PATH")
+    search.add_argument("--budget", required=True, help="latency budget: 5ms, or 0.5x of the baseline's predicted "
+                        "latency")
+    search.add_argument("--trials", type=_positive, default=100,
+                        help="finished trials to reach, those already in the study included (default 100)")
+    search.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    search.add_argument("--out", required=True, type=Path,
+                        help="folder for the study, the baseline and the results; an existing search there resumes")
+    search.add_argument("--hardware", default="auto",
+                        help="hardware model folder, or auto (default): the one under hardware_models/ measured on a "
+                        "machine like this one (same CPU, ISA and ONNX Runtime)")
+    search.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="default nsga2")
+    search.add_argument("--seed", type=_count, default=0, help="sampler seed (default 0)")
+    search.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
+    search.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite in --out)")
+    search.add_argument("--train-steps", type=_count, default=400,
+                        help="without --weights, train the baseline this many steps first (cached in --out)")
+    search.add_argument("--finetune-steps", type=_positive, default=60,
+                        help="distillation steps per trial (default 60)")
+    search.add_argument("--no-warm-start", action="store_true", help="do not seed the study with uniform policies")
+    search.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="where fine-tunes run: in this process (default) or on Ray workers")
+    search.add_argument("--workers", type=_positive, default=None,
+                        help="Ray workers (default: the cluster's CPUs / --cpus-per-trial)")
+    search.add_argument("--ray-address", default=None,
+                        help="join an existing Ray cluster (auto, or HOST:PORT); default: start Ray locally")
+    search.add_argument("--cpus-per-trial", type=_positive, default=1, help="CPUs each Ray worker declares (default 1)")
+    search.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="GPUs each Ray worker declares (default: 1 when the cluster has GPUs, else 0)")
+    search.add_argument("--calibrate-host", action="store_true",
+                        help="first time 16 of the hardware model's measured candidates (about a minute) and predict "
+                        "at this host's speed now, not the profile's: the level a shared host drifts by between "
+                        "sessions (a resumed search keeps the level it started with)")
+    search.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_space_flags(search)
+    search.set_defaults(run=_search)
+
+    pareto = sub.add_parser("pareto", help="print the Pareto front of a search folder")
+    pareto.add_argument("dir", type=Path, help="the --out folder of a search")
+    pareto.add_argument("--json", action="store_true", help="print pareto.json")
+    pareto.set_defaults(run=_pareto)
+
+    export = sub.add_parser("export", help="fine-tune a front point longer, export it to ONNX, measure it, write its card")
+    export.add_argument("dir", type=Path, help="the --out folder of a search")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=_count, help="the trial number to export")
+    which.add_argument("--best-under", help="export the most accurate front point that measures under this latency "
+                       "(5ms, or 0.5x of the baseline measured beside it); the front points predicted near it are "
+                       "timed first")
+    export.add_argument("--out", required=True, type=Path, help="folder for model.onnx, weights.pt, card.json, card.md")
+    export.add_argument("--finetune-steps", type=_count, default=300, help="distillation steps (default 300)")
+    export.set_defaults(run=_export)
+    return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="torchvision name (resnet18, torchvision:mobilenet_v2) or package.module:factory")
+    parser.add_argument("--weights", type=Path, help="state dict file (loaded with weights_only=True)")
+    parser.add_argument("--num-classes", type=_count, default=None, help="classes of the model's head (default 10, "
+                        "or the data set's)")
+
+
+def _inspect(args) -> int:
+    from ..core.analysis import analyze
+    from ..core.space import Space, SpaceOptions
+    from ..train.models import resolve_model
+    from .inspection import format_inspection, inspection_rows, technique_rows
+
+    shape = _parse_shape(args.input_shape)
+    model = resolve_model(args.model, num_classes=args.num_classes or 10, weights=args.weights)
+    try:
+        analysis = analyze(model, torch.randn(shape))
+    except RuntimeError as exc:
+        raise AutocompressError(f"model {args.model!r} cannot run on an input of shape {shape} "
+                                f"({str(exc).splitlines()[0]}); fix --input-shape") from exc
+    space = Space(analysis, SpaceOptions.from_dict(space_options_from_args(args)))
+    if args.json:
+        print(json.dumps({"model": args.model, "analysis": analysis.to_dict(), "space": space.to_dict(),
+                          "techniques": technique_rows(space), "units": inspection_rows(analysis, space)}, indent=2))
+    else:
+        print(format_inspection(args.model, analysis, space))
+    return 0
+
+
+def _apply(args) -> int:
+    from ..export.apply import run_apply
+
+    report = run_apply(
+        model_spec=args.model, candidate_arg=args.candidate, dataset=args.dataset, input_size=args.input_size,
+        weights=args.weights, num_classes=args.num_classes, train_steps=args.train_steps,
+        finetune_steps=args.finetune_steps, out=args.out, space_options=space_options_from_args(args),
+    )
+    fp_c, fp_m = report["footprint_from_candidate"], report["footprint_from_model"]
+    base = report["baseline"]
+    print(f"candidate: {report['decisions']} decisions changed of {report['space_size']}; written to {args.out / 'candidate.json'}")
+    print(f"size: {fp_m['bytes']:,} bytes ({fp_m['bytes'] / base['bytes']:.3f}x baseline), params {fp_m['params']:,}, "
+          f"MACs {fp_m['macs']:,} ({fp_m['macs'] / base['macs']:.3f}x); candidate-only accounting "
+          f"{'agrees' if fp_c == fp_m else 'DISAGREES'}")
+    print(f"accuracy on {report['dataset']} validation: baseline {base['accuracy']:.4f}, compressed (PyTorch) "
+          f"{report['accuracy_torch']:.4f}, exported (ONNX Runtime) {report['accuracy_onnx']:.4f}; "
+          f"top-1 agreement {report['top1_agreement']:.4f}")
+    latency = report["latency_ms"]
+    print(f"ONNX Runtime latency (1 thread, median): baseline {latency['baseline']:.3f} ms, compressed "
+          f"{latency['compressed']:.3f} ms ({latency['compressed'] / latency['baseline']:.3f}x)")
+    print(f"ONNX: {report['onnx_path']} ({report['onnx_bytes']:,} bytes); layers by bits {report['onnx_nodes_by_bits']}")
+    return 0
+
+
+def _chosen_hardware(name: str) -> str:
+    """The hardware model folder a search records: "auto" is resolved here, once, so that resuming
+    and exporting use the folder this search started with."""
+    from ..hardware.store import AUTO, find_hardware_model
+
+    if name != AUTO:
+        return name
+    return str(find_hardware_model())  # recorded in search.json; a bad-input error stays one line
+
+
+def _search(args) -> int:
+    from ..train.finetune import DistillationConfig
+    from ..search.pareto import summary_table
+    from ..search.problem import ProblemSpec
+    from ..search.run import SearchSettings, run_search
+
+    spec = ProblemSpec(model=args.model, dataset=args.dataset, input_size=args.input_size,
+                       weights=str(args.weights) if args.weights else None, num_classes=args.num_classes,
+                       train_steps=args.train_steps, hardware=_chosen_hardware(args.hardware),
+                       space=space_options_from_args(args))
+    settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
+                              timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
+                              finetune=DistillationConfig(steps=args.finetune_steps),
+                              warm_start=not args.no_warm_start,
+                              executor="ray" if args.ray_address else args.executor, workers=args.workers,
+                              ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+                              gpus_per_trial=args.gpus_per_trial, calibrate_host=args.calibrate_host)
+    outcome = run_search(settings, progress=not args.quiet)
+    print(summary_table(outcome.front, budget_ms=outcome.budget_ms, baseline=outcome.baseline))
+    print("written: " + ", ".join(str(p) for p in outcome.files.values()))
+    best = outcome.best
+    if best is not None:
+        print(f"export the best under budget: autocompress export {args.out} --trial {best.number} "
+              f"--out {args.out / 'export'}")
+    return 130 if outcome.interrupted else 0
+
+
+def _pareto(args) -> int:
+    from ..search.folder import load_front
+    from ..search.pareto import TrialRecord, summary_table
+
+    front = load_front(args.dir)
+    if args.json:
+        print(json.dumps(front, indent=2))
+        return 0
+    points = [TrialRecord.from_dict(p) for p in front["points"]]
+    print(summary_table(points, budget_ms=front["budget_ms"], baseline=front["baseline"]))
+    return 0
+
+
+def _export(args) -> int:
+    from ..export.card import BUSY_LOAD, busy_warning, export_from_search
+
+    card = export_from_search(args.dir, args.out, trial=args.trial, best_under_budget=args.best_under,
+                              finetune_steps=args.finetune_steps)
+    lat, acc, selection = card["latency"], card["accuracy"], card["selection"]
+    if selection is not None:
+        within = sum(t["fits"] for t in selection["timed"])
+        print(f"chose trial {selection['chosen']} by measurement: {len(selection['timed'])} front points timed before "
+              f"fine-tuning, {within} within {selection['limit_ms']:.3f} ms (card.md lists them)")
+        if not selection["fits"]:
+            print("Warning: no front point measured within the budget; exported the fastest measured. Loosen "
+                  "--best-under or search longer.", file=sys.stderr)
+    print(f"trial {card['trial']}: latency predicted {lat['predicted_ms']:.3f} ms, measured {lat['measured_ms']:.3f} ms "
+          f"({100 * lat['prediction_error']:+.1f}%); baseline measured {lat['baseline_measured_ms']:.3f} ms "
+          f"({lat['ratio_to_baseline']:.2f}x); budget {card['budget_ms']:.3f} ms")
+    print(f"accuracy: baseline {100 * acc['baseline']:.2f}%, after {acc['finetune_steps']} steps "
+          f"{100 * acc['after_finetune_torch']:.2f}% (PyTorch), {100 * acc['after_finetune_onnx']:.2f}% (ONNX Runtime)")
+    print(f"written: {args.out / 'model.onnx'}, {args.out / 'weights.pt'}, {args.out / 'card.json'}, "
+          f"{args.out / 'card.md'}")
+    if lat["background_load"] > BUSY_LOAD:
+        print(busy_warning(lat["background_load"]), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

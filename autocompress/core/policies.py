@@ -1,0 +1,28 @@
+"""The simple hand policies (uniform pruning, int8 everywhere) as trial parameters of a Space:
+the search's warm starts, and candidates profiling times so the predictor knows them well."""
+
+from __future__ import annotations
+
+from .space import Space
+
+__all__ = ["WARM_START_RATIOS", "warm_start_policies"]
+
+WARM_START_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75)
+
+
+def warm_start_policies(space: Space) -> dict[str, dict]:
+    """The simple hand policies, as trial parameters: every layer int8, and uniform pruning + int8.
+
+    Uniform pruning in float is there too: on ORT's CPU kernels int8 is not always the faster
+    precision (MobileNet-V2's small depthwise convs at 32x32 run slower in int8)."""
+    neutral = {v.name: Space.neutral(v) for v in space.variables}
+    int8 = {v.name: 8 for v in space.variables if v.kind == "bits" and 8 in v.choices}
+    policies = {"int8": neutral | int8}
+    prune_vars = [v for v in space.variables if v.kind == "prune"]
+    for ratio in WARM_START_RATIOS:
+        if prune_vars and all(ratio in v.choices for v in prune_vars):
+            policies[f"uniform-{ratio:g}-int8"] = neutral | int8 | {v.name: ratio for v in prune_vars}
+    for ratio in WARM_START_RATIOS:
+        if prune_vars and all(ratio in v.choices for v in prune_vars):
+            policies[f"uniform-{ratio:g}-fp32"] = neutral | {v.name: ratio for v in prune_vars}
+    return policies

@@ -1,0 +1,155 @@
+"""The Technique interface, and the registry that the Space, Candidate, accounting, kernels,
+boundary repair, inspect and the front tables loop over.
+
+A technique is one module under ``autocompress/techniques/`` that subclasses ``Technique`` and
+registers one instance (in the spirit of torchao's config -> registered handler, and of an Olive
+pass that declares its own search space). Everything the rest of the product needs to know about
+it is said here, once:
+
+- ``variables``: its decisions for a given analysis (one ``Variable`` per unit it acts on);
+- ``neutral_value``: the value meaning "not compressed", which a Candidate may leave out;
+- ``apply``: edit a model copy in place;
+- ``reshape``: its effect on layer shapes (what accounting and the latency predictor read);
+- ``repair_moves``: how the budget walk may change one of its decisions to save latency;
+- ``summary`` and ``describe``: a few words for front tables and for ``inspect``.
+
+``registered()`` lists techniques in apply order (their ``order``): each acts on the shapes the
+earlier ones leave; a Space lists their variables in the order of their ``position``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Iterator
+
+from .modules import is_inside
+
+__all__ = ["LayerShape", "ModelShapes", "Technique", "Variable", "register", "registered", "technique"]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One decision: its name (``kind/unit``), the unit it acts on and the values it may take."""
+
+    kind: str
+    unit: str
+    choices: tuple
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}/{self.unit}"
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """A Conv2d/Linear layer as a Candidate leaves it: what pruning, kernel choice, rank, bits and
+    sparsity make of it. ``sparsity`` is the share of each weight tensor set to zero."""
+
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, int]
+    bits: int = 32
+    rank: int | None = None  # None: not factorized
+    sparsity: float = 0.0
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
+
+    def replace(self, **changes) -> "LayerShape":
+        return replace(self, **changes)
+
+
+@dataclass
+class ModelShapes:
+    """What a Candidate leaves of the analysed model, built by each technique's ``reshape`` in
+    registry order: each layer's shape, each norm's channel count, and the modules removed whole."""
+
+    layers: dict[str, LayerShape]
+    norm_channels: dict[str, int]
+    removed: list[str] = field(default_factory=list)  # module names removed with all they contain
+
+    def alive(self, name: str) -> bool:
+        return not any(is_inside(name, gone) for gone in self.removed)
+
+
+class Technique(ABC):
+    """One compression technique. Subclasses set the class attributes and implement ``variables``
+    and ``apply``; the other hooks default to "no effect"."""
+
+    kind: ClassVar[str]  # the Candidate field and the variables' prefix: "prune", "bits", ...
+    order: ClassVar[int]  # apply order, lowest first: each technique acts on what earlier ones leave
+    # Where its variables stand in a Space (and its words in a summary). Stable across releases:
+    # a seeded draw walks the variables in this order, so profiles and warm starts reproduce.
+    position: ClassVar[int] = 100
+    value_type: ClassVar[type]  # how a value is read from Candidate JSON: float, int or bool
+    neutral: ClassVar[Any] = None  # the "not compressed" value; None: each variable's first choice
+    option: ClassVar[str]  # the SpaceOptions keyword that sets which values its variables take
+    default_option: ClassVar[Any]  # that keyword's default
+    ordered: ClassVar[bool] = False  # values are ordered numbers: suggested as a stepped float
+    # The techniques of the first releases are written into every Candidate JSON, even when empty,
+    # so stored candidates (the keys of profile CSVs and studies) keep their exact text.
+    in_every_candidate_json: ClassVar[bool] = False
+
+    def read_option(self, value: Any) -> Any:
+        """Check a SpaceOptions value for this technique; raise ValueError naming it when wrong."""
+        return value
+
+    @abstractmethod
+    def variables(self, analysis, options) -> list[Variable]:
+        """Its decision variables for ``analysis`` under ``options`` (a SpaceOptions)."""
+
+    def neutral_value(self, var: Variable) -> Any:
+        return var.choices[0] if self.neutral is None else self.neutral
+
+    @abstractmethod
+    def apply(self, model, candidate, context) -> None:
+        """Apply the Candidate's decisions of this kind to ``model`` in place. ``context`` is an
+        ``ApplyContext``: the analysis, an example input and the target's quantization rules."""
+
+    def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
+        """Change ``shapes`` as this technique's decisions change the model (default: no effect)."""
+
+    def mac_share(self, analysis, unit: str) -> float:
+        """The share of the model's MACs a decision on ``unit`` touches (the budget walk's proxy
+        of accuracy damage). Default: the MACs of the layer named ``unit``."""
+        total = max(1, sum(u.macs for u in analysis.layers))
+        return sum(u.macs for u in analysis.layers if u.name == unit) / total
+
+    def repair_moves(self, var: Variable, value: Any, share: float) -> Iterator[tuple[Any, float]]:
+        """(new value, accuracy-damage proxy) for each change of ``var`` from ``value`` that may
+        save latency. Default: none (a technique that leaves latency alone)."""
+        return iter(())
+
+    def summary(self, values: dict) -> str | None:
+        """A few words on a Candidate's decisions of this kind, for front tables; None: nothing."""
+        return None
+
+    def describe(self, var: Variable) -> str:
+        """How ``inspect`` names this variable."""
+        return f"{self.kind} {{" + ",".join(str(c) for c in var.choices) + "}"
+
+
+_REGISTRY: dict[str, Technique] = {}
+
+
+def register(instance: Technique) -> Technique:
+    """Add a technique; registering the same kind again replaces it."""
+    if not isinstance(instance, Technique):
+        raise TypeError(f"register() takes a Technique instance, got {type(instance).__name__}")
+    _REGISTRY[instance.kind] = instance
+    return instance
+
+
+def registered(*, in_space_order: bool = False) -> list[Technique]:
+    """Every registered technique, in apply order (or in the order of their ``position``)."""
+    return sorted(_REGISTRY.values(), key=lambda t: t.position if in_space_order else t.order)
+
+
+def technique(kind: str) -> Technique:
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise KeyError(f"no technique {kind!r}; registered: {sorted(_REGISTRY)}") from None

@@ -1,0 +1,144 @@
+"""One Candidate end to end: baseline, apply, account, export, and check ORT against PyTorch.
+
+This is what `autocompress apply` runs; it is also the way to replay a Candidate from a bug
+report or from a search's Pareto front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.accounting import footprint_of_candidate, footprint_of_model
+from ..core.analysis import analyze
+from ..train.data import calibration_batches, load_dataset
+from ..errors import AutocompressError, InvalidCandidateError
+from ..hardware.onnx_export import export_and_compare, export_onnx
+from ..hardware import machine_info
+from ..hardware.measure import measure_interleaved
+from ..core.space import Candidate, Space, SpaceOptions
+from ..train.baseline import baseline_model
+from ..techniques import apply_candidate
+from ..train.training import predict, train_classifier
+
+__all__ = ["run_apply", "parse_candidate_arg", "resolve_candidate", "baseline_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UniformPolicy:
+    """The hand policy: every channel group pruned at one ratio, every layer at one bit width."""
+
+    ratio: float
+    bits: int
+
+
+def parse_candidate_arg(arg: str) -> Candidate | UniformPolicy | int:
+    """A Candidate JSON file, ``uniform:RATIO[,int8|int4|fp16]``, or the seed of ``random[:SEED]``.
+
+    Checked before any slow work starts, so a typo costs nothing.
+    """
+    if arg == "random" or arg.startswith("random:"):
+        seed_text = arg.partition(":")[2] or "0"
+        if not seed_text.isdigit():
+            raise InvalidCandidateError(f"--candidate {arg!r}: the seed must be a non-negative integer (random:7)")
+        return int(seed_text)
+    if arg.startswith("uniform:"):
+        ratio_text, _, bits_text = arg.partition(":")[2].partition(",")
+        bits = {"": 32, "fp32": 32, "fp16": 16, "int8": 8, "int4": 4}.get(bits_text)
+        try:
+            ratio = float(ratio_text)
+        except ValueError:
+            ratio = -1.0
+        if bits is None or not 0.0 <= ratio < 1.0:
+            raise InvalidCandidateError(f"--candidate {arg!r}: write uniform:RATIO[,BITS] with RATIO in [0, 1) and "
+                                        "BITS one of fp32, fp16, int8, int4 (uniform:0.5,int8)")
+        return UniformPolicy(ratio, bits)
+    path = Path(arg)
+    if not path.is_file():
+        raise InvalidCandidateError(f"--candidate {arg!r} is neither a file, uniform:RATIO[,BITS] nor random[:SEED]")
+    return Candidate.from_json(path.read_text())
+
+
+def resolve_candidate(parsed: Candidate | UniformPolicy | int, space: Space) -> Candidate:
+    if isinstance(parsed, int):
+        return space.sample(random.Random(parsed))
+    if isinstance(parsed, UniformPolicy):
+        parsed = Candidate(
+            prune={v.unit: parsed.ratio for v in space.variables if v.kind == "prune"},
+            bits={v.unit: parsed.bits for v in space.variables if v.kind == "bits"},
+            channel_multiple=space.options.channel_multiple,
+        )
+    space.validate(parsed)
+    return parsed
+
+
+def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", input_size: int = 32,
+              weights: Path | None = None, num_classes: int | None = None, train_steps: int = 0,
+              finetune_steps: int = 0, out: Path, space_options: dict | None = None) -> dict:
+    """Apply one Candidate (``parse_candidate_arg``) to a model, export it, and compare it with the
+    baseline exported and timed beside it. ``space_options``: SpaceOptions keywords as JSON."""
+    out = Path(out)
+    parsed = parse_candidate_arg(candidate_arg)
+    splits = load_dataset(dataset, image_size=input_size)
+    classes = num_classes or splits.num_classes
+    if classes < splits.num_classes:
+        raise AutocompressError(f"--num-classes {classes} is below the {splits.num_classes} classes of {dataset!r}")
+    model = baseline_model(model_spec, num_classes=classes, weights=weights, train_steps=train_steps,
+                           splits=splits, cache_dir=out)
+    example = splits.val[0][0].unsqueeze(0)
+    analysis = analyze(model, example)
+    space = Space(analysis, SpaceOptions.from_dict(space_options or {}))
+    candidate = resolve_candidate(parsed, space)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "candidate.json").write_text(json.dumps(candidate.to_dict(), indent=2, sort_keys=True))
+
+    compressed = apply_candidate(model, candidate, analysis, example)
+    if finetune_steps > 0:
+        # Plain fine-tuning through the simulated quantizers (straight-through estimator); the
+        # search adds distillation from the baseline on top of this.
+        train_classifier(compressed, splits.train, steps=finetune_steps, lr=1e-3, seed=1)
+    inputs, labels = splits.val.tensors
+    exported, logits_torch, logits_onnx = export_and_compare(
+        compressed, example, out / "model.onnx", inputs, calibration=calibration_batches(splits.train))
+    logits_torch, logits_onnx = torch.from_numpy(logits_torch), torch.from_numpy(logits_onnx)
+    base_fp = footprint_of_model(model, example)
+    baseline_onnx = export_onnx(model, example, out / "baseline.onnx").path
+    latency = _side_by_side_latency({"baseline": baseline_onnx, "compressed": exported.path}, tuple(example.shape))
+    report = {
+        "model": model_spec,
+        "dataset": splits.name,
+        "space_size": len(space),
+        "decisions": len(space.changed(candidate)),
+        "candidate": candidate.to_dict(),
+        "finetune_steps": finetune_steps,
+        "baseline": base_fp.to_dict() | {"accuracy": _accuracy(predict(model, inputs), labels)},
+        "footprint_from_candidate": footprint_of_candidate(analysis, candidate).to_dict(),
+        "footprint_from_model": footprint_of_model(compressed, example).to_dict(),
+        "accuracy_torch": _accuracy(logits_torch, labels),
+        "accuracy_onnx": _accuracy(logits_onnx, labels),
+        "top1_agreement": float((logits_torch.argmax(1) == logits_onnx.argmax(1)).float().mean()),
+        "onnx_path": str(exported.path),
+        "onnx_bytes": exported.file_bytes,
+        "onnx_nodes_by_bits": {str(b): len(n) for b, n in sorted(exported.nodes_by_bits.items())},
+        "latency_ms": latency,
+        "machine": machine_info(),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _side_by_side_latency(paths: dict[str, Path], shape: tuple[int, ...], passes: int = 3) -> dict:
+    """Median latency of each model over interleaved passes, so machine drift hits all alike."""
+    timings = measure_interleaved([(path, shape) for path in paths.values()], passes=passes, runs=30)
+    return {name: round(timing.median_ms, 4) for name, timing in zip(paths, timings)}
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())

@@ -1,0 +1,227 @@
+"""Export one point of a search's front: fine-tune it longer, write ONNX, measure it, write its card.
+
+The card puts what the search predicted beside what the exported model measures, with the
+baseline exported and timed the same way in the same run, so every ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from ..search.budget import Budget
+from .confirm import SLACK, choose_by_measurement
+from ..train.data import calibration_batches
+from ..errors import AutocompressError
+from ..hardware.onnx_export import export_and_compare, export_onnx
+from ..train.finetune import DistillationConfig
+from ..hardware import machine_info
+from ..hardware.measure import SWEEPS, measure_in_sweeps
+from ..search.pareto import TrialRecord, records_from_study
+from ..search.problem import build_problem, read_host_level, read_spec
+from ..search.folder import STUDY_NAME, SearchFolder
+from ..core.space import Candidate
+
+__all__ = ["BUSY_LOAD", "busy_warning", "choose_trial", "export_from_search", "write_card"]
+
+log = logging.getLogger(__name__)
+
+
+def choose_trial(records: list[TrialRecord], trial: int, search_dir: Path) -> TrialRecord:
+    """The finished, fine-tuned trial numbered ``trial`` among a search's records."""
+    chosen = next((r for r in records if r.number == trial), None)
+    if chosen is None or chosen.state != "complete" or chosen.status not in ("evaluated", "stopped_early"):
+        raise AutocompressError(f"--trial {trial} is not a finished, fine-tuned trial of {search_dir}; "
+                                f"`autocompress pareto {search_dir}` lists the front")
+    return chosen
+
+
+def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None, best_under_budget: str | None = None,
+                       finetune_steps: int = 300, passes: int = 15, runs: int = 30, sweeps: int = SWEEPS,
+                       pause_s: float = 20.0) -> dict:
+    """Rebuild the chosen candidate, fine-tune it ``finetune_steps`` steps, export and measure it.
+
+    ``trial``: that trial. ``best_under_budget`` (5ms or 0.5x): the most accurate front point that
+    *measures* within it, timed before any fine-tuning (``confirm.choose_by_measurement``)."""
+    search_dir, out = Path(search_dir), Path(out)
+    if (trial is None) == (best_under_budget is None):
+        raise AutocompressError("give exactly one of --trial N or --best-under LATENCY (5ms or 0.5x)")
+    budget = Budget.parse(best_under_budget, flag="--best-under") if best_under_budget is not None else None
+    records = records_from_study(_open_search_study(search_dir))
+    chosen = choose_trial(records, trial, search_dir) if trial is not None else None
+    settings = SearchFolder(search_dir).settings()
+    host_level = read_host_level(search_dir / "search.json")  # predict as the search did
+    problem = build_problem(read_spec(search_dir / "search.json"), cache_dir=search_dir, host_level=host_level)
+    selection = None
+    if budget is not None:
+        selection = choose_by_measurement(problem, records, budget, sweeps=sweeps, pause_s=pause_s, passes=passes,
+                                          runs=runs)
+        if selection is None:
+            raise AutocompressError(f"no front point of {search_dir} is predicted within {100 * SLACK:.0f}% of "
+                                    f"--best-under {budget} "
+                                    f"({budget.resolve(problem.baseline_ms):.3f} ms); loosen --best-under or run more "
+                                    "trials")
+        chosen = selection.chosen
+    candidate = Candidate.from_dict(chosen.candidate)
+    problem.space.validate(candidate)
+    config = replace(DistillationConfig(**_tuples(settings["finetune"])), steps=finetune_steps, checkpoints=())
+    student, result = problem.finetune(candidate, config)
+
+    out.mkdir(parents=True, exist_ok=True)
+    inputs, labels = problem.splits.val.tensors
+    exported, logits_torch, logits_onnx = export_and_compare(
+        student, problem.example, out / "model.onnx", inputs, calibration=calibration_batches(problem.splits.train))
+    torch.save(student.state_dict(), out / "weights.pt")
+    baseline_onnx = export_onnx(problem.baseline, problem.example, out / "baseline.onnx").path
+    shape = tuple(problem.example.shape)
+    (base_t, base_sweeps), (model_t, model_sweeps) = measure_in_sweeps(
+        [(baseline_onnx, shape), (exported.path, shape)], sweeps=sweeps, pause_s=pause_s, passes=passes, runs=runs)
+    predicted = problem.predict(candidate)
+    size = problem.size_bytes(candidate)
+    onnx_accuracy = float((torch.from_numpy(logits_onnx).argmax(1) == labels).float().mean())
+    card = {
+        "search": str(search_dir),
+        "trial": chosen.number,
+        "model": problem.spec.model,
+        "dataset": problem.spec.dataset,
+        "input_shape": list(shape),
+        "budget": settings["budget"],
+        "budget_ms": settings["budget_ms"],
+        "candidate": candidate.to_dict(),
+        "latency": {
+            "predicted_ms": predicted.ms,
+            "predicted_std_ms": predicted.std_ms,
+            "measured_ms": model_t.best_ms,
+            "measured_median_ms": model_t.median_ms,
+            "measured_p90_ms": model_t.p90_ms,
+            "measured_sweeps_ms": model_sweeps,
+            "prediction_error": predicted.ms / model_t.best_ms - 1.0,
+            "baseline_predicted_ms": problem.baseline_ms,
+            # what predictions were scaled by: the host's level when the search started (1: the profile's)
+            "host_level": problem.hardware.level,
+            "baseline_measured_ms": base_t.best_ms,
+            "baseline_measured_median_ms": base_t.median_ms,
+            "baseline_measured_sweeps_ms": base_sweeps,
+            "ratio_to_baseline": model_t.best_ms / base_t.best_ms,
+            "measured_over_budget": model_t.best_ms / settings["budget_ms"],
+            "protocol": f"ONNX Runtime {model_t.provider}, {model_t.threads} thread(s), {sweeps} sweeps {pause_s:g} s "
+                        f"apart, each {passes} interleaved passes of {runs} runs; measured = fastest run of all, as "
+                        "the hardware model is fit",
+            "background_load": model_t.background_load,
+        },
+        "accuracy": {
+            "baseline": problem.baseline_accuracy,
+            "search_finetune": chosen.accuracy,
+            "search_finetune_steps": chosen.finetune_steps,
+            # PyTorch after export: its quantizers now carry ORT's calibration, as weights.pt does
+            "after_finetune_torch": float((torch.from_numpy(logits_torch).argmax(1) == labels).float().mean()),
+            "after_finetune_torch_before_export": result.accuracy,
+            "after_finetune_onnx": onnx_accuracy,
+            "finetune_steps": finetune_steps,
+            "top1_agreement_torch_onnx": float((logits_torch.argmax(1) == logits_onnx.argmax(1)).mean()),
+            "drop_points": 100 * (problem.baseline_accuracy - onnx_accuracy),
+        },
+        "size": {
+            "bytes": size,
+            "baseline_bytes": problem.baseline_bytes,
+            "ratio_to_baseline": size / problem.baseline_bytes,
+            "onnx_file_bytes": exported.file_bytes,
+            # ONNX stores every weight dense: zipped is what a download costs (sparse weights pay off there)
+            "onnx_zipped_bytes": exported.zipped_bytes,
+        },
+        "onnx_nodes_by_bits": {str(b): len(n) for b, n in sorted(exported.nodes_by_bits.items())},
+        "files": {"model": "model.onnx", "weights": "weights.pt", "baseline": "baseline.onnx"},
+        "machine": machine_info(),
+        # how --best-under chose: the front points timed before fine-tuning, most accurate first
+        "selection": selection.to_dict() if selection is not None else None,
+    }
+    write_card(out, card)
+    return card
+
+
+def write_card(out: Path, card: dict) -> None:
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    lat, acc, size = card["latency"], card["accuracy"], card["size"]
+    lines = [
+        f"# {card['model']} on {card['dataset']}: trial {card['trial']} of {card['search']}",
+        "",
+        f"Budget {card['budget']} = {card['budget_ms']:.3f} ms (predicted baseline latency "
+        f"{lat['baseline_predicted_ms']:.3f} ms).",
+        "",
+        "| | predicted | measured | baseline (measured) | ratio to baseline |",
+        "|---|---|---|---|---|",
+        f"| latency (ms) | {lat['predicted_ms']:.3f} ± {lat['predicted_std_ms']:.3f} | {lat['measured_ms']:.3f} "
+        f"(median {lat['measured_median_ms']:.3f}) | {lat['baseline_measured_ms']:.3f} | "
+        f"{lat['ratio_to_baseline']:.2f}x |",
+        f"| size (KB) | {size['bytes'] / 1024:.1f} | ONNX file {size['onnx_file_bytes'] / 1024:.1f}, zipped "
+        f"{size.get('onnx_zipped_bytes', 0) / 1024:.1f} | "
+        f"{size['baseline_bytes'] / 1024:.1f} | {size['ratio_to_baseline']:.2f}x |",
+        "",
+        f"Prediction error: {100 * lat['prediction_error']:+.1f}% of the measured latency; measured latency is "
+        f"{lat['measured_over_budget']:.2f}x the budget."
+        + (f" Predictions are at the host's level when the search started ({lat['host_level']:.3f}x the hardware "
+           "model's, `--calibrate-host`)." if lat.get("host_level", 1.0) != 1.0 else ""),
+        "",
+        *_selection_lines(card.get("selection")),
+        "| accuracy | value |",
+        "|---|---|",
+        f"| baseline | {100 * acc['baseline']:.2f}% |",
+        f"| after the search's fine-tune ({acc['search_finetune_steps']} steps) | "
+        f"{100 * (acc['search_finetune'] or 0):.2f}% |",
+        f"| after {acc['finetune_steps']} steps, PyTorch | {100 * acc['after_finetune_torch']:.2f}% |",
+        f"| after {acc['finetune_steps']} steps, ONNX Runtime | {100 * acc['after_finetune_onnx']:.2f}% "
+        f"(top-1 agreement with PyTorch {100 * acc['top1_agreement_torch_onnx']:.1f}%) |",
+        "",
+        f"Measurement: {lat['protocol']}. Machine: {card['machine'].get('cpu')}.",
+        "",
+        *([busy_warning(lat["background_load"]), ""] if lat["background_load"] > BUSY_LOAD else []),
+        "To rebuild in PyTorch: `apply_candidate(baseline, Candidate.from_dict(card['candidate']), analysis, example)`, "
+        "then `load_state_dict(torch.load('weights.pt', weights_only=True))`.",
+        "",
+    ]
+    (out / "card.md").write_text("\n".join(lines))
+
+
+def _selection_lines(selection: dict | None) -> list[str]:
+    """How --best-under chose: the front points timed before fine-tuning, most accurate first."""
+    if not selection:
+        return []
+    verdict = ("the most accurate that measured within the budget" if selection["fits"] else
+               "none measured within the budget, so the fastest measured; loosen --best-under or search longer")
+    lines = [f"Chosen by measurement: trial {selection['chosen']}, {verdict}. Front points predicted up to "
+             f"{100 * selection['slack']:.0f}% over the budget were exported untrained and timed beside the baseline; "
+             f"the limit is the budget less {100 * selection['margin']:.0f}% for measurement noise:",
+             "", "| trial | search accuracy | predicted (ms) | measured (ms) | limit (ms) | within |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {t['trial']} | {100 * t['accuracy']:.2f}% | {t['predicted_ms']:.3f} | {t['measured_ms']:.3f} | "
+              f"{t['limit_ms']:.3f} | {'yes' if t['fits'] else 'no'} |" for t in selection["timed"]]
+    return lines + [""]
+
+
+BUSY_LOAD = 0.25  # other cores busier than this while timing: the measured figures are suspect
+
+
+def busy_warning(load: float) -> str:
+    return (f"Warning: the machine's other cores were {100 * load:.0f}% busy while timing; interference only adds "
+            "time, so the measured latencies may be too high. Re-run the export on an idle machine.")
+
+
+def _open_search_study(search_dir: Path) -> optuna.Study:
+    storage = SearchFolder(search_dir).storage()
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    except KeyError as exc:
+        raise AutocompressError(f"{search_dir}: its study is missing from {storage}; rerun the search") from exc
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise AutocompressError(f"{search_dir}: no trial has finished yet; let the search run longer")
+    return study
+
+
+def _tuples(config: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}

@@ -1,0 +1,133 @@
+"""The search folder: one object that knows every file a search writes and reads there.
+
+``search.json`` (what was searched: the problem, budget, fine-tune settings, host level),
+``study.db`` (the Optuna study, the one source of truth for trials, unless the search names
+another storage), the results (``pareto.csv``, ``pareto.json``, ``trials.csv``, ``pareto.png``,
+``pareto.html``) and the cached baseline. Search, pareto, export and the CLI go through here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import AutocompressError, ResultsError
+from .pareto import (_FRONT_COLUMNS, _TRIAL_COLUMNS, PARETO_JSON_SCHEMA, TrialRecord, _check_baseline, best_under,
+                     pareto_front)
+
+__all__ = ["STUDY_NAME", "SearchFolder", "load_front", "write_results"]
+
+STUDY_NAME = "autocompress"
+RESULT_FILES = ("pareto.csv", "pareto.json", "trials.csv", "pareto.png", "pareto.html")
+
+
+@dataclass(frozen=True)
+class SearchFolder:
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def search_json(self) -> Path:
+        return self.path / "search.json"
+
+    @property
+    def default_storage(self) -> str:
+        """The SQLite study inside the folder (absolute, so it opens from any working directory)."""
+        return f"sqlite:///{(self.path / 'study.db').resolve()}"
+
+    def settings(self) -> dict:
+        """search.json as written; a one-line error when the folder holds no search."""
+        if not self.search_json.is_file():
+            raise AutocompressError(f"{self.path} holds no search (no search.json); run `autocompress search ... "
+                                    f"--out {self.path}` first")
+        try:
+            return json.loads(self.search_json.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AutocompressError(f"{self.search_json} is unreadable ({exc}); point at a folder written by "
+                                    "`autocompress search --out DIR`") from exc
+
+    def storage(self) -> str:
+        """Where the study lives: the storage the search recorded, else the folder's own study.db."""
+        return self.settings().get("storage") or self.default_storage
+
+    def write_results(self, records: Sequence[TrialRecord], *, budget_ms: float | None,
+                      baseline: Mapping[str, Any]) -> dict[str, Path]:
+        return write_results(self.path, records, budget_ms=budget_ms, baseline=baseline)
+
+    def load_front(self) -> dict[str, Any]:
+        return load_front(self.path)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in columns})
+
+
+def _front_row(r: TrialRecord, baseline: Mapping[str, Any]) -> dict[str, Any]:
+    # Every TrialRecord field, so TrialRecord.from_dict(point) rebuilds the record exactly.
+    return {**r.to_dict(), "size_ratio": r.size_bytes / baseline["size_bytes"],
+            "latency_ratio": r.latency_ms / baseline["latency_ms"]}
+
+
+def write_results(
+    out_dir: str | Path, records: Sequence[TrialRecord], *, budget_ms: float | None, baseline: Mapping[str, Any],
+) -> dict[str, Path]:
+    """Write pareto.csv/.json, trials.csv, pareto.png and pareto.html into out_dir; returns file name -> path."""
+    _check_baseline(baseline)
+    out = Path(out_dir)
+    front = pareto_front(records)
+    best = best_under(front, budget_ms)
+    paths = {name: out / name for name in RESULT_FILES}
+    rows = [_front_row(r, baseline) for r in front]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        compact = [{**row, "candidate": json.dumps(row["candidate"], sort_keys=True, separators=(",", ":"))}
+                   for row in rows]
+        _write_csv(paths["pareto.csv"], _FRONT_COLUMNS, compact)
+        _write_csv(paths["trials.csv"], _TRIAL_COLUMNS, [r.to_dict() for r in records])
+        document = {
+            "schema": PARETO_JSON_SCHEMA, "budget_ms": budget_ms,
+            "baseline": {"accuracy": float(baseline["accuracy"]), "latency_ms": float(baseline["latency_ms"]),
+                         "size_bytes": int(baseline["size_bytes"])},
+            "best_under_budget": None if best is None else best.number, "n_trials": len(records), "points": rows,
+        }
+        paths["pareto.json"].write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        from .plots import plot_html, plot_png  # matplotlib and plotly load only when plotting
+
+        plot_png(paths["pareto.png"], records, front, best, budget_ms, baseline)
+        plot_html(paths["pareto.html"], records, front, budget_ms, baseline)
+    except OSError as exc:
+        raise ResultsError(f"cannot write results into {out} ({exc.strerror or exc}); pass a writable --out folder") \
+            from exc
+    return paths
+
+
+def load_front(out_dir: str | Path) -> dict[str, Any]:
+    """pareto.json of a search folder, as written: budget_ms, baseline, best_under_budget, n_trials, points.
+
+    Each point is a TrialRecord's fields plus size_ratio and latency_ratio; ``TrialRecord.from_dict``
+    turns it back into a record for ``summary_table``.
+    """
+    path = Path(out_dir) / "pareto.json"
+    fix = f"run `autocompress search ... --out {out_dir}` first"
+    if not path.is_file():
+        raise ResultsError(f"no search results in {out_dir}: {path.name} is missing; {fix}")
+    try:
+        document = json.loads(path.read_text())
+        for point in document["points"]:
+            TrialRecord.from_dict(point)  # checked here so callers meet one error, naming the file
+        _check_baseline(document["baseline"])
+        if "budget_ms" not in document:  # present even without a budget (null)
+            raise KeyError("budget_ms")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ResultsError(f"{path} is unreadable or incomplete ({type(exc).__name__}: {exc}); {fix}") from exc
+    return document

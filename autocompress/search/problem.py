@@ -1,0 +1,163 @@
+"""What every trial of a search needs, built once: the baseline, data, analysis, space and hardware model.
+
+``SearchProblem`` is the worker's view of a search. It evaluates one Candidate (apply it to the
+baseline, fine-tune with distillation, return the held-out accuracy) and knows nothing about Optuna,
+so the same object serves the local loop, a Ray worker, ``autocompress export`` and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..core.accounting import footprint_of_candidate
+from ..core.analysis import ModelAnalysis, analyze
+from ..train.baseline import baseline_model
+from ..train.data import DatasetSplits, calibration_batches, load_dataset
+from ..errors import AutocompressError
+from ..train.finetune import DistillationConfig, FinetuneResult, distill, evaluate_accuracy, teacher_logits
+from ..hardware import HardwareModel, LatencyPrediction, find_hardware_model, load_hardware_model
+from ..hardware.host_level import HostLevel
+from ..hardware.store import AUTO, SHIPPED_MODELS
+from ..core.space import Candidate, Space, SpaceOptions
+from ..techniques import apply_candidate
+
+__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "read_host_level", "read_spec"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """The inputs that define what is searched: two searches with equal specs are comparable."""
+
+    model: str
+    dataset: str = "digits"
+    input_size: int = 32
+    weights: str | None = None
+    num_classes: int | None = None
+    train_steps: int = 400  # baseline training when no weights are given
+    hardware: str = AUTO  # a hardware model folder, or "auto": one measured on a machine like this one
+    # SpaceOptions keywords that differ from the defaults, e.g. {"sparsity_ratios": [0.0, 0.5, 0.9]}
+    space: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            self.space_options()
+        except (TypeError, ValueError) as exc:
+            raise AutocompressError(f"space options {self.space}: {exc}") from exc
+
+    def space_options(self) -> SpaceOptions:
+        return SpaceOptions.from_dict(self.space)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        if not self.space:
+            del out["space"]  # so the identity of a search from before space options stays the same
+        return out
+
+
+@dataclass
+class SearchProblem:
+    spec: ProblemSpec
+    splits: DatasetSplits
+    baseline: torch.nn.Module
+    example: torch.Tensor
+    analysis: ModelAnalysis
+    space: Space
+    hardware: HardwareModel
+    soft_targets: torch.Tensor
+    calibration: list[torch.Tensor]
+    baseline_ms: float
+    baseline_accuracy: float
+    baseline_bytes: int
+    device: str = "cpu"
+
+    def predict(self, candidate: Candidate) -> LatencyPrediction:
+        return self.hardware.predict_candidate(self.analysis, candidate)
+
+    def size_bytes(self, candidate: Candidate) -> int:
+        return footprint_of_candidate(self.analysis, candidate).bytes
+
+    def build(self, candidate: Candidate) -> torch.nn.Module:
+        return apply_candidate(self.baseline, candidate, self.analysis, self.example,
+                               rules=self.hardware.quantization_rules)
+
+    def finetune(self, candidate: Candidate, config: DistillationConfig, *,
+                 should_stop: Callable[[int, float], bool] | None = None) -> tuple[torch.nn.Module, FinetuneResult]:
+        """Build ``candidate`` and fine-tune it with distillation from the baseline."""
+        student = self.build(candidate)
+        result = distill(student, self.splits.train, self.splits.val, self.soft_targets, config=config,
+                         calibration=self.calibration, should_stop=should_stop, device=self.device)
+        return student.cpu(), result
+
+    def baseline_summary(self) -> dict:
+        return {"accuracy": self.baseline_accuracy, "latency_ms": self.baseline_ms, "size_bytes": self.baseline_bytes}
+
+
+def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu",
+                  host_level: HostLevel | None = None) -> SearchProblem:
+    """Load the data and hardware model, and train (or load) the baseline, cached in ``cache_dir``.
+    ``host_level``: predict at that level of the host (``hardware.host_level``), not the profile's."""
+    hardware_dir = hardware_folder(spec.hardware)
+    splits = load_dataset(spec.dataset, image_size=spec.input_size)
+    classes = spec.num_classes or splits.num_classes
+    if classes < splits.num_classes:
+        raise AutocompressError(f"--num-classes {classes} is below the {splits.num_classes} classes of "
+                                f"{spec.dataset!r}")
+    baseline = baseline_model(spec.model, num_classes=classes, weights=Path(spec.weights) if spec.weights else None,
+                              train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir))
+    baseline.eval()
+    example = splits.val[0][0].unsqueeze(0)
+    analysis = analyze(baseline, example)
+    space = Space(analysis, spec.space_options())
+    hardware = load_hardware_model(hardware_dir)
+    if host_level is not None:
+        hardware = hardware.at_level(host_level.ratio)
+    return SearchProblem(
+        spec=spec, splits=splits, baseline=baseline, example=example, analysis=analysis, space=space,
+        hardware=hardware, soft_targets=teacher_logits(baseline, splits.train),
+        calibration=calibration_batches(splits.train),
+        baseline_ms=hardware.predict_candidate(analysis, space.default()).ms,
+        baseline_accuracy=evaluate_accuracy(baseline, splits.val),
+        baseline_bytes=footprint_of_candidate(analysis, space.default()).bytes,
+        device=device,
+    )
+
+
+def hardware_folder(name: str) -> Path:
+    """``name`` as given; for "auto", ``find_hardware_model``'s pick; for a relative name not found
+    here, the hardware model shipped beside the package (so ``hardware_models/ort-cpu-1t`` works
+    from any working directory). Raises a one-line error unless it is a hardware model folder."""
+    if name == AUTO:
+        return find_hardware_model()
+    path = Path(name)
+    shipped = SHIPPED_MODELS.parent / path
+    if not path.is_absolute() and not (path / "metadata.json").is_file() and (shipped / "metadata.json").is_file():
+        return shipped
+    if not (path / "metadata.json").is_file():
+        raise AutocompressError(f"--hardware {name!r} is not a hardware model folder; pass one written by "
+                                "`autocompress profile`, e.g. hardware_models/ort-cpu-1t, or auto")
+    return path
+
+
+def read_host_level(path: Path) -> HostLevel | None:
+    """The host level a search recorded in its search.json (``search --calibrate-host``), if any."""
+    try:
+        recorded = json.loads(path.read_text()).get("host_level")
+    except (OSError, json.JSONDecodeError):
+        return None  # read_spec explains a missing or broken search.json
+    return HostLevel.from_dict(recorded) if recorded else None
+
+
+def read_spec(path: Path) -> ProblemSpec:
+    try:
+        return ProblemSpec(**json.loads(path.read_text())["problem"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise AutocompressError(f"{path} does not describe a search ({exc}); point at a folder written by "
+                                "`autocompress search --out DIR`") from exc

@@ -1,0 +1,300 @@
+"""The search: one Optuna multi-objective study per output folder, its warm start and its resumption.
+
+Objectives: accuracy (max), predicted latency (min), size in bytes (min); the latency budget is
+a constraint (``Trial.set_constraint``), so NSGA-II and TPE prefer feasible trials. A trial:
+
+1. the sampler proposes a Candidate; the hardware model predicts its latency, the accounting its size;
+2. over budget: told at once with accuracy 0 (milliseconds, no fine-tune), and a repaired copy
+   that fits (see ``boundary``) is queued as the next trial;
+3. otherwise a short distillation fine-tune (stopped early when hopeless, see ``stopping``) gives
+   the held-out accuracy.
+
+The ask-evaluate-tell loop lives in ``driver``; fine-tunes run on an executor (in this process, or
+on a Ray cluster). The study (SQLite in the output folder, or any Optuna storage URL) is the one
+source of truth:
+running the same command again reopens it, keeps every finished trial, and fails and retries the
+trials a killed process left running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import random
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from optuna.trial import TrialState
+
+from .budget import Budget
+from .driver import TrialDriver, candidate_params, queue_retry, retry_decision
+from ..errors import AutocompressError
+from .executors import Executor, LocalExecutor, WorkerLost
+from ..train.finetune import DistillationConfig
+from ..core.policies import warm_start_policies
+from .folder import STUDY_NAME, SearchFolder
+from .pareto import TrialRecord, best_under, pareto_front, records_from_study
+from ..hardware import load_hardware_model
+from ..hardware.host_level import REFERENCES, HostLevel, measure_host_level
+from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder, read_host_level
+from ..core.space import Space
+
+__all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "open_study", "run_search"]
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("nsga2", "tpe", "random")
+OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")  # maximised, minimised, minimised
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    problem: ProblemSpec
+    budget: str
+    out: Path
+    trials: int = 100
+    timeout_s: float | None = None
+    sampler: str = "nsga2"
+    seed: int = 0
+    storage: str | None = None  # default: SQLite in ``out``
+    finetune: DistillationConfig = field(default_factory=DistillationConfig)
+    warm_start: bool = True
+    repair: bool = True
+    executor: str = "local"  # or "ray"
+    workers: int | None = None  # Ray actors (default: the cluster's CPUs / cpus_per_trial)
+    ray_address: str | None = None  # join this cluster ("auto", "host:port"); default: start Ray locally
+    cpus_per_trial: int = 1
+    gpus_per_trial: float | None = None  # default: 1 when the cluster has GPUs, else 0
+    # Time the hardware model's reference candidates first and predict at this host's speed now
+    # (``hardware.host_level``); a resumed search keeps the level it started with.
+    calibrate_host: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise AutocompressError(f"--sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if self.trials < 1:
+            raise AutocompressError(f"--trials {self.trials}: give at least 1")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise AutocompressError(f"--timeout {self.timeout_s}: give a positive number of seconds")
+        Budget.parse(self.budget)
+        if self.executor not in ("local", "ray"):
+            raise AutocompressError(f"--executor {self.executor!r} is not one of local, ray")
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise AutocompressError("--executor ray needs Ray, an optional extra: pip install 'autocompress[ray]'")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise AutocompressError(f"--gpus-per-trial {self.gpus_per_trial}: give 0 or more")
+        if self.workers is not None and self.workers < 1 or self.cpus_per_trial < 1:
+            raise AutocompressError(f"--workers {self.workers} / --cpus-per-trial {self.cpus_per_trial}: give at "
+                                    "least 1")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or SearchFolder(self.out).default_storage
+
+    def identity(self) -> dict:
+        """What must match for a run to resume a study (trials, timeout and storage may change)."""
+        return {"problem": self.problem.to_dict(), "budget": self.budget, "finetune": asdict(self.finetune)}
+
+
+@dataclass
+class SearchOutcome:
+    records: list[TrialRecord]
+    front: list[TrialRecord]
+    budget_ms: float
+    baseline: dict
+    files: dict[str, Path]
+    interrupted: bool = False
+
+    @property
+    def best(self) -> TrialRecord | None:
+        return best_under(self.front, self.budget_ms)
+
+
+def run_search(settings: SearchSettings, *, progress: bool = True, problem: SearchProblem | None = None,
+               executor: Executor | None = None) -> SearchOutcome:
+    """Run (or resume) the search described by ``settings``; write its results into ``settings.out``.
+
+    ``executor`` evaluates the fine-tunes (default: one at a time in this process; see
+    ``autocompress.executors.RayExecutor`` for a cluster)."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resumable(out / "search.json", settings)
+    budget = Budget.parse(settings.budget)
+    if problem is None:
+        hardware_folder(settings.problem.hardware)  # a bad --hardware fails before the study is created
+    study = open_study(settings)  # a bad --storage fails here, before the baseline trains
+    if executor is None and settings.executor == "ray" and settings.ray_address:
+        from .executors.ray_pool import check_ray_address
+
+        check_ray_address(settings.ray_address)  # and so does a dead --ray-address
+    host_level = None
+    if problem is None:
+        host_level = _host_level(out / "search.json", settings)
+        problem = build_problem(settings.problem, cache_dir=out, host_level=host_level)
+    budget_ms = budget.resolve(problem.baseline_ms)
+    _write_search_json(out / "search.json", settings, problem, budget_ms, host_level)
+    _fail_stale_trials(study)
+    if settings.warm_start and not study.user_attrs.get("warm_started"):
+        for name, params in warm_start_policies(problem.space).items():
+            study.enqueue_trial(params, user_attrs={"origin": f"warm_start:{name}"})
+        for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
+            study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
+        study.set_user_attr("warm_started", True)
+    own_executor = executor is None
+    executor = executor or make_executor(settings, problem)
+    interrupted, cluster_lost = False, None
+    try:
+        TrialDriver(settings, problem, study, budget_ms, executor).run(progress=progress)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: the trials in flight are marked failed and will be retried on resume")
+    except WorkerLost as exc:  # the executor has no worker left at all
+        cluster_lost = exc
+    finally:
+        if own_executor:
+            executor.close()
+    records = records_from_study(study)
+    files = SearchFolder(out).write_results(records, budget_ms=budget_ms, baseline=problem.baseline_summary())
+    if cluster_lost is not None:
+        raise AutocompressError(f"{cluster_lost}; the results so far are in {out}: add workers or nodes and rerun "
+                                "the same command to resume")
+    return SearchOutcome(records, pareto_front(records), budget_ms, problem.baseline_summary(), files, interrupted)
+
+
+def make_executor(settings: SearchSettings, problem: SearchProblem) -> Executor:
+    if settings.executor == "local":
+        return LocalExecutor(problem)
+    from .executors.ray_pool import RayExecutor
+
+    return RayExecutor(problem, workers=settings.workers, address=settings.ray_address,
+                       cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=settings.gpus_per_trial)
+
+
+def open_study(settings: SearchSettings) -> optuna.Study:
+    """Create or reopen the study; the sampler's seed moves on with the trials already there, so a
+    resumed run does not propose the first run's points again."""
+    storage = settings.storage_url
+    try:
+        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
+                                    directions=["maximize", "minimize", "minimize"])
+    except (ValueError, ImportError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise AutocompressError(f"--storage {storage!r} cannot be opened ({exc}); give an Optuna storage URL such as "
+                                "sqlite:///study.db or postgresql://user@host/db") from exc
+    if study.metric_names is None:  # named once, so optuna-dashboard shows what each objective is
+        study.set_metric_names(list(OBJECTIVES))
+    study.sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)),
+                                 settings.trials)
+    return study
+
+
+def population_size(trials: int) -> int:
+    """NSGA-II's generation size: several generations even in a 100-trial search (Optuna's 50 would
+    leave two)."""
+    return max(8, min(50, trials // 4))
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population_size(trials), seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=min(10, max(2, trials // 5)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def sparse_random_starts(space: Space, count: int, seed: int) -> list[dict]:
+    """Random candidates that change only some decisions (density 0.15 to 0.6), as trial parameters.
+
+    A sampler's first generation draws every variable uniformly, so a typical first candidate
+    factorizes three layers in four and puts a quarter of them at int4: far from anything good.
+    Starting the population from sparse draws puts it where useful models are.
+    """
+    rng = random.Random(f"sparse-starts-{seed}")
+    return [candidate_params(space, space.sample(rng, density=rng.uniform(0.15, 0.6))) for _ in range(count)]
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a process that no longer exists: failed, with a reason, and retried
+    when they hold a candidate."""
+    host = socket.gethostname()
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        driver = frozen.user_attrs.get("driver") or {}
+        if driver.get("host") not in (None, host) or _alive(driver.get("pid")):
+            continue  # another machine's or a live process's trial: not ours to judge
+        _, outcome = retry_decision(frozen)
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        trial.set_user_attr("fail_reason", f"left running by a process that stopped (killed?); {outcome}")
+        trial.set_user_attr("status", "failed")
+        study.tell(frozen.number, state=TrialState.FAIL)
+        queue_retry(study, frozen)
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    if pid == os.getpid():
+        return False  # our own earlier incarnation in this process cannot be running a trial now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_resumable(path: Path, settings: SearchSettings) -> None:
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text())["identity"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return  # written by an older version or damaged: the study itself is still the truth
+    current = json.loads(json.dumps(settings.identity()))
+    if previous != current:
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        raise AutocompressError(f"--out {settings.out} holds a search with different {', '.join(changed)}; rerun with "
+                                "the same arguments to resume it, or pick another --out folder")
+
+
+def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:
+    """The host level to predict at: the one this search recorded when it started (a resumed
+    search reads all its trials alike), else, with ``calibrate_host``, one measured now."""
+    if path.is_file():
+        recorded = read_host_level(path)
+        if recorded is not None or not settings.calibrate_host:
+            return recorded
+        log.warning("this search started without --calibrate-host: its trials were predicted at the hardware "
+                    "model's level, and it resumes at that level")
+        return None
+    if not settings.calibrate_host:
+        return None
+    folder = hardware_folder(settings.problem.hardware)
+    hardware = load_hardware_model(folder)
+    log.info("timing %d candidates measured in %s to set this host's level", REFERENCES, folder)
+    level = measure_host_level(hardware.predictor, folder, threads=hardware.metadata.get("threads", 1))
+    log.info("host level: the references measured %.3fx the predictor's reading of them; predictions are scaled "
+             "by that", level.ratio)
+    return level
+
+
+def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProblem, budget_ms: float,
+                       host_level: HostLevel | None) -> None:
+    path.write_text(json.dumps({
+        "identity": settings.identity(),
+        "problem": settings.problem.to_dict(),
+        "budget": settings.budget,
+        "budget_ms": budget_ms,
+        "baseline": problem.baseline_summary(),
+        "finetune": asdict(settings.finetune),
+        "sampler": settings.sampler,
+        "seed": settings.seed,
+        "storage": settings.storage_url if settings.storage else None,
+        "space_size": len(problem.space),
+        "host_level": host_level.to_dict() if host_level is not None else None,
+    }, indent=2, default=str) + "\n")

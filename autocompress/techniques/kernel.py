@@ -1,0 +1,69 @@
+"""Shrink a k x k kernel to its centre crop (as Once-for-All's elastic kernels do): padding
+shrinks alike, so the output keeps its height and width, and the kept taps keep their weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core.modules import is_inside
+from ..core.technique import ModelShapes, Technique, Variable, register
+
+__all__ = ["ShrinkKernels", "shrink_kernel"]
+
+
+class ShrinkKernels(Technique):
+    kind = "kernel"
+    order = 20
+    position = 50
+    value_type = int
+    neutral = None  # each layer's own size, the first of its choices
+    option = "shrink_kernels"
+    default_option = True
+    in_every_candidate_json = True
+
+    def read_option(self, value):
+        if not isinstance(value, bool):
+            raise ValueError(f"shrink_kernels must be True or False, got {value!r}")
+        return value
+
+    def variables(self, analysis, options) -> list[Variable]:
+        if not options.shrink_kernels:
+            return []
+        return [Variable(self.kind, k.layer, k.options) for k in analysis.kernels]
+
+    def apply(self, model, candidate, context) -> None:
+        skipped = [block for block, skip in candidate.skip.items() if skip]
+        for layer, size in sorted(candidate.kernel.items()):
+            if not any(is_inside(layer, block) for block in skipped):  # else it went with its block
+                shrink_kernel(model.get_submodule(layer), size)
+
+    def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
+        for layer, size in candidate.kernel.items():
+            if layer in shapes.layers:
+                shapes.layers[layer] = shapes.layers[layer].replace(kernel=(size, size))
+
+    def summary(self, values: dict) -> str | None:
+        # The neutral size is the layer's own, which a Candidate alone does not tell: show the choices.
+        kernels = [int(v) for v in values.values()]
+        return ("kernels " + " ".join(f"{kernels.count(k)}x{k}" for k in sorted(set(kernels)))) if kernels else None
+
+
+def shrink_kernel(conv: nn.Conv2d, size: int) -> None:
+    """Keep the centre ``size`` x ``size`` taps of a square kernel; padding shrinks so H x W stay."""
+    current = conv.kernel_size[0]
+    if size == current:
+        return
+    if size > current or (current - size) % 2:
+        raise ValueError(f"cannot shrink a {current}x{current} kernel to {size=}")
+    crop = (current - size) // 2
+    pad = conv.padding[0] - crop * conv.dilation[0]
+    if pad < 0:
+        raise ValueError(f"kernel {size} needs negative padding for this conv ({conv.padding=})")
+    with torch.no_grad():
+        conv.weight = nn.Parameter(conv.weight[:, :, crop:crop + size, crop:crop + size].clone())
+    conv.kernel_size = (size, size)
+    conv.padding = (pad, pad)
+
+
+register(ShrinkKernels())

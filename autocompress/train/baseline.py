@@ -1,0 +1,38 @@
+"""The uncompressed model a search or an apply starts from, trained once and cached."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .models import load_weights, resolve_model
+from .training import train_classifier
+
+__all__ = ["baseline_model"]
+
+log = logging.getLogger(__name__)
+
+
+def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, train_steps: int, splits,
+                   cache_dir: Path) -> torch.nn.Module:
+    """The uncompressed model: from ``weights``, or trained here and cached in ``cache_dir``."""
+    if weights is not None:
+        return resolve_model(model_spec, num_classes=num_classes, weights=weights)
+    model = resolve_model(model_spec, num_classes=num_classes)
+    if train_steps <= 0:
+        log.warning("no --weights and --train-steps 0: the baseline keeps its random initialisation")
+        return model
+    key = {"model": model_spec, "dataset": splits.name, "image_size": splits.image_size, "steps": train_steps,
+           "num_classes": num_classes}
+    cached, meta = cache_dir / "baseline.pt", cache_dir / "baseline.json"
+    if cached.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
+        return load_weights(model, cached).eval()
+    log.info("training the baseline for %d steps", train_steps)
+    train_classifier(model, splits.train, steps=train_steps)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cached)
+    meta.write_text(json.dumps(key))
+    return model

@@ -1,0 +1,115 @@
+"""Turn a model spec (``resnet18``, ``torchvision:mobilenet_v2``, ``pkg.mod:factory``) into a module."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelResolutionError, WeightsMismatchError
+
+__all__ = ["resolve_model", "load_weights", "torchvision_classifiers"]
+
+_MAX_KEYS_SHOWN = 8
+
+
+def torchvision_classifiers() -> list[str]:
+    """Names of torchvision's image classification models (no detection, video, ... models)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | None = None) -> nn.Module:
+    """Build the module a spec names, with freshly initialised weights unless ``weights`` is given.
+
+    ``spec`` is a torchvision classification model (``resnet18`` or ``torchvision:resnet18``) or a
+    ``package.module:factory`` callable returning an ``nn.Module``. The factory gets
+    ``num_classes`` when its signature accepts it.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelResolutionError(f"model spec {spec!r} is empty; give a torchvision name such as 'resnet18' or 'package.module:factory'")
+    spec = spec.strip()
+    if spec.startswith("torchvision:"):
+        model = _torchvision_model(spec.split(":", 1)[1], num_classes)
+    elif ":" in spec:
+        model = _factory_model(spec, num_classes)
+    else:
+        model = _torchvision_model(spec, num_classes)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def _torchvision_model(name: str, num_classes: int) -> nn.Module:
+    import torchvision
+
+    known = torchvision_classifiers()
+    if name not in known:
+        close = [k for k in known if name.lower()[:4] in k][:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ModelResolutionError(
+            f"model {name!r} is not a torchvision classification model{hint}; "
+            "run `python -c 'import torchvision; print(torchvision.models.list_models())'` for the list, "
+            "or give 'package.module:factory'"
+        )
+    # weights=None: nothing may be downloaded at run time; trained weights come from a file.
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _factory_model(spec: str, num_classes: int) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelResolutionError(
+            f"model spec {spec!r}: cannot import module {module_name!r} ({exc}); install it or fix PYTHONPATH"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelResolutionError(f"model spec {spec!r}: {module_name!r} has no callable {attr!r}; name a function or class that returns an nn.Module")
+    try:
+        accepts_classes = "num_classes" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepts_classes = False
+    model = factory(num_classes=num_classes) if accepts_classes else factory()
+    if not isinstance(model, nn.Module):
+        raise ModelResolutionError(f"model spec {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state dict file into ``model`` with ``weights_only=True`` (no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsMismatchError(f"weights file {str(path)!r} does not exist; pass the path of a saved state dict")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
+        raise WeightsMismatchError(
+            f"weights file {str(path)!r} is not a loadable state dict ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "save it with torch.save(model.state_dict(), path)"
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # the usual training-checkpoint wrapper
+    if not isinstance(state, dict):
+        raise WeightsMismatchError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                shown = ", ".join(keys[:_MAX_KEYS_SHOWN]) + (f" (+{len(keys) - _MAX_KEYS_SHOWN} more)" if len(keys) > _MAX_KEYS_SHOWN else "")
+                parts.append(f"{label} keys: {shown}")
+        raise WeightsMismatchError(
+            f"weights file {str(path)!r} does not match the model: {'; '.join(parts)}; "
+            "check the model name and --num-classes it was trained with"
+        )
+    model.load_state_dict(state)
+    return model
