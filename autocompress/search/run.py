@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import socket
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -186,7 +187,9 @@ def open_study(settings: SearchSettings) -> optuna.Study:
         raise AutocompressError(f"--storage {storage!r} cannot be opened ({exc}); give an Optuna storage URL such as "
                                 "sqlite:///study.db or postgresql://user@host/db") from exc
     if study.metric_names is None:  # named once, so optuna-dashboard shows what each objective is
-        study.set_metric_names(list(OBJECTIVES))
+        with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVES))
     study.sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)),
                                  settings.trials)
     return study
