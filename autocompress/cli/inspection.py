@@ -81,8 +81,9 @@ def _row(kind, name, shape, mac_share, param_share, techniques, note) -> dict:
 
 def format_inspection(model_name: str, analysis: ModelAnalysis, space: Space) -> str:
     rows = inspection_rows(analysis, space)
-    offered = [f"{t['kind']} ({t['variables']})" for t in technique_rows(space) if t["enabled"]]
-    off = [f"{t['kind']} (--{t['option'].replace('_', '-')})" for t in technique_rows(space) if not t["enabled"]]
+    techniques = technique_rows(space)
+    offered = [f"{t['kind']} ({t['variables']})" for t in techniques if t["enabled"]]
+    off = [f"{t['kind']} (--{t['option'].replace('_', '-')})" for t in techniques if not t["enabled"]]
     lines = [
         f"{model_name}: input {tuple(analysis.input_shape)}, {analysis.total_params:,} params, "
         f"{analysis.total_macs:,} MACs; {len(space)} decision variables "

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
+from ..core.target import DEFAULT_TARGET, registered_targets, target
 from ..errors import AutocompressError
 from .arguments import _count, _parse_shape, _positive
 from .hardware_commands import _profile, _profile_defaults, _validate_predictor
 from .space_flags import add_space_flags, space_options_from_args
 
 __all__ = ["main"]
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     apply.set_defaults(run=_apply)
 
     profile = sub.add_parser("profile", help="measure a target's kernels and candidates, fit its latency predictor")
-    profile.add_argument("--target", default="ort-cpu", choices=["ort-cpu"],
-                         help="runtime and device: ort-cpu (ONNX Runtime, CPUExecutionProvider)")
+    profile.add_argument("--target", default=DEFAULT_TARGET, choices=registered_targets(),
+                         help="runtime and device: " + ", ".join(f"{name} ({target(name).description})"
+                                                                 for name in registered_targets()))
     profile.add_argument("--threads", type=_positive, default=None,
                          help="intra-op threads (default 1; an existing --out folder keeps the plan it records)")
     profile.add_argument("--out", type=Path, default=None,
@@ -294,7 +295,3 @@ def _export(args) -> int:
     if lat["background_load"] > BUSY_LOAD:
         print(busy_warning(lat["background_load"]), file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -28,10 +28,10 @@ from .candidate import Candidate
 from .modules import forward_with_hooks
 from .technique import LayerShape, ModelShapes, registered
 
-__all__ = ["Footprint", "LayerShape", "footprint_of_candidate", "footprint_of_model", "model_shapes",
+__all__ = ["MASK", "Footprint", "LayerShape", "footprint_of_candidate", "footprint_of_model", "model_shapes",
            "weight_bytes", "zeroed_count"]
 
-_MASK = "weight_mask"  # the buffer a sparse layer keeps its mask in (techniques.sparsity)
+MASK = "weight_mask"  # the buffer a sparse layer keeps its mask in (techniques.sparsity)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footpri
         macs += 3 * e * e * tokens + 2 * tokens * tokens * e + e * e * tokens
 
     def count_weight(layer: nn.Module, bits: int) -> None:
-        w, mask = layer.weight, getattr(layer, _MASK, None)
+        w, mask = layer.weight, getattr(layer, MASK, None)
         zeros = 0 if mask is None else w.numel() - int(mask.count_nonzero())
         counted_bytes[id(w)] = weight_bytes(w.numel(), w.shape[0], bits, zeros)
 

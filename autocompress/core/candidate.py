@@ -12,7 +12,7 @@ import json
 from typing import Any, Mapping
 
 from ..errors import InvalidCandidateError
-from .technique import registered, technique
+from .technique import registered
 
 __all__ = ["Candidate", "candidate_summary"]
 
@@ -55,10 +55,6 @@ class Candidate:
     def of(self, kind: str) -> dict:
         """The decisions of one technique: ``{unit: value}``."""
         return self._decisions[kind]
-
-    def value(self, kind: str, unit: str) -> Any:
-        """The decision on ``unit``, or the technique's neutral value (None where that is per variable)."""
-        return self._decisions[kind].get(unit, technique(kind).neutral)
 
     def replace(self, **changes) -> "Candidate":
         """A copy with some fields (``prune={...}``, ``channel_multiple=...``) replaced whole."""

@@ -25,7 +25,8 @@ from typing import Any, ClassVar, Iterator
 
 from .modules import is_inside
 
-__all__ = ["LayerShape", "ModelShapes", "Technique", "Variable", "register", "registered", "technique"]
+__all__ = ["LayerShape", "ModelShapes", "Technique", "Variable", "layer_mac_share", "read_flag", "register",
+           "registered", "technique"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,18 @@ class ModelShapes:
         return not any(is_inside(name, gone) for gone in self.removed)
 
 
+def layer_mac_share(analysis, macs: int) -> float:
+    """``macs`` as a share of all the analysed layers' MACs."""
+    return macs / max(1, sum(u.macs for u in analysis.layers))
+
+
+def read_flag(option: str, value: Any) -> bool:
+    """A SpaceOptions value that turns a technique on or off."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{option} must be True or False, got {value!r}")
+    return value
+
+
 class Technique(ABC):
     """One compression technique. Subclasses set the class attributes and implement ``variables``
     and ``apply``; the other hooks default to "no effect"."""
@@ -115,8 +128,7 @@ class Technique(ABC):
     def mac_share(self, analysis, unit: str) -> float:
         """The share of the model's MACs a decision on ``unit`` touches (the budget walk's proxy
         of accuracy damage). Default: the MACs of the layer named ``unit``."""
-        total = max(1, sum(u.macs for u in analysis.layers))
-        return sum(u.macs for u in analysis.layers if u.name == unit) / total
+        return layer_mac_share(analysis, sum(u.macs for u in analysis.layers if u.name == unit))
 
     def repair_moves(self, var: Variable, value: Any, share: float) -> Iterator[tuple[Any, float]]:
         """(new value, accuracy-damage proxy) for each change of ``var`` from ``value`` that may

@@ -37,7 +37,7 @@ from .kernels import (
     kernels_of_candidate,
     kernels_of_model,
 )
-from ..core.target import Target, target
+from ..core.target import DEFAULT_TARGET, Target, target
 from .predictor import LatencyPrediction, LatencyPredictor
 from .measurements import measurement_file, profile_level_ms, read_kernel_measurements, read_model_measurements
 from .profile_plan import ProfilePlan
@@ -47,7 +47,6 @@ __all__ = ["AUTO", "DifferentMachineWarning", "HardwareModel", "SHIPPED_MODELS",
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGET = "ort-cpu"
 AUTO = "auto"  # the --hardware value that picks a hardware model measured on a machine like this one
 # The hardware models shipped with autocompress, one per machine class it was profiled on: in an
 # installed package, gzipped package data (setup.py puts them there); in a source checkout, the

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..core.modules import is_inside
-from ..core.technique import ModelShapes, Technique, Variable, register
+from ..core.technique import ModelShapes, Technique, Variable, read_flag, register
 
 __all__ = ["ShrinkKernels", "shrink_kernel"]
 
@@ -23,9 +23,7 @@ class ShrinkKernels(Technique):
     in_every_candidate_json = True
 
     def read_option(self, value):
-        if not isinstance(value, bool):
-            raise ValueError(f"shrink_kernels must be True or False, got {value!r}")
-        return value
+        return read_flag(self.option, value)
 
     def variables(self, analysis, options) -> list[Variable]:
         if not options.shrink_kernels:

@@ -7,7 +7,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..core.channel_groups import build_dependency_graph, keep_channels
-from ..core.technique import ModelShapes, Technique, Variable, register
+from ..core.technique import ModelShapes, Technique, Variable, layer_mac_share, register
 
 __all__ = ["PruneChannels", "removed_channels"]
 
@@ -57,10 +57,8 @@ class PruneChannels(Technique):
             shapes.norm_channels[name] -= removed.get((name, "out"), 0)
 
     def mac_share(self, analysis, unit: str) -> float:
-        total = max(1, sum(u.macs for u in analysis.layers))
         macs = {u.name: u.macs for u in analysis.layers}
-        group = analysis.group(unit)
-        return sum(macs.get(m.module, 0) for m in group.members) / total
+        return layer_mac_share(analysis, sum(macs.get(m.module, 0) for m in analysis.group(unit).members))
 
     def repair_moves(self, var, value, share):
         deeper = [c for c in sorted(var.choices) if c > value + 1e-9]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..core.analysis import SkippedBlock
 from ..core.modules import set_submodule
-from ..core.technique import ModelShapes, Technique, Variable, register
+from ..core.technique import ModelShapes, Technique, Variable, layer_mac_share, read_flag, register
 
 __all__ = ["SkipBlocks"]
 
@@ -23,9 +23,7 @@ class SkipBlocks(Technique):
     in_every_candidate_json = True
 
     def read_option(self, value):
-        if not isinstance(value, bool):
-            raise ValueError(f"skip_blocks must be True or False, got {value!r}")
-        return value
+        return read_flag(self.option, value)
 
     def variables(self, analysis, options) -> list[Variable]:
         if not options.skip_blocks:
@@ -41,8 +39,7 @@ class SkipBlocks(Technique):
         shapes.removed += [block for block, skip in sorted(candidate.skip.items()) if skip]
 
     def mac_share(self, analysis, unit: str) -> float:
-        total = max(1, sum(u.macs for u in analysis.layers))
-        return sum(b.macs for b in analysis.blocks if b.name == unit) / total
+        return layer_mac_share(analysis, sum(b.macs for b in analysis.blocks if b.name == unit))
 
     def repair_moves(self, var, value, share):
         if not value:

@@ -16,13 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.accounting import zeroed_count
+from ..core.accounting import MASK, zeroed_count
 from ..core.technique import ModelShapes, Technique, Variable, register
 from .factorize import LowRank
 
 __all__ = ["MASK", "Sparsify", "sparsify"]
-
-MASK = "weight_mask"
 
 
 class Sparsify(Technique):
