@@ -55,9 +55,10 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     budget = Budget.parse(best_under_budget, flag="--best-under") if best_under_budget is not None else None
     records = records_from_study(_open_search_study(search_dir))
     chosen = choose_trial(records, trial, search_dir) if trial is not None else None
-    settings = SearchFolder(search_dir).settings()
-    host_level = read_host_level(search_dir / "search.json")  # predict as the search did
-    problem = build_problem(read_spec(search_dir / "search.json"), cache_dir=search_dir, host_level=host_level)
+    folder = SearchFolder(search_dir)
+    settings = folder.settings()
+    host_level = read_host_level(folder.search_json)  # predict as the search did
+    problem = build_problem(read_spec(folder.search_json), cache_dir=search_dir, host_level=host_level)
     selection = None
     if budget is not None:
         selection = choose_by_measurement(problem, records, budget, sweeps=sweeps, pause_s=pause_s, passes=passes,

@@ -3,7 +3,7 @@
 ``search.json`` (what was searched: the problem, budget, fine-tune settings, host level),
 ``study.db`` (the Optuna study, the one source of truth for trials, unless the search names
 another storage), the results (``pareto.csv``, ``pareto.json``, ``trials.csv``, ``pareto.png``,
-``pareto.html``) and the cached baseline. Search, pareto, export and the CLI go through here.
+``pareto.html``) and the cached baseline. The search and the export find them through here.
 """
 
 from __future__ import annotations

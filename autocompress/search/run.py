@@ -121,10 +121,11 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     """Run (or resume) the search described by ``settings``; write its results into ``settings.out``.
 
     ``executor`` evaluates the fine-tunes (default: one at a time in this process; see
-    ``autocompress.executors.RayExecutor`` for a cluster)."""
+    ``search.executors.ray_pool.RayExecutor`` for a cluster)."""
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resumable(out / "search.json", settings)
+    search_json = SearchFolder(out).search_json
+    _check_resumable(search_json, settings)
     budget = Budget.parse(settings.budget)
     if problem is None:
         hardware_folder(settings.problem.hardware)  # a bad --hardware fails before the study is created
@@ -135,10 +136,10 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         check_ray_address(settings.ray_address)  # and so does a dead --ray-address
     host_level = None
     if problem is None:
-        host_level = _host_level(out / "search.json", settings)
+        host_level = _host_level(search_json, settings)
         problem = build_problem(settings.problem, cache_dir=out, host_level=host_level)
     budget_ms = budget.resolve(problem.baseline_ms)
-    _write_search_json(out / "search.json", settings, problem, budget_ms, host_level)
+    _write_search_json(search_json, settings, problem, budget_ms, host_level)
     _fail_stale_trials(study)
     if settings.warm_start and not study.user_attrs.get("warm_started"):
         for name, params in warm_start_policies(problem.space).items():
