@@ -1,10 +1,15 @@
 """The exception hierarchy. Every failure a user can cause is an AutocompressError.
 
-The CLI prints ``str(error)`` as one line and exits non-zero, so each message names the offending
-input and says how to fix it.
+Each message names the offending input and says how to fix it, in the words of the API: a
+parameter is named as the function takes it (``sampler 'x' is not one of ...``) and listed in
+``error.parameters``. The CLI prints the message as one line, with each such name replaced by the
+flag that sets it (``--sampler 'x' ...``), and exits non-zero.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
 
 __all__ = [
     "AutocompressError",
@@ -22,6 +27,18 @@ __all__ = [
 
 class AutocompressError(Exception):
     """Base class of every user-facing error raised by autocompress."""
+
+    def __init__(self, message: str, *, parameters: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.parameters = tuple(parameters)
+
+    def in_terms_of(self, flag: Callable[[str], str]) -> str:
+        """The message with the first mention of each parameter it names replaced by
+        ``flag(parameter)`` (later ones are ordinary words: "hardware 'x' is not a hardware model")."""
+        text = str(self)
+        for name in self.parameters:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag(name), text, count=1)
+        return text
 
 
 class ModelResolutionError(AutocompressError):

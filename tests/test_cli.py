@@ -66,3 +66,18 @@ def test_apply_writes_candidate_onnx_and_report(tmp_path):
     assert replay["candidate"] == report["candidate"]
     assert replay["accuracy_torch"] == report["accuracy_torch"]
     assert replay["baseline"]["accuracy"] == report["baseline"]["accuracy"]
+
+
+def test_api_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
+    from autocompress.errors import AutocompressError, DatasetError
+    from autocompress.search.problem import ProblemSpec
+    from autocompress.search.run import SearchSettings
+    from autocompress.train.data import load_dataset
+
+    with pytest.raises(AutocompressError, match=r"^timeout_s -1\.0: give a positive number of seconds"):
+        SearchSettings(problem=ProblemSpec(model="resnet18"), budget="0.5x", out=tmp_path, timeout_s=-1.0)
+    with pytest.raises(DatasetError, match=r"^image_size 4 is too small"):
+        load_dataset("digits", image_size=4)
+    assert main(["search", "resnet18", "--budget", "0.5x", "--out", str(tmp_path / "s"), "--timeout", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "autocompress: error: --timeout -1.0: give a positive number of seconds"

@@ -19,6 +19,16 @@ from .space_flags import add_space_flags, space_options_from_args
 __all__ = ["main"]
 
 
+# API parameters whose flag is not simply --name-with-dashes
+_FLAGS = {"timeout_s": "--timeout", "best_under_budget": "--best-under", "candidate_arg": "--candidate",
+          "image_size": "--input-size", "address": "--ray-address"}
+
+
+def flag_of(parameter: str) -> str:
+    """The command-line flag that sets an API parameter."""
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -26,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except AutocompressError as exc:
-        print(f"autocompress: error: {exc}", file=sys.stderr)
+        print(f"autocompress: error: {exc.in_terms_of(flag_of)}", file=sys.stderr)
         return 2
     except OSError as exc:  # unwritable --out, a full disk: say which path
         print(f"autocompress: error: {exc.strerror or exc} ({exc.filename or 'no path'}); "

@@ -24,7 +24,7 @@ from ..hardware.measure import measure_interleaved
 from ..core.space import Candidate, Space, SpaceOptions
 from ..train.baseline import baseline_model
 from ..techniques import apply_candidate
-from ..train.training import predict, train_classifier
+from ..train.training import predict, top1, train_classifier
 
 __all__ = ["run_apply", "parse_candidate_arg", "resolve_candidate", "baseline_model"]
 
@@ -47,7 +47,8 @@ def parse_candidate_arg(arg: str) -> Candidate | UniformPolicy | int:
     if arg == "random" or arg.startswith("random:"):
         seed_text = arg.partition(":")[2] or "0"
         if not seed_text.isdigit():
-            raise InvalidCandidateError(f"--candidate {arg!r}: the seed must be a non-negative integer (random:7)")
+            raise InvalidCandidateError(f"candidate_arg {arg!r}: the seed must be a non-negative integer (random:7)",
+                                        parameters=("candidate_arg",))
         return int(seed_text)
     if arg.startswith("uniform:"):
         ratio_text, _, bits_text = arg.partition(":")[2].partition(",")
@@ -57,12 +58,13 @@ def parse_candidate_arg(arg: str) -> Candidate | UniformPolicy | int:
         except ValueError:
             ratio = -1.0
         if bits is None or not 0.0 <= ratio < 1.0:
-            raise InvalidCandidateError(f"--candidate {arg!r}: write uniform:RATIO[,BITS] with RATIO in [0, 1) and "
-                                        "BITS one of fp32, fp16, int8, int4 (uniform:0.5,int8)")
+            raise InvalidCandidateError(f"candidate_arg {arg!r}: write uniform:RATIO[,BITS] with RATIO in [0, 1) and "
+                                        "BITS one of fp32, fp16, int8, int4 (uniform:0.5,int8)", parameters=("candidate_arg",))
         return UniformPolicy(ratio, bits)
     path = Path(arg)
     if not path.is_file():
-        raise InvalidCandidateError(f"--candidate {arg!r} is neither a file, uniform:RATIO[,BITS] nor random[:SEED]")
+        raise InvalidCandidateError(f"candidate_arg {arg!r} is neither a file, uniform:RATIO[,BITS] nor random[:SEED]",
+                                    parameters=("candidate_arg",))
     return Candidate.from_json(path.read_text())
 
 
@@ -89,7 +91,8 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
     splits = load_dataset(dataset, image_size=input_size)
     classes = num_classes or splits.num_classes
     if classes < splits.num_classes:
-        raise AutocompressError(f"--num-classes {classes} is below the {splits.num_classes} classes of {dataset!r}")
+        raise AutocompressError(f"num_classes {classes} is below the {splits.num_classes} classes of {dataset!r}",
+                                parameters=("num_classes",))
     model = baseline_model(model_spec, num_classes=classes, weights=weights, train_steps=train_steps,
                            splits=splits, cache_dir=out)
     example = splits.val[0][0].unsqueeze(0)
@@ -105,11 +108,9 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
         # search adds distillation from the baseline on top of this.
         train_classifier(compressed, splits.train, steps=finetune_steps, lr=1e-3, seed=1)
     inputs, labels = splits.val.tensors
-    exported, logits_torch, logits_onnx = export_and_compare(
-        compressed, example, out / "model.onnx", inputs, calibration=calibration_batches(splits.train))
-    logits_torch, logits_onnx = torch.from_numpy(logits_torch), torch.from_numpy(logits_onnx)
+    exported, logits_torch, logits_onnx, baseline_onnx = export_beside_baseline(
+        compressed, model, example, out, inputs, calibration=calibration_batches(splits.train))
     base_fp = footprint_of_model(model, example)
-    baseline_onnx = export_onnx(model, example, out / "baseline.onnx").path
     latency = _side_by_side_latency({"baseline": baseline_onnx, "compressed": exported.path}, tuple(example.shape))
     report = {
         "model": model_spec,
@@ -118,12 +119,12 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
         "decisions": len(space.changed(candidate)),
         "candidate": candidate.to_dict(),
         "finetune_steps": finetune_steps,
-        "baseline": base_fp.to_dict() | {"accuracy": _accuracy(predict(model, inputs), labels)},
+        "baseline": base_fp.to_dict() | {"accuracy": top1(predict(model, inputs), labels)},
         "footprint_from_candidate": footprint_of_candidate(analysis, candidate).to_dict(),
         "footprint_from_model": footprint_of_model(compressed, example).to_dict(),
-        "accuracy_torch": _accuracy(logits_torch, labels),
-        "accuracy_onnx": _accuracy(logits_onnx, labels),
-        "top1_agreement": float((logits_torch.argmax(1) == logits_onnx.argmax(1)).float().mean()),
+        "accuracy_torch": top1(logits_torch, labels),
+        "accuracy_onnx": top1(logits_onnx, labels),
+        "top1_agreement": top1(logits_torch, logits_onnx),
         "onnx_path": str(exported.path),
         "onnx_bytes": exported.file_bytes,
         "onnx_nodes_by_bits": {str(b): len(n) for b, n in sorted(exported.nodes_by_bits.items())},
@@ -134,11 +135,18 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
     return report
 
 
+def export_beside_baseline(model: torch.nn.Module, baseline: torch.nn.Module, example: torch.Tensor, out: Path,
+                           inputs: torch.Tensor, *, calibration) -> tuple:
+    """Export ``model`` to ``out/model.onnx`` and ``baseline`` to ``out/baseline.onnx``, so the two
+    can be timed side by side; returns the export result, PyTorch's and ORT's logits of the model
+    on ``inputs``, and the baseline's ONNX path."""
+    exported, logits_torch, logits_onnx = export_and_compare(model, example, out / "model.onnx", inputs,
+                                                             calibration=calibration)
+    return exported, logits_torch, logits_onnx, export_onnx(baseline, example, out / "baseline.onnx").path
+
+
 def _side_by_side_latency(paths: dict[str, Path], shape: tuple[int, ...], passes: int = 3) -> dict:
     """Median latency of each model over interleaved passes, so machine drift hits all alike."""
     timings = measure_interleaved([(path, shape) for path in paths.values()], passes=passes, runs=30)
     return {name: round(timing.median_ms, 4) for name, timing in zip(paths, timings)}
 
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(1) == labels).float().mean())

@@ -15,18 +15,19 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from ..search.budget import Budget
-from .confirm import SLACK, choose_by_measurement
-from ..train.data import calibration_batches
+from ..core.space import Candidate
 from ..errors import AutocompressError
-from ..hardware.onnx_export import export_and_compare, export_onnx
-from ..train.finetune import DistillationConfig
 from ..hardware import machine_info
 from ..hardware.measure import SWEEPS, measure_in_sweeps
+from ..search.budget import Budget
+from ..search.folder import STUDY_NAME, SearchFolder
 from ..search.pareto import TrialRecord, records_from_study
 from ..search.problem import build_problem, read_host_level, read_spec
-from ..search.folder import STUDY_NAME, SearchFolder
-from ..core.space import Candidate
+from ..train.data import calibration_batches
+from ..train.finetune import DistillationConfig
+from ..train.training import top1
+from .apply import export_beside_baseline
+from .confirm import SLACK, choose_by_measurement
 
 __all__ = ["BUSY_LOAD", "busy_warning", "choose_trial", "export_from_search", "write_card"]
 
@@ -37,8 +38,8 @@ def choose_trial(records: list[TrialRecord], trial: int, search_dir: Path) -> Tr
     """The finished, fine-tuned trial numbered ``trial`` among a search's records."""
     chosen = next((r for r in records if r.number == trial), None)
     if chosen is None or chosen.state != "complete" or chosen.status not in ("evaluated", "stopped_early"):
-        raise AutocompressError(f"--trial {trial} is not a finished, fine-tuned trial of {search_dir}; "
-                                f"`autocompress pareto {search_dir}` lists the front")
+        raise AutocompressError(f"trial {trial} is not a finished, fine-tuned trial of {search_dir}; "
+                                f"`autocompress pareto {search_dir}` lists the front", parameters=("trial",))
     return chosen
 
 
@@ -51,7 +52,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     *measures* within it, timed before any fine-tuning (``confirm.choose_by_measurement``)."""
     search_dir, out = Path(search_dir), Path(out)
     if (trial is None) == (best_under_budget is None):
-        raise AutocompressError("give exactly one of --trial N or --best-under LATENCY (5ms or 0.5x)")
+        raise AutocompressError("give exactly one of trial N or best_under_budget LATENCY (5ms or 0.5x)",
+                                parameters=("trial", "best_under_budget"))
     budget = Budget.parse(best_under_budget, flag="--best-under") if best_under_budget is not None else None
     records = records_from_study(_open_search_study(search_dir))
     chosen = choose_trial(records, trial, search_dir) if trial is not None else None
@@ -76,16 +78,15 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
 
     out.mkdir(parents=True, exist_ok=True)
     inputs, labels = problem.splits.val.tensors
-    exported, logits_torch, logits_onnx = export_and_compare(
-        student, problem.example, out / "model.onnx", inputs, calibration=calibration_batches(problem.splits.train))
+    exported, logits_torch, logits_onnx, baseline_onnx = export_beside_baseline(
+        student, problem.baseline, problem.example, out, inputs, calibration=calibration_batches(problem.splits.train))
     torch.save(student.state_dict(), out / "weights.pt")
-    baseline_onnx = export_onnx(problem.baseline, problem.example, out / "baseline.onnx").path
     shape = tuple(problem.example.shape)
     (base_t, base_sweeps), (model_t, model_sweeps) = measure_in_sweeps(
         [(baseline_onnx, shape), (exported.path, shape)], sweeps=sweeps, pause_s=pause_s, passes=passes, runs=runs)
     predicted = problem.predict(candidate)
     size = problem.size_bytes(candidate)
-    onnx_accuracy = float((torch.from_numpy(logits_onnx).argmax(1) == labels).float().mean())
+    onnx_accuracy = top1(logits_onnx, labels)
     card = {
         "search": str(search_dir),
         "trial": chosen.number,
@@ -121,11 +122,11 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
             "search_finetune": chosen.accuracy,
             "search_finetune_steps": chosen.finetune_steps,
             # PyTorch after export: its quantizers now carry ORT's calibration, as weights.pt does
-            "after_finetune_torch": float((torch.from_numpy(logits_torch).argmax(1) == labels).float().mean()),
+            "after_finetune_torch": top1(logits_torch, labels),
             "after_finetune_torch_before_export": result.accuracy,
             "after_finetune_onnx": onnx_accuracy,
             "finetune_steps": finetune_steps,
-            "top1_agreement_torch_onnx": float((logits_torch.argmax(1) == logits_onnx.argmax(1)).mean()),
+            "top1_agreement_torch_onnx": top1(logits_torch, logits_onnx),
             "drop_points": 100 * (problem.baseline_accuracy - onnx_accuracy),
         },
         "size": {

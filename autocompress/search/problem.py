@@ -108,8 +108,8 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu",
     splits = load_dataset(spec.dataset, image_size=spec.input_size)
     classes = spec.num_classes or splits.num_classes
     if classes < splits.num_classes:
-        raise AutocompressError(f"--num-classes {classes} is below the {splits.num_classes} classes of "
-                                f"{spec.dataset!r}")
+        raise AutocompressError(f"num_classes {classes} is below the {splits.num_classes} classes of "
+                                f"{spec.dataset!r}", parameters=("num_classes",))
     baseline = baseline_model(spec.model, num_classes=classes, weights=Path(spec.weights) if spec.weights else None,
                               train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir))
     baseline.eval()
@@ -141,8 +141,9 @@ def hardware_folder(name: str) -> Path:
     if not path.is_absolute() and not (path / "metadata.json").is_file() and (shipped / "metadata.json").is_file():
         return shipped
     if not (path / "metadata.json").is_file():
-        raise AutocompressError(f"--hardware {name!r} is not a hardware model folder; pass one written by "
-                                "`autocompress profile`, e.g. hardware_models/ort-cpu-1t, or auto")
+        raise AutocompressError(f"hardware {name!r} is not a hardware model folder; pass one written by "
+                                "`autocompress profile`, e.g. hardware_models/ort-cpu-1t, or auto",
+                                parameters=("hardware",))
     return path
 
 

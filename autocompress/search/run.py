@@ -77,21 +77,25 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise AutocompressError(f"--sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+            raise AutocompressError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}",
+                                    parameters=("sampler",))
         if self.trials < 1:
-            raise AutocompressError(f"--trials {self.trials}: give at least 1")
+            raise AutocompressError(f"trials {self.trials}: give at least 1", parameters=("trials",))
         if self.timeout_s is not None and self.timeout_s <= 0:
-            raise AutocompressError(f"--timeout {self.timeout_s}: give a positive number of seconds")
+            raise AutocompressError(f"timeout_s {self.timeout_s}: give a positive number of seconds",
+                                    parameters=("timeout_s",))
         Budget.parse(self.budget)
         if self.executor not in ("local", "ray"):
-            raise AutocompressError(f"--executor {self.executor!r} is not one of local, ray")
+            raise AutocompressError(f"executor {self.executor!r} is not one of local, ray", parameters=("executor",))
         if self.executor == "ray" and importlib.util.find_spec("ray") is None:
-            raise AutocompressError("--executor ray needs Ray, an optional extra: pip install 'autocompress[ray]'")
+            raise AutocompressError("executor ray needs Ray, an optional extra: pip install 'autocompress[ray]'",
+                                    parameters=("executor",))
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise AutocompressError(f"--gpus-per-trial {self.gpus_per_trial}: give 0 or more")
+            raise AutocompressError(f"gpus_per_trial {self.gpus_per_trial}: give 0 or more",
+                                    parameters=("gpus_per_trial",))
         if self.workers is not None and self.workers < 1 or self.cpus_per_trial < 1:
-            raise AutocompressError(f"--workers {self.workers} / --cpus-per-trial {self.cpus_per_trial}: give at "
-                                    "least 1")
+            raise AutocompressError(f"workers {self.workers} / cpus_per_trial {self.cpus_per_trial}: give at "
+                                    "least 1", parameters=("workers", "cpus_per_trial"))
 
     @property
     def storage_url(self) -> str:
@@ -185,8 +189,8 @@ def open_study(settings: SearchSettings) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                     directions=["maximize", "minimize", "minimize"])
     except (ValueError, ImportError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        raise AutocompressError(f"--storage {storage!r} cannot be opened ({exc}); give an Optuna storage URL such as "
-                                "sqlite:///study.db or postgresql://user@host/db") from exc
+        raise AutocompressError(f"storage {storage!r} cannot be opened ({exc}); give an Optuna storage URL such as "
+                                "sqlite:///study.db or postgresql://user@host/db", parameters=("storage",)) from exc
     if study.metric_names is None:  # named once, so optuna-dashboard shows what each objective is
         with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -262,8 +266,8 @@ def _check_resumable(path: Path, settings: SearchSettings) -> None:
     current = json.loads(json.dumps(settings.identity()))
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        raise AutocompressError(f"--out {settings.out} holds a search with different {', '.join(changed)}; rerun with "
-                                "the same arguments to resume it, or pick another --out folder")
+        raise AutocompressError(f"out {settings.out} holds a search with different {', '.join(changed)}; rerun with "
+                                "the same arguments to resume it, or pick another folder", parameters=("out",))
 
 
 def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:

@@ -35,7 +35,7 @@ def load_dataset(name: str, *, image_size: int = 32, val_fraction: float = 0.2, 
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must lie in (0, 1), got {val_fraction=}")
     if image_size < 8:
-        raise DatasetError(f"image size {image_size} is too small; use --input-size 8 or more")
+        raise DatasetError(f"image_size {image_size} is too small; use 8 or more", parameters=("image_size",))
     if name == "digits":
         return _digits(image_size, val_fraction)
     if name == "cifar10":

@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from ..errors import FinetuneDiverged
 from ..techniques import calibrate
-from .training import predict, recompute_batchnorm_statistics
+from .training import predict, recompute_batchnorm_statistics, top1
 
 __all__ = ["DistillationConfig", "FinetuneResult", "FinetuneDiverged", "teacher_logits", "distill", "evaluate_accuracy"]
 
@@ -67,7 +67,7 @@ def evaluate_accuracy(model: nn.Module, val: TensorDataset, device: torch.device
     model.eval()
     with torch.no_grad():
         logits = torch.cat([model(inputs[i:i + 256].to(device)).cpu() for i in range(0, len(inputs), 256)])
-    return float((logits.argmax(1) == labels).float().mean())
+    return top1(logits, labels)
 
 
 def distill(student: nn.Module, train: TensorDataset, val: TensorDataset, soft_targets: torch.Tensor, *,

@@ -65,9 +65,18 @@ def predict(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) ->
     return torch.cat([model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
+def top1(logits, targets) -> float:
+    """The share of rows whose argmax is the target: labels, or another model's logits (then the
+    share of rows both models rank first alike). Takes torch tensors or numpy arrays."""
+    logits, targets = torch.as_tensor(logits), torch.as_tensor(targets)
+    if targets.dim() > 1:
+        targets = targets.argmax(1)
+    return float((logits.argmax(1) == targets).float().mean())
+
+
 def accuracy(model: nn.Module, dataset: Dataset) -> float:
     inputs, labels = _tensors(dataset)
-    return float((predict(model, inputs).argmax(1) == labels).float().mean())
+    return top1(predict(model, inputs), labels)
 
 
 def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

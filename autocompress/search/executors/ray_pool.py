@@ -56,13 +56,14 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise AutocompressError(f"--ray-address {address!r} is not HOST:PORT (the head's GCS address, "
-                                "port 6379 by default) or auto")
+        raise AutocompressError(f"address {address!r} is not HOST:PORT (the head's GCS address, "
+                                "port 6379 by default) or auto", parameters=("address",))
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise AutocompressError(f"--ray-address {address!r}: nothing answers there ({exc.strerror or exc}); "
-                                "start a cluster with `ray start --head` or pass auto on a cluster node") from exc
+        raise AutocompressError(f"address {address!r}: nothing answers there ({exc.strerror or exc}); "
+                                "start a cluster with `ray start --head` or pass auto on a cluster node",
+                                parameters=("address",)) from exc
 
 
 class RayExecutor:
@@ -80,9 +81,9 @@ class RayExecutor:
                 try:
                     ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
                 except (ConnectionError, ValueError, RuntimeError) as exc:
-                    raise AutocompressError(f"--ray-address {address!r}: no Ray cluster answers there "
+                    raise AutocompressError(f"address {address!r}: no Ray cluster answers there "
                                             f"({str(exc).splitlines()[0]}); start one with `ray start --head` "
-                                            "or pass auto on a cluster node") from exc
+                                            "or pass auto on a cluster node", parameters=("address",)) from exc
             else:
                 ray.init(num_cpus=(workers or os.cpu_count() or 1) * cpus_per_trial, include_dashboard=False,
                          logging_level=logging.WARNING, runtime_env=runtime_env)
