@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TransformerClassifier", "transformer_classifier"]
+__all__ = ["ConvBlock", "SmallResNet", "TransformerClassifier", "small_resnet", "transformer_classifier"]
 
 
 class TransformerClassifier(nn.Module):
@@ -37,3 +37,45 @@ class TransformerClassifier(nn.Module):
 
 def transformer_classifier(num_classes: int = 10, **kwargs) -> TransformerClassifier:
     return TransformerClassifier(num_classes=num_classes, **kwargs)
+
+
+class ConvBlock(nn.Module):
+    """A user's own residual block: two 3x3 convs with batch norm around a shortcut (a 1x1 conv
+    where the width or stride changes). ``search_spaces/example_user.yaml`` gives it cells."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample = None
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False),
+                                            nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class SmallResNet(nn.Module):
+    """A small CNN of ``ConvBlock``s: the README's example of a user's own model and space."""
+
+    def __init__(self, *, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU())
+        blocks, previous = [], widths[0]
+        for i, width in enumerate(widths):
+            blocks += [ConvBlock(previous, width, 1 if i == 0 else 2), ConvBlock(width, width)]
+            previous = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(previous, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def small_resnet(num_classes: int = 10, **kwargs) -> SmallResNet:
+    return SmallResNet(num_classes=num_classes, **kwargs)

@@ -14,9 +14,42 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_inspect_lists_units_with_shares(capsys):
     assert main(["inspect", "resnet18", "--input-shape", "1,3,32,32"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("resnet18: input (1, 3, 32, 32), 11,181,642 params, 37,016,576 MACs; 76 decision variables")
+    assert out.startswith("resnet18: input (1, 3, 32, 32), 11,181,642 params, 37,016,576 MACs; 79 decision variables")
     assert "layer4.0.conv2" in out and "21.1%" in out
     assert "fc: output channels are the model's outputs; never pruned" in out
+    assert "cell {original, narrow 0.5, dwsep, skip}" in out and "8 blocks with cell choices" in out
+    assert "layer2.0: cell skip left out: the block is not residual" in out
+
+
+@pytest.mark.parametrize("model, space, blocks, first", [
+    ("mobilenet_v2", "search_spaces/mobile.yaml", 17, "mb e1 k7"),
+    ("resnet18", "search_spaces/resnet.yaml", 8, "narrow 0.5"),
+    ("autocompress.zoo:small_resnet", "search_spaces/example_user.yaml", 6, "narrow 0.75"),
+])
+def test_inspect_json_lists_the_blocks_with_cell_choices(capsys, model, space, blocks, first):
+    assert main(["inspect", model, "--space", space, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["cells"]) == blocks and data["cells"][0]["cells"][:2] == ["original", first]
+    assert data["search_space"]["path"].endswith(space.split("/")[-1])
+    assert main(["inspect", model, "--space", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cells"] == []
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name: x\nblocks:\n  - match: torchvision.models.resnet.NoSuchBlock\n    cells: [skip]\n",
+     "blocks[0].match: no class 'torchvision.models.resnet.NoSuchBlock'"),
+    ("name: x\nblocks:\n  - match: torchvision.models.mobilenetv2.InvertedResidual\n    cells:\n"
+     "      - mb: {expand: [3], kernel: [4]}\n", "blocks[0].cells[0].mb.kernel: 4: a depthwise kernel must be odd"),
+    ("name: x\nblocks: [\n", "YAML syntax error"),
+])
+def test_a_bad_space_file_is_one_line_and_exit_2_before_any_training(tmp_path, capsys, text, words):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    out = tmp_path / "run"
+    assert main(["search", "mobilenet_v2", "--space", str(bad), "--budget", "0.5x", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(bad) in error and words in error
+    assert not (out / "baseline.pt").exists()
 
 
 def test_inspect_json_says_why_attention_is_left_out(capsys):

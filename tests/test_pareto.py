@@ -8,9 +8,9 @@ import json
 import optuna
 import pytest
 
-from autocompress.core.candidate import candidate_summary
 from autocompress.errors import AutocompressError, ResultsError
 from autocompress.search.folder import load_front, write_results
+from autocompress.core.candidate import candidate_summary
 from autocompress.search.pareto import (
     TrialRecord,
     best_under,
@@ -146,7 +146,9 @@ def test_summary_table_marks_best_under_budget(records):
     rows = {line.lstrip("* ").split()[0]: line for line in lines[2:6]}
     assert set(rows) == {"4", "1", "0", "7"}
     assert rows["0"].startswith("*") and rows["0"].split()[1:4] == ["0", "90.00", "4.000"]
-    assert rows["7"].split()[-2:] == ["no", "boundary_repair"] and rows["4"].split()[-2] == "yes"
+    words = rows["7"].split()
+    assert words[words.index("boundary_repair") - 1] == "no" and rows["4"].split()[6] == "yes"
+    assert rows["7"].endswith(candidate_summary(front[[r.number for r in front].index(7)].candidate))
     assert rows["1"].split()[3:7] == ["0.30", "1.0", "0.25", "yes"]
     assert lines[-1] == "* best accuracy within the 4.2 ms budget: trial 0"
     assert "no trial" in summary_table([], budget_ms=BUDGET_MS, baseline=BASELINE)

@@ -63,7 +63,7 @@ def _validate_predictor(args) -> int:
     hardware = load_hardware_model(args.hardware_model)
     report = validate(hardware, args.hardware_model, args.model, [s[2] for s in shapes], samples=args.samples,
                       seed=args.seed, threads=hardware.metadata.get("threads", 1),
-                      sweeps=args.sweeps or (hardware.metadata.get("plan") or {}).get("sweeps", 2))
+                      sweeps=args.sweeps or (hardware.metadata.get("plan") or {}).get("sweeps", 2), cells=args.cells)
     out = args.out or args.hardware_model / "validation"
     plan = hardware.metadata.get("plan") or {}
     write_report(report, out, profiled_models=list(plan.get("models", [])), machine=hardware.metadata.get("machine", {}))

@@ -8,7 +8,7 @@ from ..core.space import Space
 from ..core.target import Target, default_target
 from ..core.technique import registered, technique
 
-__all__ = ["format_inspection", "inspection_rows", "technique_rows"]
+__all__ = ["cell_rows", "format_inspection", "inspection_rows", "technique_rows"]
 
 
 def technique_rows(space: Space, target: Target | None = None) -> list[dict]:
@@ -59,6 +59,10 @@ def inspection_rows(analysis: ModelAnalysis, space: Space, target: Target | None
         note = g.note if not g.prunable else ("" if var else f"{g.channels} channels: too few to cut at this channel multiple")
         rows.append(_row("channel group", g.id, f"{g.channels} channels, {len(layers)} layers", macs / total_macs, None,
                          [describe(var[0])] if var else [], note))
+    for c in analysis.cells:
+        var = [v for v in decided.get(c.block, []) if v.kind == "cell"]
+        rows.append(_row("cell choice", c.block, c.block_class.rpartition(".")[2], c.macs / total_macs, None,
+                         [describe(v) for v in var], "" if var else "cells off (--cells off)"))
     for b in analysis.blocks:
         var = decided.get(b.name, [])
         rows.append(_row("block", b.name, "residual, in == out", b.macs / total_macs, b.params / total_params,
@@ -70,6 +74,18 @@ def inspection_rows(analysis: ModelAnalysis, space: Space, target: Target | None
     for f in analysis.fixed:
         if not any(is_inside(f.name, a.name) for a in analysis.attention):
             rows.append(_row("fixed", f.name, "", 0.0, f.params / total_params, [], f.note))
+    return rows
+
+
+def cell_rows(analysis: ModelAnalysis) -> list[dict]:
+    """One row per block with a cell choice: its name, class and cells (MACs each, and whether the
+    cell computes what the block does with the weights it inherits)."""
+    rows = []
+    for choice in analysis.cells:
+        cells = choice.to_dict()["cells"]
+        rows.append({"name": choice.block, "class": choice.block_class, "pattern": choice.entry,
+                     "cells": [c["name"] for c in cells], "macs": {c["name"]: c["macs"] for c in cells},
+                     "inherits_exactly": [o.name for o in choice.options if o.exact]})
     return rows
 
 
@@ -88,7 +104,8 @@ def format_inspection(model_name: str, analysis: ModelAnalysis, space: Space) ->
         f"{model_name}: input {tuple(analysis.input_shape)}, {analysis.total_params:,} params, "
         f"{analysis.total_macs:,} MACs; {len(space)} decision variables "
         f"({len(analysis.prunable_groups)}/{len(analysis.groups)} channel groups prunable, "
-        f"{len(analysis.blocks)} skippable blocks, {len(analysis.kernels)} kernel choices)",
+        f"{len(analysis.blocks)} skippable blocks, {len(analysis.kernels)} kernel choices, "
+        f"{len(analysis.cells)} blocks with cell choices)",
         f"techniques: {', '.join(offered) or 'none'}" + (f"; off: {', '.join(off)}" if off else ""),
         f"{'kind':<14}{'name':<40}{'shape':<30}{'MACs':>7}{'params':>8}  techniques / note",
     ]

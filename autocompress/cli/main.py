@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--out", type=Path, default=None,
                           help="folder for validation.json, .md and .png (default HARDWARE_MODEL/validation)")
     validate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    validate.add_argument("--cells", action="store_true", help="draw candidates with the NAS cell choices of each "
+                          "model's family (search_spaces/)")
     validate.set_defaults(run=_validate_predictor)
 
     search = sub.add_parser("search", help="joint multi-objective search under a latency budget (the main job)")
@@ -184,24 +186,29 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="state dict file (loaded with weights_only=True)")
     parser.add_argument("--num-classes", type=_count, default=None, help="classes of the model's head (default 10, "
                         "or the data set's)")
+    parser.add_argument("--space", default="auto", help="search-space file of NAS cells (e.g. search_spaces/mobile.yaml), "
+                        "auto (default: the one for the model's family) or none")
 
 
 def _inspect(args) -> int:
     from ..core.analysis import analyze
+    from ..core.search_space import resolve_search_space
     from ..core.space import Space, SpaceOptions
     from ..train.models import resolve_model
-    from .inspection import format_inspection, inspection_rows, technique_rows
+    from .inspection import cell_rows, format_inspection, inspection_rows, technique_rows
 
     shape = _parse_shape(args.input_shape)
     model = resolve_model(args.model, num_classes=args.num_classes or 10, weights=args.weights)
+    space_file = resolve_search_space(args.space, model)
     try:
-        analysis = analyze(model, torch.randn(shape))
+        analysis = analyze(model, torch.randn(shape), space=space_file)
     except RuntimeError as exc:
         raise AutocompressError(f"model {args.model!r} cannot run on an input of shape {shape} "
                                 f"({str(exc).splitlines()[0]}); fix --input-shape") from exc
     space = Space(analysis, SpaceOptions.from_dict(space_options_from_args(args)))
     if args.json:
-        print(json.dumps({"model": args.model, "analysis": analysis.to_dict(), "space": space.to_dict(),
+        print(json.dumps({"model": args.model, "search_space": space_file.to_dict() if space_file else None,
+                          "cells": cell_rows(analysis), "analysis": analysis.to_dict(), "space": space.to_dict(),
                           "techniques": technique_rows(space), "units": inspection_rows(analysis, space)}, indent=2))
     else:
         print(format_inspection(args.model, analysis, space))
@@ -215,7 +222,7 @@ def _apply(args) -> int:
         model_spec=args.model, candidate_arg=args.candidate, dataset=args.dataset, input_size=args.input_size,
         weights=args.weights, num_classes=args.num_classes, train_steps=args.train_steps,
         finetune_steps=args.finetune_steps, out=args.out, space_options=space_options_from_args(args),
-    )
+        search_space=args.space)
     fp_c, fp_m = report["footprint_from_candidate"], report["footprint_from_model"]
     base = report["baseline"]
     print(f"candidate: {report['decisions']} decisions changed of {report['space_size']}; written to {args.out / 'candidate.json'}")
@@ -251,7 +258,7 @@ def _search(args) -> int:
     spec = ProblemSpec(model=args.model, dataset=args.dataset, input_size=args.input_size,
                        weights=str(args.weights) if args.weights else None, num_classes=args.num_classes,
                        train_steps=args.train_steps, hardware=_chosen_hardware(args.hardware),
-                       space=space_options_from_args(args))
+                       space=space_options_from_args(args), search_space=args.space)
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
                               finetune=DistillationConfig(steps=args.finetune_steps),

@@ -25,6 +25,7 @@ from torch import nn
 
 from .analysis import ModelAnalysis
 from .candidate import Candidate
+from .cell_choices import with_followers
 from .modules import forward_with_hooks
 from .technique import LayerShape, ModelShapes, registered
 
@@ -63,22 +64,26 @@ def weight_bytes(numel: int, out_channels: int, bits: int, zeros: int = 0) -> in
 
 def model_shapes(analysis: ModelAnalysis, candidate: Candidate) -> ModelShapes:
     """Every layer's shape, every norm's channels and the modules removed, once ``candidate`` is applied."""
-    shapes = ModelShapes(
-        layers={u.name: LayerShape(u.in_channels, u.out_channels, u.groups, u.kernel_size) for u in analysis.layers},
-        norm_channels={n.name: n.channels for n in analysis.norms})
+    candidate = with_followers(analysis, candidate)
+    shapes = ModelShapes.of(analysis)
     for technique in registered():
         technique.reshape(analysis, candidate, shapes)
+    for depthwise, layer in shapes.follows.items():  # one filter per input channel of the layer it feeds
+        if depthwise in shapes.layers and layer in shapes.layers:
+            channels = shapes.layers[layer].in_channels
+            shapes.layers[depthwise] = shapes.layers[depthwise].replace(
+                in_channels=channels, out_channels=channels, groups=channels)
     return shapes
 
 
 def footprint_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> Footprint:
     shapes = model_shapes(analysis, candidate)
     params = macs = size = 0
-    for unit in analysis.layers:
+    for unit in shapes.units.values():
         if shapes.alive(unit.name):
             p, m, b = _layer_footprint(unit, shapes.layers[unit.name])
             params, macs, size = params + p, macs + m, size + b
-    for norm in analysis.norms:
+    for norm in shapes.norms.values():
         if shapes.alive(norm.name):
             n = shapes.norm_channels[norm.name] * norm.params_per_channel
             params, size = params + n, size + 4 * n

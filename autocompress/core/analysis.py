@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .modules import forward_with_hooks, is_inside
 from .channel_groups import ChannelGroup, find_channel_groups
+from .cell_choices import CellChoice, find_cell_choices
 from .choice_points import KernelChoice, SkipBlock, SkippedBlock, find_kernel_choices, find_skip_blocks
+from .units import AttentionUnit, FixedParams, LayerUnit, NormUnit, collect_units, trace_shapes
 
 __all__ = [
     "AttentionUnit",
@@ -31,72 +32,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LayerUnit:
-    """A Conv2d or Linear layer: the unit of bit widths, ranks and kernel choices."""
-
-    name: str
-    kind: str  # "conv" or "linear"
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int]  # (1, 1) for linear layers
-    stride: int
-    padding: int
-    groups: int
-    has_bias: bool
-    positions: int  # output positions per sample: H*W for a conv, tokens for a linear
-    factorizable: bool
-    note: str = ""
-    in_hw: tuple[int, int] = (1, 1)  # input height and width of a conv; (tokens, 1) for a linear
-    out_hw: tuple[int, int] = (1, 1)  # output height and width; (tokens, 1) for a linear
-
-    @property
-    def depthwise(self) -> bool:
-        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
-
-    @property
-    def params(self) -> int:
-        k_h, k_w = self.kernel_size
-        return self.out_channels * (self.in_channels // self.groups) * k_h * k_w + self.out_channels * self.has_bias
-
-    @property
-    def macs(self) -> int:
-        k_h, k_w = self.kernel_size
-        return self.out_channels * (self.in_channels // self.groups) * k_h * k_w * self.positions
-
-
-@dataclass(frozen=True)
-class NormUnit:
-    name: str
-    channels: int
-    params_per_channel: int  # 2 for affine BatchNorm/LayerNorm
-
-
-@dataclass(frozen=True)
-class AttentionUnit:
-    """An nn.MultiheadAttention: its projections are applied functionally, so no technique edits it."""
-
-    name: str
-    embed_dim: int
-    tokens: int
-    params: int
-
-    @property
-    def macs(self) -> int:
-        # q/k/v projections, scores, weighted sum, output projection
-        e, t = self.embed_dim, self.tokens
-        return 3 * e * e * t + 2 * t * t * e + e * e * t
-
-
-@dataclass(frozen=True)
-class FixedParams:
-    """Parameters no technique changes (position embeddings, attention, unsupported layers)."""
-
-    name: str
-    params: int
-    note: str
-
-
 @dataclass
 class ModelAnalysis:
     input_shape: tuple[int, ...]
@@ -109,6 +44,7 @@ class ModelAnalysis:
     kernels: list[KernelChoice]
     output_layer: str | None
     notes: list[str] = field(default_factory=list)
+    cells: list[CellChoice] = field(default_factory=list)  # blocks a search-space file gives cell choices
 
     def __post_init__(self) -> None:
         self._layers = {u.name: u for u in self.layers}
@@ -147,102 +83,28 @@ class ModelAnalysis:
             "blocks": [asdict(b) for b in self.blocks],
             "kernels": [asdict(k) for k in self.kernels],
             "notes": list(self.notes),
+            "cells": [c.to_dict() for c in self.cells],
         }
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelAnalysis:
-    """List the compressible units of ``model`` for inputs shaped like ``example_input``.
+def analyze(model: nn.Module, example_input: torch.Tensor, *, space=None) -> ModelAnalysis:
+    """List the compressible units of ``model`` for inputs shaped like ``example_input``, and,
+    with ``space`` (a ``search_space.SearchSpaceFile``), the cells each block it matches may become.
 
     Puts ``model`` in eval mode (shapes and residual checks need running statistics); its
     weights are not changed.
     """
     model = model.eval()
-    shapes, output_layer = _trace_shapes(model, example_input)
-    layers, norms, attention, fixed = _collect_units(model, shapes)
+    shapes, output_layer = trace_shapes(model, example_input)
+    layers, norms, attention, fixed = collect_units(model, shapes)
     groups, group_notes = find_channel_groups(model, example_input, output_layer=output_layer)
     blocks = find_skip_blocks(model, example_input, shapes, layers)
     kernels = find_kernel_choices(model)
-    notes = list(group_notes)
+    cells, cell_notes = [], []
+    if space is not None:
+        cells, cell_notes = find_cell_choices(model, example_input, space, shapes, layers, {b.name for b in blocks})
+    notes = list(group_notes) + cell_notes
     notes += [f"{f.name}: {f.note}" for f in fixed]
     notes += [f"{u.name}: {u.note}" for u in layers if u.note]
     return ModelAnalysis(tuple(example_input.shape), layers, norms, attention, fixed, groups, blocks, kernels,
-                         output_layer, notes)
-
-
-def _trace_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, str | None]:
-    """Input and output shapes of every module in one forward pass, plus which layer made the output."""
-    records: dict[str, dict] = {}
-    outputs: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def record(module, args, output):
-            if name in records:  # a module called twice (shared weights) keeps its first shapes
-                return
-            first_in = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            records[name] = {
-                "in": tuple(first_in.shape) if first_in is not None else None,
-                "out": tuple(output.shape) if isinstance(output, torch.Tensor) else None,
-                "n_tensor_args": sum(isinstance(a, torch.Tensor) for a in args),
-            }
-            if isinstance(output, torch.Tensor):
-                outputs[name] = output
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    result = forward_with_hooks(model, example_input, handles)
-    output_layer = next(
-        (n for n, t in outputs.items() if t is result and isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))), None
-    )
-    return records, output_layer
-
-
-def _collect_units(model: nn.Module, shapes: dict):
-    layers, norms, attention, fixed = [], [], [], []
-    attention_names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    for name, module in model.named_modules():
-        if any(is_inside(name, a) and name != a for a in attention_names):
-            continue  # counted with their attention module
-        own = sum(p.numel() for p in module.parameters(recurse=False))
-        rec = shapes.get(name)
-        if isinstance(module, nn.MultiheadAttention):
-            tokens = _tokens(rec["in"], module.batch_first) if rec and rec["in"] else 0
-            attention.append(AttentionUnit(name, module.embed_dim, tokens, sum(p.numel() for p in module.parameters())))
-        elif isinstance(module, (nn.Conv2d, nn.Linear)):
-            if rec is None or rec["out"] is None:
-                fixed.append(FixedParams(name, own, "never called as a module in forward; left as it is"))
-            else:
-                layers.append(_layer_unit(name, module, rec["in"], rec["out"]))
-        elif isinstance(module, nn.BatchNorm2d) and own:
-            norms.append(NormUnit(name, module.num_features, own // module.num_features))
-        elif isinstance(module, nn.LayerNorm) and own and len(module.normalized_shape) == 1:
-            norms.append(NormUnit(name, module.normalized_shape[0], own // module.normalized_shape[0]))
-        elif own:
-            what = "the model's own parameters" if not name else f"{type(module).__name__} parameters"
-            fixed.append(FixedParams(name or "<root>", own, f"{what}: no technique changes them"))
-    return layers, norms, attention, fixed
-
-
-def _tokens(shape: tuple[int, ...], batch_first: bool) -> int:
-    if len(shape) == 2:
-        return shape[0]
-    return shape[1] if batch_first else shape[0]
-
-
-def _layer_unit(name: str, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> LayerUnit:
-    if isinstance(module, nn.Conv2d):
-        grouped = module.groups > 1
-        note = f"grouped convolution (groups={module.groups}): no low-rank factorization" if grouped and not (
-            module.groups == module.in_channels == module.out_channels) else ""
-        pad = module.padding[0] if isinstance(module.padding, tuple) else -1  # -1: 'same'/'valid' strings
-        return LayerUnit(
-            name, "conv", module.in_channels, module.out_channels, tuple(module.kernel_size), module.stride[0], pad,
-            module.groups, module.bias is not None, out_shape[-1] * out_shape[-2], factorizable=not grouped, note=note,
-            in_hw=(in_shape[-2], in_shape[-1]), out_hw=(out_shape[-2], out_shape[-1]),
-        )
-    positions = 1
-    for d in out_shape[1:-1]:
-        positions *= d
-    return LayerUnit(name, "linear", module.in_features, module.out_features, (1, 1), 1, 0, 1, module.bias is not None,
-                     positions, factorizable=True, in_hw=(positions, 1), out_hw=(positions, 1))
-
-
+                         output_layer, notes, cells)

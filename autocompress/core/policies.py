@@ -11,7 +11,8 @@ WARM_START_RATIOS = (0.25, 0.375, 0.5, 0.625, 0.75)
 
 
 def warm_start_policies(space: Space) -> dict[str, dict]:
-    """The simple hand policies, as trial parameters: every layer int8, and uniform pruning + int8.
+    """The simple hand policies, as trial parameters: every layer int8, uniform pruning + int8, and
+    every block with cell choices at its cheapest cell (in float and in int8).
 
     Uniform pruning in float is there too: on ORT's CPU kernels int8 is not always the faster
     precision (MobileNet-V2's small depthwise convs at 32x32 run slower in int8)."""
@@ -25,4 +26,9 @@ def warm_start_policies(space: Space) -> dict[str, dict]:
     for ratio in WARM_START_RATIOS:
         if prune_vars and all(ratio in v.choices for v in prune_vars):
             policies[f"uniform-{ratio:g}-fp32"] = neutral | {v.name: ratio for v in prune_vars}
+    # Cells stand costliest first and skip last: the cheapest cell that keeps the block is the last other.
+    cheapest = {v.name: [c for c in v.choices if c != "skip"][-1] for v in space.variables if v.kind == "cell"}
+    if cheapest:
+        policies["cheapest-cells"] = neutral | cheapest
+        policies["cheapest-cells-int8"] = neutral | int8 | cheapest
     return policies

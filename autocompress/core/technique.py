@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Iterator
 
 from .modules import is_inside
+from .units import LayerUnit, NormUnit
 
 __all__ = ["LayerShape", "ModelShapes", "Technique", "Variable", "layer_mac_share", "read_flag", "register",
            "registered", "technique"]
@@ -66,14 +67,52 @@ class LayerShape:
 @dataclass
 class ModelShapes:
     """What a Candidate leaves of the analysed model, built by each technique's ``reshape`` in
-    registry order: each layer's shape, each norm's channel count, and the modules removed whole."""
+    registry order: each layer's shape, each norm's channel count, and the modules removed whole.
+
+    ``units`` and ``norms`` describe the layers and norms the model has once its cells are chosen
+    (the analysis' own, with a replaced block's swapped for its cell's, in model order);
+    ``follows`` maps a cell's new depthwise layer to the layer whose input channels it carries."""
 
     layers: dict[str, LayerShape]
     norm_channels: dict[str, int]
     removed: list[str] = field(default_factory=list)  # module names removed with all they contain
+    units: dict[str, LayerUnit] = field(default_factory=dict)
+    norms: dict[str, NormUnit] = field(default_factory=dict)
+    follows: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, analysis) -> "ModelShapes":
+        """The analysed model as it is."""
+        return cls(layers={u.name: LayerShape(u.in_channels, u.out_channels, u.groups, u.kernel_size)
+                           for u in analysis.layers},
+                   norm_channels={n.name: n.channels for n in analysis.norms},
+                   units={u.name: u for u in analysis.layers}, norms={n.name: n for n in analysis.norms})
 
     def alive(self, name: str) -> bool:
         return not any(is_inside(name, gone) for gone in self.removed)
+
+    def replace_block(self, block: str, layers, norms, follows) -> None:
+        """Swap every layer and norm inside ``block`` for a cell's, where the block's first stood."""
+        self.units = _spliced(self.units, block, {u.name: u for u in layers})
+        self.norms = _spliced(self.norms, block, {n.name: n for n in norms})
+        self.layers = {name: LayerShape(u.in_channels, u.out_channels, u.groups, u.kernel_size)
+                       if is_inside(name, block) else self.layers[name] for name, u in self.units.items()}
+        self.norm_channels = {name: n.channels if is_inside(name, block) else self.norm_channels[name]
+                              for name, n in self.norms.items()}
+        self.follows.update(follows)
+
+
+def _spliced(entries: dict, block: str, cell: dict) -> dict:
+    out, placed = {}, False
+    for name, value in entries.items():
+        if not is_inside(name, block):
+            out[name] = value
+        elif not placed:
+            out.update(cell)
+            placed = True
+    if not placed:
+        out.update(cell)
+    return out
 
 
 def layer_mac_share(analysis, macs: int) -> float:
@@ -105,6 +144,9 @@ class Technique(ABC):
     # The techniques of the first releases are written into every Candidate JSON, even when empty,
     # so stored candidates (the keys of profile CSVs and studies) keep their exact text.
     in_every_candidate_json: ClassVar[bool] = False
+    # Per-layer decisions that a cell's new depthwise layer takes from the 1x1 layer it feeds
+    # (``cell_choices.with_followers``): a depthwise-separable conv runs at its conv's bit width.
+    follows_layers: ClassVar[bool] = False
 
     def read_option(self, value: Any) -> Any:
         """Check a SpaceOptions value for this technique; raise ValueError naming it when wrong."""

@@ -16,6 +16,7 @@ import torch
 
 from ..core.accounting import footprint_of_candidate, footprint_of_model
 from ..core.analysis import analyze
+from ..core.search_space import resolve_search_space
 from ..train.data import calibration_batches, load_dataset
 from ..errors import AutocompressError, InvalidCandidateError
 from ..hardware.onnx_export import export_and_compare, export_onnx
@@ -83,9 +84,12 @@ def resolve_candidate(parsed: Candidate | UniformPolicy | int, space: Space) -> 
 
 def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", input_size: int = 32,
               weights: Path | None = None, num_classes: int | None = None, train_steps: int = 0,
-              finetune_steps: int = 0, out: Path, space_options: dict | None = None) -> dict:
+              finetune_steps: int = 0, out: Path, space_options: dict | None = None,
+              search_space: str = "auto") -> dict:
     """Apply one Candidate (``parse_candidate_arg``) to a model, export it, and compare it with the
-    baseline exported and timed beside it. ``space_options``: SpaceOptions keywords as JSON."""
+    baseline exported and timed beside it. ``space_options``: SpaceOptions keywords as JSON;
+    ``search_space``: the NAS cells' file (cells take the weights they inherit: no blockwise
+    distillation here; a search's export uses the ones it distilled)."""
     out = Path(out)
     parsed = parse_candidate_arg(candidate_arg)
     splits = load_dataset(dataset, image_size=input_size)
@@ -96,7 +100,7 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
     model = baseline_model(model_spec, num_classes=classes, weights=weights, train_steps=train_steps,
                            splits=splits, cache_dir=out)
     example = splits.val[0][0].unsqueeze(0)
-    analysis = analyze(model, example)
+    analysis = analyze(model, example, space=resolve_search_space(search_space, model))
     space = Space(analysis, SpaceOptions.from_dict(space_options or {}))
     candidate = resolve_candidate(parsed, space)
     out.mkdir(parents=True, exist_ok=True)

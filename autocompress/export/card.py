@@ -15,6 +15,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from ..core.candidate import candidate_summary
 from ..core.space import Candidate
 from ..errors import AutocompressError
 from ..hardware import machine_info
@@ -155,6 +156,8 @@ def write_card(out: Path, card: dict) -> None:
         "",
         f"Budget {card['budget']} = {card['budget_ms']:.3f} ms (predicted baseline latency "
         f"{lat['baseline_predicted_ms']:.3f} ms).",
+        "",
+        f"Architecture and compression: {candidate_summary(card['candidate'])}.",
         "",
         "| | predicted | measured | baseline (measured) | ratio to baseline |",
         "|---|---|---|---|---|",

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.analysis import ModelAnalysis, analyze
+from ..core.search_space import resolve_search_space
 from .onnx_export import export_onnx
 from ..train.models import resolve_model
 from ..core.space import Candidate, Space, SpaceOptions
@@ -54,16 +55,19 @@ def model_under_test(spec: str, input_size: int, num_classes: int = 10) -> Model
     model = resolve_model(spec, num_classes=num_classes, weights=None).eval()
     example = torch.randn(1, 3, input_size, input_size)
     logging.getLogger("autocompress").debug("analysing %s at %d px", spec, input_size)
-    return ModelUnderTest(spec, input_size, model, analyze(model, example), example)
+    # With the cells of its family's search space, so candidates with cells can be drawn and priced.
+    analysis = analyze(model, example, space=resolve_search_space("auto", model))
+    return ModelUnderTest(spec, input_size, model, analysis, example)
 
 
 def random_candidate(target: ModelUnderTest, rng: random.Random, *,
-                     density: tuple[float, float] = (0.1, 1.0)) -> Candidate:
+                     density: tuple[float, float] = (0.1, 1.0), cells: bool = False) -> Candidate:
     """A candidate as a search would propose: a random share (drawn from ``density``) of the
     decisions changed, channels kept at multiples of 8 (the default) or, one time in four, of 1
-    (unaligned)."""
+    (unaligned). ``cells``: NAS cell choices among the decisions (off by default, so that the draws
+    of profiles made before cells existed reproduce)."""
     multiple = 1 if rng.random() < 0.25 else 8
-    space = Space(target.analysis, SpaceOptions(channel_multiple=multiple))
+    space = Space(target.analysis, SpaceOptions(channel_multiple=multiple, cells=cells))
     return space.sample(rng, density=rng.uniform(*density))
 
 

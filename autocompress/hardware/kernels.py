@@ -86,7 +86,7 @@ def kernels_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> list[
     """The kernels of ``candidate`` applied to the analysed model, in the model's layer order."""
     shapes = model_shapes(analysis, candidate)
     kernels = []
-    for unit in analysis.layers:
+    for unit in shapes.units.values():
         if not shapes.alive(unit.name):
             continue
         s = shapes.layers[unit.name]

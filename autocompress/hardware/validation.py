@@ -130,8 +130,10 @@ class ValidationReport:
 
 
 def validate(hardware: HardwareModel, folder: Path, models: list[str], input_sizes: list[int], *,
-             samples: int = 100, seed: int = 1, threads: int = 1, sweeps: int = 2) -> ValidationReport:
-    """Measure ``samples`` random candidates per model and input size, and score the predictions.
+             samples: int = 100, seed: int = 1, threads: int = 1, sweeps: int = 2, cells: bool = False
+             ) -> ValidationReport:
+    """Measure ``samples`` random candidates per model and input size (with NAS cell choices of the
+    model's family with ``cells``), and score the predictions.
 
     Every candidate is timed in ``sweeps`` sweeps over the whole plan, minutes apart, and its
     fastest sweep is the measurement, as in profiling (see ``profiling``). Each sweep shuffles the
@@ -154,7 +156,8 @@ def validate(hardware: HardwareModel, folder: Path, models: list[str], input_siz
         for size in input_sizes:
             target = model_under_test(spec, size)
             for i in range(samples):
-                candidate = random_candidate(target, random.Random(f"validate-{seed}-{spec}-{size}-{i}"))
+                draw = random.Random(f"validate-{seed}-{spec}-{size}-{i}" + ("-cells" if cells else ""))
+                candidate = random_candidate(target, draw, cells=cells)
                 if (spec, size, candidate.to_json()) not in trained_on:  # never score what was fit on
                     plan.append((target, candidate))
                 else:

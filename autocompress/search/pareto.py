@@ -18,6 +18,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from ..core.candidate import candidate_summary
 from ..errors import ResultsError
 
 __all__ = [
@@ -182,18 +183,19 @@ def summary_table(front: Sequence[TrialRecord], *, budget_ms: float | None, base
     if not front:
         return "no trial on the Pareto front (every trial failed, went over budget or is still running)"
     best = best_under(front, budget_ms)
-    header = ["", "trial", "acc %", "latency ms", "x latency", "size KB", "x size", "under budget", "origin"]
+    header = ["", "trial", "acc %", "latency ms", "x latency", "size KB", "x size", "under budget", "origin",
+              "architecture and compression"]
     rows = [["", "base", f"{100 * baseline['accuracy']:.2f}", f"{baseline['latency_ms']:.3f}", "1.00",
-             f"{baseline['size_bytes'] / 1000:.1f}", "1.00", "", "uncompressed"]]
+             f"{baseline['size_bytes'] / 1000:.1f}", "1.00", "", "-", "uncompressed"]]
     for r in front:
         under = "-" if budget_ms is None else ("yes" if r.latency_ms <= budget_ms else "no")
         rows.append([
             "*" if best is not None and r.number == best.number else "", str(r.number), f"{100 * r.accuracy:.2f}",
             f"{r.latency_ms:.3f}", f"{r.latency_ms / baseline['latency_ms']:.2f}", f"{r.size_bytes / 1000:.1f}",
-            f"{r.size_bytes / baseline['size_bytes']:.2f}", under, r.origin or "-"])
+            f"{r.size_bytes / baseline['size_bytes']:.2f}", under, r.origin or "-", candidate_summary(r.candidate)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    # Numbers right-aligned for easy comparison; the origin (free text, last) left-aligned.
-    lines = ["  ".join(cell.ljust(w) if i in (0, len(header) - 1) else cell.rjust(w)
+    # Numbers right-aligned for easy comparison; the free text (origin, what it is: last) left-aligned.
+    lines = ["  ".join(cell.ljust(w) if i in (0, len(header) - 2, len(header) - 1) else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
     if best is not None:
         where = "overall" if budget_ms is None else f"within the {budget_ms:g} ms budget"

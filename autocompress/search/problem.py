@@ -17,7 +17,10 @@ import torch
 
 from ..core.accounting import footprint_of_candidate
 from ..core.analysis import ModelAnalysis, analyze
+from ..core.search_space import resolve_search_space
+from ..train.blockwise import BlockwiseConfig, load_or_distill_cells
 from ..train.baseline import baseline_model
+from ..train.models import resolve_model
 from ..train.data import DatasetSplits, calibration_batches, load_dataset
 from ..errors import AutocompressError
 from ..train.finetune import DistillationConfig, FinetuneResult, distill, evaluate_accuracy, teacher_logits
@@ -27,7 +30,7 @@ from ..hardware.store import AUTO, SHIPPED_MODELS
 from ..core.space import Candidate, Space, SpaceOptions
 from ..techniques import apply_candidate
 
-__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "read_host_level", "read_spec"]
+__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "check_search_space", "read_host_level", "read_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ class ProblemSpec:
     num_classes: int | None = None
     train_steps: int = 400  # baseline training when no weights are given
     hardware: str = AUTO  # a hardware model folder, or "auto": one measured on a machine like this one
+    # A search-space file of NAS cells (search_spaces/*.yaml), "auto" (the one for the model's family,
+    # if any) or "none" (no cells).
+    search_space: str = AUTO
     # SpaceOptions keywords that differ from the defaults, e.g. {"sparsity_ratios": [0.0, 0.5, 0.9]}
     space: dict = field(default_factory=dict)
 
@@ -59,6 +65,8 @@ class ProblemSpec:
         out = asdict(self)
         if not self.space:
             del out["space"]  # so the identity of a search from before space options stays the same
+        if self.search_space == AUTO:
+            del out["search_space"]  # likewise for searches from before search-space files
         return out
 
 
@@ -77,6 +85,7 @@ class SearchProblem:
     baseline_accuracy: float
     baseline_bytes: int
     device: str = "cpu"
+    cell_weights: dict = field(default_factory=dict)  # blockwise-distilled cells, by cell key
 
     def predict(self, candidate: Candidate) -> LatencyPrediction:
         return self.hardware.predict_candidate(self.analysis, candidate)
@@ -86,7 +95,7 @@ class SearchProblem:
 
     def build(self, candidate: Candidate) -> torch.nn.Module:
         return apply_candidate(self.baseline, candidate, self.analysis, self.example,
-                               rules=self.hardware.quantization_rules)
+                               rules=self.hardware.quantization_rules, cell_weights=self.cell_weights)
 
     def finetune(self, candidate: Candidate, config: DistillationConfig, *,
                  should_stop: Callable[[int, float], bool] | None = None) -> tuple[torch.nn.Module, FinetuneResult]:
@@ -100,10 +109,11 @@ class SearchProblem:
         return {"accuracy": self.baseline_accuracy, "latency_ms": self.baseline_ms, "size_bytes": self.baseline_bytes}
 
 
-def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu",
-                  host_level: HostLevel | None = None) -> SearchProblem:
-    """Load the data and hardware model, and train (or load) the baseline, cached in ``cache_dir``.
-    ``host_level``: predict at that level of the host (``hardware.host_level``), not the profile's."""
+def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", host_level: HostLevel | None = None,
+                  map_jobs=None, progress: bool = False) -> SearchProblem:
+    """Load the data and hardware model, train (or load) the baseline and distill its cells, cached
+    in ``cache_dir``. ``host_level``: predict at that level of the host (``hardware.host_level``), not
+    the profile's. ``map_jobs(fn, jobs)``: where blockwise distillation runs (default: here)."""
     hardware_dir = hardware_folder(spec.hardware)
     splits = load_dataset(spec.dataset, image_size=spec.input_size)
     classes = spec.num_classes or splits.num_classes
@@ -114,8 +124,13 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu",
                               train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir))
     baseline.eval()
     example = splits.val[0][0].unsqueeze(0)
-    analysis = analyze(baseline, example)
+    analysis = analyze(baseline, example, space=resolve_search_space(spec.search_space, baseline))
     space = Space(analysis, spec.space_options())
+    cell_weights = {}
+    if any(v.kind == "cell" for v in space.variables):
+        images = torch.cat(calibration_batches(splits.train, num_samples=BlockwiseConfig().samples, batch_size=256))
+        cell_weights = load_or_distill_cells(baseline, analysis, images, Path(cache_dir) / "cells",
+                                             map_jobs=map_jobs, progress=progress)
     hardware = load_hardware_model(hardware_dir)
     if host_level is not None:
         hardware = hardware.at_level(host_level.ratio)
@@ -126,8 +141,19 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu",
         baseline_ms=hardware.predict_candidate(analysis, space.default()).ms,
         baseline_accuracy=evaluate_accuracy(baseline, splits.val),
         baseline_bytes=footprint_of_candidate(analysis, space.default()).bytes,
-        device=device,
+        device=device, cell_weights=cell_weights,
     )
+
+
+def check_search_space(spec: ProblemSpec) -> None:
+    """Read the spec's search-space file and build its cells on the untrained model: a bad file (its
+    syntax, a class, a kernel, a cell that does not fit its block) fails in one line before anything
+    trains. The shipped files chosen by "auto" are known to be good."""
+    if spec.search_space in (AUTO, "none"):
+        return
+    model = resolve_model(spec.model, num_classes=spec.num_classes or 10)
+    space_file = resolve_search_space(spec.search_space, model)
+    analyze(model.eval(), torch.zeros(1, 3, spec.input_size, spec.input_size), space=space_file)
 
 
 def hardware_folder(name: str) -> Path:

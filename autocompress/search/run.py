@@ -42,7 +42,7 @@ from .folder import STUDY_NAME, SearchFolder
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study
 from ..hardware import load_hardware_model
 from ..hardware.host_level import REFERENCES, HostLevel, measure_host_level
-from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder, read_host_level
+from .problem import ProblemSpec, SearchProblem, build_problem, check_search_space, hardware_folder, read_host_level
 from ..core.space import Space
 
 __all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "open_study", "run_search"]
@@ -133,15 +133,27 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     budget = Budget.parse(settings.budget)
     if problem is None:
         hardware_folder(settings.problem.hardware)  # a bad --hardware fails before the study is created
+        check_search_space(settings.problem)  # and a bad --space before anything trains
     study = open_study(settings)  # a bad --storage fails here, before the baseline trains
     if executor is None and settings.executor == "ray" and settings.ray_address:
         from .executors.ray_pool import check_ray_address
 
         check_ray_address(settings.ray_address)  # and so does a dead --ray-address
+    own_executor = executor is None
+    if own_executor and settings.executor == "ray":
+        executor = _ray_executor(settings)  # its workers distill the cells before they fine-tune
     host_level = None
-    if problem is None:
-        host_level = _host_level(search_json, settings)
-        problem = build_problem(settings.problem, cache_dir=out, host_level=host_level)
+    try:
+        if problem is None:
+            host_level = _host_level(search_json, settings)
+            problem = build_problem(settings.problem, cache_dir=out, host_level=host_level, progress=progress,
+                                    map_jobs=getattr(executor, "map_jobs", None))
+        if own_executor:
+            executor = executor.attach(problem) if executor is not None else make_executor(settings, problem)
+    except BaseException:
+        if own_executor and executor is not None:
+            executor.close()
+        raise
     budget_ms = budget.resolve(problem.baseline_ms)
     _write_search_json(search_json, settings, problem, budget_ms, host_level)
     _fail_stale_trials(study)
@@ -151,8 +163,6 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
             study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
         study.set_user_attr("warm_started", True)
-    own_executor = executor is None
-    executor = executor or make_executor(settings, problem)
     interrupted, cluster_lost = False, None
     try:
         TrialDriver(settings, problem, study, budget_ms, executor).run(progress=progress)
@@ -175,9 +185,13 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
 def make_executor(settings: SearchSettings, problem: SearchProblem) -> Executor:
     if settings.executor == "local":
         return LocalExecutor(problem)
+    return _ray_executor(settings).attach(problem)
+
+
+def _ray_executor(settings: SearchSettings):
     from .executors.ray_pool import RayExecutor
 
-    return RayExecutor(problem, workers=settings.workers, address=settings.ray_address,
+    return RayExecutor(workers=settings.workers, address=settings.ray_address,
                        cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=settings.gpus_per_trial)
 
 

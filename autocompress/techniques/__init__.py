@@ -1,7 +1,7 @@
 """The techniques, one module each, and the one verb that applies a Candidate: ``apply_candidate``.
 
 Importing this package registers every built-in technique (``core.technique.register``); the
-registry's order is the apply order (skip, kernel, prune, rank, sparsity, bits), because each
+registry's order is the apply order (cell, skip, kernel, prune, rank, sparsity, bits), because each
 later step acts on the shapes the earlier ones leave. A new technique is one module here that
 subclasses ``Technique``, registers an instance, and is imported below.
 """
@@ -9,6 +9,7 @@ subclasses ``Technique``, registers an instance, and is imported below.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -16,9 +17,10 @@ from torch import nn
 
 from ..core.analysis import ModelAnalysis
 from ..core.candidate import Candidate
+from ..core.cell_choices import with_followers
 from ..core.target import default_target
 from ..core.technique import registered
-from . import kernel, prune, quantize, skip, sparsity  # noqa: F401  (each registers itself)
+from . import cell, kernel, prune, quantize, skip, sparsity  # noqa: F401  (each registers itself)
 from .factorize import LowRank, factorize
 from .kernel import shrink_kernel
 from .quantizers import QuantizationRules, QuantizedLayer, calibrate
@@ -32,17 +34,24 @@ class ApplyContext:
     analysis: ModelAnalysis
     example_input: torch.Tensor
     rules: QuantizationRules = field(default_factory=QuantizationRules)  # the target's integer ranges
+    # Blockwise-distilled weights of cells, by ``cell.cell_key`` (a search folder's cells/); a cell
+    # without an entry uses the weights it inherits from its block.
+    cell_weights: Mapping[str, dict] = field(default_factory=dict)
 
 
 def apply_candidate(model: nn.Module, candidate: Candidate, analysis: ModelAnalysis,
-                    example_input: torch.Tensor, *, rules: QuantizationRules | None = None) -> nn.Module:
+                    example_input: torch.Tensor, *, rules: QuantizationRules | None = None,
+                    cell_weights: Mapping[str, dict] | None = None) -> nn.Module:
     """A compressed copy of ``model``; the original is left untouched.
 
     ``rules``: the integer weight ranges of the target the model will run on
     (``Target.quantization_rules``); None: the default target's rules on this machine.
+    ``cell_weights``: blockwise-distilled weights of cells (``train.blockwise``), by cell key.
     """
     compressed = copy.deepcopy(model).eval()
-    context = ApplyContext(analysis, example_input, rules or default_target().quantization_rules(None))
+    context = ApplyContext(analysis, example_input, rules or default_target().quantization_rules(None),
+                           cell_weights or {})
+    candidate = with_followers(analysis, candidate)
     for technique in registered():
         technique.apply(compressed, candidate, context)
     _keep_transformer_layers_on_module_path(compressed)

@@ -54,7 +54,7 @@ class Factorize(Technique):
 
     def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
         for name, shape in shapes.layers.items():
-            if analysis.layer(name).factorizable:
+            if shapes.units[name].factorizable:
                 rank = rank_for(candidate.rank.get(name, 1.0), min(shape.out_channels, shape.fan_in))
                 shapes.layers[name] = shape.replace(rank=rank)
 

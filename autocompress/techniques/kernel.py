@@ -3,9 +3,9 @@ shrinks alike, so the output keeps its height and width, and the kept taps keep 
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from ..core.cells import CellBuildError, resize_kernel
 from ..core.modules import is_inside
 from ..core.technique import ModelShapes, Technique, Variable, read_flag, register
 
@@ -33,12 +33,19 @@ class ShrinkKernels(Technique):
     def apply(self, model, candidate, context) -> None:
         skipped = [block for block, skip in candidate.skip.items() if skip]
         for layer, size in sorted(candidate.kernel.items()):
-            if not any(is_inside(layer, block) for block in skipped):  # else it went with its block
-                shrink_kernel(model.get_submodule(layer), size)
+            if any(is_inside(layer, block) for block in skipped):
+                continue  # it went with its block
+            try:
+                conv = model.get_submodule(layer)
+            except AttributeError:
+                continue  # a cell without this layer replaced its block
+            if tuple(conv.kernel_size) == context.analysis.layer(layer).kernel_size:  # else a cell set it
+                shrink_kernel(conv, size)
 
     def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
         for layer, size in candidate.kernel.items():
-            if layer in shapes.layers:
+            # A layer whose kernel the chosen cell changed keeps the cell's kernel.
+            if layer in shapes.layers and shapes.units[layer].kernel_size == analysis.layer(layer).kernel_size:
                 shapes.layers[layer] = shapes.layers[layer].replace(kernel=(size, size))
 
     def summary(self, values: dict) -> str | None:
@@ -49,19 +56,12 @@ class ShrinkKernels(Technique):
 
 def shrink_kernel(conv: nn.Conv2d, size: int) -> None:
     """Keep the centre ``size`` x ``size`` taps of a square kernel; padding shrinks so H x W stay."""
-    current = conv.kernel_size[0]
-    if size == current:
-        return
-    if size > current or (current - size) % 2:
-        raise ValueError(f"cannot shrink a {current}x{current} kernel to {size=}")
-    crop = (current - size) // 2
-    pad = conv.padding[0] - crop * conv.dilation[0]
-    if pad < 0:
-        raise ValueError(f"kernel {size} needs negative padding for this conv ({conv.padding=})")
-    with torch.no_grad():
-        conv.weight = nn.Parameter(conv.weight[:, :, crop:crop + size, crop:crop + size].clone())
-    conv.kernel_size = (size, size)
-    conv.padding = (pad, pad)
+    if size > conv.kernel_size[0]:
+        raise ValueError(f"cannot shrink a {conv.kernel_size[0]}x{conv.kernel_size[0]} kernel to {size=}")
+    try:
+        resize_kernel(conv, size)
+    except CellBuildError as exc:
+        raise ValueError(str(exc)) from None
 
 
 register(ShrinkKernels())

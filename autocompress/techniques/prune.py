@@ -42,11 +42,11 @@ class PruneChannels(Technique):
         apply_pruning(model, candidate, context)
 
     def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
-        removed = removed_channels(analysis, candidate)
+        removed = removed_channels(analysis, candidate, shapes)
         if not removed:
             return
         for name, shape in shapes.layers.items():
-            unit = analysis.layer(name)
+            unit = shapes.units[name]
             out_ch = unit.out_channels - removed.get((name, "out"), 0)
             if unit.depthwise:
                 in_ch, groups = out_ch, out_ch
@@ -72,14 +72,16 @@ class PruneChannels(Technique):
         return f"{len(prune)} group{'' if len(prune) == 1 else 's'} pruned (mean {100 * sum(prune) / len(prune):.0f}%)"
 
 
-def removed_channels(analysis, candidate) -> dict[tuple[str, str], int]:
+def removed_channels(analysis, candidate, shapes: ModelShapes) -> dict[tuple[str, str], int]:
     """(module, "out"/"in") -> channels or features the Candidate's pruning removes there."""
     removed: dict[tuple[str, str], int] = {}
     for group in analysis.prunable_groups:
         ratio = candidate.prune.get(group.id, 0.0)
         if ratio <= 0:
             continue
-        cut = group.channels - keep_channels(group.channels, ratio, candidate.channel_multiple)
+        root = shapes.units.get(group.id)
+        base = group_channels(analysis, group.id, root.out_channels if root is not None else None)
+        cut = base - keep_channels(base, ratio, candidate.channel_multiple)
         for m in group.members:
             key = (m.module, m.direction)
             removed[key] = removed.get(key, 0) + m.tied * cut // group.channels
@@ -105,14 +107,28 @@ def apply_pruning(model: nn.Module, candidate, context) -> None:
     # Torch-Pruning yields each group freshly traced after the previous cut (index maps through
     # concatenations stay right), so score and cut one group at a time, as its own pruners do.
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
-        group_id = owner.get(names.get(group[0].dep.target.module))
+        # Named by any member the analysis knew as an output: a cell's new depthwise layer may root it.
+        outputs = [names.get(item.dep.target.module) for item in group if graph.is_out_channel_pruning_fn(item.dep.handler)]
+        group_id = next((owner[n] for n in outputs if n in owner), None)
         if group_id not in wanted:
             continue
         channels = len(group[0].idxs)
-        kept = keep_channels(context.analysis.group(group_id).channels, wanted[group_id], candidate.channel_multiple)
+        root = dict(model.named_modules()).get(group_id)
+        base = group_channels(context.analysis, group_id, root.out_channels if isinstance(root, nn.Conv2d) else None)
+        kept = keep_channels(base, wanted[group_id], candidate.channel_multiple)
         if kept < channels:
             order = torch.argsort(importance(group), stable=True)
             group.prune(idxs=sorted(order[: channels - kept].tolist()))
+
+
+def group_channels(analysis, group_id: str, root_channels: int | None) -> int:
+    """How many channels a group has once a cell narrowed it: its root layer's output channels
+    now (None: the root is gone, or not a conv), scaled to the group's own count; a pruning ratio
+    cuts that many, not the original's."""
+    group, root = analysis.group(group_id), analysis.layer(group_id)
+    if root_channels is None or root.kind != "conv" or root_channels == root.out_channels:
+        return group.channels
+    return group.channels * root_channels // root.out_channels
 
 
 register(PruneChannels())

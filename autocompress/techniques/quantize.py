@@ -24,6 +24,7 @@ class Quantize(Technique):
     option = "bit_widths"
     default_option = BIT_WIDTHS
     in_every_candidate_json = True
+    follows_layers = True
 
     def read_option(self, value):
         widths = tuple(value)

@@ -4,6 +4,7 @@ the weights of everything around it)."""
 from __future__ import annotations
 
 from ..core.analysis import SkippedBlock
+from ..core.cell_choices import SKIP
 from ..core.modules import set_submodule
 from ..core.technique import ModelShapes, Technique, Variable, layer_mac_share, read_flag, register
 
@@ -28,7 +29,9 @@ class SkipBlocks(Technique):
     def variables(self, analysis, options) -> list[Variable]:
         if not options.skip_blocks:
             return []
-        return [Variable(self.kind, b.name, (False, True)) for b in analysis.blocks]
+        # A block whose cells include skip is skipped through its cell choice, one decision for both.
+        by_cell = {c.block for c in analysis.cells if SKIP in c.names} if options.cells else set()
+        return [Variable(self.kind, b.name, (False, True)) for b in analysis.blocks if b.name not in by_cell]
 
     def apply(self, model, candidate, context) -> None:
         for block, skip in sorted(candidate.skip.items()):

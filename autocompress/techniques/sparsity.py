@@ -32,6 +32,7 @@ class Sparsify(Technique):
     option = "sparsity_ratios"
     default_option = ()  # off unless asked for: on ORT CPU it buys size, never latency
     ordered = False  # the useful ratios are not on an even grid
+    follows_layers = True
 
     def read_option(self, value):
         ratios = tuple(value)

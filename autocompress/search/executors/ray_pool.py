@@ -66,8 +66,21 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
                                 parameters=("address",)) from exc
 
 
+def _run_job(fn, job, threads: int):
+    """One job of ``RayExecutor.map_jobs`` in a Ray task, with as many threads as CPUs it declared."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    return fn(job)
+
+
 class RayExecutor:
-    def __init__(self, problem, *, workers: int | None = None, address: str | None = None,
+    """Connects to (or starts) Ray; ``map_jobs`` runs one-off jobs as tasks (the blockwise
+    distillation of cells, one cell per task: each is small and independent, so tasks spread them
+    with no data-parallel gradient traffic); the actors that fine-tune trials start with ``problem``,
+    here or later through ``attach``."""
+
+    def __init__(self, problem=None, *, workers: int | None = None, address: str | None = None,
                  cpus_per_trial: int = 1, gpus_per_trial: float | None = None, max_restarts: int = 3) -> None:
         import ray
 
@@ -89,7 +102,25 @@ class RayExecutor:
                          logging_level=logging.WARNING, runtime_env=runtime_env)
         resources = ray.cluster_resources()
         self.gpus_per_trial = gpus_per_trial if gpus_per_trial is not None else (1 if resources.get("GPU") else 0)
-        count = workers or max(1, int(resources.get("CPU", 1) // cpus_per_trial))
+        self.cpus_per_trial, self._max_restarts = cpus_per_trial, max_restarts
+        self._count = workers or max(1, int(resources.get("CPU", 1) // cpus_per_trial))
+        self.actors, self.slots = [], 0
+        if problem is not None:
+            self.attach(problem)
+
+    def map_jobs(self, fn, jobs):
+        """``fn(job)`` for each job, run as Ray tasks across the cluster, yielded as they finish."""
+        ray = self._ray
+        task = ray.remote(num_cpus=self.cpus_per_trial)(_run_job)
+        pending = [task.remote(fn, job, self.cpus_per_trial) for job in jobs]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+
+    def attach(self, problem) -> "RayExecutor":
+        """Start the actors that fine-tune trials of ``problem``."""
+        ray, count, cpus_per_trial = self._ray, self._count, self.cpus_per_trial
+        max_restarts = self._max_restarts
         payload = ray.put(problem)  # once into the object store; each actor reads it once
         options = {"num_cpus": cpus_per_trial, "num_gpus": self.gpus_per_trial, "max_restarts": max_restarts,
                    "max_task_retries": 0}
@@ -100,6 +131,7 @@ class RayExecutor:
         self.slots = count
         self._idle = list(self.actors)
         self._busy: dict = {}  # object ref -> actor
+        return self
 
     def submit(self, job: TrialJob):
         actor = self._idle.pop(0)
