@@ -32,7 +32,7 @@ from autocompress.hardware import load_hardware_model, machine_info
 from autocompress.hardware.candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test
 from autocompress.hardware.validation import accuracy_figures
 from autocompress.search.run import warm_start_policies
-from autocompress.core.space import Space
+from autocompress.core.space import Space, SpaceOptions
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 SIZES = (32, 64)
@@ -69,7 +69,7 @@ def main() -> None:
     for spec in MODELS:
         for size in SIZES:
             target = model_under_test(spec, size)
-            space = Space(target.analysis)
+            space = Space(target.analysis, SpaceOptions(cells=False))  # the hand policies, as before cells
             for which, name, params in policies(space):
                 candidate = space.from_params(params)
                 predicted = hardware.predict_candidate(target.analysis, candidate).ms

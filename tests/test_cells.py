@@ -194,3 +194,18 @@ def test_cells_export_to_onnx_and_run_as_in_pytorch(user, tmp_path):
     ours = built(batch).argmax(1)
     theirs = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]).argmax(1)
     assert (ours == theirs).float().mean() >= 0.75
+
+
+def test_a_cell_that_changes_its_blocks_output_shape_is_refused_naming_file_and_entry(monkeypatch):
+    from autocompress.core import cell_choices
+    from autocompress.core.cell_choices import CellShapeError
+
+    def halves_the_channels(block, spec, input_shape):  # what a wrong cell builder would make
+        return nn.Conv2d(input_shape[1], input_shape[1] // 2, 1)
+
+    monkeypatch.setattr(cell_choices, "build_cell", halves_the_channels)
+    with pytest.raises(CellShapeError) as caught:
+        analyze(_randomised(small_resnet()), X, space=USER)
+    message = str(caught.value)
+    assert message.startswith("search_spaces/example_user.yaml: blocks[0].cells[0] cell narrow 0.5 turns block blocks.0")
+    assert "a cell must keep its block's output shape" in message and "\n" not in message

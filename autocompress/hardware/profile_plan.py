@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, fields, replace
 
 from ..core.policies import warm_start_policies
-from ..core.space import Candidate, Space
+from ..core.space import Candidate, Space, SpaceOptions
 from .candidates import light_candidate, model_under_test, random_candidate
 from .kernels import Kernel, kernels_of_candidate
 from .measure import PASSES
@@ -163,6 +163,6 @@ def _candidate_plan(plan: ProfilePlan) -> list[tuple[str, int, Candidate]]:
                       for i in range(plan.light_candidates)]
     for spec in plan.models if plan.warm_start_policies else ():
         for size in plan.input_sizes:
-            space = Space(model_under_test(spec, size).analysis)
+            space = Space(model_under_test(spec, size).analysis, SpaceOptions(cells=False))  # the plan predates cells
             items += [(spec, size, space.from_params(params)) for params in warm_start_policies(space).values()]
     return items

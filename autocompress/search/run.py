@@ -318,5 +318,7 @@ def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProb
         "seed": settings.seed,
         "storage": settings.storage_url if settings.storage else None,
         "space_size": len(problem.space),
+        "cells": {"blocks": len(problem.analysis.cells), "distilled": len(problem.cell_weights),
+                  "losses": "cells/losses.csv" if problem.cell_weights else None},
         "host_level": host_level.to_dict() if host_level is not None else None,
     }, indent=2, default=str) + "\n")

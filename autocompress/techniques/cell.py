@@ -79,10 +79,15 @@ class CellChoices(Technique):
         changed = {block: name for block, name in values.items() if name != ORIGINAL}
         if not changed:
             return None
-        return "cells " + "; ".join(f"{block}: {name}" for block, name in sorted(changed.items()))
+        return "cells " + "; ".join(f"{block}: {changed[block]}" for block in sorted(changed, key=_model_order))
 
     def describe(self, var: Variable) -> str:
         return f"cell {{{', '.join(var.choices)}}}"
+
+
+def _model_order(name: str) -> list:
+    """``features.2`` before ``features.10``: block names in the order a model lists them."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
 
 
 register(CellChoices())

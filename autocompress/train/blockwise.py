@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -70,6 +72,7 @@ class CellFit:
     kept: str  # "distilled" or "inherited": whichever imitates the block better
     steps: int
     seconds: float
+    where: str  # host:pid of the process that trained it
 
 
 def record_block_io(model: nn.Module, blocks: list[str], images: torch.Tensor, *, batch_size: int = 128
@@ -128,7 +131,7 @@ def distill_cell(job: CellJob) -> tuple[CellFit, dict]:
         distilled = float(_loss(cell.eval(), test_in, test_out))
     better = distilled < inherited
     fit = CellFit(job.block_name, job.cell, inherited, distilled, "distilled" if better else "inherited",
-                  config.steps, time.perf_counter() - started)
+                  config.steps, time.perf_counter() - started, f"{socket.gethostname()}:{os.getpid()}")
     return fit, (cell.state_dict() if better else kept)
 
 
@@ -200,7 +203,7 @@ def _read_fits(folder: Path) -> dict[str, CellFit]:
     for row in rows:
         try:
             fit = CellFit(row["block"], row["cell"], float(row["inherited_loss"]), float(row["distilled_loss"]),
-                          row["kept"], int(row["steps"]), float(row["seconds"]))
+                          row["kept"], int(row["steps"]), float(row["seconds"]), row["where"])
         except (KeyError, ValueError):
             continue  # a line a kill cut short: that cell is distilled again
         fits[cell_key(fit.block, fit.cell)] = fit
