@@ -59,3 +59,27 @@ def test_bytes_follow_bit_widths():
     assert weight_bytes(1000, 10, 16) == 2000
     assert weight_bytes(1000, 10, 8) == 1000 + 40
     assert weight_bytes(1001, 10, 4) == 501 + 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "mnasnet0_5"])
+def test_joint_candidates_with_cells_agree_on_every_family(spec):
+    """Every family of the shipped spaces: cells (expansions, kernels, gates removed, separable
+    convs, skips) with pruning, bits and ranks on top, accounted and built alike."""
+    from autocompress.core.search_space import resolve_search_space
+    from autocompress.hardware.kernels import kernels_of_candidate, kernels_of_model
+
+    model = resolve_model(spec)
+    example = torch.randn(1, 3, 32, 32)
+    analysis = analyze(model, example, space=resolve_search_space("auto", model))
+    assert len(analysis.cells) >= 6
+    space = Space(analysis)
+    rng = random.Random(f"cells-{spec}")
+    chosen = set()
+    for density in (1.0, 0.5, 1.0, 0.5):
+        candidate = space.sample(rng, density=density)
+        chosen |= set(candidate.cell.values())
+        built = apply_candidate(model, candidate, analysis, example)
+        assert footprint_of_candidate(analysis, candidate) == footprint_of_model(built, example), candidate.to_json()
+        assert kernels_of_candidate(analysis, candidate) == kernels_of_model(built, example), candidate.to_json()
+    assert len(chosen - {"original"}) >= 4

@@ -125,10 +125,10 @@ def load_search_space(path: str | os.PathLike) -> SearchSpaceFile:
 def _family_space(model: nn.Module) -> str | None:
     """The shipped file for the model's block family, or None when it has no known family."""
     # Imported here: torchvision is needed only to recognise its own blocks.
-    from torchvision.models import efficientnet, mobilenetv2, mobilenetv3, resnet
+    from torchvision.models import efficientnet, mnasnet, mobilenetv2, mobilenetv3, resnet
 
     mobile = (mobilenetv2.InvertedResidual, mobilenetv3.InvertedResidual, efficientnet.MBConv,
-              efficientnet.FusedMBConv)
+              efficientnet.FusedMBConv, mnasnet._InvertedResidual)
     types = {type(m) for m in model.modules()}
     if types.intersection(mobile):
         return "mobile.yaml"
