@@ -171,7 +171,7 @@ def test_heavy_kernels_favour_the_big_ones_and_leave_the_plan_before_them_alone(
 
 def test_light_candidates_change_little_and_skip_blocks_as_repair_does():
     target = model_under_test("resnet18", 32)
-    space = Space(target.analysis)
+    space = Space(target.analysis, SpaceOptions(cells=False))  # profiles draw no cells
     drawn = [light_candidate(target, random.Random(i)) for i in range(20)]
     for candidate in drawn:
         space.validate(candidate)
@@ -186,7 +186,7 @@ def test_profile_plan_ends_with_the_searchs_warm_start_policies():
     items = _candidate_plan(plan)
     before = _candidate_plan(replace(plan, warm_start_policies=False))
     assert items[:len(before)] == before  # a profile taken before them stays valid
-    space = Space(model_under_test("resnet18", 32).analysis)
+    space = Space(model_under_test("resnet18", 32).analysis, SpaceOptions(cells=False))  # the plan predates cells
     policies = [space.from_params(params) for params in warm_start_policies(space).values()]
     assert len(policies) == 11 and [c for _, _, c in items[len(before):]] == policies
 
