@@ -104,6 +104,7 @@ def apply_pruning(model: nn.Module, candidate, context) -> None:
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     ignored = [model.get_submodule(context.analysis.output_layer)] if context.analysis.output_layer else []
     names = {m: n for n, m in model.named_modules()}
+    modules = {n: m for m, n in names.items()}  # Torch-Pruning cuts modules in place: built once
     # Torch-Pruning yields each group freshly traced after the previous cut (index maps through
     # concatenations stay right), so score and cut one group at a time, as its own pruners do.
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
@@ -113,7 +114,7 @@ def apply_pruning(model: nn.Module, candidate, context) -> None:
         if group_id not in wanted:
             continue
         channels = len(group[0].idxs)
-        root = dict(model.named_modules()).get(group_id)
+        root = modules.get(group_id)
         base = group_channels(context.analysis, group_id, root.out_channels if isinstance(root, nn.Conv2d) else None)
         kept = keep_channels(base, wanted[group_id], candidate.channel_multiple)
         if kept < channels:
