@@ -38,7 +38,8 @@ def test_mobile_expands_to_every_mb_combination_plus_skip():
     assert pattern.entry == "blocks[0]"
     assert pattern.class_names == ("torchvision.models.mobilenetv2.InvertedResidual",
                                    "torchvision.models.mobilenetv3.InvertedResidual",
-                                   "torchvision.models.efficientnet.MBConv")
+                                   "torchvision.models.efficientnet.MBConv",
+                                   "torchvision.models.mnasnet._InvertedResidual")
     assert len(pattern.cells) == 19
     assert [c.name for c in pattern.cells] == MB_NAMES + ["skip"]
     first = pattern.cells[0]
