@@ -37,6 +37,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import optuna
+
 from autocompress.core.analysis import analyze
 from autocompress.core.candidate import candidate_summary
 from autocompress.core.cell_choices import ORIGINAL, SKIP
@@ -46,7 +48,7 @@ from autocompress.export.card import export_from_search
 from autocompress.hardware import machine_info
 from autocompress.search.pareto import best_under, hypervolume_2d
 from autocompress.search.problem import ProblemSpec, build_problem
-from autocompress.search.run import SearchSettings, run_search
+from autocompress.search.run import STUDY_NAME, SearchSettings, run_search
 from autocompress.train.finetune import DistillationConfig
 
 ARMS = (("off", "none"), ("on", None))  # None: --space
@@ -72,12 +74,28 @@ def main() -> None:
     report = {"settings": {"dataset": "digits", "input_size": 32, "budgets": args.budgets, "trials": args.trials,
                            "finetune_steps": args.finetune_steps, "export_steps": args.export_steps,
                            "train_steps": args.train_steps, "space": args.space, "seed": args.seed},
-              "machine": machine_info(), "models": {}}
+              "machine": machine_info(), "models": _earlier_models(args)}
     for spec in args.models:
         report["models"][spec] = {}
         one_model(spec, args, report["models"][spec], save=lambda: write(report, args.out))
     write(report, args.out)
     print(f"written: {args.out / 'nas_cells.md'}")
+
+
+def _earlier_models(args) -> dict:
+    """The models an earlier run with the same settings reported and this one does not redo.
+
+    A run over one model (say a budget that was cut short) then adds to the report instead of erasing
+    the others' sections; a change of settings starts the report afresh, as the figures would not compare.
+    """
+    earlier = args.out / "nas_cells.json"
+    if not earlier.is_file():
+        return {}
+    old = json.loads(earlier.read_text())
+    same = {k: v for k, v in old.get("settings", {}).items() if k != "budgets"} == {
+        "dataset": "digits", "input_size": 32, "trials": args.trials, "finetune_steps": args.finetune_steps,
+        "export_steps": args.export_steps, "train_steps": args.train_steps, "space": args.space, "seed": args.seed}
+    return {m: e for m, e in old.get("models", {}).items() if same and m not in args.models}
 
 
 def one_model(spec: str, args, entry: dict, *, save) -> None:
@@ -116,10 +134,8 @@ def one_model(spec: str, args, entry: dict, *, save) -> None:
                                   search_space=search_space or args.space)
             settings = SearchSettings(problem=problem, budget=budget, out=folder, trials=args.trials, seed=args.seed,
                                       finetune=DistillationConfig(steps=args.finetune_steps, seed=args.seed))
-            started = time.perf_counter()
             outcome = run_search(settings, progress=False)
-            search_minutes = (time.perf_counter() - started) / 60
-            runs[arm] = {"wall_minutes": search_minutes, **one_search(outcome, folder, budget, args)}
+            runs[arm] = {"wall_minutes": study_minutes(folder), **one_search(outcome, folder, budget, args)}
             if arm == "on":
                 runs[arm]["cells"] = distillation_cost(folder / "cells" / "losses.csv", reused)
                 if cells_from is None:
@@ -163,6 +179,14 @@ def one_search(outcome, folder: Path, budget: str, args) -> dict:
                                for p in under],
         "export": export,
     }
+
+
+def study_minutes(folder: Path) -> float:
+    """From the first trial's start to the last one's end, read from the study: a search resumed by a
+    rerun of this script keeps its wall time, which a clock around ``run_search`` would lose."""
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{folder / 'study.db'}")
+    times = [(t.datetime_start, t.datetime_complete) for t in study.trials if t.datetime_complete]
+    return (max(end for _, end in times) - min(start for start, _ in times)).total_seconds() / 60 if times else 0.0
 
 
 def compare(off, on) -> dict:
@@ -234,7 +258,10 @@ def write(report: dict, out: Path) -> None:
              f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, onnxruntime {machine.get('onnxruntime')}. "
              "Command: `python benchmarks/nas_cells.py`.", "",
              "Latencies are single measurements on a shared host: expect 5-15% drift between hours, so compare "
-             "the two arms' measured latencies through their ratio to the baseline measured beside each.", ""]
+             "the two arms' measured latencies through their ratio to the baseline measured beside each. "
+             "Search wall minutes run from the study's first trial start to its last trial end: a search cut "
+             "short and resumed by a rerun counts the pause, and searches run beside other jobs count their load.",
+             ""]
     verdicts = []
     for spec, m in report["models"].items():
         if "baseline" not in m:

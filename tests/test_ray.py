@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -150,3 +152,17 @@ def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp
         assert retried == t.user_attrs["fail_reason"].endswith("; retried"), t.user_attrs["fail_reason"]
         assert retried or "candidate" not in t.user_attrs
 
+
+def test_cells_are_distilled_on_the_cluster_workers_before_the_trials(cluster, tmp_path):
+    cluster_, _ = cluster
+    spec = ProblemSpec(model="autocompress.zoo:small_resnet", input_size=16, train_steps=30,
+                       search_space="search_spaces/example_user.yaml")
+    settings = SearchSettings(problem=spec, budget="0.8x", out=tmp_path, trials=3, finetune=DistillationConfig(steps=5),
+                              executor="ray", cpus_per_trial=1, workers=3, ray_address=cluster_.address)
+    run_search(settings, progress=False)
+    with open(tmp_path / "cells" / "losses.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= 12  # every inexact cell of the six blocks
+    processes = {r["where"] for r in rows}
+    assert f"{socket.gethostname()}:{os.getpid()}" not in processes and len(processes) >= 2  # on the workers
+    assert len(_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 3
