@@ -36,8 +36,8 @@ class AutocompressError(Exception):
         """The message with the first mention of each parameter it names replaced by
         ``flag(parameter)`` (later ones are ordinary words: "hardware 'x' is not a hardware model")."""
         text = str(self)
-        for name in self.parameters:
-            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag(name), text, count=1)
+        for name in self.parameters:  # a word of its own: not part of a path such as runs/out/study.db
+            text = re.sub(rf"(?<![\w/.-]){re.escape(name)}(?![\w/])", flag(name), text, count=1)
         return text
 
 

@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..errors import AutocompressError
 
-__all__ = ["_count", "_parse_shape", "_positive"]
+__all__ = ["OneLineParser", "UsageError", "_count", "_parse_shape", "_positive"]
+
+
+class UsageError(AutocompressError):
+    """A command line argparse cannot read: an unknown flag or choice, a missing or malformed value."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit code 2, like every other user error,
+    instead of the usage block that argparse prints above its message."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse reads any value that starts with "-" as a flag unless it looks like a negative
+        # number; "--budget -1ms" would then say "expected one argument" without naming -1ms. A
+        # negative latency is a value too, so the flag's own check can say what is wrong with it.
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)\s*(ms|x)?$", re.IGNORECASE)
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; `{self.prog} --help` lists the options")
 
 
 def _count(text: str) -> int:

@@ -52,14 +52,22 @@ def _profile(args) -> int:
 
 
 def _validate_predictor(args) -> int:
+    import torch
+
     from ..hardware.store import load_hardware_model
     from ..hardware.validation import validate, write_plot, write_report
+    from ..train.models import check_model_runs, resolve_model
 
     shapes = [_parse_shape(s) for s in (args.input_shape or ["1,3,32,32"])]
     for shape in shapes:
         if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or shape[2] != shape[3]:
             raise AutocompressError(f"--input-shape {','.join(map(str, shape))} is not supported; "
                                     "validation draws image models at 1,3,H,W with H = W")
+    for spec in args.model:  # a typo fails here, not after the hardware model's predictor is fitted
+        model = resolve_model(spec)
+        for shape in shapes:
+            check_model_runs(model, torch.zeros(shape), spec=spec, size_name="--input-shape",
+                             needs=lambda size: f"give --input-shape 1,3,{size},{size}")
     hardware = load_hardware_model(args.hardware_model)
     report = validate(hardware, args.hardware_model, args.model, [s[2] for s in shapes], samples=args.samples,
                       seed=args.seed, threads=hardware.metadata.get("threads", 1),

@@ -12,7 +12,7 @@ import torch
 
 from ..core.target import DEFAULT_TARGET, registered_targets, target
 from ..errors import AutocompressError
-from .arguments import _count, _parse_shape, _positive
+from .arguments import OneLineParser, _count, _parse_shape, _positive
 from .hardware_commands import _profile, _profile_defaults, _validate_predictor
 from .space_flags import add_space_flags, space_options_from_args
 
@@ -30,25 +30,39 @@ def flag_of(parameter: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        args = _parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        _check_out(args)
         return args.run(args)
     except AutocompressError as exc:
-        print(f"autocompress: error: {exc.in_terms_of(flag_of)}", file=sys.stderr)
+        _print_error(exc.in_terms_of(flag_of))
         return 2
     except OSError as exc:  # unwritable --out, a full disk: say which path
-        print(f"autocompress: error: {exc.strerror or exc} ({exc.filename or 'no path'}); "
-              "choose a writable --out folder", file=sys.stderr)
+        _print_error(f"{exc.strerror or exc} ({exc.filename or 'no path'}); check that path and that the --out "
+                     "folder is writable")
         return 2
     except KeyboardInterrupt:
         print("autocompress: interrupted", file=sys.stderr)
         return 130
 
 
+def _print_error(message: str) -> None:
+    """One line on stderr, whatever a library put into the message (SQL, a driver's hints)."""
+    print("autocompress: error: " + " ".join(message.split()), file=sys.stderr)
+
+
+def _check_out(args) -> None:
+    """Every command writes into its --out folder: an existing file there is refused before any
+    work, and left as it is."""
+    out = getattr(args, "out", None)
+    if out is not None and out.exists() and not out.is_dir():
+        raise AutocompressError(f"--out {out} is a file, not a folder; choose another --out (the file is left "
+                                "as it is)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autocompress", description=__doc__)
+    parser = OneLineParser(prog="autocompress", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -139,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
                         "machine like this one (same CPU, ISA and ONNX Runtime)")
     search.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="default nsga2")
     search.add_argument("--seed", type=_count, default=0, help="sampler seed (default 0)")
+    search.add_argument("--repair-by", default="macs", choices=["macs", "sensitivity"],
+                        help="what boundary repair ranks its moves by: the share of MACs a decision touches (macs, "
+                        "default) or the damage each decision does alone, measured first (sensitivity: writes "
+                        "sensitivity/ in --out)")
     search.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
     search.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite in --out)")
     search.add_argument("--train-steps", type=_count, default=400,
@@ -194,17 +212,16 @@ def _inspect(args) -> int:
     from ..core.analysis import analyze
     from ..core.search_space import resolve_search_space
     from ..core.space import Space, SpaceOptions
-    from ..train.models import resolve_model
+    from ..train.models import check_model_runs, resolve_model
     from .inspection import cell_rows, format_inspection, inspection_rows, technique_rows
 
     shape = _parse_shape(args.input_shape)
     model = resolve_model(args.model, num_classes=args.num_classes or 10, weights=args.weights)
+    example = torch.randn(shape)
+    check_model_runs(model, example, spec=args.model, size_name="--input-shape",
+                     needs=lambda size: f"give --input-shape {','.join(map(str, shape[:-2] + (size, size)))}")
     space_file = resolve_search_space(args.space, model)
-    try:
-        analysis = analyze(model, torch.randn(shape), space=space_file)
-    except RuntimeError as exc:
-        raise AutocompressError(f"model {args.model!r} cannot run on an input of shape {shape} "
-                                f"({str(exc).splitlines()[0]}); fix --input-shape") from exc
+    analysis = analyze(model, example, space=space_file)
     space = Space(analysis, SpaceOptions.from_dict(space_options_from_args(args)))
     if args.json:
         print(json.dumps({"model": args.model, "search_space": space_file.to_dict() if space_file else None,
@@ -261,6 +278,7 @@ def _search(args) -> int:
                        space=space_options_from_args(args), search_space=args.space)
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
+                              repair_by=args.repair_by,
                               finetune=DistillationConfig(steps=args.finetune_steps),
                               warm_start=not args.no_warm_start,
                               executor="ray" if args.ray_address else args.executor, workers=args.workers,

@@ -24,6 +24,7 @@ from ..hardware import machine_info
 from ..hardware.measure import measure_interleaved
 from ..core.space import Candidate, Space, SpaceOptions
 from ..train.baseline import baseline_model
+from ..train.models import check_model_runs, resolve_model
 from ..techniques import apply_candidate
 from ..train.training import predict, top1, train_classifier
 
@@ -66,7 +67,11 @@ def parse_candidate_arg(arg: str) -> Candidate | UniformPolicy | int:
     if not path.is_file():
         raise InvalidCandidateError(f"candidate_arg {arg!r} is neither a file, uniform:RATIO[,BITS] nor random[:SEED]",
                                     parameters=("candidate_arg",))
-    return Candidate.from_json(path.read_text())
+    try:
+        return Candidate.from_json(path.read_text())
+    except (InvalidCandidateError, UnicodeDecodeError) as exc:
+        raise InvalidCandidateError(f"candidate_arg {arg!r}: {exc}; write it as `autocompress apply` writes "
+                                    "candidate.json", parameters=("candidate_arg",)) from exc
 
 
 def resolve_candidate(parsed: Candidate | UniformPolicy | int, space: Space) -> Candidate:
@@ -97,12 +102,25 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
     if classes < splits.num_classes:
         raise AutocompressError(f"num_classes {classes} is below the {splits.num_classes} classes of {dataset!r}",
                                 parameters=("num_classes",))
-    model = baseline_model(model_spec, num_classes=classes, weights=weights, train_steps=train_steps,
-                           splits=splits, cache_dir=out)
+    # The model, its weights and the Candidate are checked on the model as given, before any training.
+    model = resolve_model(model_spec, num_classes=classes, weights=weights)
     example = splits.val[0][0].unsqueeze(0)
-    analysis = analyze(model, example, space=resolve_search_space(search_space, model))
+    check_model_runs(model, example, spec=model_spec, needs=lambda size: f"it needs input_size {size}",
+                     size_name="input_size", parameters=("input_size",))
+    space_file = resolve_search_space(search_space, model)
+    analysis = analyze(model, example, space=space_file)
     space = Space(analysis, SpaceOptions.from_dict(space_options or {}))
-    candidate = resolve_candidate(parsed, space)
+    try:
+        candidate = resolve_candidate(parsed, space)
+    except InvalidCandidateError as exc:
+        raise InvalidCandidateError(f"candidate_arg {candidate_arg!r}: {exc}", parameters=("candidate_arg",)) from exc
+    if weights is None and train_steps > 0:  # the baseline is trained here (cached in out)
+        model = baseline_model(model_spec, num_classes=classes, weights=None, train_steps=train_steps,
+                               splits=splits, cache_dir=out)
+        analysis = analyze(model, example, space=space_file)  # trained weights decide which cells are exact
+        space = Space(analysis, space.options)
+    elif weights is None:
+        log.warning("no --weights and --train-steps 0: the baseline keeps its random initialisation")
     out.mkdir(parents=True, exist_ok=True)
     (out / "candidate.json").write_text(json.dumps(candidate.to_dict(), indent=2, sort_keys=True))
 

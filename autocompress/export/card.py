@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.trial import TrialState
 
@@ -24,6 +25,7 @@ from ..search.budget import Budget
 from ..search.folder import STUDY_NAME, SearchFolder
 from ..search.pareto import TrialRecord, records_from_study
 from ..search.problem import build_problem, read_host_level, read_spec
+from ..search.storage import check_storage, storage_failure
 from ..train.data import calibration_batches
 from ..train.finetune import DistillationConfig
 from ..train.training import top1
@@ -219,10 +221,13 @@ def busy_warning(load: float) -> str:
 
 def _open_search_study(search_dir: Path) -> optuna.Study:
     storage = SearchFolder(search_dir).storage()
+    check_storage(storage, fix="restore it from a copy, or export from another search", parameters=())
     try:
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     except KeyError as exc:
         raise AutocompressError(f"{search_dir}: its study is missing from {storage}; rerun the search") from exc
+    except (ValueError, ImportError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise storage_failure(storage, exc) from exc
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise AutocompressError(f"{search_dir}: no trial has finished yet; let the search run longer")
     return study

@@ -163,8 +163,9 @@ def _parse_rows(path: Path, raw_rows: list[dict], parse) -> list[dict]:
     for line, raw in enumerate(raw_rows, start=2):  # line 1 is the header
         try:
             parsed.append(parse(raw))
-        except ValueError as exc:
-            raise AutocompressError(f"{path} line {line} does not parse ({exc}); fix or delete that row: "
+        except (ValueError, KeyError, TypeError) as exc:  # a bad cell, a missing column, a cut row
+            reason = f"no {exc} column" if isinstance(exc, KeyError) else exc
+            raise AutocompressError(f"{path} line {line} does not parse ({reason}); fix or delete that row: "
                                     "`autocompress profile` measures a deleted plan candidate or kernel again, "
                                     "`--add-validation` adds a validation's candidates again") from None
     return parsed
@@ -184,8 +185,12 @@ def _open_text(path: Path):
 def _read_csv(path: Path) -> list[dict]:
     if not measurement_file(path).exists():
         return []
-    with _open_text(path) as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with _open_text(path) as handle:
+            return list(csv.DictReader(handle))
+    except (csv.Error, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:  # binary junk, a cut .gz
+        raise AutocompressError(f"{measurement_file(path)} is not a readable CSV file ({type(exc).__name__}: {exc}); "
+                                "restore it from a copy, or profile again into a new --out folder") from None
 
 
 def _rewrite_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:

@@ -112,7 +112,7 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
     model_rows = read_model_measurements(folder / "models.csv")
     if not kernel_rows or not model_rows:
         raise AutocompressError(f"{folder} holds no measurements to fit; run `autocompress profile --out {folder}` first")
-    predictor = (predictor or LatencyPredictor()).fit(*_training_arrays(kernel_rows, model_rows))
+    predictor = (predictor or LatencyPredictor()).fit(*_training_arrays(kernel_rows, model_rows, folder=folder))
     old = _read_metadata(folder) if (folder / "metadata.json").exists() else {}
     metadata = {
         "target": old.get("target", DEFAULT_TARGET),
@@ -163,15 +163,15 @@ def load_hardware_model(folder: str | Path) -> HardwareModel:
         raise AutocompressError(f"{folder} is not a hardware model folder (no metadata.json); "
                                 "pass a folder written by `autocompress profile`, e.g. hardware_models/ort-cpu-1t")
     metadata = _read_metadata(folder)
-    _warn_if_other_machine(folder, metadata)
-    cached = _read_cache(folder)
-    if cached is not None:
-        return HardwareModel(cached, metadata)
-    log.info("%s: fitting the predictor from the CSV files (no usable predictor.joblib cache)", folder)
-    params = metadata.get("predictor", {}).get("params", {})
-    predictor = LatencyPredictor(**params).fit(*_training_arrays(
-        read_kernel_measurements(folder / "kernels.csv"), read_model_measurements(folder / "models.csv")))
-    _write_cache(folder, predictor)
+    predictor = _read_cache(folder)
+    if predictor is None:
+        log.info("%s: fitting the predictor from the CSV files (no usable predictor.joblib cache)", folder)
+        params = metadata.get("predictor", {}).get("params", {})
+        predictor = LatencyPredictor(**params).fit(*_training_arrays(
+            read_kernel_measurements(folder / "kernels.csv"), read_model_measurements(folder / "models.csv"),
+            folder=folder))
+        _write_cache(folder, predictor)
+    _warn_if_other_machine(folder, metadata)  # after the errors: a folder that cannot be read says only that
     return HardwareModel(predictor, metadata)
 
 
@@ -262,10 +262,22 @@ def _measurements_sha256(folder: Path) -> dict:
     return {name: _sha256(measurement_file(folder / name)) for name in ("kernels.csv", "models.csv")}
 
 
-def _training_arrays(kernel_rows: list[dict], model_rows: list[dict]):
+def _training_arrays(kernel_rows: list[dict], model_rows: list[dict], *, folder: Path | None = None):
+    """The predictor's training data; ``folder``: where the rows were read, named in errors."""
+    folder = Path(folder or "the hardware model folder")
+    if not kernel_rows or not model_rows:
+        raise AutocompressError(f"{folder} holds no measurements to fit (kernels.csv and models.csv need a row each); "
+                                f"run `autocompress profile --out {folder}`, or restore the files from a copy")
     kernels = kernel_table([Kernel(**{f: r[f] for f in KERNEL_FIELDS}) for r in kernel_rows])
     kernel_ms = np.array([r["best_ms"] for r in kernel_rows])
-    candidates = [kernel_table(_row_kernels(r)) for r in model_rows]
+    candidates = []
+    for row in model_rows:
+        try:
+            candidates.append(kernel_table(_row_kernels(row)))
+        except (ValueError, TypeError) as exc:  # a cut or hand-edited kernels cell
+            raise AutocompressError(f"{folder / 'models.csv'}: the kernels column of a {row['model']} candidate at "
+                                    f"input size {row['input_size']} does not parse ({type(exc).__name__}: {exc}); fix "
+                                    "or delete that row") from None
     return kernels, kernel_ms, candidates, np.array([profile_level_ms(r) for r in model_rows])
 
 

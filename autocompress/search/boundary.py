@@ -10,36 +10,47 @@ Moves come from the techniques (``Technique.repair_moves``), each with an accura
 the share of the model's MACs the decision touches (``Technique.mac_share``), weighted by how
 destructive the change is (int8 a fifth of its share, one notch more pruning the notch times its
 share, a skipped block its share plus a penalty; undoing int4 or a factorization costs nothing).
+When the search measured them (``train.sensitivity``), the damage each value did alone to the
+trained model replaces the proxy: a move costs the damage of its new value less that of the old
+one, so moves the model shrugs off go first whatever their MAC share.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..core.space import Candidate, Space
 from ..core.technique import technique
 
-__all__ = ["repair_to_budget"]
+__all__ = ["fastest_candidate", "repair_to_budget"]
 
 _MAX_STEPS = 25
+_FASTEST_PASSES = 30
 _MOVES_PER_STEP = 3  # the best few moves are applied together: fewer predictor calls per repair
-_EPS = 1e-3
+_EPS = 1e-3  # in MAC shares
+_EPS_MEASURED = 1e-5  # in nats of KL divergence: well under any damage a change makes
 
 
-def repair_to_budget(space: Space, hardware, candidate: Candidate, budget_ms: float) -> tuple[Candidate, float] | None:
+def repair_to_budget(space: Space, hardware, candidate: Candidate, budget_ms: float, *,
+                     damage: Callable[[str, object], float] | None = None) -> tuple[Candidate, float] | None:
     """A modification of ``candidate`` predicted within ``budget_ms``, and its predicted latency.
 
-    Returns None when no sequence of moves gets there (or none saves latency any more).
+    ``damage(variable name, value)``: the measured damage of that value alone (``Sensitivities.kl``);
+    None ranks moves by the MAC-share proxy. Returns None when no sequence of moves gets there (or
+    none saves latency any more).
     """
     analysis = space.analysis
     shares = _mac_shares(space)
+    eps = _EPS if damage is None else _EPS_MEASURED
     current = candidate
     for _ in range(_MAX_STEPS):
-        moves = list(_moves(space, current, shares))
+        moves = list(_moves(space, current, shares, damage))
         if not moves:
             return None
         now, _ = hardware.predict_candidates(analysis, [current])
         latencies, _ = hardware.predict_candidates(analysis, [c for c, _, _ in moves])
-        scored = sorted(((float(now[0]) - ms) / (damage + _EPS), index)
-                        for index, ((_, _, damage), ms) in enumerate(zip(moves, latencies)))
+        scored = sorted(((float(now[0]) - ms) / (cost + eps), index)
+                        for index, ((_, _, cost), ms) in enumerate(zip(moves, latencies)))
         useful = [(score, index) for score, index in reversed(scored) if score > 0]
         if not useful:
             return None
@@ -55,12 +66,13 @@ def _mac_shares(space: Space) -> dict[str, float]:
     return {v.name: technique(v.kind).mac_share(space.analysis, v.unit) for v in space.variables}
 
 
-def _moves(space: Space, candidate: Candidate, shares: dict[str, float]):
-    """(modified candidate, the variable changed, accuracy-damage proxy) for every single move."""
+def _moves(space: Space, candidate: Candidate, shares: dict[str, float], damage):
+    """(modified candidate, the variable changed, its accuracy cost) for every single move."""
     for var in space.variables:
         current = candidate.of(var.kind).get(var.unit, space.neutral(var))
-        for value, damage in technique(var.kind).repair_moves(var, current, shares.get(var.name, 0.0)):
-            yield candidate.with_decision(var.kind, var.unit, value), var.name, damage
+        for value, proxy in technique(var.kind).repair_moves(var, current, shares.get(var.name, 0.0)):
+            cost = proxy if damage is None else max(0.0, damage(var.name, value) - damage(var.name, current))
+            yield candidate.with_decision(var.kind, var.unit, value), var.name, cost
 
 
 def _combine(candidate: Candidate, moves) -> Candidate:
@@ -73,3 +85,42 @@ def _combine(candidate: Candidate, moves) -> Candidate:
         kind, unit = name.split("/", 1)
         combined = combined.with_decision(kind, unit, moved.of(kind)[unit])
     return combined
+
+
+def fastest_candidate(space: Space, hardware, *, stop_at_ms: float = 0.0) -> tuple[Candidate, float]:
+    """About the fastest candidate of ``space`` the predictor knows of (or the first one found
+    within ``stop_at_ms``), and its predicted latency.
+
+    A coordinate descent from the uncompressed model: each pass prices every single change of
+    every variable in one batch, then takes each variable's fastest change together (or, when
+    those together are no faster, the fastest single change), until nothing is faster: no single
+    change, hence no move of ``repair_to_budget``, gains anything from there. Latency is not
+    monotonic in the choices (an int4 layer runs a float kernel, slower than int8), so no choice
+    is assumed to be the fastest of its variable."""
+    analysis = space.analysis
+    current = space.default()
+    now = float(hardware.predict_candidates(analysis, [current])[0][0])
+    for _ in range(_FASTEST_PASSES):
+        if now <= stop_at_ms:
+            break
+        changes = [(var, value) for var in space.variables for value in var.choices
+                   if value != current.of(var.kind).get(var.unit, space.neutral(var))]
+        if not changes:
+            break
+        latencies, _ = hardware.predict_candidates(
+            analysis, [current.with_decision(var.kind, var.unit, value) for var, value in changes])
+        best: dict[str, tuple[float, object, object]] = {}
+        for (var, value), ms in zip(changes, latencies):
+            if ms < now and ms < best.get(var.name, (now,))[0]:
+                best[var.name] = (float(ms), var, value)
+        if not best:
+            break
+        together = current
+        for _, var, value in best.values():
+            together = together.with_decision(var.kind, var.unit, value)
+        ms = float(hardware.predict_candidates(analysis, [together])[0][0])
+        if ms >= now:  # the changes interact: take the single best one
+            ms, var, value = min(best.values(), key=lambda item: item[0])
+            together = current.with_decision(var.kind, var.unit, value)
+        current, now = together, ms
+    return current, now

@@ -153,7 +153,9 @@ class TrialDriver:
             raise AutocompressError(f"{_FAILURES_IN_A_ROW} trials in a row failed; the last one: {reason}") from exc
 
     def _queue_repair(self, number: int, candidate: Candidate) -> None:
-        repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, self.budget_ms)
+        measured = self.problem.sensitivities if self.settings.repair_by == "sensitivity" else None
+        repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, self.budget_ms,
+                                    damage=measured.kl if measured is not None else None)
         if repaired is None:
             return
         fixed, _ = repaired

@@ -22,6 +22,7 @@ from .pareto import (_FRONT_COLUMNS, _TRIAL_COLUMNS, PARETO_JSON_SCHEMA, TrialRe
 __all__ = ["STUDY_NAME", "SearchFolder", "load_front", "write_results"]
 
 STUDY_NAME = "autocompress"
+_SETTINGS_KEYS = ("problem", "budget", "budget_ms", "finetune")  # what export reads
 RESULT_FILES = ("pareto.csv", "pareto.json", "trials.csv", "pareto.png", "pareto.html")
 
 
@@ -47,10 +48,16 @@ class SearchFolder:
             raise AutocompressError(f"{self.path} holds no search (no search.json); run `autocompress search ... "
                                     f"--out {self.path}` first")
         try:
-            return json.loads(self.search_json.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AutocompressError(f"{self.search_json} is unreadable ({exc}); point at a folder written by "
-                                    "`autocompress search --out DIR`") from exc
+            settings = json.loads(self.search_json.read_text())
+            missing = [key for key in _SETTINGS_KEYS if key not in settings]
+            if missing:
+                raise KeyError(", ".join(missing))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            what = f"lacks {exc}" if isinstance(exc, KeyError) else f"is unreadable ({type(exc).__name__}: {exc})"
+            raise ResultsError(f"{self.search_json} {what}: it is damaged or not a search's; rerun the search "
+                               f"command that wrote {self.path} to rewrite it (its trials are kept in the study), "
+                               "or point at another folder written by `autocompress search --out DIR`") from exc
+        return settings
 
     def storage(self) -> str:
         """Where the study lives: the storage the search recorded, else the folder's own study.db."""

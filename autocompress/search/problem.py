@@ -19,8 +19,8 @@ from ..core.accounting import footprint_of_candidate
 from ..core.analysis import ModelAnalysis, analyze
 from ..core.search_space import resolve_search_space
 from ..train.blockwise import BlockwiseConfig, load_or_distill_cells
+from ..train.sensitivity import Sensitivities, measure_sensitivities
 from ..train.baseline import baseline_model
-from ..train.models import resolve_model
 from ..train.data import DatasetSplits, calibration_batches, load_dataset
 from ..errors import AutocompressError
 from ..train.finetune import DistillationConfig, FinetuneResult, distill, evaluate_accuracy, teacher_logits
@@ -29,8 +29,9 @@ from ..hardware.host_level import HostLevel
 from ..hardware.store import AUTO, SHIPPED_MODELS
 from ..core.space import Candidate, Space, SpaceOptions
 from ..techniques import apply_candidate
+from .sensitivity_chart import plot_sensitivities
 
-__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "check_search_space", "read_host_level", "read_spec"]
+__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "problem_classes", "read_host_level", "read_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class SearchProblem:
     baseline_bytes: int
     device: str = "cpu"
     cell_weights: dict = field(default_factory=dict)  # blockwise-distilled cells, by cell key
+    sensitivities: Sensitivities | None = None  # measured by ``measure_sensitivities``
 
     def predict(self, candidate: Candidate) -> LatencyPrediction:
         return self.hardware.predict_candidate(self.analysis, candidate)
@@ -105,21 +107,30 @@ class SearchProblem:
                          calibration=self.calibration, should_stop=should_stop, device=self.device)
         return student.cpu(), result
 
+    def measure_sensitivities(self, folder: Path, *, map_jobs=None, progress: bool = False) -> Sensitivities:
+        """The damage of each decision value alone (``train.sensitivity``), cached in ``folder``'s
+        ``sensitivity/``, with its chart beside it (``sensitivity.png``)."""
+        self.sensitivities = measure_sensitivities(
+            self.baseline, self.space, self.example, torch.cat(self.calibration), self.splits.train,
+            Path(folder) / "sensitivity", rules=self.hardware.quantization_rules, cell_weights=self.cell_weights,
+            map_jobs=map_jobs, progress=progress)
+        plot_sensitivities(Path(folder) / "sensitivity" / "sensitivity.png", self.sensitivities)
+        return self.sensitivities
+
     def baseline_summary(self) -> dict:
         return {"accuracy": self.baseline_accuracy, "latency_ms": self.baseline_ms, "size_bytes": self.baseline_bytes}
 
 
 def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", host_level: HostLevel | None = None,
-                  map_jobs=None, progress: bool = False) -> SearchProblem:
+                  map_jobs=None, progress: bool = False, splits: DatasetSplits | None = None,
+                  hardware: HardwareModel | None = None) -> SearchProblem:
     """Load the data and hardware model, train (or load) the baseline and distill its cells, cached
     in ``cache_dir``. ``host_level``: predict at that level of the host (``hardware.host_level``), not
-    the profile's. ``map_jobs(fn, jobs)``: where blockwise distillation runs (default: here)."""
-    hardware_dir = hardware_folder(spec.hardware)
-    splits = load_dataset(spec.dataset, image_size=spec.input_size)
-    classes = spec.num_classes or splits.num_classes
-    if classes < splits.num_classes:
-        raise AutocompressError(f"num_classes {classes} is below the {splits.num_classes} classes of "
-                                f"{spec.dataset!r}", parameters=("num_classes",))
+    the profile's. ``map_jobs(fn, jobs)``: where blockwise distillation runs (default: here).
+    ``splits`` and ``hardware``: the data and hardware model already loaded (``preflight``)."""
+    hardware_dir = hardware_folder(spec.hardware) if hardware is None else None
+    splits = splits or load_dataset(spec.dataset, image_size=spec.input_size)
+    classes = problem_classes(spec, splits)
     baseline = baseline_model(spec.model, num_classes=classes, weights=Path(spec.weights) if spec.weights else None,
                               train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir))
     baseline.eval()
@@ -131,7 +142,7 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
         images = torch.cat(calibration_batches(splits.train, num_samples=BlockwiseConfig().samples, batch_size=256))
         cell_weights = load_or_distill_cells(baseline, analysis, images, Path(cache_dir) / "cells",
                                              map_jobs=map_jobs, progress=progress)
-    hardware = load_hardware_model(hardware_dir)
+    hardware = hardware or load_hardware_model(hardware_dir)
     if host_level is not None:
         hardware = hardware.at_level(host_level.ratio)
     return SearchProblem(
@@ -145,15 +156,13 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
     )
 
 
-def check_search_space(spec: ProblemSpec) -> None:
-    """Read the spec's search-space file and build its cells on the untrained model: a bad file (its
-    syntax, a class, a kernel, a cell that does not fit its block) fails in one line before anything
-    trains. The shipped files chosen by "auto" are known to be good."""
-    if spec.search_space in (AUTO, "none"):
-        return
-    model = resolve_model(spec.model, num_classes=spec.num_classes or 10)
-    space_file = resolve_search_space(spec.search_space, model)
-    analyze(model.eval(), torch.zeros(1, 3, spec.input_size, spec.input_size), space=space_file)
+def problem_classes(spec: ProblemSpec, splits: DatasetSplits) -> int:
+    """The classes of the model's head: ``num_classes``, else the data set's; never fewer than its."""
+    classes = spec.num_classes or splits.num_classes
+    if classes < splits.num_classes:
+        raise AutocompressError(f"num_classes {classes} is below the {splits.num_classes} classes of "
+                                f"{spec.dataset!r}", parameters=("num_classes",))
+    return classes
 
 
 def hardware_folder(name: str) -> Path:

@@ -42,13 +42,17 @@ from .folder import STUDY_NAME, SearchFolder
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study
 from ..hardware import load_hardware_model
 from ..hardware.host_level import REFERENCES, HostLevel, measure_host_level
-from .problem import ProblemSpec, SearchProblem, build_problem, check_search_space, hardware_folder, read_host_level
+from .preflight import check_reachable, preflight
+from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder, read_host_level
+from .storage import check_storage, search_fix, storage_failure
 from ..core.space import Space
 
 __all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "open_study", "run_search"]
 
 log = logging.getLogger(__name__)
 
+REPAIR_BY = ("macs", "sensitivity")
+EXECUTORS = ("local", "ray")
 SAMPLERS = ("nsga2", "tpe", "random")
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")  # maximised, minimised, minimised
 
@@ -66,6 +70,7 @@ class SearchSettings:
     finetune: DistillationConfig = field(default_factory=DistillationConfig)
     warm_start: bool = True
     repair: bool = True
+    repair_by: str = "macs"  # or "sensitivity": repair ranks moves by measured damage (search.boundary)
     executor: str = "local"  # or "ray"
     workers: int | None = None  # Ray actors (default: the cluster's CPUs / cpus_per_trial)
     ray_address: str | None = None  # join this cluster ("auto", "host:port"); default: start Ray locally
@@ -85,8 +90,12 @@ class SearchSettings:
             raise AutocompressError(f"timeout_s {self.timeout_s}: give a positive number of seconds",
                                     parameters=("timeout_s",))
         Budget.parse(self.budget)
-        if self.executor not in ("local", "ray"):
-            raise AutocompressError(f"executor {self.executor!r} is not one of local, ray", parameters=("executor",))
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise AutocompressError(f"out {self.out} is a file, not a folder; choose another out folder (the file is "
+                                    "left as it is)", parameters=("out",))
+        for name, value, allowed in (("repair_by", self.repair_by, REPAIR_BY), ("executor", self.executor, EXECUTORS)):
+            if value not in allowed:
+                raise AutocompressError(f"{name} {value!r} is not one of {', '.join(allowed)}", parameters=(name,))
         if self.executor == "ray" and importlib.util.find_spec("ray") is None:
             raise AutocompressError("executor ray needs Ray, an optional extra: pip install 'autocompress[ray]'",
                                     parameters=("executor",))
@@ -127,18 +136,20 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     ``executor`` evaluates the fine-tunes (default: one at a time in this process; see
     ``search.executors.ray_pool.RayExecutor`` for a cluster)."""
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     search_json = SearchFolder(out).search_json
     _check_resumable(search_json, settings)
     budget = Budget.parse(settings.budget)
-    if problem is None:
-        hardware_folder(settings.problem.hardware)  # a bad --hardware fails before the study is created
-        check_search_space(settings.problem)  # and a bad --space before anything trains
-    study = open_study(settings)  # a bad --storage fails here, before the baseline trains
+    # Every input is checked before anything is created in ``out`` or trained.
+    check_storage(settings.storage_url, **search_fix(settings.out, settings.storage))
     if executor is None and settings.executor == "ray" and settings.ray_address:
         from .executors.ray_pool import check_ray_address
 
-        check_ray_address(settings.ray_address)  # and so does a dead --ray-address
+        check_ray_address(settings.ray_address)
+    # A budget in ms is checked at the host's level, once it is known (``_host_level``).
+    at_profile_level = budget.unit == "x" or (not settings.calibrate_host and read_host_level(search_json) is None)
+    checked = preflight(settings.problem, budget, check_budget=at_profile_level) if problem is None else None
+    out.mkdir(parents=True, exist_ok=True)
+    study = open_study(settings)
     own_executor = executor is None
     if own_executor and settings.executor == "ray":
         executor = _ray_executor(settings)  # its workers distill the cells before they fine-tune
@@ -147,7 +158,12 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         if problem is None:
             host_level = _host_level(search_json, settings)
             problem = build_problem(settings.problem, cache_dir=out, host_level=host_level, progress=progress,
-                                    map_jobs=getattr(executor, "map_jobs", None))
+                                    map_jobs=getattr(executor, "map_jobs", None), splits=checked.splits,
+                                    hardware=checked.hardware)
+        if checked is None or not at_profile_level:
+            check_reachable(problem.space, problem.hardware, budget)  # before any trial
+        if settings.repair and settings.repair_by == "sensitivity" and problem.sensitivities is None:
+            problem.measure_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
         if own_executor:
             executor = executor.attach(problem) if executor is not None else make_executor(settings, problem)
     except BaseException:
@@ -203,8 +219,7 @@ def open_study(settings: SearchSettings) -> optuna.Study:
         study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                     directions=["maximize", "minimize", "minimize"])
     except (ValueError, ImportError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        raise AutocompressError(f"storage {storage!r} cannot be opened ({exc}); give an Optuna storage URL such as "
-                                "sqlite:///study.db or postgresql://user@host/db", parameters=("storage",)) from exc
+        raise storage_failure(storage, exc) from exc
     if study.metric_names is None:  # named once, so optuna-dashboard shows what each objective is
         with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -321,4 +336,5 @@ def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProb
         "cells": {"blocks": len(problem.analysis.cells), "distilled": len(problem.cell_weights),
                   "losses": "cells/losses.csv" if problem.cell_weights else None},
         "host_level": host_level.to_dict() if host_level is not None else None,
+        "repair_by": settings.repair_by if settings.repair else None,
     }, indent=2, default=str) + "\n")

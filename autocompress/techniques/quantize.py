@@ -52,7 +52,8 @@ class Quantize(Technique):
                     target[i] = QuantizedLayer(part, bits, weight_range=qrange)
             else:
                 set_submodule(model, name, QuantizedLayer(target, bits, weight_range=qrange))
-        place_activation_quantizers(model, context.example_input)
+        if any(bits <= 8 for bits in candidate.bits.values()):  # quantizers go only around int layers
+            place_activation_quantizers(model, context.example_input)
 
     def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
         for name, bits in candidate.bits.items():

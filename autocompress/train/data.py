@@ -42,7 +42,8 @@ def load_dataset(name: str, *, image_size: int = 32, val_fraction: float = 0.2, 
         return _cifar10(image_size, Path(root))
     if name.startswith("imagefolder:"):
         return _imagefolder(Path(name.split(":", 1)[1]), image_size, val_fraction)
-    raise DatasetError(f"unknown data set {name!r}; use 'digits', 'cifar10' or 'imagefolder:PATH'")
+    folder = f" (for the folder {name} write imagefolder:{name})" if Path(name).is_dir() else ""
+    raise DatasetError(f"unknown data set {name!r}; use 'digits', 'cifar10' or 'imagefolder:PATH'{folder}")
 
 
 def _resize_to_rgb(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -98,17 +99,18 @@ def _cifar10(image_size: int, root: Path) -> DatasetSplits:
 
 def _imagefolder(path: Path, image_size: int, val_fraction: float) -> DatasetSplits:
     import torchvision
-    from torchvision.transforms import functional as TF
 
     if not path.is_dir():
         raise DatasetError(f"image folder {str(path)!r} does not exist; give imagefolder:PATH with one sub-folder per class")
     try:
         folder = torchvision.datasets.ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DatasetError(f"image folder {str(path)!r} has no images in class sub-folders ({exc})") from exc
-    images = torch.stack([
-        TF.to_tensor(TF.resize(img.convert("RGB"), [image_size, image_size], antialias=True)) for img, _ in folder
-    ])
+        raise DatasetError(f"image folder {str(path)!r} has no images in class sub-folders ({exc}); put each "
+                           "class's images in a sub-folder named after it (PATH/cat/1.png, PATH/dog/2.png)") from exc
+    if len(folder.classes) < 2:
+        raise DatasetError(f"image folder {str(path)!r} has one class sub-folder ({folder.classes[0]!r}); a "
+                           "classifier needs at least 2: add one sub-folder of images per class")
+    images = torch.stack([_image_tensor(file, image_size) for file, _ in folder.samples])
     labels = np.array(folder.targets)
     if min(np.bincount(labels)) < 2:
         raise DatasetError(f"image folder {str(path)!r} needs at least 2 images per class to hold some out for validation")
@@ -119,6 +121,19 @@ def _imagefolder(path: Path, image_size: int, val_fraction: float) -> DatasetSpl
         f"imagefolder:{path}", TensorDataset(images[train_idx], targets[train_idx]),
         TensorDataset(images[val_idx], targets[val_idx]), len(folder.classes), image_size,
     )
+
+
+def _image_tensor(file: str, image_size: int) -> torch.Tensor:
+    """One image file as a (3, S, S) tensor in [0, 1]; a file that is no image names itself."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import functional as TF
+
+    try:
+        with Image.open(file) as img:
+            return TF.to_tensor(TF.resize(img.convert("RGB"), [image_size, image_size], antialias=True))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DatasetError(f"image folder file {file!r} is not a readable image ({type(exc).__name__}); remove it "
+                           "from the folder or replace it") from exc
 
 
 def make_loader(dataset: Dataset, *, batch_size: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader:

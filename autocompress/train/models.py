@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,7 +16,7 @@ from torch import nn
 
 from ..errors import ModelResolutionError, WeightsMismatchError
 
-__all__ = ["resolve_model", "load_weights", "torchvision_classifiers"]
+__all__ = ["check_model_runs", "resolve_model", "load_weights", "torchvision_classifiers"]
 
 _MAX_KEYS_SHOWN = 8
 
@@ -87,12 +92,12 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if not path.is_file():
         raise WeightsMismatchError(f"weights file {str(path)!r} does not exist; pass the path of a saved state dict")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise WeightsMismatchError(
-            f"weights file {str(path)!r} is not a loadable state dict ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "save it with torch.save(model.state_dict(), path)"
-        ) from exc
+        with warnings.catch_warnings():  # torch's notes on the pickle protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads: rethrown naming the file
+        raise WeightsMismatchError(f"weights file {str(path)!r} {_why_unloadable(path, exc)}; save the weights "
+                                   "alone with torch.save(model.state_dict(), path)") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # the usual training-checkpoint wrapper
     if not isinstance(state, dict):
@@ -113,3 +118,50 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         )
     model.load_state_dict(state)
     return model
+
+
+def _why_unloadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a few words."""
+    with path.open("rb") as handle:
+        head = handle.read(1)
+    if not zipfile.is_zipfile(path) and head != b"\x80":  # torch.save writes a zip; old files a pickle
+        return "is not a loadable state dict: it is no PyTorch file (neither torch.save's zip format nor a pickle)"
+    if isinstance(exc, pickle.UnpicklingError):  # what weights_only loading refuses to unpickle
+        named = re.search(r"GLOBAL ([\w.]+)|(\w[\w.]*) was not an allowed global", str(exc))
+        what = f" (it names {named.group(1) or named.group(2)})" if named else ""
+        return (f"is not a loadable state dict: it holds pickled Python objects besides tensors{what}, which could "
+                "run code when loaded; refused, and nothing in it was run")
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"is not a loadable state dict ({type(exc).__name__}: {first})"
+
+
+def check_model_runs(model: nn.Module, example: torch.Tensor, *, spec: str, needs: Callable[[int], str],
+                     size_name: str, parameters: tuple[str, ...] = ()) -> None:
+    """Run ``model`` once on ``example``, where a model is first run: whatever its own code raises
+    there (a ViT asserting its image size, a forward that wants more inputs) becomes one line naming
+    the model and the input shape, and what to pass: ``needs(size)`` when the model's message names
+    the image size it wants, else the ``size_name`` (the parameter or flag of the size) to fix.
+    The output must be a (batch, classes) tensor of class scores, which training and export rely on."""
+    shape = tuple(example.shape)
+    try:
+        with torch.no_grad():
+            output = model.eval()(example)
+    except Exception as exc:  # the model's own code: rethrown naming the model and the input
+        first = (str(exc).strip().splitlines() or [""])[0]
+        asked = re.search(r"[Ee]xpected (?:image size |size |height |width )?(\d{2,4})\b", first)
+        built_for = f"give the {size_name} it was built for (224 for torchvision's ImageNet models)"
+        if isinstance(exc, TypeError) and "argument" in first:
+            hint = "its forward must take one batch of images, shaped (batch, 3, height, width)"
+        elif asked:
+            hint = needs(int(asked.group(1)))
+        elif re.search(r"too small|can't be greater than actual input size", first):
+            hint = f"the input is too small for its convolutions and pools: {built_for}"
+        else:
+            hint = built_for
+        raise ModelResolutionError(f"model {spec!r} cannot run on an input of shape {shape} "
+                                   f"({type(exc).__name__}: {first}); {hint}", parameters=parameters) from exc
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        got = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else \
+            f"a {type(output).__name__}"
+        raise ModelResolutionError(f"model {spec!r} returns {got} for an input of shape {shape}, not a (batch, "
+                                   "classes) tensor of class scores; wrap it so that forward returns the logits")

@@ -66,12 +66,15 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
                                 parameters=("address",)) from exc
 
 
-def _run_job(fn, job, threads: int):
+_NOTHING = object()  # map_jobs was given no shared object (None may be one)
+
+
+def _run_job(fn, job, threads: int, shared=_NOTHING):
     """One job of ``RayExecutor.map_jobs`` in a Ray task, with as many threads as CPUs it declared."""
     import torch
 
     torch.set_num_threads(max(1, threads))
-    return fn(job)
+    return fn(job) if shared is _NOTHING else fn(shared, job)
 
 
 class RayExecutor:
@@ -108,11 +111,14 @@ class RayExecutor:
         if problem is not None:
             self.attach(problem)
 
-    def map_jobs(self, fn, jobs):
-        """``fn(job)`` for each job, run as Ray tasks across the cluster, yielded as they finish."""
+    def map_jobs(self, fn, jobs, *, shared=_NOTHING):
+        """``fn(job)`` for each job (``fn(shared, job)`` when ``shared`` is given), run as Ray tasks
+        across the cluster, yielded as they finish. ``shared`` (a model, say) goes into the object
+        store once, not once per task."""
         ray = self._ray
         task = ray.remote(num_cpus=self.cpus_per_trial)(_run_job)
-        pending = [task.remote(fn, job, self.cpus_per_trial) for job in jobs]
+        extra = () if shared is _NOTHING else (ray.put(shared),)
+        pending = [task.remote(fn, job, self.cpus_per_trial, *extra) for job in jobs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])

@@ -1,0 +1,77 @@
+"""Every input of a search, checked before anything is written or trained.
+
+The data set (read in full), the model (its spec, its weights, and a first run on an example of
+the data), the search-space file (its cells built against the model's blocks), the hardware model
+(its measurements read in full), and whether the budget can be reached at all: each failure is one
+line naming the input and what to pass instead, found in seconds, where it would otherwise surface
+as a traceback after the baseline has trained, or as a search whose every trial is over budget.
+What passes is handed on to ``build_problem``, so nothing is loaded twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..core.analysis import analyze
+from ..core.search_space import resolve_search_space
+from ..core.space import Space
+from ..errors import BudgetError
+from ..hardware import HardwareModel, load_hardware_model
+from ..hardware.store import AUTO
+from ..train.data import DatasetSplits, load_dataset
+from ..train.models import check_model_runs, resolve_model
+from .boundary import fastest_candidate
+from .budget import Budget
+from .problem import ProblemSpec, hardware_folder, problem_classes
+
+__all__ = ["CheckedInputs", "check_reachable", "preflight"]
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    splits: DatasetSplits
+    hardware: HardwareModel  # at the profile's level
+
+
+def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True) -> CheckedInputs:
+    """Check the inputs of a search in the order they are cheap to check; ``check_budget``: also
+    whether ``budget`` can be reached at the hardware model's own level (a budget in ms under a
+    host level measured later is checked once the level is known)."""
+    splits = load_dataset(spec.dataset, image_size=spec.input_size)
+    model = resolve_model(spec.model, num_classes=problem_classes(spec, splits), weights=spec.weights)
+    example = splits.val[0][0].unsqueeze(0)
+    check_model_runs(model, example, spec=spec.model, needs=lambda size: f"it needs input_size {size}",
+                     size_name="input_size", parameters=("input_size",))
+    space_file = resolve_search_space(spec.search_space, model)
+    # A file given by name is built against the model's blocks now (the shipped ones "auto" picks
+    # are known to fit), so its mistakes show before anything trains.
+    named = spec.search_space not in (AUTO, "none")
+    analysis = analyze(model, example, space=space_file) if named else None
+    hardware = load_hardware_model(hardware_folder(spec.hardware))
+    if check_budget:
+        try:
+            check_reachable(Space(analysis or analyze(model, example), spec.space_options()), hardware, budget)
+        except BudgetError:
+            if named or space_file is None:
+                raise
+            # cells may be faster than any compression of the blocks: price them before refusing
+            check_reachable(Space(analyze(model, example, space=space_file), spec.space_options()), hardware,
+                            budget)
+    return CheckedInputs(splits, hardware)
+
+
+def check_reachable(space: Space, hardware: HardwareModel, budget: Budget) -> None:
+    """A one-line BudgetError when no candidate of ``space`` is predicted within ``budget``: every
+    trial would be over budget, and the search would only find that out trial by trial."""
+    baseline_ms = hardware.predict_candidate(space.analysis, space.default()).ms
+    budget_ms = budget.resolve(baseline_ms)
+    _, fastest_ms = fastest_candidate(space, hardware, stop_at_ms=budget_ms)
+    if fastest_ms <= budget_ms:
+        return
+    ratio = fastest_ms / baseline_ms
+    least = f"{math.ceil(ratio * 100) / 100:g}x" if budget.unit == "x" else f"{math.ceil(fastest_ms * 1000) / 1000:g}ms"
+    raise BudgetError(f"budget {budget} ({budget_ms:.3f} ms) cannot be reached: the fastest candidate found in the "
+                      f"space is predicted at {fastest_ms:.3f} ms ({ratio:.3g}x the baseline's {baseline_ms:.3f} ms); "
+                      f"give budget {least} or more, or let the space compress more (prune_ratios, bit_widths, ...)",
+                      parameters=("budget", "prune_ratios", "bit_widths"))
