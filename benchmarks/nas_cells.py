@@ -268,8 +268,8 @@ def write(report: dict, out: Path) -> None:
             continue
         b, d = m["baseline"], m.get("distillation")
         lines += [f"## {spec}", "",
-                  f"Baseline: accuracy {_pct(b['accuracy'])}, predicted {b['latency_ms']:.3f} ms (trained in "
-                  f"{m['baseline_minutes']:.1f} min). Space {m['space']}: {m['blocks_with_cells']} blocks with cell "
+                  f"Baseline: accuracy {_pct(b['accuracy'])}, predicted {b['latency_ms']:.3f} ms (ready in "
+                  f"{m['baseline_minutes']:.1f} min: trained, or read back when a rerun found it trained). Space {m['space']}: {m['blocks_with_cells']} blocks with cell "
                   "choices."]
         if d is not None:
             lines += ["", f"Blockwise distillation (once per model, inside the first cells-on search's wall time): "
