@@ -55,6 +55,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold
 
+from .forest import CompiledForests, CompiledKernelModels, heads_per_tree
 from .glue import _gated_elements, _glue_inputs
 from .kernels import OPS, Kernel, kernel_features, kernel_table, kernel_weights
 
@@ -94,6 +95,7 @@ class LatencyPredictor:
             candidate_ms: np.ndarray) -> LatencyPredictor:
         """``kernels``: ``kernel_table`` rows timed alone, ``kernel_ms`` their latencies;
         ``candidates``: one ``kernel_table`` per whole candidate, ``candidate_ms`` its latency."""
+        self._compiled_ = None  # compiled from the models fit here on first use
         kernels, kernel_ms = np.asarray(kernels), np.asarray(kernel_ms, dtype=np.float64)
         candidate_ms = np.asarray(candidate_ms, dtype=np.float64)
         if len(kernels) != len(kernel_ms) or len(candidates) != len(candidate_ms):
@@ -150,7 +152,8 @@ class LatencyPredictor:
         excess head alone scored 82% within 10% against 77% for the ratio head, and their mean
         82-83%; on MnasNet, which was never profiled, the excess head alone over-predicted by
         4-7% and the mean by 3-4%."""
-        estimate = np.maximum(alone + excess.predict(excess_terms), 0.3 * alone)
+        # excess.predict's own arithmetic, without its input checks (they cost more than the rest)
+        estimate = np.maximum(alone + (excess_terms @ excess.coef_ + excess.intercept_), 0.3 * alone)
         return [(features, np.log(alone)),
                 (np.column_stack([features, np.log(estimate / alone)]), np.log(estimate))]
 
@@ -181,32 +184,40 @@ class LatencyPredictor:
         for train, test in KFold(n_splits=5, shuffle=True, random_state=self.random_state).split(log_ms):
             forests = [self._forest(self.composition_min_samples_leaf).fit(x[train], log_ms[train] - reference[train])
                        for x, reference in heads]
-            trees = _tree_log_ms([(x[test], reference[test]) for x, reference in heads], forests)
+            trees = heads_per_tree([(x[test], reference[test]) for x, reference in heads], forests)
             log_error[test], tree_var[test] = trees.mean(axis=0) - log_ms[test], trees.var(axis=0)
         return log_error, tree_var
 
     # -- predicting ------------------------------------------------------------------------------
 
-    def predict(self, kernels: list[Kernel]) -> LatencyPrediction:
-        """Latency of one candidate, given its kernels (``kernels_of_candidate`` or ``_of_model``)."""
-        ms, std, per_kernel = self._predict([kernel_table(kernels)])
+    def predict(self, kernels: list[Kernel], *, compiled: bool = True) -> LatencyPrediction:
+        """Latency of one candidate, given its kernels (``kernels_of_candidate`` or ``_of_model``).
+        ``compiled=False`` asks scikit-learn's own predict (slow; what the fast path is held to)."""
+        ms, std, per_kernel = self._predict([kernel_table(kernels)], compiled)
         per_layer: dict[str, float] = {}
         for kernel, part in zip(kernels, per_kernel):
             per_layer[kernel.layer] = per_layer.get(kernel.layer, 0.0) + float(part)
         return LatencyPrediction(float(ms[0]), float(std[0]), per_layer)
 
-    def predict_many(self, candidates: list[list[Kernel]]) -> tuple[np.ndarray, np.ndarray]:
+    def predict_many(self, candidates: list[list[Kernel]], *, compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Latency (ms) and its standard deviation for each candidate: one pass for all."""
-        ms, std, _ = self._predict([kernel_table(c) for c in candidates])
+        ms, std, _ = self._predict([kernel_table(c) for c in candidates], compiled)
         return ms, std
 
-    def _predict(self, tables: list[np.ndarray]):
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_compiled_"}  # rebuilt on first use
+
+    def _predict(self, tables: list[np.ndarray], compiled: bool = True):
         if not hasattr(self, "composition_"):
             raise NotFittedError("this LatencyPredictor is not fitted yet: call fit(), or load a hardware model "
                                  "with autocompress.hardware.load_hardware_model(path)")
-        features, alone, alone_var, kernel_ms, owner, excess_parts = self._composition(tables)
+        if compiled and getattr(self, "_compiled_", None) is None:  # the fitted models as flat arrays
+            self._compiled_ = (CompiledKernelModels(self.kernel_models_, self.fallback_),
+                               CompiledForests(self.composition_))
+        stage1, stage2 = self._compiled_ if compiled else (None, self.composition_)
+        features, alone, alone_var, kernel_ms, owner, excess_parts = self._composition(tables, stage1)
         heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_)
-        trees = _tree_log_ms(heads, self.composition_)
+        trees = heads_per_tree(heads, stage2)
         ms = np.exp(trees.mean(axis=0))  # the mean of the two heads' forests, in log space
         floor, per_tree_var = self.uncertainty_
         log_var = floor + per_tree_var * trees.var(axis=0) + np.maximum(
@@ -214,7 +225,7 @@ class LatencyPredictor:
         # The one session call is shared out over the kernels in proportion to their time.
         return ms, ms * np.sqrt(log_var), kernel_ms * (ms / (alone - self.call_ms_))[owner]
 
-    def _composition(self, tables: list[np.ndarray]):
+    def _composition(self, tables: list[np.ndarray], stage1: CompiledKernelModels | None = None):
         """Stage-2 features of each candidate, its kernels' time alone (and that time's variance),
         each kernel's own time, which candidate each kernel belongs to, and the terms of the
         linear excess.
@@ -227,7 +238,7 @@ class LatencyPredictor:
         below any the random candidates had taught stage 2."""
         table = np.concatenate(tables)
         owner = np.repeat(np.arange(len(tables)), [len(t) for t in tables])
-        alone_ms, var = self._kernel_ms(table)
+        alone_ms, var = self._kernel_ms(table, stage1)
         ms = np.maximum(alone_ms - self.call_ms_, 0.1 * alone_ms)
         n = len(tables)
 
@@ -271,28 +282,21 @@ class LatencyPredictor:
         excess_parts = (excess_base, streamable, 4 * per_candidate(weights * is_float))
         return features, alone, per_candidate(var), ms, owner, excess_parts
 
-    def _kernel_ms(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _kernel_ms(self, table: np.ndarray, stage1: CompiledKernelModels | None = None):
         """Stage 1: each kernel's latency alone, and the variance of that estimate (ms^2), from
-        the kernel model's cross-validated error."""
-        log_mean, log_var = np.zeros(len(table)), np.zeros(len(table))
-        for key in {(int(o), int(b)) for o, b in table[:, :2]}:
-            rows = (table[:, 0] == key[0]) & (table[:, 1] == key[1])
-            baseline, trees, log_error = self.kernel_models_.get(key, self.fallback_)
-            base = _baseline_ms(baseline, table[rows])
-            log_mean[rows] = np.log(base) + trees.predict(_stage1_features(table[rows], base))
-            log_var[rows] = log_error ** 2
+        the kernel model's cross-validated error. ``stage1``: the models compiled, in one pass."""
+        if stage1 is not None:
+            log_mean, log_var = stage1.log_ms(table, _roofline_terms, _stage1_features)
+        else:
+            log_mean, log_var = np.zeros(len(table)), np.zeros(len(table))
+            for key in {(int(o), int(b)) for o, b in table[:, :2]}:
+                rows = (table[:, 0] == key[0]) & (table[:, 1] == key[1])
+                baseline, trees, log_error = self.kernel_models_.get(key, self.fallback_)
+                base = _baseline_ms(baseline, table[rows])
+                log_mean[rows] = np.log(base) + trees.predict(_stage1_features(table[rows], base))
+                log_var[rows] = log_error ** 2
         ms = np.exp(log_mean)
         return ms, (ms ** 2) * log_var  # delta method: var(exp(x)) ~ exp(x)^2 var(x)
-
-
-def _tree_log_ms(heads, forests) -> np.ndarray:
-    """Every tree's log latency for every candidate (trees x candidates), both heads' trees
-    together: each tree predicts its head's log ratio, added to the head's log reference."""
-    per_head = []
-    for (x, reference), forest in zip(heads, forests):
-        x = np.ascontiguousarray(x, dtype=np.float32)  # what the forest's own predict hands its trees
-        per_head.append(reference + np.array([tree.predict(x, check_input=False) for tree in forest.estimators_]))
-    return np.concatenate(per_head)
 
 
 def _excess_terms(excess_parts, threshold_mb: float) -> np.ndarray:
