@@ -119,7 +119,7 @@ def _damage(context: _Context, candidate) -> tuple[float, float]:
 
 def _measure(context: _Context, job: list[tuple[str, str, str, object]]) -> list[dict]:
     """One job: ``(variable, kind, unit, value)`` decisions, each applied alone; a row each."""
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # a technique that draws random numbers then damages alike on every worker and rerun
     where = f"{socket.gethostname()}:{os.getpid()}"
     base = context.uncompressed
     rows = []
