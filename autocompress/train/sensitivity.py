@@ -4,13 +4,17 @@ For every variable of the Space and every value other than its uncompressed one,
 compressed by that one decision (``apply_candidate`` of the uncompressed Candidate with that
 decision alone), its BatchNorm statistics are recomputed on training batches (a pruned or replaced
 layer shifts the statistics of what follows, and a fine-tune would fix that first), and its logits
-on a fixed calibration sample are compared with the trained model's: the mean KL divergence
-KL(teacher || compressed), in nats per image, and the share of images both rank first alike. No
+on a fixed calibration sample are compared with the trained model's, recalibrated the same way
+(so what recalibration alone moves cancels out): the mean KL divergence KL(teacher || compressed)
+at the fine-tune's distillation temperature, times its square as in the distillation loss, in nats
+per image, and the share of images both rank first alike. At temperature 1 a teacher sure of
+nearly every image hides most of what a decision changes: an int4 stem that moves the logits by
+a few percent barely moves probabilities already near 1. No
 fine-tune: this is how much a decision breaks, which HAWQ, MCT and FastNAS measure before they
 allocate, not how much of it training recovers.
 
-A reference row (variable ``(none)``) measures the uncompressed model after the same
-recalibration: the floor below which a decision's damage is noise.
+A reference row (variable ``(none)``) measures the uncompressed model through the same steps: the
+floor below which a decision's damage is noise (zero where recalibration is deterministic).
 
 Variables are independent jobs, spread over workers through ``map_jobs`` like the blockwise
 distillation of cells; the table is cached in the search folder's ``sensitivity/`` and each chunk
@@ -19,7 +23,9 @@ is written when done, so a resumed search, ``inspect`` and a kill lose nothing m
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import json
 import os
 import socket
@@ -50,9 +56,10 @@ class SensitivityConfig:
     samples: int = 256  # calibration images whose logits are compared
     recalibration_batches: int = 8  # training batches of 64 that recompute BatchNorm statistics
     variables_per_job: int = 4  # a job carries the model once: a few variables amortise that
+    temperature: float = 4.0  # DistillationConfig's: damage as the fine-tune's loss sees it
 
     def __post_init__(self) -> None:
-        if self.samples < 8 or self.recalibration_batches < 0 or self.variables_per_job < 1:
+        if self.samples < 8 or self.recalibration_batches < 0 or self.variables_per_job < 1 or self.temperature <= 0:
             raise ValueError(f"invalid sensitivity settings: {self}")
 
 
@@ -106,15 +113,18 @@ class _Context:
     config: SensitivityConfig
 
 
+def _recalibrated_logits(model: nn.Module, context: "_Context") -> torch.Tensor:
+    if context.config.recalibration_batches:
+        recompute_batchnorm_statistics(model, context.recalibration, batches=context.config.recalibration_batches)
+    return predict(model, context.images).double()
+
+
 def _damage(context: _Context, candidate) -> tuple[float, float]:
     model = apply_candidate(context.model, candidate, context.analysis, context.example, rules=context.rules,
                             cell_weights=context.cell_weights)
-    if context.config.recalibration_batches:
-        recompute_batchnorm_statistics(model, context.recalibration, batches=context.config.recalibration_batches)
-    logits = predict(model, context.images).double()
-    teacher = context.teacher.double()
-    kl = (teacher.softmax(1) * (teacher.log_softmax(1) - logits.log_softmax(1))).sum(1).mean()
-    return float(kl), top1(logits, teacher)
+    logits, teacher, t = _recalibrated_logits(model, context), context.teacher.double(), context.config.temperature
+    kl = (teacher / t).softmax(1) * ((teacher / t).log_softmax(1) - (logits / t).log_softmax(1))
+    return float(kl.sum(1).mean() * t * t), top1(logits, teacher)
 
 
 def _measure(context: _Context, job: list[tuple[str, str, str, object]]) -> list[dict]:
@@ -155,9 +165,10 @@ def measure_sensitivities(model: nn.Module, space: Space, example: torch.Tensor,
         (v.name, v.kind, v.unit, value) for v in space.variables for value in v.choices if value != space.neutral(v)]
     todo = [d for d in wanted_rows if (d[0], "" if d[0] == REFERENCE else value_key(d[3])) not in rows]
     if todo:
-        teacher = predict(model.eval(), images)
-        context = _Context(model, space.default(), space.analysis, example, rules, dict(cell_weights or {}), images, teacher,
-                           recalibration, config)
+        context = _Context(model, space.default(), space.analysis, example, rules, dict(cell_weights or {}), images,
+                           torch.empty(0), recalibration, config)
+        teacher = _recalibrated_logits(copy.deepcopy(model), context)  # the same steps as every decision's
+        context = dataclasses.replace(context, teacher=teacher)
         jobs = _chunks(todo, config.variables_per_job)
         with tqdm(total=len(wanted_rows), initial=len(wanted_rows) - len(todo), desc="sensitivities",
                   unit="decision", disable=not progress or None) as bar:
