@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import json
 import os
 import socket
@@ -69,7 +68,7 @@ def value_key(value) -> str:
 
 
 class Sensitivities:
-    """The damage table: ``kl(variable, value)`` and ``agreement(variable, value)``, with the floor."""
+    """The damage table: ``kl(variable, value)`` above the floor; ``rows`` also hold each top-1 agreement."""
 
     def __init__(self, rows: dict[tuple[str, str], dict]) -> None:
         self.rows = rows
@@ -80,10 +79,6 @@ class Sensitivities:
         """Damage above the floor (never negative); 0 for a value never measured (the neutral one)."""
         row = self.rows.get((variable, value_key(value)))
         return max(0.0, float(row["kl"]) - self.floor) if row else 0.0
-
-    def agreement(self, variable: str, value) -> float:
-        row = self.rows.get((variable, value_key(value)))
-        return float(row["agreement"]) if row else 1.0
 
     def by_variable(self) -> dict[str, dict[str, float]]:
         """``{variable: {value: damage}}`` in table order, the reference left out."""
@@ -113,16 +108,18 @@ class _Context:
     config: SensitivityConfig
 
 
-def _recalibrated_logits(model: nn.Module, context: "_Context") -> torch.Tensor:
-    if context.config.recalibration_batches:
-        recompute_batchnorm_statistics(model, context.recalibration, batches=context.config.recalibration_batches)
-    return predict(model, context.images).double()
+def _recalibrated_logits(model: nn.Module, images: torch.Tensor, recalibration: TensorDataset,
+                         config: SensitivityConfig) -> torch.Tensor:
+    if config.recalibration_batches:
+        recompute_batchnorm_statistics(model, recalibration, batches=config.recalibration_batches)
+    return predict(model, images).double()
 
 
 def _damage(context: _Context, candidate) -> tuple[float, float]:
     model = apply_candidate(context.model, candidate, context.analysis, context.example, rules=context.rules,
                             cell_weights=context.cell_weights)
-    logits, teacher, t = _recalibrated_logits(model, context), context.teacher.double(), context.config.temperature
+    logits = _recalibrated_logits(model, context.images, context.recalibration, context.config)
+    teacher, t = context.teacher.double(), context.config.temperature
     kl = (teacher / t).softmax(1) * ((teacher / t).log_softmax(1) - (logits / t).log_softmax(1))
     return float(kl.sum(1).mean() * t * t), top1(logits, teacher)
 
@@ -137,7 +134,7 @@ def _measure(context: _Context, job: list[tuple[str, str, str, object]]) -> list
         started = time.perf_counter()
         candidate = base if variable == REFERENCE else base.with_decision(kind, unit, value)
         kl, agreement = _damage(context, candidate)
-        rows.append({"variable": variable, "value": "" if variable == REFERENCE else value_key(value), "kl": kl,
+        rows.append({"variable": variable, "value": _key((variable, kind, unit, value))[1], "kl": kl,
                      "agreement": agreement, "seconds": time.perf_counter() - started, "where": where})
     return rows
 
@@ -163,12 +160,12 @@ def measure_sensitivities(model: nn.Module, space: Space, example: torch.Tensor,
     rows = _read(table)
     wanted_rows = [(REFERENCE, "", "", None)] + [
         (v.name, v.kind, v.unit, value) for v in space.variables for value in v.choices if value != space.neutral(v)]
-    todo = [d for d in wanted_rows if (d[0], "" if d[0] == REFERENCE else value_key(d[3])) not in rows]
+    todo = [d for d in wanted_rows if _key(d) not in rows]
     if todo:
+        # The teacher goes through the same steps as every decision, so recalibration alone costs nothing.
+        teacher = _recalibrated_logits(copy.deepcopy(model), images, recalibration, config)
         context = _Context(model, space.default(), space.analysis, example, rules, dict(cell_weights or {}), images,
-                           torch.empty(0), recalibration, config)
-        teacher = _recalibrated_logits(copy.deepcopy(model), context)  # the same steps as every decision's
-        context = dataclasses.replace(context, teacher=teacher)
+                           teacher, recalibration, config)
         jobs = _chunks(todo, config.variables_per_job)
         with tqdm(total=len(wanted_rows), initial=len(wanted_rows) - len(todo), desc="sensitivities",
                   unit="decision", disable=not progress or None) as bar:
@@ -177,7 +174,13 @@ def measure_sensitivities(model: nn.Module, space: Space, example: torch.Tensor,
                     rows[row["variable"], row["value"]] = row
                 _write(table, rows)
                 bar.update(len(measured))
-    return Sensitivities({key: rows[key] for key in sorted(rows, key=_table_order(wanted_rows)) if key in rows})
+    return Sensitivities({key: rows[key] for key in sorted(rows, key=_table_order(wanted_rows))})
+
+
+def _key(decision: tuple) -> tuple[str, str]:
+    """A decision's row in the table: (variable, value as written); the reference has no value."""
+    variable, _, _, value = decision
+    return variable, "" if variable == REFERENCE else value_key(value)
 
 
 def _chunks(todo: list, size: int) -> list[list]:
@@ -192,7 +195,7 @@ def _chunks(todo: list, size: int) -> list[list]:
 
 
 def _table_order(wanted: list) -> Callable:
-    order = {(d[0], "" if d[0] == REFERENCE else value_key(d[3])): i for i, d in enumerate(wanted)}
+    order = {_key(d): i for i, d in enumerate(wanted)}
     return lambda key: order.get(key, len(order))
 
 
