@@ -13,10 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-import optuna
-
+from autocompress.search.folder import SearchFolder
 from autocompress.search.pareto import best_under, hypervolume_2d, pareto_front, records_from_study
-from autocompress.search.run import STUDY_NAME, default_storage
 
 
 def main() -> None:
@@ -31,7 +29,7 @@ def main() -> None:
     rows = []
     for label, folder in zip(labels, args.folders, strict=True):
         meta = json.loads((folder / "search.json").read_text())
-        study = optuna.load_study(study_name=STUDY_NAME, storage=meta.get("storage") or default_storage(folder))
+        study = SearchFolder(folder).load_study()
         records = records_from_study(study)
         front = pareto_front(records)
         budget = meta["budget_ms"]

@@ -37,8 +37,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import optuna
-
 from autocompress.core.analysis import analyze
 from autocompress.core.candidate import candidate_summary
 from autocompress.core.cell_choices import ORIGINAL, SKIP
@@ -48,7 +46,8 @@ from autocompress.export.card import export_from_search
 from autocompress.hardware import machine_info
 from autocompress.search.pareto import best_under, hypervolume_2d
 from autocompress.search.problem import ProblemSpec, build_problem
-from autocompress.search.run import STUDY_NAME, SearchSettings, run_search
+from autocompress.search.folder import SearchFolder
+from autocompress.search.run import SearchSettings, run_search
 from autocompress.train.finetune import DistillationConfig
 
 ARMS = (("off", "none"), ("on", None))  # None: --space
@@ -184,7 +183,7 @@ def one_search(outcome, folder: Path, budget: str, args) -> dict:
 def study_minutes(folder: Path) -> float:
     """From the first trial's start to the last one's end, read from the study: a search resumed by a
     rerun of this script keeps its wall time, which a clock around ``run_search`` would lose."""
-    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{folder / 'study.db'}")
+    study = SearchFolder(folder).load_study()
     times = [(t.datetime_start, t.datetime_complete) for t in study.trials if t.datetime_complete]
     return (max(end for _, end in times) - min(start for start, _ in times)).total_seconds() / 60 if times else 0.0
 

@@ -19,7 +19,11 @@ import optuna
 import pytest
 import torch
 
+from optuna.trial import TrialState
+
 from autocompress.cli.main import main
+from autocompress.search.folder import SearchFolder
+from autocompress.search.storage import open_storage
 
 PACKAGE = Path(__file__).resolve().parents[1] / "autocompress"
 
@@ -133,16 +137,27 @@ def _identity_of_cli_search(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def search_folder(tmp_path_factory):
-    """A search folder written by hand, as `autocompress search` writes it: search.json, a study
-    with two finished trials, pareto.json (nothing trains)."""
+    """A search folder written by hand, as an earlier version's `autocompress search` wrote it:
+    search.json, a SQLite study with two finished trials, pareto.json (nothing trains)."""
     out = tmp_path_factory.mktemp("search")
+    return _write_search_folder(out, f"sqlite:///{out / 'study.db'}")
+
+
+@pytest.fixture(scope="module")
+def journal_folder(tmp_path_factory):
+    """The same search folder with today's default study, the journal file ``study.journal``."""
+    out = tmp_path_factory.mktemp("journal_search")
+    return _write_search_folder(out, open_storage(str(out / "study.journal")))
+
+
+def _write_search_folder(out: Path, storage) -> Path:
     identity = _identity_of_cli_search(out)
     (out / "search.json").write_text(json.dumps({
         "identity": identity, "problem": identity["problem"], "budget": "0.5x", "budget_ms": 0.4,
         "baseline": {"accuracy": 0.9, "latency_ms": 0.8, "size_bytes": 4000}, "finetune": identity["finetune"],
         "sampler": "nsga2", "seed": 0, "storage": None, "host_level": None}, indent=2))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name="autocompress",
+    study = optuna.create_study(storage=storage, study_name="autocompress",
                                 directions=["maximize", "minimize", "minimize"])
     for number, (accuracy, latency) in enumerate([(0.85, 0.3), (0.8, 0.2)]):
         trial = study.ask()
@@ -313,6 +328,31 @@ def test_export_names_a_study_that_is_not_a_database(capsys, tmp_path, search_fo
     assert not (tmp_path / "export").exists()
 
 
+def test_a_corrupt_journal_is_left_alone_by_search_and_export(capsys, tmp_path, journal_folder):
+    out = _copy(journal_folder, tmp_path / "search")
+    journal = out / "study.journal"
+    lines = journal.read_bytes().split(b"\n")
+    journal.write_bytes(b"\n".join([*lines[:3], b'{"op_code": 5, "worker_id"', *lines[3:]]))  # a record broken
+    one_line_error(capsys, ["search", "resnet18", "--budget", "0.5x", "--out", out],
+                   f"study {journal} is corrupt (line 4: ", "it was left as it is",
+                   f"move it away to start a new study in {out}", untouched=(out,))
+    one_line_error(capsys, ["export", out, "--trial", "1", "--out", tmp_path / "export"],
+                   f"study {journal} is corrupt (line 4: ", "restore it from a copy", untouched=(out,))
+
+
+def test_a_journal_whose_last_write_was_cut_short_still_opens_with_every_finished_trial(tmp_path, journal_folder):
+    out = _copy(journal_folder, tmp_path / "search")
+    journal = out / "study.journal"
+    journal.write_bytes(journal.read_bytes() + b'{"op_code": 5, "worker_id": "x", "tri')  # a full disk's torn write
+    study = SearchFolder(out).load_study()  # a reader skips the torn record and changes nothing
+    assert [t.values[0] for t in study.get_trials(states=(TrialState.COMPLETE,))] == [0.85, 0.8]
+    assert not journal.read_bytes().endswith(b"\n")
+    study = optuna.load_study(study_name="autocompress", storage=open_storage(str(journal)))  # as a search does
+    assert journal.read_bytes().endswith(b"\n")  # the torn record was dropped, so the next append is whole
+    study.enqueue_trial({})
+    assert len(SearchFolder(out).load_study().get_trials()) == 3
+
+
 @pytest.mark.parametrize("content, words", [
     (lambda text: text[: len(text) // 2], ["is unreadable (JSONDecodeError"]),
     (lambda text: "", ["is unreadable (JSONDecodeError"]),
@@ -340,10 +380,14 @@ def test_export_and_pareto_name_the_folder(capsys, tmp_path, files, search_folde
     assert not (tmp_path / "export").exists()
 
 
-def test_pareto_names_a_truncated_pareto_json(capsys, tmp_path, search_folder):
+def test_pareto_reads_the_study_and_names_a_truncated_pareto_json_when_the_study_is_gone(capsys, tmp_path,
+                                                                                        search_folder):
     out = _copy(search_folder, tmp_path / "search")
     text = (out / "pareto.json").read_text()
     (out / "pareto.json").write_text(text[: len(text) // 2])
+    assert main(["pareto", str(out)]) == 0  # the front is recomputed from the study, which holds two trials
+    assert "best accuracy within the 0.4 ms budget: trial 0" in capsys.readouterr().out
+    (out / "study.db").unlink()
     one_line_error(capsys, ["pareto", out], f"{out / 'pareto.json'} is unreadable or incomplete", untouched=(out,))
 
 

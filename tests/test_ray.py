@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from autocompress.train.finetune import DistillationConfig
 from autocompress.search.problem import ProblemSpec, build_problem
+from autocompress.search.folder import SearchFolder
 from autocompress.search.run import SearchSettings, open_study, run_search
 
 ray = pytest.importorskip("ray")
@@ -46,7 +47,7 @@ def cluster():
 
 
 def _study(out: Path) -> optuna.Study:
-    return optuna.load_study(study_name="autocompress", storage=f"sqlite:///{out / 'study.db'}")
+    return SearchFolder(out).load_study()
 
 
 def _settings(out: Path, *, trials: int, steps: int = 12, **ray_args) -> SearchSettings:

@@ -21,7 +21,7 @@ from autocompress.cli.main import main
 from autocompress.errors import AutocompressError
 from autocompress.train.finetune import DistillationConfig, FinetuneDiverged, distill, evaluate_accuracy
 from autocompress.hardware import find_hardware_model, load_hardware_model
-from autocompress.search.folder import load_front
+from autocompress.search.folder import SearchFolder, load_front
 from autocompress.search.problem import ProblemSpec, SearchProblem, build_problem
 from autocompress.core.space import Space
 from autocompress.search.run import SearchSettings, run_search, warm_start_policies
@@ -106,7 +106,7 @@ def finished_search(tmp_path_factory, tiny_problem, baseline_dir):
 def test_search_writes_a_front_under_budget_with_warm_start_and_cheap_rejections(finished_search):
     settings, outcome, problem = finished_search
     out = settings.out
-    for name in ("pareto.csv", "pareto.json", "trials.csv", "pareto.png", "pareto.html", "search.json", "study.db"):
+    for name in ("pareto.csv", "pareto.json", "trials.csv", "pareto.png", "pareto.html", "search.json", "study.journal"):
         assert (out / name).is_file(), name
     records = outcome.records
     assert sum(r.state == "complete" for r in records) == 10
@@ -132,8 +132,7 @@ def test_resume_keeps_finished_trials_and_retries_those_a_killed_process_left_ru
     settings, outcome, problem = finished_search
     out = tmp_path / "resumed"
     shutil.copytree(settings.out, out)
-    storage = f"sqlite:///{out / 'study.db'}"
-    study = optuna.load_study(study_name="autocompress", storage=storage)
+    study = SearchFolder(out).load_study()
     before = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
     # A trial a killed process left RUNNING: its driver's pid no longer exists.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -147,7 +146,7 @@ def test_resume_keeps_finished_trials_and_retries_those_a_killed_process_left_ru
     target = len(before) + queued + 1  # every queued trial, then the retry queued behind them
     resumed = run_search(SearchSettings(problem=TINY, budget="0.7x", out=out, trials=target, finetune=FAST, seed=1),
                          progress=False, problem=problem)
-    study = optuna.load_study(study_name="autocompress", storage=storage)
+    study = SearchFolder(out).load_study()
     trials = study.get_trials()
     assert {t.number: t.values for t in trials if t.number in before} == before
     failed = trials[orphan.number]
@@ -164,7 +163,7 @@ def test_a_stale_trial_is_retried_only_when_it_holds_a_candidate():
     A queued trial (warm start, repair) in that state must be queued again with the parameters it
     was queued with, or its candidate is lost; a sampler trial has nothing to retry.
     """
-    from autocompress.search.run import _fail_stale_trials
+    from autocompress.search.study import fail_stale_trials as _fail_stale_trials
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -210,7 +209,7 @@ def test_a_failing_trial_is_recorded_and_an_interrupt_stops_cleanly(finished_sea
                          progress=False, problem=problem)
     assert outcome.interrupted
     assert (out / "pareto.json").is_file() and (out / "trials.csv").is_file()  # written despite Ctrl-C
-    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{out / 'study.db'}")
+    study = SearchFolder(out).load_study()
     failed = study.get_trials(states=(TrialState.FAIL,))
     reasons = [t.user_attrs["fail_reason"] for t in failed]
     assert reasons == ["FinetuneDiverged: loss is nan at step 3 of 12", "interrupted by the user"]
@@ -280,7 +279,7 @@ def test_cli_pareto_prints_the_front_and_bad_inputs_are_one_line(finished_search
     assert main(["search", "resnet18", "--budget", "0.5x", "--hardware", "nope", "--out", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--hardware 'nope' is not a hardware model folder" in err
-    assert not (tmp_path / "h" / "study.db").exists()  # rejected before a study is created
+    assert not (tmp_path / "h" / "study.journal").exists()  # rejected before a study is created
     assert main(["export", str(tmp_path / "nothing"), "--trial", "1", "--out", str(tmp_path / "e")]) == 2
     assert "no search" in capsys.readouterr().err
     # A dead Ray address answers at once (a TCP probe), not after Ray's minute of retries.
@@ -296,5 +295,5 @@ def test_cli_pareto_prints_the_front_and_bad_inputs_are_one_line(finished_search
 
 def test_the_study_names_its_objectives_for_optuna_dashboard(finished_search):
     settings, _, _ = finished_search
-    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{settings.out / 'study.db'}")
+    study = SearchFolder(settings.out).load_study()
     assert study.metric_names == ["accuracy", "latency_ms", "size_bytes"]

@@ -12,6 +12,7 @@ import torch
 
 from ..core.target import DEFAULT_TARGET, registered_targets, target
 from ..errors import AutocompressError
+from ..files import disk_full_message, disk_nearly_full, is_disk_full
 from .arguments import OneLineParser, _count, _parse_shape, _positive
 from .hardware_commands import _profile, _profile_defaults, _validate_predictor
 from .space_flags import add_space_flags, space_options_from_args
@@ -30,6 +31,7 @@ def flag_of(parameter: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = _parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -38,13 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     except AutocompressError as exc:
         _print_error(exc.in_terms_of(flag_of))
         return 2
-    except OSError as exc:  # unwritable --out, a full disk: say which path
-        _print_error(f"{exc.strerror or exc} ({exc.filename or 'no path'}); check that path and that the --out "
-                     "folder is writable")
-        return 2
     except KeyboardInterrupt:
         print("autocompress: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        out = getattr(args, "out", None)
+        # A full disk surfaces as an OSError, an SQLite error or a RuntimeError of torch.save.
+        if is_disk_full(exc) or (out is not None and disk_nearly_full(out)):
+            _print_error(disk_full_message(out or (exc.filename if isinstance(exc, OSError) else "the output")))
+            return 2
+        if isinstance(exc, OSError):  # an unwritable --out: say which path
+            _print_error(f"{exc.strerror or exc} ({exc.filename or 'no path'}); check that path and that the --out "
+                         "folder is writable")
+            return 2
+        raise
 
 
 def _print_error(message: str) -> None:
@@ -158,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
                         "default) or the damage each decision does alone, measured first (sensitivity: writes "
                         "sensitivity/ in --out)")
     search.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
-    search.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite in --out)")
+    search.add_argument("--storage", default=None, help="Optuna storage: a URL (postgresql+psycopg2://..., "
+                        "sqlite:///...) or a journal file path (default: study.journal in --out)")
     search.add_argument("--train-steps", type=_count, default=400,
                         help="without --weights, train the baseline this many steps first (cached in --out)")
     search.add_argument("--finetune-steps", type=_positive, default=60,
@@ -295,10 +305,17 @@ def _search(args) -> int:
 
 
 def _pareto(args) -> int:
-    from ..search.folder import load_front
+    from ..search.folder import SearchFolder
     from ..search.pareto import TrialRecord, summary_table
 
-    front = load_front(args.dir)
+    folder = SearchFolder(args.dir)
+    try:
+        front = folder.live_front()  # a running search's front too
+    except AutocompressError as exc:
+        if folder.search_json.is_file() and not (args.dir / "pareto.json").is_file():
+            raise  # a search whose study cannot be read, and nothing else to show
+        front = folder.load_front()  # with its own error when that is missing or damaged too
+        print(f"autocompress: showing pareto.json, written when the search last stopped: {exc}", file=sys.stderr)
     if args.json:
         print(json.dumps(front, indent=2))
         return 0

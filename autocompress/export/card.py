@@ -12,20 +12,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
-import sqlalchemy.exc
 import torch
 from optuna.trial import TrialState
 
 from ..core.candidate import candidate_summary
 from ..core.space import Candidate
 from ..errors import AutocompressError
+from ..files import atomic_path, write_text_atomic
 from ..hardware import machine_info
 from ..hardware.measure import SWEEPS, measure_in_sweeps
 from ..search.budget import Budget
-from ..search.folder import STUDY_NAME, SearchFolder
+from ..search.folder import SearchFolder
 from ..search.pareto import TrialRecord, records_from_study
 from ..search.problem import build_problem, read_host_level, read_spec
-from ..search.storage import check_storage, storage_failure
 from ..train.data import calibration_batches
 from ..train.finetune import DistillationConfig
 from ..train.training import top1
@@ -83,7 +82,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     inputs, labels = problem.splits.val.tensors
     exported, logits_torch, logits_onnx, baseline_onnx = export_beside_baseline(
         student, problem.baseline, problem.example, out, inputs, calibration=calibration_batches(problem.splits.train))
-    torch.save(student.state_dict(), out / "weights.pt")
+    with atomic_path(out / "weights.pt") as partial:
+        torch.save(student.state_dict(), partial)
     shape = tuple(problem.example.shape)
     (base_t, base_sweeps), (model_t, model_sweeps) = measure_in_sweeps(
         [(baseline_onnx, shape), (exported.path, shape)], sweeps=sweeps, pause_s=pause_s, passes=passes, runs=runs)
@@ -151,7 +151,7 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
 
 
 def write_card(out: Path, card: dict) -> None:
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_text_atomic(out / "card.json", json.dumps(card, indent=2) + "\n")
     lat, acc, size = card["latency"], card["accuracy"], card["size"]
     lines = [
         f"# {card['model']} on {card['dataset']}: trial {card['trial']} of {card['search']}",
@@ -192,7 +192,7 @@ def write_card(out: Path, card: dict) -> None:
         "then `load_state_dict(torch.load('weights.pt', weights_only=True))`.",
         "",
     ]
-    (out / "card.md").write_text("\n".join(lines))
+    write_text_atomic(out / "card.md", "\n".join(lines))
 
 
 def _selection_lines(selection: dict | None) -> list[str]:
@@ -220,14 +220,7 @@ def busy_warning(load: float) -> str:
 
 
 def _open_search_study(search_dir: Path) -> optuna.Study:
-    storage = SearchFolder(search_dir).storage()
-    check_storage(storage, fix="restore it from a copy, or export from another search", parameters=())
-    try:
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
-    except KeyError as exc:
-        raise AutocompressError(f"{search_dir}: its study is missing from {storage}; rerun the search") from exc
-    except (ValueError, ImportError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        raise storage_failure(storage, exc) from exc
+    study = SearchFolder(search_dir).load_study(fix="restore it from a copy, or export from another search")
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise AutocompressError(f"{search_dir}: no trial has finished yet; let the search run longer")
     return study

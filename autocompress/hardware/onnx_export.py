@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from torch import nn
 
 from ..core.modules import set_submodule
 from ..errors import ExportError
+from ..files import inside
 from ..techniques.quantizers import (
     QuantizedLayer,
     QuantizedOutput,
@@ -38,7 +39,7 @@ from ..techniques.quantizers import (
 )
 from ..train.training import predict
 
-__all__ = ["ExportResult", "export_and_compare", "export_onnx", "ort_session", "run_onnx"]
+__all__ = ["ExportResult", "export_and_compare", "export_onnx", "load_onnx", "ort_session", "run_onnx"]
 
 
 _OPSET = 17  # what the TorchScript exporter writes; ORT's quantizer raises it to 21 for int4
@@ -85,16 +86,28 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
     with tempfile.TemporaryDirectory() as tmp:
         float_path = Path(tmp) / "float.onnx"
         _export_float(plain, example_input, float_path)
-        graph = onnx.load(str(float_path))
+        graph = load_onnx(float_path)
         nodes_by_bits = _nodes_by_bits(plain, graph, quantized)
         int_nodes = nodes_by_bits.get(8, []) + nodes_by_bits.get(4, [])
         if int_nodes:
             _quantize_static(float_path, path, graph, nodes_by_bits, ranges, calibration)
-            graph = onnx.load(str(path))
+            graph = load_onnx(path)
         if nodes_by_bits.get(16):
             _store_weights_as_float16(graph, nodes_by_bits[16])
         onnx.save(graph, str(path))
     return ExportResult(path, nodes_by_bits, path.stat().st_size)
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """An ONNX file with its external data, if any, read only from files beside it: a location
+    such as ``../../x`` or an absolute path in the file is refused, not followed."""
+    graph = onnx.load(str(path), load_external_data=False)
+    for tensor in external_data_helper._get_all_tensors(graph):
+        if external_data_helper.uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            inside(Path(path).parent, location)  # raises for a path that climbs out
+    external_data_helper.load_external_data_for_model(graph, str(Path(path).parent))
+    return graph
 
 
 def _float_copy(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
@@ -131,7 +144,7 @@ def _export_float(model: nn.Module, example_input: torch.Tensor, path: Path) -> 
         raise ExportError(f"torch.onnx.export failed for this model ({type(exc).__name__}: {exc})") from exc
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
-    graph = onnx.load(str(path))
+    graph = load_onnx(path)
     if _inline_constant_identities(graph):
         onnx.save(graph, str(path))
 

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from .boundary import repair_to_budget
 from ..errors import AutocompressError
+from ..files import is_disk_full
 from .executors import Executor, TrialJob, TrialResult, WorkerLost
 from .problem import SearchProblem
 from ..core.space import Candidate, Space
@@ -145,6 +146,8 @@ class TrialDriver:
             self.rule.record(outcome.accuracy, job.latency_ms, job.size_bytes, outcome.checkpoint_accuracy)
 
     def _failed(self, trial: optuna.Trial, exc: Exception) -> None:
+        if is_disk_full(exc):  # not the candidate's fault: stop the search, which resumes once space is freed
+            raise exc
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         log.warning("trial %d failed: %s", trial.number, reason)
         self._fail(trial, reason, retry=False)

@@ -1,8 +1,8 @@
 """The search folder: one object that knows every file a search writes and reads there.
 
 ``search.json`` (what was searched: the problem, budget, fine-tune settings, host level),
-``study.db`` (the Optuna study, the one source of truth for trials, unless the search names
-another storage), the results (``pareto.csv``, ``pareto.json``, ``trials.csv``, ``pareto.png``,
+``study.journal`` (the Optuna study, the one source of truth for trials, unless the search names
+another storage; ``study.db`` in folders of earlier versions), the results (``pareto.csv``, ``pareto.json``, ``trials.csv``, ``pareto.png``,
 ``pareto.html``) and the cached baseline. The search and the export find them through here.
 """
 
@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import AutocompressError, ResultsError
-from .pareto import (_FRONT_COLUMNS, _TRIAL_COLUMNS, PARETO_JSON_SCHEMA, TrialRecord, _check_baseline, best_under,
-                     pareto_front)
+import optuna
+import sqlalchemy.exc
 
-__all__ = ["STUDY_NAME", "SearchFolder", "load_front", "write_results"]
+from ..errors import AutocompressError, ResultsError
+from ..files import atomic_path, disk_full_message, is_disk_full
+from .pareto import (_FRONT_COLUMNS, _TRIAL_COLUMNS, PARETO_JSON_SCHEMA, TrialRecord, _check_baseline, best_under,
+                     pareto_front, records_from_study)
+from .storage import check_storage, is_journal, open_storage, storage_failure
+
+__all__ = ["STUDY_NAME", "SearchFolder", "front_document", "load_front", "write_results"]
 
 STUDY_NAME = "autocompress"
 _SETTINGS_KEYS = ("problem", "budget", "budget_ms", "finetune")  # what export reads
@@ -39,8 +44,12 @@ class SearchFolder:
 
     @property
     def default_storage(self) -> str:
-        """The SQLite study inside the folder (absolute, so it opens from any working directory)."""
-        return f"sqlite:///{(self.path / 'study.db').resolve()}"
+        """The study inside the folder, absolute so that it opens from any working directory: the
+        journal file, or the SQLite file a search of an earlier version wrote there."""
+        legacy = self.path / "study.db"
+        if legacy.is_file():
+            return f"sqlite:///{legacy.resolve()}"
+        return str((self.path / "study.journal").resolve())
 
     def settings(self) -> dict:
         """search.json as written; a one-line error when the folder holds no search."""
@@ -63,6 +72,24 @@ class SearchFolder:
         """Where the study lives: the storage the search recorded, else the folder's own study.db."""
         return self.settings().get("storage") or self.default_storage
 
+    def load_study(self, *, fix: str = "restore it from a copy, or rerun the search") -> optuna.Study:
+        """The search's study, for reading; one-line errors for a missing, corrupt or unreachable one.
+
+        Opening it creates and changes nothing: the storage named in search.json may lie outside
+        this folder, and a file read from a folder must not choose where we write."""
+        storage = self.storage()
+        check_storage(storage, fix=fix, parameters=())
+        if is_journal(storage) and not Path(storage).is_file():
+            raise ResultsError(f"{self.path}: its study {storage} does not exist; rerun the search that wrote "
+                               f"{self.path}, or restore the study from a copy")
+        try:
+            return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(storage, repair=False))
+        except KeyError as exc:
+            raise AutocompressError(f"{self.path}: its study is missing from {storage}; rerun the search") from exc
+        except (ValueError, ImportError, optuna.exceptions.StorageInternalError,
+                sqlalchemy.exc.SQLAlchemyError) as exc:
+            raise storage_failure(storage, exc) from exc
+
     def write_results(self, records: Sequence[TrialRecord], *, budget_ms: float | None,
                       baseline: Mapping[str, Any]) -> dict[str, Path]:
         return write_results(self.path, records, budget_ms=budget_ms, baseline=baseline)
@@ -70,9 +97,16 @@ class SearchFolder:
     def load_front(self) -> dict[str, Any]:
         return load_front(self.path)
 
+    def live_front(self) -> dict[str, Any]:
+        """pareto.json's document as of now, recomputed from the study (which a running search
+        keeps telling; pareto.json is written when a search stops)."""
+        settings = self.settings()
+        records = records_from_study(self.load_study())
+        return front_document(records, budget_ms=settings["budget_ms"], baseline=settings["baseline"])
+
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as partial, partial.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
@@ -85,34 +119,47 @@ def _front_row(r: TrialRecord, baseline: Mapping[str, Any]) -> dict[str, Any]:
             "latency_ratio": r.latency_ms / baseline["latency_ms"]}
 
 
+def front_document(records: Sequence[TrialRecord], *, budget_ms: float | None,
+                   baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """What pareto.json holds for these records: budget, baseline, best under budget, front points."""
+    _check_baseline(baseline)
+    front = pareto_front(records)
+    best = best_under(front, budget_ms)
+    return {
+        "schema": PARETO_JSON_SCHEMA, "budget_ms": budget_ms,
+        "baseline": {"accuracy": float(baseline["accuracy"]), "latency_ms": float(baseline["latency_ms"]),
+                     "size_bytes": int(baseline["size_bytes"])},
+        "best_under_budget": None if best is None else best.number, "n_trials": len(records),
+        "points": [_front_row(r, baseline) for r in front],
+    }
+
+
 def write_results(
     out_dir: str | Path, records: Sequence[TrialRecord], *, budget_ms: float | None, baseline: Mapping[str, Any],
 ) -> dict[str, Path]:
     """Write pareto.csv/.json, trials.csv, pareto.png and pareto.html into out_dir; returns file name -> path."""
-    _check_baseline(baseline)
     out = Path(out_dir)
-    front = pareto_front(records)
+    document = front_document(records, budget_ms=budget_ms, baseline=baseline)
+    front = [TrialRecord.from_dict(point) for point in document["points"]]
     best = best_under(front, budget_ms)
     paths = {name: out / name for name in RESULT_FILES}
-    rows = [_front_row(r, baseline) for r in front]
     try:
         out.mkdir(parents=True, exist_ok=True)
         compact = [{**row, "candidate": json.dumps(row["candidate"], sort_keys=True, separators=(",", ":"))}
-                   for row in rows]
+                   for row in document["points"]]
         _write_csv(paths["pareto.csv"], _FRONT_COLUMNS, compact)
         _write_csv(paths["trials.csv"], _TRIAL_COLUMNS, [r.to_dict() for r in records])
-        document = {
-            "schema": PARETO_JSON_SCHEMA, "budget_ms": budget_ms,
-            "baseline": {"accuracy": float(baseline["accuracy"]), "latency_ms": float(baseline["latency_ms"]),
-                         "size_bytes": int(baseline["size_bytes"])},
-            "best_under_budget": None if best is None else best.number, "n_trials": len(records), "points": rows,
-        }
-        paths["pareto.json"].write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        with atomic_path(paths["pareto.json"]) as partial:
+            partial.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         from .plots import plot_html, plot_png  # matplotlib and plotly load only when plotting
 
-        plot_png(paths["pareto.png"], records, front, best, budget_ms, baseline)
-        plot_html(paths["pareto.html"], records, front, budget_ms, baseline)
+        with atomic_path(paths["pareto.png"]) as partial:
+            plot_png(partial, records, front, best, budget_ms, baseline)
+        with atomic_path(paths["pareto.html"]) as partial:
+            plot_html(partial, records, front, budget_ms, baseline)
     except OSError as exc:
+        if is_disk_full(exc):
+            raise ResultsError(disk_full_message(out)) from exc
         raise ResultsError(f"cannot write results into {out} ({exc.strerror or exc}); pass a writable --out folder") \
             from exc
     return paths

@@ -20,6 +20,8 @@ from ..errors import BudgetError
 from ..hardware import HardwareModel, load_hardware_model
 from ..hardware.store import AUTO
 from ..train.data import DatasetSplits, load_dataset
+from ..train.finetune import DistillationConfig
+from ..train.memory import check_fits, training_memory
 from ..train.models import check_model_runs, resolve_model
 from .boundary import fastest_candidate
 from .budget import Budget
@@ -41,6 +43,11 @@ def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True) -
     splits = load_dataset(spec.dataset, image_size=spec.input_size)
     model = resolve_model(spec.model, num_classes=problem_classes(spec, splits), weights=spec.weights)
     example = splits.val[0][0].unsqueeze(0)
+    memory = training_memory(model, example, batch_size=DistillationConfig().batch_size)
+    if memory is not None:  # before its first real run, which alone could exhaust the memory
+        check_fits(memory.total_bytes, f"training model {spec.model!r} at input_size {spec.input_size} "
+                   f"({memory.describe()})", "give a smaller one, or a smaller model",
+                   parameters=("input_size",))
     check_model_runs(model, example, spec=spec.model, needs=lambda size: f"it needs input_size {size}",
                      size_name="input_size", parameters=("input_size",))
     space_file = resolve_search_space(spec.search_space, model)

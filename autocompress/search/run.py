@@ -10,8 +10,8 @@ a constraint (``Trial.set_constraint``), so NSGA-II and TPE prefer feasible tria
    the held-out accuracy.
 
 The ask-evaluate-tell loop lives in ``driver``; fine-tunes run on an executor (in this process, or
-on a Ray cluster). The study (SQLite in the output folder, or any Optuna storage URL) is the one
-source of truth:
+on a Ray cluster). The study (a journal file in the output folder, or any Optuna storage) is the
+one source of truth:
 running the same command again reopens it, keeps every finished trial, and fails and retries the
 trials a killed process left running.
 """
@@ -21,20 +21,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import random
-import socket
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import optuna
-import sqlalchemy.exc
-from optuna.trial import TrialState
-
 from .budget import Budget
-from .driver import TrialDriver, candidate_params, queue_retry, retry_decision
+from .driver import TrialDriver, candidate_params
 from ..errors import AutocompressError
+from ..files import write_text_atomic
 from .executors import Executor, LocalExecutor, WorkerLost
 from ..train.finetune import DistillationConfig
 from ..core.policies import warm_start_policies
@@ -44,7 +38,8 @@ from ..hardware import load_hardware_model
 from ..hardware.host_level import REFERENCES, HostLevel, measure_host_level
 from .preflight import check_reachable, preflight
 from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder, read_host_level
-from .storage import check_storage, search_fix, storage_failure
+from .storage import check_storage, search_fix
+from .study import SAMPLERS, fail_stale_trials, open_study, population_size, warm_start_is_ours
 from ..core.space import Space
 
 __all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "open_study", "run_search"]
@@ -53,8 +48,6 @@ log = logging.getLogger(__name__)
 
 REPAIR_BY = ("macs", "sensitivity")
 EXECUTORS = ("local", "ray")
-SAMPLERS = ("nsga2", "tpe", "random")
-OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")  # maximised, minimised, minimised
 
 
 @dataclass(frozen=True)
@@ -66,7 +59,7 @@ class SearchSettings:
     timeout_s: float | None = None
     sampler: str = "nsga2"
     seed: int = 0
-    storage: str | None = None  # default: SQLite in ``out``
+    storage: str | None = None  # default: the journal file in ``out`` (``SearchFolder.default_storage``)
     finetune: DistillationConfig = field(default_factory=DistillationConfig)
     warm_start: bool = True
     repair: bool = True
@@ -172,8 +165,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         raise
     budget_ms = budget.resolve(problem.baseline_ms)
     _write_search_json(search_json, settings, problem, budget_ms, host_level)
-    _fail_stale_trials(study)
-    if settings.warm_start and not study.user_attrs.get("warm_started"):
+    fail_stale_trials(study)
+    if settings.warm_start and warm_start_is_ours(study):
         for name, params in warm_start_policies(problem.space).items():
             study.enqueue_trial(params, user_attrs={"origin": f"warm_start:{name}"})
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
@@ -211,39 +204,6 @@ def _ray_executor(settings: SearchSettings):
                        cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=settings.gpus_per_trial)
 
 
-def open_study(settings: SearchSettings) -> optuna.Study:
-    """Create or reopen the study; the sampler's seed moves on with the trials already there, so a
-    resumed run does not propose the first run's points again."""
-    storage = settings.storage_url
-    try:
-        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
-                                    directions=["maximize", "minimize", "minimize"])
-    except (ValueError, ImportError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        raise storage_failure(storage, exc) from exc
-    if study.metric_names is None:  # named once, so optuna-dashboard shows what each objective is
-        with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(OBJECTIVES))
-    study.sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)),
-                                 settings.trials)
-    return study
-
-
-def population_size(trials: int) -> int:
-    """NSGA-II's generation size: several generations even in a 100-trial search (Optuna's 50 would
-    leave two)."""
-    return max(8, min(50, trials // 4))
-
-
-def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population_size(trials), seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                          n_startup_trials=min(10, max(2, trials // 5)))
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
 def sparse_random_starts(space: Space, count: int, seed: int) -> list[dict]:
     """Random candidates that change only some decisions (density 0.15 to 0.6), as trial parameters.
 
@@ -253,36 +213,6 @@ def sparse_random_starts(space: Space, count: int, seed: int) -> list[dict]:
     """
     rng = random.Random(f"sparse-starts-{seed}")
     return [candidate_params(space, space.sample(rng, density=rng.uniform(0.15, 0.6))) for _ in range(count)]
-
-
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a process that no longer exists: failed, with a reason, and retried
-    when they hold a candidate."""
-    host = socket.gethostname()
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        driver = frozen.user_attrs.get("driver") or {}
-        if driver.get("host") not in (None, host) or _alive(driver.get("pid")):
-            continue  # another machine's or a live process's trial: not ours to judge
-        _, outcome = retry_decision(frozen)
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        trial.set_user_attr("fail_reason", f"left running by a process that stopped (killed?); {outcome}")
-        trial.set_user_attr("status", "failed")
-        study.tell(frozen.number, state=TrialState.FAIL)
-        queue_retry(study, frozen)
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    if pid == os.getpid():
-        return False  # our own earlier incarnation in this process cannot be running a trial now
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_resumable(path: Path, settings: SearchSettings) -> None:
@@ -322,7 +252,7 @@ def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:
 
 def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProblem, budget_ms: float,
                        host_level: HostLevel | None) -> None:
-    path.write_text(json.dumps({
+    write_text_atomic(path, json.dumps({
         "identity": settings.identity(),
         "problem": settings.problem.to_dict(),
         "budget": settings.budget,

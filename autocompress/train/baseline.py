@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import atomic_path, write_text_atomic
 from .models import load_weights, resolve_model
 from .training import train_classifier
 
@@ -33,6 +34,7 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
     log.info("training the baseline for %d steps", train_steps)
     train_classifier(model, splits.train, steps=train_steps)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), cached)
-    meta.write_text(json.dumps(key))
+    with atomic_path(cached) as partial:  # a kill mid-write leaves the old file or none, never half of one
+        torch.save(model.state_dict(), partial)
+    write_text_atomic(meta, json.dumps(key))
     return model

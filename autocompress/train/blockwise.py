@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..core.cell_choices import SKIP
 from ..core.cells import build_cell
+from ..files import atomic_path, inside
 from ..techniques.cell import cell_key
 
 __all__ = ["BlockwiseConfig", "CellFit", "CellJob", "distill_cell", "load_or_distill_cells", "record_block_io"]
@@ -176,7 +177,8 @@ def load_or_distill_cells(model: nn.Module, analysis, images: torch.Tensor, fold
               disable=not progress or None) as bar:
         for fit, state in results:
             key = cell_key(fit.block, fit.cell)
-            torch.save(state, _path(folder, fit.block, fit.cell))
+            with atomic_path(_path(folder, fit.block, fit.cell)) as partial:
+                torch.save(state, partial)
             weights[key], fits[key] = state, fit
             _write_fits(folder, fits)
             bar.set_postfix_str(f"{fit.block} {fit.cell}: {fit.distilled_loss:.3f}")
@@ -190,7 +192,8 @@ def _one_by_one(fn, jobs):
 
 
 def _path(folder: Path, block: str, cell: str) -> Path:
-    return folder / (f"{block}__{cell}".replace(" ", "_").replace("/", "_") + ".pt")
+    # Module names of a user's model name the file: kept inside the cache folder whatever they hold.
+    return inside(folder, f"{block}__{cell}".replace(" ", "_").replace("/", "_") + ".pt")
 
 
 def _read_fits(folder: Path) -> dict[str, CellFit]:

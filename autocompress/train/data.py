@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .memory import check_fits
 from ..errors import DatasetError
 
 __all__ = ["DatasetSplits", "load_dataset", "make_loader", "calibration_batches"]
@@ -46,8 +47,15 @@ def load_dataset(name: str, *, image_size: int = 32, val_fraction: float = 0.2, 
     raise DatasetError(f"unknown data set {name!r}; use 'digits', 'cifar10' or 'imagefolder:PATH'{folder}")
 
 
+def _check_fits(count: int, image_size: int) -> None:
+    # The resized images, and the copy normalising them makes, are held at once.
+    check_fits(2 * count * 3 * image_size * image_size * 4, f"holding the {count} images of the data set at "
+               f"image_size {image_size}", "give a smaller one", parameters=("image_size",))
+
+
 def _resize_to_rgb(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """(N, C, H, W) floats in [0, 1] -> (N, 3, S, S) normalised to about [-1, 1]."""
+    _check_fits(len(images), image_size)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     if images.shape[-1] != image_size or images.shape[-2] != image_size:
@@ -110,6 +118,7 @@ def _imagefolder(path: Path, image_size: int, val_fraction: float) -> DatasetSpl
     if len(folder.classes) < 2:
         raise DatasetError(f"image folder {str(path)!r} has one class sub-folder ({folder.classes[0]!r}); a "
                            "classifier needs at least 2: add one sub-folder of images per class")
+    _check_fits(len(folder.samples), image_size)
     images = torch.stack([_image_tensor(file, image_size) for file, _ in folder.samples])
     labels = np.array(folder.targets)
     if min(np.bincount(labels)) < 2:
