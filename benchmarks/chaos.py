@@ -52,18 +52,30 @@ class Cluster:
     """A head and worker nodes, each a ``ray start --block`` in a process group of its own."""
 
     def __init__(self, work: Path, nodes: int) -> None:
-        self.port = _free_port()
+        self.used: set[int] = set()
+        self.port = self._new_port()
         self.address = f"127.0.0.1:{self.port}"
         self.logs = work / "ray_logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.head = self._start("head", ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false"])
-        self.nodes = [self._start(f"node{i}", [f"--address={self.address}", "--num-cpus=1"]) for i in range(nodes)]
-        self._wait_for_nodes(1 + nodes)
+        self._wait_for_nodes(1)
+        self.nodes = []
+        for i in range(nodes):  # one at a time: nodes starting together race for the same session files
+            self.nodes.append(self._start(f"node{i}", [f"--address={self.address}", "--num-cpus=1"]))
+            self._wait_for_nodes(2 + i)
+
+    def _new_port(self) -> int:
+        """A free port not handed out before: the head's own port is not bound yet when its other
+        ports are chosen, so the system could hand it out again."""
+        while (port := _free_port()) in self.used:
+            pass
+        self.used.add(port)
+        return port
 
     def _wait_for_nodes(self, count: int) -> None:
         probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level=40); "
                  "print(sum(n['Alive'] for n in ray.nodes()))")
-        for _ in range(30):
+        for _ in range(60):
             alive = subprocess.run([sys.executable, "-c", probe, self.address], capture_output=True, text=True)
             if alive.stdout.strip() == str(count):
                 return
@@ -73,7 +85,7 @@ class Cluster:
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "a")
         # Several nodes on one host: each needs ports of its own (the defaults are fixed numbers).
-        ports = [f"--{flag}={_free_port()}" for flag in ("node-manager-port", "object-manager-port",
+        ports = [f"--{flag}={self._new_port()}" for flag in ("node-manager-port", "object-manager-port",
                                                         "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                         "metrics-export-port", "runtime-env-agent-port")]
         low = 20000 + 1000 * (sum(map(ord, name)) % 40)
@@ -81,7 +93,6 @@ class Cluster:
         process = subprocess.Popen([RAY, "start", "--block", "--object-store-memory=150000000",
                                     "--disable-usage-stats", *ports, *args],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        time.sleep(4)  # one at a time: nodes starting together race for the same session files
         return process
 
     def kill_node(self, rng: random.Random) -> int:
@@ -91,6 +102,7 @@ class Cluster:
         victim.wait()
         time.sleep(rng.uniform(3, 8))  # the node is gone for a while, then comes back
         self.nodes[index] = self._start(f"node{index}", [f"--address={self.address}", "--num-cpus=1"])
+        self._wait_for_nodes(1 + len(self.nodes))
         return victim.pid
 
     def stop(self) -> None:
@@ -174,6 +186,13 @@ def main() -> None:
     kinds += [rng.choice(TRIAL_FAULTS) for _ in range(trial_faults - len(kinds))]
     rng.shuffle(kinds)
 
+    # A loopback cluster: no token. Unset, Ray turns token auth on for a head wherever
+    # ~/.ray/auth_token exists, and worker nodes started beside it are then refused.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Started in the background by a shell, this process inherits SIGINT ignored, and so would
+    # every driver it starts: Python then never raises KeyboardInterrupt and "SIGINT of the
+    # driver" would be no fault at all. Restore the default, which the drivers inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     started = time.monotonic()

@@ -43,6 +43,7 @@ class TrialDriver:
             if t.user_attrs.get("status") == "evaluated":
                 self.rule.record(*t.values, t.user_attrs.get("checkpoint_accuracy"))
         self.in_flight: dict = {}  # executor handle -> (trial, job, candidate key)
+        self.preparing: optuna.Trial | None = None  # asked, not yet told or submitted
         self.failures_in_a_row = 0
 
     def completed(self) -> int:
@@ -59,7 +60,9 @@ class TrialDriver:
             while True:
                 while (len(self.in_flight) < self.executor.slots and time.monotonic() < deadline
                        and self.completed() + len(self.in_flight) < trials):
-                    self._start(self.study.ask())
+                    self.preparing = self.study.ask()
+                    self._start(self.preparing)
+                    self.preparing = None
                 if not self.in_flight:
                     break
                 for handle, outcome in self.executor.wait(list(self.in_flight)):
@@ -68,8 +71,14 @@ class TrialDriver:
                 bar.n = min(self.completed(), trials)
                 bar.set_postfix_str(self._postfix(), refresh=True)
         except KeyboardInterrupt:
-            for trial, _, _ in self.in_flight.values():
-                self._fail(trial, "interrupted by the user", retry=True)
+            interrupted = [trial for trial, _, _ in self.in_flight.values()]
+            if self.preparing is not None:  # asked, and Ctrl-C came before it was told or submitted
+                interrupted.append(self.preparing)
+            for trial in interrupted:
+                try:
+                    self._fail(trial, "interrupted by the user", retry=True)
+                except (RuntimeError, ValueError):  # it was told already (over budget, a twin)
+                    pass
             self.in_flight.clear()
             raise
         finally:
