@@ -10,15 +10,17 @@ the new one, never a torn one, and a failed write leaves the old file as it was.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import AutocompressError
 
-__all__ = ["atomic_path", "disk_full_message", "disk_nearly_full", "inside", "is_disk_full", "write_text_atomic"]
+__all__ = ["atomic_path", "disk_full_message", "disk_nearly_full", "inside", "is_disk_full", "write_csv_atomic",
+           "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -39,6 +41,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as partial:
         partial.write_text(text)
+
+
+def write_csv_atomic(path: str | Path, fields: Sequence[str], rows: Iterable[dict]) -> None:
+    """``rows`` under the header ``fields`` (keys outside it ignored, missing cells empty), in one step."""
+    with atomic_path(path) as partial, open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def inside(folder: str | Path, *parts: str) -> Path:

@@ -14,6 +14,7 @@ import math
 import statistics
 from pathlib import Path
 
+from ..files import write_csv_atomic
 from ..errors import AutocompressError
 from .kernels import KERNEL_FIELDS
 from .measure import LatencyMeasurement
@@ -196,12 +197,7 @@ def _read_csv(path: Path) -> list[dict]:
 def _rewrite_csv(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
     """Replace ``path`` with ``rows`` under ``fields`` (missing cells empty) in one step, so that
     an interrupted rewrite leaves the old file whole."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(path)
+    write_csv_atomic(path, fields, rows)
 
 
 def _read_header(path: Path) -> list[str]:

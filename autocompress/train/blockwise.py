@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..core.cell_choices import SKIP
 from ..core.cells import build_cell
-from ..files import atomic_path, inside
+from ..files import atomic_path, inside, write_csv_atomic
 from ..techniques.cell import cell_key
 
 __all__ = ["BlockwiseConfig", "CellFit", "CellJob", "distill_cell", "load_or_distill_cells", "record_block_io"]
@@ -215,9 +215,5 @@ def _read_fits(folder: Path) -> dict[str, CellFit]:
 
 def _write_fits(folder: Path, fits: dict[str, CellFit]) -> None:
     rows = [asdict(f) for f in sorted(fits.values(), key=lambda f: (f.block, f.cell))]
-    partial = folder / "losses.csv.partial"
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(CellFit.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(folder / "losses.csv")  # never a half-written table, even when killed
+    # never a half-written table, even when killed
+    write_csv_atomic(folder / "losses.csv", list(CellFit.__dataclass_fields__), rows)

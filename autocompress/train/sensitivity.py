@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from ..files import write_csv_atomic
 from ..core.analysis import ModelAnalysis
 from ..core.candidate import Candidate
 from ..core.space import Space
@@ -219,9 +220,4 @@ def _read(path: Path) -> dict[tuple[str, str], dict]:
 
 
 def _write(path: Path, rows: dict) -> None:
-    partial = path.with_suffix(".csv.partial")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows.values())
-    partial.replace(path)  # never a half-written table, even when killed
+    write_csv_atomic(path, _FIELDS, rows.values())  # never a half-written table, even when killed
