@@ -12,7 +12,7 @@ import autocompress
 PACKAGE = Path(autocompress.__file__).parent
 # Lowest first. The package's __init__ (the public API) and cli/ sit on top of everything.
 LAYERS = [
-    {"errors", "version", "zoo"},
+    {"errors", "files", "version", "zoo"},
     {"core"},
     {"techniques"},
     {"train"},
