@@ -53,6 +53,7 @@ class Cluster:
 
     def __init__(self, work: Path, nodes: int) -> None:
         self.used: set[int] = set()
+        self.started = 0
         self.port = self._new_port()
         self.address = f"127.0.0.1:{self.port}"
         self.logs = work / "ray_logs"
@@ -88,7 +89,10 @@ class Cluster:
         ports = [f"--{flag}={self._new_port()}" for flag in ("node-manager-port", "object-manager-port",
                                                         "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                         "metrics-export-port", "runtime-env-agent-port")]
-        low = 20000 + 1000 * (sum(map(ord, name)) % 40)
+        # Worker ports below the system's ephemeral range (32768 and up), one band per node, so that
+        # no port picked above (or by Ray itself) can fall into a node's band.
+        low = 12000 + 1000 * self.started
+        self.started += 1
         ports += [f"--min-worker-port={low}", f"--max-worker-port={low + 999}"]
         process = subprocess.Popen([RAY, "start", "--block", "--object-store-memory=150000000",
                                     "--disable-usage-stats", *ports, *args],
