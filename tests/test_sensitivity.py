@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from autocompress.core.accounting import footprint_of_candidate
 from autocompress.core.analysis import analyze
 from autocompress.core.space import Space, SpaceOptions
+from autocompress.core.policies import warm_start_policies
+from autocompress.search.allocation import allocate, expected_damage
 from autocompress.search.boundary import repair_to_budget
+from autocompress.search.surrogate import MIN_TRIALS, AccuracyModel
 from autocompress.train.data import load_dataset
 from autocompress.train.sensitivity import REFERENCE, SensitivityConfig, measure_sensitivities
 from autocompress.train.training import train_classifier
@@ -31,6 +36,15 @@ def trained():
                                                       rank_ratios=(1.0,), shrink_kernels=False))
     images = torch.stack([splits.train[i][0] for i in range(CONFIG.samples)])
     return model, space, example, images, splits
+
+
+class MacsOnly:
+    """A latency model proportional to the MACs kept, so that every ranking faces the same prices."""
+
+    quantization_rules = None
+
+    def predict_candidates(self, analysis, candidates):
+        return np.array([footprint_of_candidate(analysis, c).macs / 1e6 for c in candidates]), None
 
 
 def _rows(folder):
@@ -82,13 +96,6 @@ def test_repair_ranked_by_measured_damage_avoids_the_decision_that_hurts_most(tr
     table = measure_sensitivities(model, space, example, images, splits.train, tmp_path, config=CONFIG,
                                   progress=False)
 
-    class MacsOnly:  # latency proportional to kept MACs, so both rankings face the same prices
-        quantization_rules = None
-
-        def predict_candidates(self, analysis, candidates):
-            from autocompress.core.accounting import footprint_of_candidate
-            return [footprint_of_candidate(analysis, c).macs / 1e6 for c in candidates], None
-
     hardware = MacsOnly()
     full = hardware.predict_candidates(space.analysis, [space.default()])[0][0]
     budget = 0.7 * full
@@ -96,25 +103,96 @@ def test_repair_ranked_by_measured_damage_avoids_the_decision_that_hurts_most(tr
     proxy, _ = repair_to_budget(space, hardware, space.default(), budget)
     assert hardware.predict_candidates(space.analysis, [measured])[0][0] <= budget
 
-    def total_damage(candidate):
-        return sum(table.kl(v.name, candidate.of(v.kind).get(v.unit, space.neutral(v))) for v in space.variables)
-
-    assert total_damage(measured) <= total_damage(proxy)
+    assert expected_damage(space, measured, table.kl) <= expected_damage(space, proxy, table.kl)
 
 
-def test_a_search_that_repairs_by_sensitivity_measures_them_once_into_its_folder(tmp_path):
+def test_allocations_fit_their_rungs_give_back_what_they_need_not_and_beat_uniform_pruning(trained, tmp_path):
+    model, space, example, images, splits = trained
+    table = measure_sensitivities(model, space, example, images, splits.train, tmp_path, config=CONFIG,
+                                  progress=False)
+    hardware = MacsOnly()
+    full = hardware.predict_candidates(space.analysis, [space.default()])[0][0]
+    seeds = allocate(space, hardware, table.kl, 0.8 * full)
+    assert len(seeds) >= 4 and [s.share for s in seeds] == sorted((s.share for s in seeds), reverse=True)
+    for seed in seeds:
+        ms = hardware.predict_candidates(space.analysis, [seed.candidate])[0][0]
+        assert ms == pytest.approx(seed.predicted_ms) and ms <= seed.target_ms + 1e-9
+        assert seed.damage == pytest.approx(expected_damage(space, seed.candidate, table.kl))
+        # given back: no compressed decision can be softened any more within the rung
+        for var in space.variables:
+            value = seed.candidate.of(var.kind).get(var.unit, space.neutral(var))
+            for other in var.choices:
+                if table.kl(var.name, other) < table.kl(var.name, value):
+                    softer = seed.candidate.with_decision(var.kind, var.unit, other)
+                    assert hardware.predict_candidates(space.analysis, [softer])[0][0] > seed.target_ms
+    assert seeds[0].damage <= seeds[-1].damage
+    # at the latency of each uniform pruning policy, the allocation does less measured damage
+    for name, params in warm_start_policies(space).items():
+        if name.startswith("uniform") and name.endswith("fp32"):
+            uniform = space.from_params(params)
+            ms = hardware.predict_candidates(space.analysis, [uniform])[0][0]
+            (seed,) = allocate(space, hardware, table.kl, ms, shares=(1.0,))
+            assert seed.damage <= expected_damage(space, uniform, table.kl), name
+
+
+def test_the_accuracy_model_ranks_held_out_candidates_and_screens_only_what_the_front_beats(trained, tmp_path):
+    model, space, example, images, splits = trained
+    table = measure_sensitivities(model, space, example, images, splits.train, tmp_path, config=CONFIG,
+                                  progress=False)
+    import random
+
+    rng, noise = random.Random(0), np.random.default_rng(0)
+    candidates = [space.sample(rng, density=rng.uniform(0.05, 0.5)) for _ in range(60)]
+    # an accuracy that falls with the measured damage, with the noise of a short fine-tune
+    accuracy = [0.99 * np.exp(-0.5 * expected_damage(space, c, table.kl)) + noise.normal(0, 0.005)
+                for c in candidates]
+    few = AccuracyModel(space, table.kl)
+    assert few.fit(candidates[: MIN_TRIALS - 1], accuracy[: MIN_TRIALS - 1]).held_out_spearman is None
+    assert not few.ready and few.screen(candidates[0], 1.0, 1, [(1.0, 0.0, 0)]) is None  # unfit: screens nothing
+    learned = AccuracyModel(space, table.kl)
+    report = learned.fit(candidates, accuracy)
+    assert report.trials == 60 and report.held_out_spearman > 0.6 and learned.ready, report
+    assert report.prior_spearman > 0.6  # the damage alone ranks them too: it is what they were drawn from
+    worst = max(candidates, key=lambda c: expected_damage(space, c, table.kl))
+    mean, std = learned.expect([worst, space.default()])
+    assert mean[0] < mean[1] and (std >= 0).all()
+    front = [(0.99, 0.5, 10)]  # a point at least as fast and as small as the proposals below
+    assert "front point" in learned.screen(worst, 1.0, 100, front)
+    assert learned.screen(worst, 0.4, 100, front) is None  # faster than the front point: worth a fine-tune
+    assert learned.screen(space.default(), 1.0, 100, front) is None  # may well match it
+
+
+def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_its_accuracy_model(tmp_path):
+    # one search covers the sensitivity guide too: the surrogate guide repairs by the same measured table
+    import optuna
+
+    from autocompress.search.folder import SearchFolder
     from autocompress.search.problem import ProblemSpec
     from autocompress.search.run import SearchSettings, run_search
     from autocompress.train.finetune import DistillationConfig
 
     spec = ProblemSpec(model="reference_models:tiny_resnet", train_steps=40)
-    settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=4, finetune=DistillationConfig(steps=4),
-                              repair_by="sensitivity")
-    run_search(settings, progress=False)
+    settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=24,
+                              finetune=DistillationConfig(steps=4), guide="surrogate")
+    outcome = run_search(settings, progress=False)
+    assert json.loads((tmp_path / "search.json").read_text())["guide"] == "surrogate"
     rows = _rows(tmp_path / "sensitivity")
     assert rows[0]["variable"] == REFERENCE and len(rows) > 10
     assert (tmp_path / "sensitivity" / "sensitivity.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "search.json").read_text())["repair_by"] == "sensitivity"
+    study = SearchFolder(tmp_path).load_study()
+    seeded = [t for t in study.trials if t.user_attrs.get("origin", "").startswith("allocation:")]
+    assert seeded, "no allocation seeded the study"
+    for trial in seeded:
+        share = float(trial.user_attrs["origin"].split(":")[1].rstrip("x"))
+        assert trial.user_attrs["predicted_ms"] <= share * outcome.budget_ms + 1e-9
+        assert trial.user_attrs["status"] == "evaluated"
+    fit = study.user_attrs["accuracy_model"]
+    evaluated = [t for t in study.trials if t.user_attrs.get("status") == "evaluated"]
+    assert fit["trials"] == len(evaluated) >= MIN_TRIALS
+    screened = [t for t in study.trials if t.user_attrs.get("status") == "screened"]
+    assert all(t.state == optuna.trial.TrialState.PRUNED and "front point" in t.user_attrs["fail_reason"]
+               for t in screened)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 24  # screened ones not counted
     seconds = [r["seconds"] for r in rows]
-    run_search(SearchSettings(**{**settings.__dict__, "trials": 5}), progress=False)  # resumed: read, not measured
+    run_search(SearchSettings(**{**settings.__dict__, "trials": 25}), progress=False)  # resumed: read, not measured
     assert [r["seconds"] for r in _rows(tmp_path / "sensitivity")] == seconds

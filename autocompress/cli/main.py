@@ -163,10 +163,11 @@ def _parser() -> argparse.ArgumentParser:
                         "machine like this one (same CPU, ISA and ONNX Runtime)")
     search.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="default nsga2")
     search.add_argument("--seed", type=_count, default=0, help="sampler seed (default 0)")
-    search.add_argument("--repair-by", default="macs", choices=["macs", "sensitivity"],
-                        help="what boundary repair ranks its moves by: the share of MACs a decision touches (macs, "
-                        "default) or the damage each decision does alone, measured first (sensitivity: writes "
-                        "sensitivity/ in --out)")
+    search.add_argument("--guide", "--repair-by", dest="guide", default="macs", choices=["macs", "sensitivity",
+                        "surrogate"], help="what steers repair and seeds: the share of MACs a decision touches (macs, "
+                        "default); the damage each decision does alone, measured first, which also seeds allocations "
+                        "under the budget (sensitivity: writes sensitivity/ in --out); or those and an accuracy model "
+                        "learned from the trials, which skips fine-tunes it is sure cannot reach the front (surrogate)")
     search.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
     search.add_argument("--storage", default=None, help="Optuna storage: a URL (postgresql+psycopg2://..., "
                         "sqlite:///...) or a journal file path (default: study.journal in --out)")
@@ -289,7 +290,7 @@ def _search(args) -> int:
                        space=space_options_from_args(args), search_space=args.space)
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
-                              repair_by=args.repair_by,
+                              guide=args.guide,
                               finetune=DistillationConfig(steps=args.finetune_steps),
                               warm_start=not args.no_warm_start,
                               executor="ray" if args.ray_address else args.executor, workers=args.workers,

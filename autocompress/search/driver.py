@@ -22,6 +22,7 @@ from ..errors import AutocompressError
 from ..files import is_disk_full
 from .executors import Executor, TrialJob, TrialResult, WorkerLost
 from .problem import SearchProblem
+from .screening import Screening
 from ..core.space import Candidate, Space
 from .stopping import HopelessRule
 
@@ -45,6 +46,8 @@ class TrialDriver:
         self.in_flight: dict = {}  # executor handle -> (trial, job, candidate key)
         self.preparing: optuna.Trial | None = None  # asked, not yet told or submitted
         self.failures_in_a_row = 0
+        self.screening = (Screening(problem.space, problem.sensitivities.kl, study)
+                          if settings.guide == "surrogate" else None)
 
     def completed(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -126,6 +129,13 @@ class TrialDriver:
         if twin is not None:
             self._fail(trial, f"the same candidate as trial {twin}, which is in flight", retry=False)
             return None
+        screened = self.screening and self.screening.reason(trial.user_attrs["origin"], candidate, prediction.ms, size)
+        if screened:  # pruned, not complete: the sampler and the front ignore it, the trial count too
+            trial.set_user_attr("status", "screened")
+            trial.set_user_attr("fail_reason", screened)
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return None
         return TrialJob(trial.number, candidate.to_dict(), self.settings.finetune, prediction.ms, size,
                         HopelessRule(finished=list(self.rule.finished), recoveries=list(self.rule.recoveries)))
 
@@ -153,6 +163,8 @@ class TrialDriver:
         self.study.tell(trial, [outcome.accuracy, job.latency_ms, job.size_bytes])
         if not outcome.stopped_early:
             self.rule.record(outcome.accuracy, job.latency_ms, job.size_bytes, outcome.checkpoint_accuracy)
+            if self.screening is not None:
+                self.screening.refit()
 
     def _failed(self, trial: optuna.Trial, exc: Exception) -> None:
         if is_disk_full(exc):  # not the candidate's fault: stop the search, which resumes once space is freed
@@ -165,7 +177,7 @@ class TrialDriver:
             raise AutocompressError(f"{_FAILURES_IN_A_ROW} trials in a row failed; the last one: {reason}") from exc
 
     def _queue_repair(self, number: int, candidate: Candidate) -> None:
-        measured = self.problem.sensitivities if self.settings.repair_by == "sensitivity" else None
+        measured = self.problem.sensitivities if self.settings.guide != "macs" else None
         repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, self.budget_ms,
                                     damage=measured.kl if measured is not None else None)
         if repaired is None:
@@ -187,7 +199,8 @@ class TrialDriver:
         evaluated = [t.values[0] for t in feasible if t.user_attrs.get("status") == "evaluated"]
         best = f"{max(evaluated):.2%}" if evaluated else "-"
         share = len(feasible) / len(complete) if complete else 0.0
-        return f"feasible {share:.0%}, best under {self.budget_ms:.3f} ms: {best}"
+        screened = f", screened {self.screening.screened}" if self.screening and self.screening.screened else ""
+        return f"feasible {share:.0%}, best under {self.budget_ms:.3f} ms: {best}{screened}"
 
 
 def candidate_params(space: Space, candidate: Candidate) -> dict:

@@ -25,6 +25,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .allocation import allocate
 from .budget import Budget
 from .driver import TrialDriver, candidate_params
 from ..errors import AutocompressError
@@ -42,11 +43,14 @@ from .storage import check_storage, search_fix
 from .study import SAMPLERS, fail_stale_trials, open_study, population_size, warm_start_is_ours
 from ..core.space import Space
 
-__all__ = ["SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "open_study", "run_search"]
+__all__ = ["GUIDES", "SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "open_study", "run_search"]
 
 log = logging.getLogger(__name__)
 
-REPAIR_BY = ("macs", "sensitivity")
+# What guides the search besides its sampler: the MAC-share proxy of damage (macs), the measured
+# sensitivities (sensitivity: repair by them and seed allocations under the budget), or those and
+# the learned accuracy model, which screens proposals before their fine-tune (surrogate).
+GUIDES = ("macs", "sensitivity", "surrogate")
 EXECUTORS = ("local", "ray")
 
 
@@ -63,7 +67,7 @@ class SearchSettings:
     finetune: DistillationConfig = field(default_factory=DistillationConfig)
     warm_start: bool = True
     repair: bool = True
-    repair_by: str = "macs"  # or "sensitivity": repair ranks moves by measured damage (search.boundary)
+    guide: str = "macs"  # one of GUIDES
     executor: str = "local"  # or "ray"
     workers: int | None = None  # Ray actors (default: the cluster's CPUs / cpus_per_trial)
     ray_address: str | None = None  # join this cluster ("auto", "host:port"); default: start Ray locally
@@ -86,7 +90,7 @@ class SearchSettings:
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise AutocompressError(f"out {self.out} is a file, not a folder; choose another out folder (the file is "
                                     "left as it is)", parameters=("out",))
-        for name, value, allowed in (("repair_by", self.repair_by, REPAIR_BY), ("executor", self.executor, EXECUTORS)):
+        for name, value, allowed in (("guide", self.guide, GUIDES), ("executor", self.executor, EXECUTORS)):
             if value not in allowed:
                 raise AutocompressError(f"{name} {value!r} is not one of {', '.join(allowed)}", parameters=(name,))
         if self.executor == "ray" and importlib.util.find_spec("ray") is None:
@@ -155,7 +159,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
                                     hardware=checked.hardware)
         if checked is None or not at_profile_level:
             check_reachable(problem.space, problem.hardware, budget)  # before any trial
-        if settings.repair and settings.repair_by == "sensitivity" and problem.sensitivities is None:
+        if settings.guide != "macs" and problem.sensitivities is None:
             problem.measure_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
         if own_executor:
             executor = executor.attach(problem) if executor is not None else make_executor(settings, problem)
@@ -169,6 +173,10 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     if settings.warm_start and warm_start_is_ours(study):
         for name, params in warm_start_policies(problem.space).items():
             study.enqueue_trial(params, user_attrs={"origin": f"warm_start:{name}"})
+        if settings.guide != "macs":  # after the hand policies, before the sampler's own draws
+            for seed in allocate(problem.space, problem.hardware, problem.sensitivities.kl, budget_ms):
+                study.enqueue_trial(candidate_params(problem.space, seed.candidate),
+                                    user_attrs={"origin": f"allocation:{seed.share:g}x"})
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
             study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
         study.set_user_attr("warm_started", True)
@@ -266,5 +274,5 @@ def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProb
         "cells": {"blocks": len(problem.analysis.cells), "distilled": len(problem.cell_weights),
                   "losses": "cells/losses.csv" if problem.cell_weights else None},
         "host_level": host_level.to_dict() if host_level is not None else None,
-        "repair_by": settings.repair_by if settings.repair else None,
+        "guide": settings.guide,
     }, indent=2, default=str) + "\n")

@@ -1,0 +1,135 @@
+"""The accuracy model: the accuracy a candidate is expected to reach after its fine-tune, with its
+uncertainty, from the measured sensitivities and the trials fine-tuned so far.
+
+The prior is additive: a candidate loses about the sum of the damages its decisions did alone
+(``allocation.expected_damage``). Damages do not add up exactly (two prunings in one residual
+stage compound, a fine-tune recovers int8 better than a deep cut), so once enough trials are
+fine-tuned a Gaussian process learns the accuracy from each candidate's damage by technique
+fine-tuned a random forest learns the accuracy from each candidate's damage by technique (prune,
+bits, rank, ...), its largest single damage and its number of changes, as APQ's and OFA's accuracy
+predictors learn it from architecture encodings. A forest, not a Gaussian process: on a search's
+own trials the process ranked held-out trials no better than the additive prior, the forest
+clearly better, and the spread of its trees is the uncertainty screening needs: a proposal is
+fine-tuned unless even its optimistic accuracy (mean plus two deviations) leaves it dominated by
+a point already on the front.
+
+The model is trusted only as far as it has shown it ranks: ``fit`` scores it by cross-validation
+on the trials it learns from (Spearman's rank correlation of held-out predictions with the
+fine-tuned accuracies), and ``ready`` requires that score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.ensemble import RandomForestRegressor
+
+from ..core.space import Candidate, Space
+from ..core.technique import registered
+
+__all__ = ["AccuracyModel", "MIN_TRIALS", "MIN_RANK_CORRELATION", "SurrogateFit", "fit_accuracy_model"]
+
+MIN_TRIALS = 12  # fine-tuned trials before the model is fit at all
+MIN_RANK_CORRELATION = 0.6  # held-out Spearman the model must show before it screens anything
+_FOLDS = 5
+_TREES = 100
+_OPTIMISM = 2.0  # deviations above the mean a screened proposal must still fall short by
+
+
+@dataclass(frozen=True)
+class SurrogateFit:
+    """How well the model ranks trials it did not learn from, beside the additive prior's ranking."""
+
+    trials: int
+    held_out_spearman: float | None  # cross-validated, None below MIN_TRIALS
+    prior_spearman: float | None  # minus the additive damage, against the same accuracies
+
+    def to_dict(self) -> dict:
+        return {"trials": self.trials, "held_out_spearman": self.held_out_spearman,
+                "prior_spearman": self.prior_spearman}
+
+
+class AccuracyModel:
+    """``expect(candidates)`` -> (mean accuracy, deviation) per candidate."""
+
+    def __init__(self, space: Space, damage: Callable[[str, object], float]) -> None:
+        self.space, self.damage = space, damage
+        self.kinds = sorted({v.kind for v in space.variables}, key=[t.kind for t in registered()].index)
+        self.regressor = None
+        self.fit_report = SurrogateFit(0, None, None)
+
+    @property
+    def ready(self) -> bool:
+        score = self.fit_report.held_out_spearman
+        return self.regressor is not None and score is not None and score >= MIN_RANK_CORRELATION
+
+    def features(self, candidate: Candidate) -> np.ndarray:
+        by_kind = dict.fromkeys(self.kinds, 0.0)
+        largest, changes = 0.0, 0
+        for var in self.space.variables:
+            value = candidate.of(var.kind).get(var.unit, self.space.neutral(var))
+            if value == self.space.neutral(var):
+                continue
+            d = self.damage(var.name, value)
+            by_kind[var.kind] += d
+            largest, changes = max(largest, d), changes + 1
+        # log1p: damages span orders of magnitude, and accuracy falls off them roughly logarithmically
+        return np.log1p(np.array([*by_kind.values(), sum(by_kind.values()), largest, float(changes)]))
+
+    def fit(self, candidates: Sequence[Candidate], accuracies: Sequence[float]) -> SurrogateFit:
+        """Learn from fine-tuned ``candidates``; score the ranking by cross-validation first."""
+        x = np.array([self.features(c) for c in candidates]) if candidates else np.zeros((0, 0))
+        y = np.asarray(accuracies, float)
+        prior = _spearman(-x[:, -3], y) if len(y) >= 3 else None  # column -3: the total damage
+        if len(y) < MIN_TRIALS:
+            self.regressor, self.fit_report = None, SurrogateFit(len(y), None, prior)
+            return self.fit_report
+        held_out = np.empty_like(y)
+        folds = np.arange(len(y)) % _FOLDS
+        for fold in range(_FOLDS):
+            test = folds == fold
+            held_out[test] = _regressor().fit(x[~test], y[~test]).predict(x[test])
+        self.regressor = _regressor().fit(x, y)
+        self.fit_report = SurrogateFit(len(y), _spearman(held_out, y), prior)
+        return self.fit_report
+
+    def expect(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+        if self.regressor is None:
+            raise RuntimeError("the accuracy model is not fit yet")
+        x = np.array([self.features(c) for c in candidates])
+        trees = np.array([tree.predict(x) for tree in self.regressor.estimators_])
+        return trees.mean(axis=0), trees.std(axis=0)
+
+    def screen(self, candidate: Candidate, latency_ms: float, size_bytes: int,
+               front: Sequence[tuple[float, float, int]]) -> str | None:
+        """Why ``candidate`` need not be fine-tuned, or None when it should be: a front point
+        ``(accuracy, latency, size)`` at least as fast and small beats even its optimistic accuracy."""
+        if not self.ready:
+            return None
+        mean, std = self.expect([candidate])
+        optimistic = float(mean[0] + _OPTIMISM * std[0])
+        for accuracy, latency, size in front:
+            if latency <= latency_ms and size <= size_bytes and accuracy > optimistic:
+                return (f"expected {mean[0]:.2%} ± {std[0]:.2%}; a front point at {latency:.3f} ms has "
+                        f"{accuracy:.2%}")
+        return None
+
+
+def fit_accuracy_model(space: Space, damage: Callable[[str, object], float], candidates: Sequence[Candidate],
+                       accuracies: Sequence[float]) -> AccuracyModel:
+    model = AccuracyModel(space, damage)
+    model.fit(candidates, accuracies)
+    return model
+
+
+def _regressor() -> RandomForestRegressor:
+    return RandomForestRegressor(n_estimators=_TREES, min_samples_leaf=2, random_state=0, n_jobs=1)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
