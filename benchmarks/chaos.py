@@ -130,7 +130,7 @@ class Search:
         return [sys.executable, "-m", "autocompress.cli", "search", "autocompress.zoo:small_resnet",
                 "--input-size", "16", "--space", "search_spaces/example_user.yaml", "--budget", "0.8x",
                 "--trials", str(self.trials), "--train-steps", "300", "--finetune-steps", "60",
-                "--repair-by", "sensitivity", "--executor", "ray", "--ray-address", self.cluster.address,
+                "--guide", "sensitivity", "--executor", "ray", "--ray-address", self.cluster.address,
                 "--workers", "2", "--out", str(self.out), "--quiet"]
 
     def start(self) -> None:
