@@ -121,7 +121,7 @@ def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp
     out = tmp_path / "search"
     command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet", "--budget", "5ms",
                "--trials", "8", "--train-steps", "80", "--finetune-steps", "40", "--out", str(out), "--quiet",
-               "--executor", "ray", "--workers", "2"]
+               "--executor", "ray", "--workers", "2", "--calibrate-model", "off"]
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)

@@ -162,10 +162,11 @@ def test_the_accuracy_model_ranks_held_out_candidates_and_screens_only_what_the_
     assert learned.screen(space.default(), 1.0, 100, front) is None  # may well match it
 
 
-def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_its_accuracy_model(tmp_path):
+def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_its_accuracy_model(tmp_path, capsys):
     # one search covers the sensitivity guide too: the surrogate guide repairs by the same measured table
     import optuna
 
+    from autocompress.cli import main
     from autocompress.search.folder import SearchFolder
     from autocompress.search.problem import ProblemSpec
     from autocompress.search.run import SearchSettings, run_search
@@ -195,4 +196,11 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 24  # screened ones not counted
     seconds = [r["seconds"] for r in rows]
     run_search(SearchSettings(**{**settings.__dict__, "trials": 25}), progress=False)  # resumed: read, not measured
+    assert [r["seconds"] for r in _rows(tmp_path / "sensitivity")] == seconds
+    # inspect --sensitivity on the search's folder shows the table the search ranked by
+    assert main(["inspect", "reference_models:tiny_resnet", "--sensitivity", str(tmp_path), "--train-steps", "40",
+                 "--top", "3"]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    worst = max(rows[1:], key=lambda r: float(r["kl"]))["variable"]
+    assert shown[2].startswith(worst) and "more variables" in shown[5]
     assert [r["seconds"] for r in _rows(tmp_path / "sensitivity")] == seconds

@@ -80,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     _model_arguments(inspect)
     inspect.add_argument("--input-shape", default="1,3,32,32", help="example input shape, e.g. 1,3,32,32")
     inspect.add_argument("--json", action="store_true", help="print the full analysis and space as JSON")
+    inspect.add_argument("--sensitivity", type=Path, metavar="FOLDER",
+                         help="measure the damage of every decision value alone on the trained model (cached in "
+                              "FOLDER, a search folder or a new one) and list the most damaging")
+    inspect.add_argument("--dataset", default="digits", help="with --sensitivity: the data (default digits)")
+    inspect.add_argument("--train-steps", type=_count, default=400,
+                         help="with --sensitivity and no --weights: baseline training steps (default 400)")
+    inspect.add_argument("--hardware", default="auto", help="with --sensitivity: the hardware model whose "
+                         "quantization rules are simulated (default auto)")
+    inspect.add_argument("--top", type=_count, default=25, help="with --sensitivity: variables listed (default 25)")
     add_space_flags(inspect)
     inspect.set_defaults(run=_inspect)
 
@@ -163,6 +172,9 @@ def _parser() -> argparse.ArgumentParser:
                         "machine like this one (same CPU, ISA and ONNX Runtime)")
     search.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="default nsga2")
     search.add_argument("--seed", type=_count, default=0, help="sampler seed (default 0)")
+    search.add_argument("--calibrate-model", choices=["auto", "on", "off"], default="auto",
+                        help="time a few dozen of the model's own candidates first and correct the hardware model "
+                             "for it (auto, the default: when it was not profiled on this model)")
     search.add_argument("--guide", "--repair-by", dest="guide", default="macs", choices=["macs", "sensitivity",
                         "surrogate"], help="what steers repair and seeds: the share of MACs a decision touches (macs, "
                         "default); the damage each decision does alone, measured first, which also seeds allocations "
@@ -228,6 +240,10 @@ def _inspect(args) -> int:
     from .inspection import cell_rows, format_inspection, inspection_rows, technique_rows
 
     shape = _parse_shape(args.input_shape)
+    if args.sensitivity is not None:
+        from .sensitivity_report import inspect_sensitivity
+
+        return inspect_sensitivity(args, shape)
     model = resolve_model(args.model, num_classes=args.num_classes or 10, weights=args.weights)
     example = torch.randn(shape)
     check_model_runs(model, example, spec=args.model, size_name="--input-shape",
@@ -290,7 +306,7 @@ def _search(args) -> int:
                        space=space_options_from_args(args), search_space=args.space)
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
-                              guide=args.guide,
+                              guide=args.guide, calibrate_model=args.calibrate_model,
                               finetune=DistillationConfig(steps=args.finetune_steps),
                               warm_start=not args.no_warm_start,
                               executor="ray" if args.ray_address else args.executor, workers=args.workers,

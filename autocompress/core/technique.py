@@ -20,7 +20,7 @@ earlier ones leave; a Space lists their variables in the order of their ``positi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
 from .modules import is_inside
@@ -61,7 +61,18 @@ class LayerShape:
         return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
 
     def replace(self, **changes) -> "LayerShape":
-        return replace(self, **changes)
+        # dataclasses.replace re-runs __init__ through its generic machinery; kernels_of_candidate
+        # calls this a few hundred times per candidate, so copy the fields directly (no
+        # __post_init__ to skip). Unknown names still fail as they would there.
+        unknown = changes.keys() - _LAYER_SHAPE_FIELDS
+        if unknown:
+            raise TypeError(f"LayerShape has no field {', '.join(sorted(unknown))}")
+        new = object.__new__(LayerShape)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
+
+_LAYER_SHAPE_FIELDS = frozenset(LayerShape.__dataclass_fields__)
 
 
 @dataclass

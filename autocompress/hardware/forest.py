@@ -33,6 +33,8 @@ _COMPACT_ABOVE = 2_000
 # Pairs walked at once: enough to spread numpy's per-call cost, few enough that a level's
 # temporaries stay in the processor's cache (walked whole, a large batch spills to memory).
 _PAIRS_PER_CHUNK = 50_000
+# Kernel rows whose stage-1 prediction is kept (a few hundred bytes each); past it, start afresh.
+_KNOWN_KERNELS = 200_000
 
 
 class CompiledForests:
@@ -185,18 +187,29 @@ class CompiledKernelModels:
         self.coefficients = np.array([np.append(baseline.coef_, baseline.intercept_) for baseline, _, _ in fitted])
         self.errors = np.array([error for _, _, error in fitted])
         self.forests = CompiledForests([trees for _, trees, _ in fitted])
+        # A kernel's prediction depends on its row alone, and a search prices the same kernels
+        # over and over (candidates differ in a few layers; a repair's moves in one), so each
+        # row's (log ms, log variance) is kept once computed; the trees walk only new rows.
+        self._known: dict[bytes, tuple[float, float]] = {}
 
     def log_ms(self, table: np.ndarray, roofline_terms, stage1_features) -> tuple[np.ndarray, np.ndarray]:
         """Each kernel's (``kernel_table`` row's) log latency alone, and that log's variance:
         ``log(baseline) + trees``, with the baseline's terms and the trees' features from the
         predictor's ``roofline_terms(table)`` and ``stage1_features(table, baseline_ms)``."""
-        rows = np.ascontiguousarray(table).view(np.dtype((np.void, table.dtype.itemsize * table.shape[1])))
-        _, first, back = np.unique(rows.ravel(), return_index=True, return_inverse=True)
-        table = table[first]
-        model = self.index[table[:, 0], table[:, 1]]
-        coefficients = self.coefficients[model]
-        base = np.maximum(np.einsum("ij,ij->i", roofline_terms(table), coefficients[:, :-1]) + coefficients[:, -1],
-                          1e-4)
-        trees = self.forests.per_tree(stage1_features(table, base), model)
-        log_ms = np.log(base) + self.forests.mean(trees)
-        return log_ms[back], (self.errors[model] ** 2)[back]
+        table = np.ascontiguousarray(table)
+        keys = table.view(np.dtype((np.void, table.dtype.itemsize * table.shape[1]))).ravel().tolist()
+        known = self._known
+        new = {key: row for row, key in enumerate(keys) if key not in known}
+        if new:
+            if len(known) + len(new) > _KNOWN_KERNELS:
+                known.clear()
+            fresh = table[list(new.values())]
+            model = self.index[fresh[:, 0], fresh[:, 1]]
+            coefficients = self.coefficients[model]
+            base = np.maximum(np.einsum("ij,ij->i", roofline_terms(fresh), coefficients[:, :-1])
+                              + coefficients[:, -1], 1e-4)
+            trees = self.forests.per_tree(stage1_features(fresh, base), model)
+            log_ms = np.log(base) + self.forests.mean(trees)
+            known.update(zip(new, zip(log_ms.tolist(), (self.errors[model] ** 2).tolist())))
+        values = np.array([known[key] for key in keys]).reshape(len(keys), 2)
+        return values[:, 0], values[:, 1]

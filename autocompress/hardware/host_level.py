@@ -43,6 +43,9 @@ class HostLevel:
 
     ratio: float
     references: tuple[dict, ...] = ()  # model, input_size, predicted_ms, measured_ms
+    # The uncompressed model as measured now, when the references are its own candidates
+    # (``model_level``): what a relative budget is a share of.
+    baseline_ms: float | None = None
 
     @classmethod
     def from_references(cls, references: list[dict]) -> HostLevel:
@@ -53,12 +56,20 @@ class HostLevel:
 
     @classmethod
     def from_dict(cls, data: dict) -> HostLevel:
-        return cls(float(data["ratio"]), tuple(data.get("references", ())))
+        baseline = data.get("baseline_ms")
+        return cls(float(data["ratio"]), tuple(data.get("references", ())),
+                   float(baseline) if baseline is not None else None)
 
     def to_dict(self) -> dict:
-        ratios = [r["measured_ms"] / r["predicted_ms"] for r in self.references]
+        ratios = np.array([r["measured_ms"] / r["predicted_ms"] for r in self.references])
         spread = {"p10_ratio": float(np.percentile(ratios, 10)), "p90_ratio": float(np.percentile(ratios, 90))} \
-            if ratios else {}
+            if len(ratios) else {}
+        if len(ratios) >= 2:
+            # how far off the predictions were before the level, and after it with each reference
+            # scored by the median of the others (so the figure is not read off what it was fit on)
+            others = np.array([np.median(np.delete(ratios, i)) for i in range(len(ratios))])
+            spread |= {"rms_error_before": float(np.sqrt(np.mean((1 / ratios - 1) ** 2))),
+                       "rms_error_after": float(np.sqrt(np.mean((others / ratios - 1) ** 2)))}
         return asdict(self) | {"references": list(self.references)} | spread
 
 

@@ -68,10 +68,12 @@ def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True) -
     return CheckedInputs(splits, hardware)
 
 
-def check_reachable(space: Space, hardware: HardwareModel, budget: Budget) -> None:
+def check_reachable(space: Space, hardware: HardwareModel, budget: Budget, baseline_ms: float | None = None) -> None:
     """A one-line BudgetError when no candidate of ``space`` is predicted within ``budget``: every
-    trial would be over budget, and the search would only find that out trial by trial."""
-    baseline_ms = hardware.predict_candidate(space.analysis, space.default()).ms
+    trial would be over budget, and the search would only find that out trial by trial.
+    ``baseline_ms``: what a relative budget is a share of (default: the baseline's prediction)."""
+    if baseline_ms is None:
+        baseline_ms = hardware.predict_candidate(space.analysis, space.default()).ms
     budget_ms = budget.resolve(baseline_ms)
     _, fastest_ms = fastest_candidate(space, hardware, stop_at_ms=budget_ms)
     if fastest_ms <= budget_ms:

@@ -36,7 +36,9 @@ from ..core.policies import warm_start_policies
 from .folder import STUDY_NAME, SearchFolder
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study
 from ..hardware import load_hardware_model
+from ..hardware.candidates import ModelUnderTest
 from ..hardware.host_level import REFERENCES, HostLevel, measure_host_level
+from ..hardware.model_level import OWN_CANDIDATES, measure_model_level, profiled_on
 from .preflight import check_reachable, preflight
 from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder, read_host_level
 from .storage import check_storage, search_fix
@@ -76,6 +78,10 @@ class SearchSettings:
     # Time the hardware model's reference candidates first and predict at this host's speed now
     # (``hardware.host_level``); a resumed search keeps the level it started with.
     calibrate_host: bool = False
+    # Time a few dozen of this model's own candidates first and predict at their level
+    # (``hardware.model_level``): "on", "off", or "auto": on when the hardware model was not
+    # profiled on this model. It supersedes calibrate_host; a resumed search keeps its level.
+    calibrate_model: str = "off"
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -90,7 +96,8 @@ class SearchSettings:
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise AutocompressError(f"out {self.out} is a file, not a folder; choose another out folder (the file is "
                                     "left as it is)", parameters=("out",))
-        for name, value, allowed in (("guide", self.guide, GUIDES), ("executor", self.executor, EXECUTORS)):
+        for name, value, allowed in (("guide", self.guide, GUIDES), ("executor", self.executor, EXECUTORS),
+                                     ("calibrate_model", self.calibrate_model, ("on", "off", "auto"))):
             if value not in allowed:
                 raise AutocompressError(f"{name} {value!r} is not one of {', '.join(allowed)}", parameters=(name,))
         if self.executor == "ray" and importlib.util.find_spec("ray") is None:
@@ -134,6 +141,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     ``search.executors.ray_pool.RayExecutor`` for a cluster)."""
     out = Path(settings.out)
     search_json = SearchFolder(out).search_json
+    fresh = not search_json.is_file()
     _check_resumable(search_json, settings)
     budget = Budget.parse(settings.budget)
     # Every input is checked before anything is created in ``out`` or trained.
@@ -143,7 +151,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
 
         check_ray_address(settings.ray_address)
     # A budget in ms is checked at the host's level, once it is known (``_host_level``).
-    at_profile_level = budget.unit == "x" or (not settings.calibrate_host and read_host_level(search_json) is None)
+    at_profile_level = budget.unit == "x" or (not settings.calibrate_host and settings.calibrate_model == "off"
+                                              and read_host_level(search_json) is None)
     checked = preflight(settings.problem, budget, check_budget=at_profile_level) if problem is None else None
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(settings)
@@ -153,12 +162,17 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     host_level = None
     try:
         if problem is None:
-            host_level = _host_level(search_json, settings)
+            own_level = fresh and _wants_model_level(settings, checked.hardware)
+            host_level = None if own_level else _host_level(search_json, settings)
             problem = build_problem(settings.problem, cache_dir=out, host_level=host_level, progress=progress,
                                     map_jobs=getattr(executor, "map_jobs", None), splits=checked.splits,
                                     hardware=checked.hardware)
-        if checked is None or not at_profile_level:
-            check_reachable(problem.space, problem.hardware, budget)  # before any trial
+            if own_level:
+                host_level = _model_level(settings, problem, progress)
+            if host_level is not None and host_level.baseline_ms is not None:
+                problem.baseline_ms = host_level.baseline_ms  # measured: what a relative budget is a share of
+        if checked is None or not at_profile_level or host_level is not None:
+            check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms)  # before any trial
         if settings.guide != "macs" and problem.sensitivities is None:
             problem.measure_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
         if own_executor:
@@ -237,6 +251,27 @@ def _check_resumable(path: Path, settings: SearchSettings) -> None:
                                 "the same arguments to resume it, or pick another folder", parameters=("out",))
 
 
+def _wants_model_level(settings: SearchSettings, hardware) -> bool:
+    if settings.calibrate_model == "auto":
+        return not profiled_on(hardware, settings.problem.model)
+    return settings.calibrate_model == "on"
+
+
+def _model_level(settings: SearchSettings, problem: SearchProblem, progress: bool) -> HostLevel:
+    """Time the model's own candidates (``hardware.model_level``), into ``latency/`` of the search
+    folder, and predict at their level from now on."""
+    spec = settings.problem
+    target = ModelUnderTest(spec.model, spec.input_size, problem.baseline, problem.analysis, problem.example)
+    log.info("timing %d of this model's own candidates to correct the hardware model for it", OWN_CANDIDATES)
+    level = measure_model_level(problem.hardware, target, problem.space, Path(settings.out) / "latency",
+                                desc="timing own candidates" if progress else None)
+    errors = level.to_dict()
+    log.info("own candidates measured %.3fx the predictions; RMS error %.1f%% before, %.1f%% after", level.ratio,
+             100 * errors.get("rms_error_before", 0.0), 100 * errors.get("rms_error_after", 0.0))
+    problem.hardware = problem.hardware.at_level(level.ratio)
+    return level
+
+
 def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:
     """The host level to predict at: the one this search recorded when it started (a resumed
     search reads all its trials alike), else, with ``calibrate_host``, one measured now."""
@@ -274,5 +309,7 @@ def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProb
         "cells": {"blocks": len(problem.analysis.cells), "distilled": len(problem.cell_weights),
                   "losses": "cells/losses.csv" if problem.cell_weights else None},
         "host_level": host_level.to_dict() if host_level is not None else None,
+        "level_from": None if host_level is None else "own candidates (latency/own_candidates.csv)"
+        if host_level.baseline_ms is not None else "the hardware model's reference candidates",
         "guide": settings.guide,
     }, indent=2, default=str) + "\n")

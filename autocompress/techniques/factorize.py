@@ -56,7 +56,8 @@ class Factorize(Technique):
         for name, shape in shapes.layers.items():
             if shapes.units[name].factorizable:
                 rank = rank_for(candidate.rank.get(name, 1.0), min(shape.out_channels, shape.fan_in))
-                shapes.layers[name] = shape.replace(rank=rank)
+                if rank != shape.rank:
+                    shapes.layers[name] = shape.replace(rank=rank)
 
     def repair_moves(self, var, value, share):
         if value < 1.0:  # a factorized layer runs as two kernels: undoing it often saves time, always accuracy

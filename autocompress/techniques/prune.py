@@ -52,7 +52,8 @@ class PruneChannels(Technique):
                 in_ch, groups = out_ch, out_ch
             else:
                 in_ch, groups = unit.in_channels - removed.get((name, "in"), 0), unit.groups
-            shapes.layers[name] = shape.replace(in_channels=in_ch, out_channels=out_ch, groups=groups)
+            if (in_ch, out_ch, groups) != (shape.in_channels, shape.out_channels, shape.groups):
+                shapes.layers[name] = shape.replace(in_channels=in_ch, out_channels=out_ch, groups=groups)
         for name in shapes.norm_channels:
             shapes.norm_channels[name] -= removed.get((name, "out"), 0)
 

@@ -1,0 +1,66 @@
+"""A search that times its own model's candidates first and predicts at their level."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+
+from autocompress.core.candidate import Candidate
+from autocompress.hardware.model_level import OWN_CANDIDATES, own_candidates, profiled_on
+from autocompress.hardware.store import find_hardware_model, load_hardware_model
+from autocompress.search.problem import ProblemSpec
+from autocompress.search.run import SearchSettings, run_search
+from autocompress.train.finetune import DistillationConfig
+
+
+def test_own_candidates_start_uncompressed_then_the_policies_and_never_repeat():
+    from autocompress.hardware.candidates import model_under_test
+    from autocompress.core.space import Space, SpaceOptions
+
+    target = model_under_test("reference_models:tiny_resnet", 32)
+    space = Space(target.analysis, SpaceOptions())
+    named = own_candidates(space)
+    assert len(named) == OWN_CANDIDATES and named[0] == ("uncompressed", space.default())
+    assert any(name.startswith("uniform") for name, _ in named)
+    assert len({c.to_json() for _, c in named}) == len(named)
+    assert own_candidates(space) == named  # seeded: a resumed run would time the same ones
+
+
+def test_auto_calibrates_only_models_the_hardware_model_was_not_profiled_on():
+    hardware = load_hardware_model(find_hardware_model())
+    assert profiled_on(hardware, "resnet18") and profiled_on(hardware, "torchvision:mobilenet_v2")
+    assert not profiled_on(hardware, "reference_models:tiny_resnet")
+
+
+def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share_of_the_measured_original(tmp_path):
+    spec = ProblemSpec(model="reference_models:tiny_resnet", train_steps=40)
+    settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=2,
+                              finetune=DistillationConfig(steps=2), calibrate_model="auto")
+    outcome = run_search(settings, progress=False)
+    table = tmp_path / "latency" / "own_candidates.csv"
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == OWN_CANDIDATES and rows[0]["name"] == "uncompressed"
+    assert all(float(r["measured_ms"]) > 0 and float(r["predicted_ms"]) > 0 for r in rows)
+    recorded = json.loads((tmp_path / "search.json").read_text())
+    level = recorded["host_level"]
+    ratio = statistics.median(float(r["measured_ms"]) / float(r["predicted_ms"]) for r in rows)
+    assert level["ratio"] == pytest.approx(ratio) and "own candidates" in recorded["level_from"]
+    assert level["baseline_ms"] == pytest.approx(float(rows[0]["measured_ms"]))
+    assert outcome.budget_ms == pytest.approx(0.6 * level["baseline_ms"])
+    assert recorded["baseline"]["latency_ms"] == pytest.approx(level["baseline_ms"])
+    assert level["rms_error_after"] >= 0 and level["rms_error_before"] >= 0
+    # the trials were predicted at that level: a warm start was among the candidates timed
+    predicted = {Candidate.from_json(r["candidate"]).to_json(): float(r["predicted_ms"]) for r in rows}
+    timed = [r for r in outcome.records if r.latency_ms is not None
+             and Candidate.from_dict(r.candidate).to_json() in predicted]
+    assert timed
+    for record in timed:
+        assert record.latency_ms == pytest.approx(ratio * predicted[Candidate.from_dict(record.candidate).to_json()])
+    modified = table.stat().st_mtime_ns
+    run_search(SearchSettings(**{**settings.__dict__, "trials": 3}), progress=False)  # resumed: not timed again
+    assert table.stat().st_mtime_ns == modified
+    assert json.loads((tmp_path / "search.json").read_text())["host_level"]["ratio"] == pytest.approx(ratio)
