@@ -11,6 +11,7 @@ import pytest
 from autocompress.core.candidate import Candidate
 from autocompress.hardware.model_level import OWN_CANDIDATES, own_candidates, profiled_on
 from autocompress.hardware.store import find_hardware_model, load_hardware_model
+from autocompress.search.folder import SearchFolder
 from autocompress.search.problem import ProblemSpec
 from autocompress.search.run import SearchSettings, run_search
 from autocompress.train.finetune import DistillationConfig
@@ -37,8 +38,9 @@ def test_auto_calibrates_only_models_the_hardware_model_was_not_profiled_on():
 
 def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share_of_the_measured_original(tmp_path):
     spec = ProblemSpec(model="reference_models:tiny_resnet", train_steps=40)
-    settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=2,
-                              finetune=DistillationConfig(steps=2), calibrate_model="auto")
+    # a wide margin, so that some trials are timed before their fine-tune too
+    settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=6,
+                              finetune=DistillationConfig(steps=2), calibrate_model="auto", measure_near_budget=0.6)
     outcome = run_search(settings, progress=False)
     table = tmp_path / "latency" / "own_candidates.csv"
     with open(table, newline="") as handle:
@@ -55,11 +57,22 @@ def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share
     assert level["rms_error_after"] >= 0 and level["rms_error_before"] >= 0
     # the trials were predicted at that level: a warm start was among the candidates timed
     predicted = {Candidate.from_json(r["candidate"]).to_json(): float(r["predicted_ms"]) for r in rows}
-    timed = [r for r in outcome.records if r.latency_ms is not None
+    timed = [r for r in outcome.records if r.latency_ms is not None and not r.latency_measured
              and Candidate.from_dict(r.candidate).to_json() in predicted]
     assert timed
     for record in timed:
         assert record.latency_ms == pytest.approx(ratio * predicted[Candidate.from_dict(record.candidate).to_json()])
+    # near the budget, the study holds the measurement: the objective, the constraint and the table say so
+    study = SearchFolder(tmp_path).load_study()
+    measured = [t for t in study.trials if "measured_ms" in t.user_attrs and t.values is not None]
+    assert measured, "no trial was timed near the budget"
+    for trial in measured:
+        assert trial.values[1] == trial.user_attrs["measured_ms"]
+        assert trial.constraints["latency_over_budget_ms"] == pytest.approx(trial.values[1] - outcome.budget_ms)
+        assert (trial.user_attrs["status"] == "over_budget") == (trial.values[1] > outcome.budget_ms)
+    with open(tmp_path / "trials.csv", newline="") as handle:
+        flags = {int(r["number"]): r["latency_measured"] for r in csv.DictReader(handle)}
+    assert {flags[t.number] for t in measured} == {"True"}
     modified = table.stat().st_mtime_ns
     run_search(SearchSettings(**{**settings.__dict__, "trials": 3}), progress=False)  # resumed: not timed again
     assert table.stat().st_mtime_ns == modified

@@ -175,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--calibrate-model", choices=["auto", "on", "off"], default="auto",
                         help="time a few dozen of the model's own candidates first and correct the hardware model "
                              "for it (auto, the default: when it was not profiled on this model)")
+    search.add_argument("--measure-near-budget", type=float, default=0.1, metavar="SHARE",
+                        help="time a candidate predicted within this share of the budget before its fine-tune and "
+                             "use the measurement (default 0.1; 0: never; local executor only)")
     search.add_argument("--guide", "--repair-by", dest="guide", default="macs", choices=["macs", "sensitivity",
                         "surrogate"], help="what steers repair and seeds: the share of MACs a decision touches (macs, "
                         "default); the damage each decision does alone, measured first, which also seeds allocations "
@@ -307,6 +310,7 @@ def _search(args) -> int:
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
                               guide=args.guide, calibrate_model=args.calibrate_model,
+                              measure_near_budget=args.measure_near_budget,
                               finetune=DistillationConfig(steps=args.finetune_steps),
                               warm_start=not args.no_warm_start,
                               executor="ray" if args.ray_address else args.executor, workers=args.workers,

@@ -22,6 +22,7 @@ from ..errors import AutocompressError
 from ..files import is_disk_full
 from .executors import Executor, TrialJob, TrialResult, WorkerLost
 from .problem import SearchProblem
+from .near_budget import NearBudgetTimer
 from .screening import Screening
 from ..core.space import Candidate, Space
 from .stopping import HopelessRule
@@ -48,6 +49,9 @@ class TrialDriver:
         self.failures_in_a_row = 0
         self.screening = (Screening(problem.space, problem.sensitivities.kl, study)
                           if settings.guide == "surrogate" else None)
+        margin = settings.measure_near_budget
+        self.timer = (NearBudgetTimer(problem, settings.problem.model, settings.problem.input_size, budget_ms, margin)
+                      if margin > 0 and settings.executor == "local" else None)
 
     def completed(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -116,27 +120,31 @@ class TrialDriver:
         trial.set_user_attr("predicted_ms", prediction.ms)
         trial.set_user_attr("predicted_std_ms", prediction.std_ms)
         trial.set_user_attr("size_bytes", size)
-        trial.set_constraint("latency_over_budget_ms", prediction.ms - self.budget_ms)
-        if prediction.ms > self.budget_ms:
+        latency = prediction.ms
+        if self.timer is not None and self.timer.wants(prediction.ms):  # near the line: measured, not predicted
+            latency = self.timer.measure(candidate)
+            trial.set_user_attr("measured_ms", latency)
+        trial.set_constraint("latency_over_budget_ms", latency - self.budget_ms)
+        if latency > self.budget_ms:
             trial.set_user_attr("status", "over_budget")
             trial.set_user_attr("finetune_steps", 0)
             trial.set_user_attr("seconds", time.perf_counter() - started)
-            self.study.tell(trial, [0.0, prediction.ms, size])
-            if self.settings.repair:
-                self._queue_repair(trial.number, candidate)
+            self.study.tell(trial, [0.0, latency, size])
+            if self.settings.repair:  # toward the budget as the predictor reads it, where it measured over
+                self._queue_repair(trial.number, candidate, self.budget_ms * min(1.0, prediction.ms / latency))
             return None
         twin = next((t.number for t, _, key in self.in_flight.values() if key == _key(candidate.to_dict())), None)
         if twin is not None:
             self._fail(trial, f"the same candidate as trial {twin}, which is in flight", retry=False)
             return None
-        screened = self.screening and self.screening.reason(trial.user_attrs["origin"], candidate, prediction.ms, size)
+        screened = self.screening and self.screening.reason(trial.user_attrs["origin"], candidate, latency, size)
         if screened:  # pruned, not complete: the sampler and the front ignore it, the trial count too
             trial.set_user_attr("status", "screened")
             trial.set_user_attr("fail_reason", screened)
             trial.set_user_attr("seconds", time.perf_counter() - started)
             self.study.tell(trial, state=TrialState.PRUNED)
             return None
-        return TrialJob(trial.number, candidate.to_dict(), self.settings.finetune, prediction.ms, size,
+        return TrialJob(trial.number, candidate.to_dict(), self.settings.finetune, latency, size,
                         HopelessRule(finished=list(self.rule.finished), recoveries=list(self.rule.recoveries)))
 
     def _finish(self, trial: optuna.Trial, job: TrialJob, outcome: TrialResult | Exception) -> None:
@@ -176,9 +184,9 @@ class TrialDriver:
         if self.failures_in_a_row >= _FAILURES_IN_A_ROW:
             raise AutocompressError(f"{_FAILURES_IN_A_ROW} trials in a row failed; the last one: {reason}") from exc
 
-    def _queue_repair(self, number: int, candidate: Candidate) -> None:
+    def _queue_repair(self, number: int, candidate: Candidate, target_ms: float) -> None:
         measured = self.problem.sensitivities if self.settings.guide != "macs" else None
-        repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, self.budget_ms,
+        repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, target_ms,
                                     damage=measured.kl if measured is not None else None)
         if repaired is None:
             return

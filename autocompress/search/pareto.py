@@ -36,11 +36,11 @@ _STATES = {
 }
 _TRIAL_COLUMNS = (
     "number", "state", "status", "origin", "accuracy", "latency_ms", "size_bytes", "feasible", "finetune_steps",
-    "seconds", "fail_reason",
+    "seconds", "fail_reason", "latency_measured",
 )
 _FRONT_COLUMNS = (
     "number", "accuracy", "latency_ms", "latency_std_ms", "size_bytes", "size_ratio", "latency_ratio", "status",
-    "origin", "finetune_steps", "seconds", "candidate",
+    "origin", "finetune_steps", "seconds", "candidate", "latency_measured",
 )
 
 
@@ -59,6 +59,7 @@ class TrialRecord:
     finetune_steps: int = 0
     seconds: float | None = None
     fail_reason: str | None = None
+    latency_measured: bool = False  # timed before its fine-tune (``search.near_budget``), else predicted
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +106,7 @@ def _record(trial: optuna.trial.FrozenTrial) -> TrialRecord:
         feasible=feasible, candidate=dict(attrs.get("candidate") or {}),
         finetune_steps=int(attrs.get("finetune_steps", 0)), seconds=_float_or_none(seconds),
         fail_reason=None if attrs.get("fail_reason") is None else str(attrs["fail_reason"]),
+        latency_measured="measured_ms" in attrs,
     )
 
 
@@ -191,12 +193,14 @@ def summary_table(front: Sequence[TrialRecord], *, budget_ms: float | None, base
         under = "-" if budget_ms is None else ("yes" if r.latency_ms <= budget_ms else "no")
         rows.append([
             "*" if best is not None and r.number == best.number else "", str(r.number), f"{100 * r.accuracy:.2f}",
-            f"{r.latency_ms:.3f}", f"{r.latency_ms / baseline['latency_ms']:.2f}", f"{r.size_bytes / 1000:.1f}",
+            f"{r.latency_ms:.3f}" + ("m" if r.latency_measured else ""), f"{r.latency_ms / baseline['latency_ms']:.2f}", f"{r.size_bytes / 1000:.1f}",
             f"{r.size_bytes / baseline['size_bytes']:.2f}", under, r.origin or "-", candidate_summary(r.candidate)])
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     # Numbers right-aligned for easy comparison; the free text (origin, what it is: last) left-aligned.
     lines = ["  ".join(cell.ljust(w) if i in (0, len(header) - 2, len(header) - 1) else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
+    if any(r.latency_measured for r in front):
+        lines.append("m: latency measured before the fine-tune (near the budget); the others are predicted")
     if best is not None:
         where = "overall" if budget_ms is None else f"within the {budget_ms:g} ms budget"
         lines.append(f"* best accuracy {where}: trial {best.number}")

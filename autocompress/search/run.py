@@ -82,11 +82,17 @@ class SearchSettings:
     # (``hardware.model_level``): "on", "off", or "auto": on when the hardware model was not
     # profiled on this model. It supersedes calibrate_host; a resumed search keeps its level.
     calibrate_model: str = "off"
+    # Time a candidate predicted within this share of the budget (either side) before its
+    # fine-tune, and tell the study the measured latency (``search.near_budget``); 0: never.
+    measure_near_budget: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise AutocompressError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}",
                                     parameters=("sampler",))
+        if not 0 <= self.measure_near_budget < 1:
+            raise AutocompressError(f"measure_near_budget {self.measure_near_budget}: give a share of the budget "
+                                    "from 0 (off) to below 1, e.g. 0.1", parameters=("measure_near_budget",))
         if self.trials < 1:
             raise AutocompressError(f"trials {self.trials}: give at least 1", parameters=("trials",))
         if self.timeout_s is not None and self.timeout_s <= 0:

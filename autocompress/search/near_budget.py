@@ -1,0 +1,37 @@
+"""Measurement in the loop: a candidate predicted near the budget is timed before its fine-tune.
+
+A search that repairs hundreds of candidates to just under its budget keeps, among them, the ones
+the predictor underestimates: the error of the prediction is what decides which side of the line
+a candidate lands on. So a candidate predicted within a margin of the budget (either side) is
+exported untrained and timed with the one protocol (seconds: latency does not depend on the
+weights' values), and the study is told its measured latency, not the prediction: a front point
+near the budget is one that was measured there. One measured over the budget is told at once, as a
+predicted one is, and repaired toward the budget scaled by how far the prediction missed.
+
+Timing shares the machine with whatever else runs, so it is on only when the fine-tunes run in
+the driver's own process (the local executor): they are not running while the driver prepares
+the next trial.
+"""
+
+from __future__ import annotations
+
+from ..hardware.candidates import ModelUnderTest, measure_candidates
+
+__all__ = ["NearBudgetTimer"]
+
+
+class NearBudgetTimer:
+    """Times candidates of the search's model whose prediction is within ``margin`` of ``budget_ms``."""
+
+    def __init__(self, problem, model: str, input_size: int, budget_ms: float, margin: float) -> None:
+        self.target = ModelUnderTest(model, input_size, problem.baseline, problem.analysis, problem.example)
+        self.threads = problem.hardware.metadata.get("threads", 1)
+        self.low, self.high = budget_ms * (1 - margin), budget_ms * (1 + margin)
+
+    def wants(self, predicted_ms: float) -> bool:
+        return self.low <= predicted_ms <= self.high
+
+    def measure(self, candidate) -> float:
+        """The candidate's latency in ms, as profiling and export cards time it (the fastest run)."""
+        (measured,) = measure_candidates([(self.target, candidate)], threads=self.threads)
+        return measured.best_ms
