@@ -10,6 +10,9 @@ from autocompress import Candidate, Space, analyze, apply_candidate, calibration
 from autocompress.hardware.targets.ort_cpu import int8_weights_saturate, machine_info
 
 pytestmark = pytest.mark.slow
+# Per model, alternately light and full: enough for every bit width to be exported (asserted below)
+# and every technique at its extreme; each costs an export and two passes over the digits.
+RANDOM_CANDIDATES = 8
 
 
 def _compare(model, candidate, analysis, example, digits, path):
@@ -48,13 +51,13 @@ def test_all_int8_model_agrees_with_onnxruntime_on_digits(spec, trained_models, 
 
 
 @pytest.mark.parametrize("spec", list(COVERAGE_MODELS))
-def test_twenty_random_candidates_apply_export_and_agree(spec, trained_models, digits, example_input, tmp_path):
+def test_random_candidates_apply_export_and_agree(spec, trained_models, digits, example_input, tmp_path):
     model = trained_models(spec)
     analysis = analyze(model, example_input)
     space = Space(analysis)
     rng = random.Random(f"export-{spec}")
     kinds_exported = set()
-    for i in range(20):
+    for i in range(RANDOM_CANDIDATES):
         # Alternate light and full compression: light models still classify (so top-1 agreement
         # means something), full ones exercise every technique at its extreme.
         density = 0.1 if i % 2 == 0 else 1.0

@@ -120,7 +120,7 @@ def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost
 def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp_path, problem):
     out = tmp_path / "search"
     command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet", "--budget", "5ms",
-               "--trials", "8", "--train-steps", "80", "--finetune-steps", "40", "--out", str(out), "--quiet",
+               "--trials", "8", "--train-steps", "80", "--finetune-steps", "20", "--out", str(out), "--quiet",
                "--executor", "ray", "--workers", "2", "--calibrate-model", "off"]
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
