@@ -91,13 +91,18 @@ def test_a_second_run_reads_the_table_and_a_lost_row_is_measured_again(trained, 
         first.kl(last["variable"], last["value"]), rel=1e-6, abs=1e-9)  # measured again, the same
 
 
-def test_repair_ranked_by_measured_damage_avoids_the_decision_that_hurts_most(trained, tmp_path):
+def _measured_and_priced(trained, folder):
+    """The trained model's space, its measured damage table, a MAC-counting latency model and the
+    uncompressed model's latency by it."""
     model, space, example, images, splits = trained
-    table = measure_sensitivities(model, space, example, images, splits.train, tmp_path, config=CONFIG,
+    table = measure_sensitivities(model, space, example, images, splits.train, folder, config=CONFIG,
                                   progress=False)
-
     hardware = MacsOnly()
-    full = hardware.predict_candidates(space.analysis, [space.default()])[0][0]
+    return space, table, hardware, hardware.predict_candidates(space.analysis, [space.default()])[0][0]
+
+
+def test_repair_ranked_by_measured_damage_avoids_the_decision_that_hurts_most(trained, tmp_path):
+    space, table, hardware, full = _measured_and_priced(trained, tmp_path)
     budget = 0.7 * full
     measured, _ = repair_to_budget(space, hardware, space.default(), budget, damage=table.kl)
     proxy, _ = repair_to_budget(space, hardware, space.default(), budget)
@@ -107,11 +112,7 @@ def test_repair_ranked_by_measured_damage_avoids_the_decision_that_hurts_most(tr
 
 
 def test_allocations_fit_their_rungs_give_back_what_they_need_not_and_beat_uniform_pruning(trained, tmp_path):
-    model, space, example, images, splits = trained
-    table = measure_sensitivities(model, space, example, images, splits.train, tmp_path, config=CONFIG,
-                                  progress=False)
-    hardware = MacsOnly()
-    full = hardware.predict_candidates(space.analysis, [space.default()])[0][0]
+    space, table, hardware, full = _measured_and_priced(trained, tmp_path)
     seeds = allocate(space, hardware, table.kl, 0.8 * full)
     assert len(seeds) >= 4 and [s.share for s in seeds] == sorted((s.share for s in seeds), reverse=True)
     for seed in seeds:
