@@ -103,6 +103,9 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, space=None) -> Mod
     cells, cell_notes = [], []
     if space is not None:
         cells, cell_notes = find_cell_choices(model, example_input, space, shapes, layers, {b.name for b in blocks})
+    if getattr(model, "architecture_in_cells_only", False):
+        # A supernet trained the skips and kernels its cells name, and no other.
+        blocks, kernels = [], []
     notes = list(group_notes) + cell_notes
     notes += [f"{f.name}: {f.note}" for f in fixed]
     notes += [f"{u.name}: {u.note}" for u in layers if u.note]

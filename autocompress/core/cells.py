@@ -145,6 +145,10 @@ def _cut_group(cell: nn.Module, root: nn.Conv2d, count: int, input_shape) -> Non
     """Remove the ``count`` weakest channels of the group whose output channels ``root`` makes."""
     graph = build_dependency_graph(cell, _probe(input_shape))
     prune_out = graph.get_pruner_of_module(root).prune_out_channels
+    if getattr(cell, "shares_leading_channels", False):
+        # A supernet's block trained its subnets on its leading channels: the cell keeps those.
+        graph.get_pruning_group(root, prune_out, list(range(root.out_channels - count, root.out_channels))).prune()
+        return
     group = graph.get_pruning_group(root, prune_out, list(range(root.out_channels)))
     order = torch.argsort(tp.importance.GroupMagnitudeImportance(p=2)(group), stable=True)
     graph.get_pruning_group(root, prune_out, sorted(order[:count].tolist())).prune()

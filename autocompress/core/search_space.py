@@ -98,8 +98,9 @@ def resolve_search_space(name: str | None, model: nn.Module) -> SearchSpaceFile 
     if name == "none":
         return None
     if name is None or name == "auto":
-        shipped = _family_space(model)
-        return None if shipped is None else load_search_space(SHIPPED_SPACES / shipped)
+        if isinstance(getattr(model, "cell_space", None), SearchSpaceFile):
+            return model.cell_space  # a supernet's own elastic dimensions (core.elastic_mobile)
+        return None if _family_space(model) is None else load_search_space(SHIPPED_SPACES / _family_space(model))
     return load_search_space(name)
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from ..core.supernet_file import is_space_spec
 from ..files import atomic_path, write_text_atomic
 from .models import load_weights, resolve_model
+from .supernet import SupernetTrainingConfig, train_supernet
 from .training import train_classifier
 
 __all__ = ["baseline_model"]
@@ -19,7 +21,11 @@ log = logging.getLogger(__name__)
 
 def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, train_steps: int, splits,
                    cache_dir: Path) -> torch.nn.Module:
-    """The uncompressed model: from ``weights``, or trained here and cached in ``cache_dir``."""
+    """The uncompressed model: from ``weights``, or trained here and cached in ``cache_dir``.
+
+    For a supernet (``space:PATH``) it is the largest subnet, trained with all the others by
+    weight sharing for ``train_steps`` sandwich steps (``train.supernet``), resumable from
+    ``cache_dir/supernet`` after a kill."""
     if weights is not None:
         return resolve_model(model_spec, num_classes=num_classes, weights=weights)
     model = resolve_model(model_spec, num_classes=num_classes)
@@ -31,8 +37,13 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
     cached, meta = cache_dir / "baseline.pt", cache_dir / "baseline.json"
     if cached.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
         return load_weights(model, cached).eval()
-    log.info("training the baseline for %d steps", train_steps)
-    train_classifier(model, splits.train, steps=train_steps)
+    if is_space_spec(model_spec):
+        key["supernet"] = model.cell_space.path and model_spec  # the file's content is in the weights' shapes
+        train_supernet(model, splits.train, cache_dir / "supernet", config=SupernetTrainingConfig(steps=train_steps),
+                       key=key)
+    else:
+        log.info("training the baseline for %d steps", train_steps)
+        train_classifier(model, splits.train, steps=train_steps)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cached) as partial:  # a kill mid-write leaves the old file or none, never half of one
         torch.save(model.state_dict(), partial)

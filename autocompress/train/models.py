@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.elastic_mobile import build_elastic_mobile
+from ..core.supernet_file import SPACE_PREFIX, is_space_spec, load_supernet_file
 from ..errors import ModelResolutionError, WeightsMismatchError
 
 __all__ = ["check_model_runs", "resolve_model", "load_weights", "torchvision_classifiers"]
@@ -33,12 +35,15 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
 
     ``spec`` is a torchvision classification model (``resnet18`` or ``torchvision:resnet18``) or a
     ``package.module:factory`` callable returning an ``nn.Module``. The factory gets
-    ``num_classes`` when its signature accepts it.
+    ``num_classes`` when its signature accepts it. ``space:PATH`` is the largest subnet of the
+    supernet file at PATH (``core.supernet_file``), trained by ``train.supernet``.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ModelResolutionError(f"model spec {spec!r} is empty; give a torchvision name such as 'resnet18' or 'package.module:factory'")
     spec = spec.strip()
-    if spec.startswith("torchvision:"):
+    if is_space_spec(spec):
+        model = build_elastic_mobile(load_supernet_file(spec[len(SPACE_PREFIX):]), num_classes)
+    elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], num_classes)
     elif ":" in spec:
         model = _factory_model(spec, num_classes)

@@ -1,0 +1,132 @@
+"""Train every subnet of a supernet at once: weight sharing with the sandwich rule.
+
+Each step runs the largest subnet on the labels, then the smallest and a few random subnets on
+the largest one's outputs (in-place distillation, as BigNAS and Once-for-All do), and takes one
+optimizer step on the summed gradients: the largest pulls the shared weights up, the smallest
+keeps the bottom of the space trained, the random ones cover the rest. The subnets and the
+batches of a step are drawn from the step's number alone, so a run resumed from a checkpoint
+continues exactly as the killed one would have.
+
+A checkpoint (weights, optimizer, step) is written atomically every ``checkpoint_every`` steps;
+a kill loses at most that many steps. BatchNorm statistics are shared between subnets during
+training, so the largest's are recomputed at the end, as every trial recomputes its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import FinetuneDiverged
+from ..files import atomic_path, write_text_atomic
+from .training import recompute_batchnorm_statistics
+
+__all__ = ["SupernetTrainingConfig", "train_supernet"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SupernetTrainingConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    random_subnets: int = 2  # besides the largest and the smallest, per step
+    temperature: float = 1.0  # in-place distillation matches the largest's own distribution
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.random_subnets < 0 \
+                or self.temperature <= 0 or self.checkpoint_every < 1:
+            raise ValueError(f"invalid supernet training settings: {self}")
+
+
+def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig = SupernetTrainingConfig(),
+                   key: dict | None = None, progress: bool = True):
+    """Train ``model`` (an ``ElasticMobileNet``) in place on ``train`` (a TensorDataset), resuming
+    from ``folder``'s checkpoint when one was left with the same ``key`` and settings; returns it
+    at rest (the largest subnet) in eval mode. ``folder/progress.json`` says how far it got."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint, wanted = folder / "checkpoint.pt", {"key": key or {}, "config": asdict(config)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    start = _resume(model, optimizer, checkpoint, wanted)
+    images, labels = train.tensors
+    started, done = time.monotonic(), start
+    with tqdm(total=config.steps, initial=start, desc="supernet training", unit="step", disable=not progress) as bar:
+        for step in range(start, config.steps):
+            for group in optimizer.param_groups:  # cosine decay, a function of the step alone
+                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+            _sandwich_step(model, optimizer, images, labels, step, config)
+            done = step + 1
+            bar.update(1)
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                _save(model, optimizer, done, checkpoint, wanted)
+                write_text_atomic(folder / "progress.json", json.dumps(
+                    {"step": done, "steps": config.steps, "seconds_this_run": round(time.monotonic() - started, 1),
+                     "resumed_from": start}, indent=2) + "\n")
+    model.set_subnet(None)
+    recompute_batchnorm_statistics(model, train, batch_size=config.batch_size, seed=config.seed)
+    log.info("supernet trained: steps %d-%d here in %.0f s", start, done, time.monotonic() - started)
+    return model.eval()
+
+
+def _sandwich_step(model, optimizer, images, labels, step: int, config: SupernetTrainingConfig) -> None:
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    index = torch.randint(len(images), (config.batch_size,), generator=generator)
+    x, y = images[index], labels[index]
+    rng = random.Random(config.seed * 1_000_003 + step)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    model.set_subnet("largest")
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    _check(loss, step)
+    loss.backward()
+    soft = F.log_softmax(logits.detach() / config.temperature, dim=1)
+    for choice in ["smallest"] + ["random"] * config.random_subnets:
+        model.set_subnet(choice, rng)
+        out = F.log_softmax(model(x) / config.temperature, dim=1)
+        distilled = F.kl_div(out, soft, reduction="batchmean", log_target=True) * config.temperature ** 2
+        _check(distilled, step)
+        distilled.backward()
+    optimizer.step()
+    model.set_subnet(None)
+
+
+def _check(loss: torch.Tensor, step: int) -> None:
+    if not math.isfinite(loss.item()):
+        raise FinetuneDiverged(f"supernet training loss is {loss.item()} at step {step}; lower the learning rate")
+
+
+def _resume(model, optimizer, checkpoint: Path, wanted: dict) -> int:
+    if not checkpoint.is_file():
+        return 0
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: start over rather than fail the search
+        log.warning("supernet checkpoint %s is unreadable (%s); training from the start", checkpoint, exc)
+        return 0
+    if state.get("wanted") != json.dumps(wanted, sort_keys=True):
+        log.info("supernet checkpoint %s is of other settings; training from the start", checkpoint)
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("supernet training resumes at step %d", state["step"])
+    return int(state["step"])
+
+
+def _save(model, optimizer, step: int, checkpoint: Path, wanted: dict) -> None:
+    with atomic_path(checkpoint) as partial:  # a kill mid-write keeps the previous checkpoint
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "wanted": json.dumps(wanted, sort_keys=True)}, partial)

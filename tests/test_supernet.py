@@ -1,0 +1,179 @@
+"""Supernets (``space:PATH``): the file's checks, weight sharing between training and the cells the
+search builds, and training that resumes where a kill left it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from autocompress.cli.main import main
+from autocompress.core.analysis import analyze
+from autocompress.core.elastic_mobile import SKIPPED, OptionalInvertedResidual, SubnetShape
+from autocompress.core.search_space import resolve_search_space
+from autocompress.core.space import Space, SpaceOptions
+from autocompress.core.supernet_file import SearchSpaceError, load_supernet_file
+from autocompress.techniques import apply_candidate
+from autocompress.train import supernet as supernet_training
+from autocompress.train.models import resolve_model
+from autocompress.train.supernet import SupernetTrainingConfig, train_supernet
+
+TINY = """
+version: 1
+name: tiny_supernet
+supernet:
+  stem: 8
+  expand: [2, 4]
+  kernel: [3, 5]
+  stages:
+    - {channels: 8, depth: [1, 2], stride: 2}
+    - {channels: 16, depth: [1, 2, 3], stride: 2}
+  head: 32
+"""
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    path = tmp_path / "tiny_supernet.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def _tiny(path, classes=10):
+    torch.manual_seed(0)  # the same initial weights, so two trainings can be compared
+    return resolve_model(f"space:{path}", num_classes=classes)
+
+
+def _randomise_norms(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+
+
+def test_the_shipped_supernet_is_elastic_in_depth_expansion_and_kernel():
+    spec = load_supernet_file("search_spaces/mobile_supernet.yaml")
+    model = resolve_model("space:search_spaces/mobile_supernet.yaml")
+    assert [s.depths for s in spec.stages] == [(2, 3, 4), (2, 3, 4), (2, 3, 4, 5, 6), (2, 3, 4, 5, 6)]
+    assert len(model.blocks) == 4 + 4 + 6 + 6
+    optional = [i for i, b in enumerate(model.blocks) if isinstance(b, OptionalInvertedResidual)]
+    assert optional == [2, 3, 6, 7, 10, 11, 12, 13, 16, 17, 18, 19]  # past each stage's shallowest depth
+
+
+def test_a_subnet_run_by_slicing_computes_what_the_search_builds_from_its_cells(tiny_file):
+    """Weight sharing end to end: the subnet training runs (leading channels, centre kernel, skipped
+    blocks) is exactly the network ``apply_candidate`` builds from the same cell choices."""
+    model = _tiny(tiny_file)
+    _randomise_norms(model)
+    example = torch.randn(1, 3, 32, 32)
+    analysis = analyze(model, example, space=resolve_search_space("auto", model))
+    assert not analysis.blocks and not analysis.kernels  # the only architecture choices are the cells
+    space = Space(analysis, SpaceOptions())
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    rng = random.Random(3)
+    for _ in range(4):
+        model.set_subnet("random", rng)
+        cells = {}
+        for choice in analysis.cells:
+            block = model.get_submodule(choice.block)
+            if block.subnet == SKIPPED:
+                cells[choice.block] = "skip"
+            elif block.subnet is not None:
+                expand = next(e for e in block.expands if block.hidden_width(e) == block.subnet.hidden)
+                cells[choice.block] = f"mb e{expand:g} k{block.subnet.kernel}"
+        with torch.no_grad():
+            sliced = model.eval()(images)
+        model.set_subnet(None)
+        built = apply_candidate(model, space.default().replace(cell=cells), analysis, example)
+        with torch.no_grad():
+            assert torch.allclose(built(images), sliced, atol=1e-5), cells
+
+
+def test_the_smallest_subnet_is_a_choice_of_the_search(tiny_file):
+    model = _tiny(tiny_file)
+    analysis = analyze(model, torch.randn(1, 3, 32, 32), space=resolve_search_space("auto", model))
+    names = {c.block: c.names for c in analysis.cells}
+    assert names["blocks.1"][-1] == "skip" and "skip" not in names["blocks.0"]  # depth [1, 2]: only the second
+    assert "mb e2 k3" in names["blocks.0"] and "mb e4 k5" not in names["blocks.0"]  # the largest is "original"
+    model.set_subnet("smallest")
+    assert [b.subnet for b in model.blocks] == [SubnetShape(16, 3), SKIPPED, SubnetShape(16, 3), SKIPPED, SKIPPED]
+
+
+def _digits_like(n=96, classes=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randn(n, 3, 32, 32, generator=generator) * 0.3
+    images[:, 0, :8, :8] += labels.view(-1, 1, 1).float()  # a learnable signal
+    return TensorDataset(images, labels)
+
+
+def test_training_resumes_from_its_last_checkpoint_and_ends_where_an_unbroken_run_does(tiny_file, tmp_path,
+                                                                                      monkeypatch):
+    data = _digits_like()
+    config = SupernetTrainingConfig(steps=6, batch_size=16, checkpoint_every=2)
+    unbroken = train_supernet(_tiny(tiny_file, 4), data, tmp_path / "unbroken", config=config, progress=False)
+
+    real_step = supernet_training._sandwich_step
+
+    def killed_at_step_5(model, optimizer, images, labels, step, cfg):
+        if step == 5:
+            raise KeyboardInterrupt  # stands in for the kill: steps 0-4 ran, the checkpoint holds 4
+        real_step(model, optimizer, images, labels, step, cfg)
+
+    monkeypatch.setattr(supernet_training, "_sandwich_step", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(_tiny(tiny_file, 4), data, tmp_path / "broken", config=config, progress=False)
+    monkeypatch.setattr(supernet_training, "_sandwich_step", real_step)
+    resumed = train_supernet(_tiny(tiny_file, 4), data, tmp_path / "broken", config=config, progress=False)
+    progress = (tmp_path / "broken" / "progress.json").read_text()
+    assert '"resumed_from": 4' in progress and '"step": 6' in progress
+    for (name, a), (_, b) in zip(unbroken.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_file, tmp_path):
+    data = _digits_like()
+    train_supernet(_tiny(tiny_file, 4), data, tmp_path, config=SupernetTrainingConfig(steps=2, batch_size=16,
+                                                                                       checkpoint_every=1),
+                   progress=False)
+    train_supernet(_tiny(tiny_file, 4), data, tmp_path, config=SupernetTrainingConfig(steps=3, batch_size=16,
+                                                                                       checkpoint_every=1),
+                   progress=False)
+    assert '"resumed_from": 0' in (tmp_path / "progress.json").read_text()
+
+
+BAD_FILES = [
+    ("    - {channels: 8, depth: [], stride: 2}", "supernet.stages[0].depth: empty"),
+    ("    - {channels: 8, depth: [1, 12], stride: 2}", "depth 12 is outside what a stage allows (1 to 8"),
+    ("    - {channels: 8, depth: [1], stride: 3}", "supernet.stages[0].stride: 3 is not 1 or 2"),
+    ("    - {channels: 8, depth: [1], stride: 2, width: 2}", "unknown key 'width'"),
+]
+
+
+@pytest.mark.parametrize("stage, words", BAD_FILES)
+def test_a_bad_stage_is_one_line_before_anything_is_trained(capsys, tmp_path, stage, words):
+    path = tmp_path / "bad_supernet.yaml"
+    path.write_text(TINY.replace("    - {channels: 8, depth: [1, 2], stride: 2}", stage))
+    out = tmp_path / "run"
+    code = main(["search", f"space:{path}", "--dataset", "digits", "--budget", "1ms", "--trials", "1", "--out",
+                 str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and words in err, err
+    assert str(path) in err
+    assert not (out / "baseline.pt").exists() and not (out / "supernet").exists()
+
+
+@pytest.mark.parametrize("line, replacement, words", [
+    ("  kernel: [3, 5]", "  kernel: [3, 4]", "supernet.kernel: 4: a depthwise kernel must be odd"),
+    ("  expand: [2, 4]", "  expand: []", "supernet.expand: empty"),
+    ("  stem: 8", "  stem: 8\n  family: nb101", "unknown family 'nb101'"),
+])
+def test_bad_elastic_choices_are_named(tmp_path, line, replacement, words):
+    path = tmp_path / "bad_supernet.yaml"
+    path.write_text(TINY.replace(line, replacement))
+    with pytest.raises(SearchSpaceError, match=words.replace("[", r"\[")):
+        load_supernet_file(path)
