@@ -35,7 +35,7 @@ def _export(args) -> int:
     from ..export.card import BUSY_LOAD, busy_warning, export_from_search
 
     card = export_from_search(args.dir, args.out, trial=args.trial, best_under_budget=args.best_under,
-                              finetune_steps=args.finetune_steps)
+                              finetune_steps=args.finetune_steps, retrain=args.retrain)
     lat, acc, selection = card["latency"], card["accuracy"], card["selection"]
     if selection is not None:
         within = sum(t["fits"] for t in selection["timed"])
@@ -48,6 +48,7 @@ def _export(args) -> int:
           f"({100 * lat['prediction_error']:+.1f}%); baseline measured {lat['baseline_measured_ms']:.3f} ms "
           f"({lat['ratio_to_baseline']:.2f}x); budget {card['budget_ms']:.3f} ms")
     print(f"accuracy: baseline {100 * acc['baseline']:.2f}%, after {acc['finetune_steps']} steps "
+          f"{'retraining' if acc.get('retrained') else 'distilling'} "
           f"{100 * acc['after_finetune_torch']:.2f}% (PyTorch), {100 * acc['after_finetune_onnx']:.2f}% (ONNX Runtime)")
     print(f"written: {args.out / 'model.onnx'}, {args.out / 'weights.pt'}, {args.out / 'card.json'}, "
           f"{args.out / 'card.md'}")

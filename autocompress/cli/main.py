@@ -222,6 +222,9 @@ def _parser() -> argparse.ArgumentParser:
                        "timed first")
     export.add_argument("--out", required=True, type=Path, help="folder for model.onnx, weights.pt, card.json, card.md")
     export.add_argument("--finetune-steps", type=_count, default=300, help="distillation steps (default 300)")
+    export.add_argument("--retrain", action="store_true",
+                        help="retrain the point from its inherited weights as the baseline was trained (the labels "
+                             "and its learning rate, as Once-for-All deploys a subnet) instead of distilling it")
     export.set_defaults(run=_export)
     return parser
 

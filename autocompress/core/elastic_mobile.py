@@ -124,6 +124,7 @@ class ElasticMobileNet(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(channels, head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU6(inplace=True))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(head, num_classes)
+        self.supernet_file = spec
         self.stage_depths = tuple(s.depths for s in spec.stages)
         self.cell_space = _cell_space(spec)
 

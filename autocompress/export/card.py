@@ -27,7 +27,7 @@ from ..search.pareto import TrialRecord, records_from_study
 from ..search.problem import build_problem, read_host_level, read_spec
 from ..train.data import calibration_batches
 from ..train.finetune import DistillationConfig
-from ..train.training import top1
+from ..train.training import TRAINING_LR, top1
 from .apply import export_beside_baseline
 from .confirm import SLACK, choose_by_measurement
 
@@ -47,11 +47,12 @@ def choose_trial(records: list[TrialRecord], trial: int, search_dir: Path) -> Tr
 
 def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None, best_under_budget: str | None = None,
                        finetune_steps: int = 300, passes: int = 15, runs: int = 30, sweeps: int = SWEEPS,
-                       pause_s: float = 20.0) -> dict:
+                       pause_s: float = 20.0, retrain: bool = False) -> dict:
     """Rebuild the chosen candidate, fine-tune it ``finetune_steps`` steps, export and measure it.
 
     ``trial``: that trial. ``best_under_budget`` (5ms or 0.5x): the most accurate front point that
-    *measures* within it, timed before any fine-tuning (``confirm.choose_by_measurement``)."""
+    *measures* within it, timed before any fine-tuning (``confirm.choose_by_measurement``).
+    ``retrain``: train on the labels alone at the baseline's learning rate instead of distilling."""
     search_dir, out = Path(search_dir), Path(out)
     if (trial is None) == (best_under_budget is None):
         raise AutocompressError("give exactly one of trial N or best_under_budget LATENCY (5ms or 0.5x)",
@@ -76,6 +77,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     candidate = Candidate.from_dict(chosen.candidate)
     problem.space.validate(candidate)
     config = replace(DistillationConfig(**_tuples(settings["finetune"])), steps=finetune_steps, checkpoints=())
+    if retrain:  # Once-for-All's deployment: the subnet's inherited weights trained on, as a network of its own
+        config = replace(config, alpha=0.0, lr=TRAINING_LR)
     student, result = problem.finetune(candidate, config)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -129,6 +132,7 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
             "after_finetune_torch_before_export": result.accuracy,
             "after_finetune_onnx": onnx_accuracy,
             "finetune_steps": finetune_steps,
+            "retrained": retrain,
             "top1_agreement_torch_onnx": top1(logits_torch, logits_onnx),
             "drop_points": 100 * (problem.baseline_accuracy - onnx_accuracy),
         },

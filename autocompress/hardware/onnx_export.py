@@ -92,10 +92,28 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
         if int_nodes:
             _quantize_static(float_path, path, graph, nodes_by_bits, ranges, calibration)
             graph = load_onnx(path)
+            _int4_opset(graph)
         if nodes_by_bits.get(16):
             _store_weights_as_float16(graph, nodes_by_bits[16])
         onnx.save(graph, str(path))
     return ExportResult(path, nodes_by_bits, path.stat().st_size)
+
+
+def _int4_opset(graph: onnx.ModelProto) -> None:
+    """Raise the default domain to opset 21 where a standard DequantizeLinear reads int4 weights.
+
+    ORT's quantizer moves int4 Q/DQ into its own domain when it sees int4 among the overrides, but
+    in some graphs (seen with several bit widths mixed in a supernet's subnet) it writes the
+    standard op at the input's opset 17, which ORT then refuses to load; opset 21 defines it."""
+    int4 = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    types = {t.name: t.data_type for t in graph.graph.initializer}
+    if not any(n.op_type == "DequantizeLinear" and n.domain in ("", "ai.onnx") and types.get(n.input[0]) in int4
+               for n in graph.graph.node):
+        return
+    for opset in graph.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < 21:
+            opset.version = 21
+    graph.ir_version = max(graph.ir_version, 10)  # int4 tensors need IR version 10
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:

@@ -38,7 +38,8 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
     if cached.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
         return load_weights(model, cached).eval()
     if is_space_spec(model_spec):
-        key["supernet"] = model.cell_space.path and model_spec  # the file's content is in the weights' shapes
+        # What the file says, not where it lies: an edited file retrains, a moved one does not.
+        key["supernet"] = {k: v for k, v in model.supernet_file.to_dict().items() if k != "path"}
         train_supernet(model, splits.train, cache_dir / "supernet", config=SupernetTrainingConfig(steps=train_steps),
                        key=key)
     else:

@@ -11,10 +11,12 @@ from torch.utils.data import Dataset
 
 from .data import make_loader
 
-__all__ = ["train_classifier", "recompute_batchnorm_statistics", "predict", "accuracy"]
+__all__ = ["TRAINING_LR", "train_classifier", "recompute_batchnorm_statistics", "predict", "accuracy"]
+
+TRAINING_LR = 3e-3  # AdamW's learning rate for a network trained on its labels (baselines, retrained exports)
 
 
-def train_classifier(model: nn.Module, dataset: Dataset, *, steps: int, batch_size: int = 64, lr: float = 3e-3,
+def train_classifier(model: nn.Module, dataset: Dataset, *, steps: int, batch_size: int = 64, lr: float = TRAINING_LR,
                      seed: int = 0) -> nn.Module:
     """Train with AdamW and a cosine schedule for a fixed number of steps; returns the model in eval mode."""
     if steps < 1:
