@@ -3,7 +3,9 @@ search builds, and training that resumes where a kill left it."""
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,9 +17,13 @@ from autocompress.core.elastic_mobile import SKIPPED, OptionalInvertedResidual, 
 from autocompress.core.search_space import resolve_search_space
 from autocompress.core.space import Space, SpaceOptions
 from autocompress.core.supernet_file import SearchSpaceError, load_supernet_file
+from autocompress.export.card import export_from_search
+from autocompress.search.problem import ProblemSpec
+from autocompress.search.run import SearchSettings, run_search
 from autocompress.techniques import apply_candidate
 from autocompress.train import supernet as supernet_training
 from autocompress.train.models import resolve_model
+from autocompress.train.finetune import DistillationConfig
 from autocompress.train.supernet import SupernetTrainingConfig, train_supernet
 
 TINY = """
@@ -177,3 +183,25 @@ def test_bad_elastic_choices_are_named(tmp_path, line, replacement, words):
     path.write_text(TINY.replace(line, replacement))
     with pytest.raises(SearchSpaceError, match=words.replace("[", r"\[")):
         load_supernet_file(path)
+
+
+def test_a_search_of_a_space_trains_the_supernet_once_and_exports_a_subnet_of_its_front(tiny_file, tmp_path):
+    """The whole path a user takes: search (supernet training, then trials that each pick a subnet
+    with its compression), the front, a resumed search that does not train again, an export."""
+    out = tmp_path / "search"
+    settings = SearchSettings(problem=ProblemSpec(model=f"space:{tiny_file}", train_steps=6), budget="1.2x", out=out,
+                              trials=4, finetune=DistillationConfig(steps=4), warm_start=False)
+    outcome = run_search(settings, progress=False)
+    assert json.loads((out / "supernet" / "progress.json").read_text())["step"] == 6
+    assert outcome.front and all(set(p.candidate["cell"]) == {f"blocks.{i}" for i in range(5)} for p in outcome.front)
+    subnets = {json.dumps(r.candidate["cell"], sort_keys=True) for r in outcome.records}
+    assert len(subnets) > 1  # the trials searched architectures, not only compression
+    checkpoint = (out / "supernet" / "checkpoint.pt").stat().st_mtime_ns
+    resumed = run_search(replace(settings, trials=5), progress=False)
+    assert len(resumed.records) > len(outcome.records)
+    assert (out / "supernet" / "checkpoint.pt").stat().st_mtime_ns == checkpoint  # not trained again
+    card = export_from_search(out, tmp_path / "export", trial=outcome.front[0].number, finetune_steps=4, passes=2,
+                              runs=5, sweeps=1, pause_s=0.0, retrain=True)
+    assert card["accuracy"]["retrained"] and card["model"] == f"space:{tiny_file}"
+    assert (tmp_path / "export" / "model.onnx").is_file()
+    assert card["candidate"]["cell"] == outcome.front[0].candidate["cell"]
