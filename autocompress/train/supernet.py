@@ -62,6 +62,8 @@ def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     start = _resume(model, optimizer, checkpoint, wanted)
     images, labels = train.tensors
+    # Depthwise convs train much faster on the CPU with channels last (their backward above all).
+    model.to(memory_format=torch.channels_last)
     started, done = time.monotonic(), start
     with tqdm(total=config.steps, initial=start, desc="supernet training", unit="step", disable=not progress) as bar:
         for step in range(start, config.steps):
@@ -76,6 +78,7 @@ def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig
                     {"step": done, "steps": config.steps, "seconds_this_run": round(time.monotonic() - started, 1),
                      "resumed_from": start}, indent=2) + "\n")
     model.set_subnet(None)
+    model.to(memory_format=torch.contiguous_format)
     recompute_batchnorm_statistics(model, train, batch_size=config.batch_size, seed=config.seed)
     log.info("supernet trained: steps %d-%d here in %.0f s", start, done, time.monotonic() - started)
     return model.eval()
@@ -84,7 +87,7 @@ def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig
 def _sandwich_step(model, optimizer, images, labels, step: int, config: SupernetTrainingConfig) -> None:
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     index = torch.randint(len(images), (config.batch_size,), generator=generator)
-    x, y = images[index], labels[index]
+    x, y = images[index].contiguous(memory_format=torch.channels_last), labels[index]
     rng = random.Random(config.seed * 1_000_003 + step)
     model.train()
     optimizer.zero_grad(set_to_none=True)
