@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -167,3 +168,18 @@ def test_cells_are_distilled_on_the_cluster_workers_before_the_trials(cluster, t
     processes = {r["where"] for r in rows}
     assert f"{socket.gethostname()}:{os.getpid()}" not in processes and len(processes) >= 2  # on the workers
     assert len(_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 3
+
+
+def test_a_supernet_trains_data_parallel_on_the_cluster_workers(cluster, tmp_path):
+    from test_supernet import TINY as TINY_SUPERNET
+
+    cluster_, _ = cluster
+    space = tmp_path / "tiny_supernet.yaml"
+    space.write_text(TINY_SUPERNET)
+    settings = SearchSettings(problem=ProblemSpec(model=f"space:{space}", train_steps=4), budget="1.2x",
+                              out=tmp_path / "search", trials=2, finetune=DistillationConfig(steps=3), warm_start=False,
+                              executor="ray", cpus_per_trial=1, workers=2, ray_address=cluster_.address)
+    run_search(settings, progress=False)
+    progress = json.loads((tmp_path / "search" / "supernet" / "progress.json").read_text())
+    assert progress["step"] == 4 and progress["where"] == "2 workers, data-parallel"
+    assert len(_study(tmp_path / "search").get_trials(states=(TrialState.COMPLETE,))) == 2

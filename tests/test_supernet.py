@@ -3,6 +3,7 @@ search builds, and training that resumes where a kill left it."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from dataclasses import replace
@@ -205,3 +206,25 @@ def test_a_search_of_a_space_trains_the_supernet_once_and_exports_a_subnet_of_it
     assert card["accuracy"]["retrained"] and card["model"] == f"space:{tiny_file}"
     assert (tmp_path / "export" / "model.onnx").is_file()
     assert card["candidate"]["cell"] == outcome.front[0].candidate["cell"]
+
+
+def _copies(fn, jobs, shared):
+    """``map_jobs`` as a Ray executor runs it: each job gets its own copy of ``shared``."""
+    for job in jobs:
+        yield fn(copy.deepcopy(shared), job)
+
+
+def test_data_parallel_steps_sum_the_shards_gradients_as_one_batch_would(tiny_file, tmp_path):
+    data = _digits_like()
+    config = SupernetTrainingConfig(steps=3, batch_size=16, checkpoint_every=3)
+    here = train_supernet(_tiny(tiny_file, 4), data, tmp_path / "here", config=config, progress=False)
+    spread = train_supernet(_tiny(tiny_file, 4), data, tmp_path / "one_shard", config=config, progress=False,
+                            map_jobs=_copies, shards=1)
+    for (name, a), (_, b) in zip(here.state_dict().items(), spread.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    two = train_supernet(_tiny(tiny_file, 4), data, tmp_path / "two_shards", config=config, progress=False,
+                         map_jobs=_copies, shards=2)
+    assert json.loads((tmp_path / "two_shards" / "progress.json").read_text())["where"] == "2 workers, data-parallel"
+    moved = [not torch.equal(a, b) for (_, a), (_, b) in zip(_tiny(tiny_file, 4).state_dict().items(),
+                                                            two.state_dict().items()) if a.is_floating_point()]
+    assert all(moved)  # every weight and statistic trained

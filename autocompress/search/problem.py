@@ -126,13 +126,14 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
                   hardware: HardwareModel | None = None) -> SearchProblem:
     """Load the data and hardware model, train (or load) the baseline and distill its cells, cached
     in ``cache_dir``. ``host_level``: predict at that level of the host (``hardware.host_level``), not
-    the profile's. ``map_jobs(fn, jobs)``: where blockwise distillation runs (default: here).
+    the profile's. ``map_jobs(fn, jobs)``: where blockwise distillation and supernet training run
+    (default: here).
     ``splits`` and ``hardware``: the data and hardware model already loaded (``preflight``)."""
     hardware_dir = hardware_folder(spec.hardware) if hardware is None else None
     splits = splits or load_dataset(spec.dataset, image_size=spec.input_size)
     classes = problem_classes(spec, splits)
     baseline = baseline_model(spec.model, num_classes=classes, weights=Path(spec.weights) if spec.weights else None,
-                              train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir))
+                              train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir), map_jobs=map_jobs)
     baseline.eval()
     example = splits.val[0][0].unsqueeze(0)
     analysis = analyze(baseline, example, space=resolve_search_space(spec.search_space, baseline))

@@ -20,12 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, train_steps: int, splits,
-                   cache_dir: Path) -> torch.nn.Module:
+                   cache_dir: Path, map_jobs=None) -> torch.nn.Module:
     """The uncompressed model: from ``weights``, or trained here and cached in ``cache_dir``.
 
     For a supernet (``space:PATH``) it is the largest subnet, trained with all the others by
     weight sharing for ``train_steps`` sandwich steps (``train.supernet``), resumable from
-    ``cache_dir/supernet`` after a kill."""
+    ``cache_dir/supernet`` after a kill; ``map_jobs`` (a Ray executor's) spreads its steps over workers."""
     if weights is not None:
         return resolve_model(model_spec, num_classes=num_classes, weights=weights)
     model = resolve_model(model_spec, num_classes=num_classes)
@@ -41,7 +41,7 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
         # What the file says, not where it lies: an edited file retrains, a moved one does not.
         key["supernet"] = {k: v for k, v in model.supernet_file.to_dict().items() if k != "path"}
         train_supernet(model, splits.train, cache_dir / "supernet", config=SupernetTrainingConfig(steps=train_steps),
-                       key=key)
+                       key=key, map_jobs=map_jobs)
     else:
         log.info("training the baseline for %d steps", train_steps)
         train_classifier(model, splits.train, steps=train_steps)

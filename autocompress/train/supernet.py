@@ -52,10 +52,14 @@ class SupernetTrainingConfig:
 
 
 def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig = SupernetTrainingConfig(),
-                   key: dict | None = None, progress: bool = True):
+                   key: dict | None = None, progress: bool = True, map_jobs=None, shards: int = 2):
     """Train ``model`` (an ``ElasticMobileNet``) in place on ``train`` (a TensorDataset), resuming
     from ``folder``'s checkpoint when one was left with the same ``key`` and settings; returns it
-    at rest (the largest subnet) in eval mode. ``folder/progress.json`` says how far it got."""
+    at rest (the largest subnet) in eval mode. ``folder/progress.json`` says how far it got.
+
+    ``map_jobs(fn, jobs, shared=...)`` (a Ray executor's): each step is spread over ``shards``
+    workers, data-parallel. Data-parallel rather than a subnet per worker, because the sandwich's
+    subnets depend on each other within a step (the others learn from the largest one's outputs)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint, wanted = folder / "checkpoint.pt", {"key": key or {}, "config": asdict(config)}
@@ -69,14 +73,18 @@ def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig
         for step in range(start, config.steps):
             for group in optimizer.param_groups:  # cosine decay, a function of the step alone
                 group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-            _sandwich_step(model, optimizer, images, labels, step, config)
+            if map_jobs is None:
+                _sandwich_step(model, optimizer, images, labels, step, config)
+            else:
+                _data_parallel_step(model, optimizer, images, labels, step, config, map_jobs=map_jobs, shards=shards)
             done = step + 1
             bar.update(1)
             if done % config.checkpoint_every == 0 or done == config.steps:
                 _save(model, optimizer, done, checkpoint, wanted)
                 write_text_atomic(folder / "progress.json", json.dumps(
                     {"step": done, "steps": config.steps, "seconds_this_run": round(time.monotonic() - started, 1),
-                     "resumed_from": start}, indent=2) + "\n")
+                     "resumed_from": start, "where": "driver" if map_jobs is None else f"{shards} workers, "
+                     "data-parallel"}, indent=2) + "\n")
     model.set_subnet(None)
     model.to(memory_format=torch.contiguous_format)
     recompute_batchnorm_statistics(model, train, batch_size=config.batch_size, seed=config.seed)
@@ -85,26 +93,67 @@ def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig
 
 
 def _sandwich_step(model, optimizer, images, labels, step: int, config: SupernetTrainingConfig) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    _sandwich_gradients(model, *_batch(images, labels, step, config), step, config)
+    optimizer.step()
+
+
+def _batch(images, labels, step: int, config: SupernetTrainingConfig) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     index = torch.randint(len(images), (config.batch_size,), generator=generator)
-    x, y = images[index].contiguous(memory_format=torch.channels_last), labels[index]
-    rng = random.Random(config.seed * 1_000_003 + step)
+    return images[index], labels[index]
+
+
+def _sandwich_gradients(model, x, y, step: int, config: SupernetTrainingConfig) -> None:
+    """Accumulate into ``model``'s gradients the sandwich rule's on ``x`` (the step's batch or a
+    shard of it), weighted by its share of the batch, so the shards' sum is the whole batch's."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    share = len(x) / config.batch_size
+    rng = random.Random(config.seed * 1_000_003 + step)  # every shard draws the same subnets
     model.train()
-    optimizer.zero_grad(set_to_none=True)
     model.set_subnet("largest")
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     _check(loss, step)
-    loss.backward()
+    (loss * share).backward()
     soft = F.log_softmax(logits.detach() / config.temperature, dim=1)
     for choice in ["smallest"] + ["random"] * config.random_subnets:
         model.set_subnet(choice, rng)
         out = F.log_softmax(model(x) / config.temperature, dim=1)
         distilled = F.kl_div(out, soft, reduction="batchmean", log_target=True) * config.temperature ** 2
         _check(distilled, step)
-        distilled.backward()
-    optimizer.step()
+        (distilled * share).backward()
     model.set_subnet(None)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    images: torch.Tensor
+    labels: torch.Tensor
+    step: int
+    config: SupernetTrainingConfig
+
+
+def _shard_gradients(model, job: _Shard) -> list[torch.Tensor | None]:
+    """On a worker: the gradients of one shard, for the driver to sum (``map_jobs``'s job)."""
+    model.zero_grad(set_to_none=True)
+    _sandwich_gradients(model, job.images, job.labels, job.step, job.config)
+    return [None if p.grad is None else p.grad.detach() for p in model.parameters()]
+
+
+def _data_parallel_step(model, optimizer, images, labels, step: int, config: SupernetTrainingConfig, *, map_jobs,
+                        shards: int) -> None:
+    """One step spread over workers: each runs the sandwich on a shard of the batch with a copy of
+    the current weights, and the driver steps on the summed gradients. BatchNorm statistics are the
+    shards' own, as in any data-parallel training; they are recomputed at the end."""
+    x, y = _batch(images, labels, step, config)
+    jobs = [_Shard(x[k::shards], y[k::shards], step, config) for k in range(shards)]
+    optimizer.zero_grad(set_to_none=True)
+    for grads in map_jobs(_shard_gradients, jobs, shared=model):
+        for p, g in zip(model.parameters(), grads):
+            if g is not None:
+                p.grad = g.clone() if p.grad is None else p.grad + g
+    optimizer.step()
 
 
 def _check(loss: torch.Tensor, step: int) -> None:
