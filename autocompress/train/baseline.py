@@ -34,12 +34,12 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
         return model
     key = {"model": model_spec, "dataset": splits.name, "image_size": splits.image_size, "steps": train_steps,
            "num_classes": num_classes}
+    if is_space_spec(model_spec):  # what the supernet file says: an edited file trains again
+        key["supernet"] = {k: v for k, v in model.supernet_file.to_dict().items() if k != "path"}
     cached, meta = cache_dir / "baseline.pt", cache_dir / "baseline.json"
     if cached.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
         return load_weights(model, cached).eval()
     if is_space_spec(model_spec):
-        # What the file says, not where it lies: an edited file retrains, a moved one does not.
-        key["supernet"] = {k: v for k, v in model.supernet_file.to_dict().items() if k != "path"}
         train_supernet(model, splits.train, cache_dir / "supernet", config=SupernetTrainingConfig(steps=train_steps),
                        key=key, map_jobs=map_jobs)
     else:
