@@ -12,6 +12,7 @@ import torch
 
 from ..core.target import DEFAULT_TARGET, registered_targets, target
 from ..errors import AutocompressError
+from ..search.budget import DEFAULT_CONFIDENCE
 from ..files import disk_full_message, disk_nearly_full, is_disk_full
 from .arguments import OneLineParser, _count, _parse_shape, _positive
 from .front_commands import _export, _pareto
@@ -178,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--measure-near-budget", type=float, default=0.1, metavar="SHARE",
                         help="time a candidate predicted within this share of the budget before its fine-tune and "
                              "use the measurement (default 0.1; 0: never; local executor only)")
+    search.add_argument("--budget-confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="P",
+                        help="a predicted candidate meets the budget when it does with probability P, given the "
+                             f"prediction's uncertainty (default {DEFAULT_CONFIDENCE}; 0.5: its predicted mean does)")
     search.add_argument("--guide", "--repair-by", dest="guide", default="macs", choices=["macs", "sensitivity",
                         "surrogate"], help="what steers repair and seeds: the share of MACs a decision touches (macs, "
                         "default); the damage each decision does alone, measured first, which also seeds allocations "
@@ -310,7 +314,7 @@ def _search(args) -> int:
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
                               guide=args.guide, calibrate_model=args.calibrate_model,
-                              measure_near_budget=args.measure_near_budget,
+                              measure_near_budget=args.measure_near_budget, budget_confidence=args.budget_confidence,
                               finetune=DistillationConfig(steps=args.finetune_steps),
                               warm_start=not args.no_warm_start,
                               executor="ray" if args.ray_address else args.executor, workers=args.workers,

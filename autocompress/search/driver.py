@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .boundary import repair_to_budget
+from .budget import ChanceConstraint
 from ..errors import AutocompressError
 from ..files import is_disk_full
 from .executors import Executor, TrialJob, TrialResult, WorkerLost
@@ -40,6 +41,7 @@ class TrialDriver:
                  executor: Executor) -> None:
         self.settings, self.problem, self.study, self.budget_ms = settings, problem, study, budget_ms
         self.executor = executor
+        self.chance = ChanceConstraint(settings.budget_confidence)
         self.rule = HopelessRule()
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get("status") == "evaluated":
@@ -120,12 +122,14 @@ class TrialDriver:
         trial.set_user_attr("predicted_ms", prediction.ms)
         trial.set_user_attr("predicted_std_ms", prediction.std_ms)
         trial.set_user_attr("size_bytes", size)
-        latency = prediction.ms
-        if self.timer is not None and self.timer.wants(prediction.ms):  # near the line: measured, not predicted
-            latency = self.timer.measure(candidate)
+        latency, measured = prediction.ms, False
+        upper_ms = self.chance.upper_ms(prediction.ms, prediction.std_ms)
+        if self.timer is not None and self.timer.wants(prediction.ms, upper_ms):  # near the line: measured
+            latency, measured = self.timer.measure(candidate), True
             trial.set_user_attr("measured_ms", latency)
-        trial.set_constraint("latency_over_budget_ms", latency - self.budget_ms)
-        if latency > self.budget_ms:
+        over_ms = self.chance.over_budget_ms(latency, prediction.std_ms, self.budget_ms, measured=measured)
+        trial.set_constraint("latency_over_budget_ms", over_ms)
+        if over_ms > 0:
             trial.set_user_attr("status", "over_budget")
             trial.set_user_attr("finetune_steps", 0)
             trial.set_user_attr("seconds", time.perf_counter() - started)
@@ -187,7 +191,7 @@ class TrialDriver:
     def _queue_repair(self, number: int, candidate: Candidate, target_ms: float) -> None:
         measured = self.problem.sensitivities if self.settings.guide != "macs" else None
         repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, target_ms,
-                                    damage=measured.kl if measured is not None else None)
+                                    damage=measured.kl if measured is not None else None, chance=self.chance)
         if repaired is None:
             return
         fixed, _ = repaired
@@ -208,7 +212,8 @@ class TrialDriver:
         best = f"{max(evaluated):.2%}" if evaluated else "-"
         share = len(feasible) / len(complete) if complete else 0.0
         screened = f", screened {self.screening.screened}" if self.screening and self.screening.screened else ""
-        return f"feasible {share:.0%}, best under {self.budget_ms:.3f} ms: {best}{screened}"
+        sure = "" if self.chance.confidence == 0.5 else f" ({self.chance.confidence:.0%} sure)"
+        return f"under budget{sure} {share:.0%}, best under {self.budget_ms:.3f} ms: {best}{screened}"
 
 
 def candidate_params(space: Space, candidate: Candidate) -> dict:

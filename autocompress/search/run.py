@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .allocation import allocate
-from .budget import Budget
+from .budget import DEFAULT_CONFIDENCE, Budget, ChanceConstraint
 from .driver import TrialDriver, candidate_params
 from ..errors import AutocompressError
 from ..files import write_text_atomic
@@ -85,6 +85,9 @@ class SearchSettings:
     # Time a candidate predicted within this share of the budget (either side) before its
     # fine-tune, and tell the study the measured latency (``search.near_budget``); 0: never.
     measure_near_budget: float = 0.0
+    # A predicted candidate meets the budget when it does so with this probability
+    # (``budget.ChanceConstraint``; 0.5: its predicted mean does); a measured one when it measures within.
+    budget_confidence: float = DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -99,6 +102,7 @@ class SearchSettings:
             raise AutocompressError(f"timeout_s {self.timeout_s}: give a positive number of seconds",
                                     parameters=("timeout_s",))
         Budget.parse(self.budget)
+        ChanceConstraint(self.budget_confidence)
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise AutocompressError(f"out {self.out} is a file, not a folder; choose another out folder (the file is "
                                     "left as it is)", parameters=("out",))
@@ -122,7 +126,10 @@ class SearchSettings:
 
     def identity(self) -> dict:
         """What must match for a run to resume a study (trials, timeout and storage may change)."""
-        return {"problem": self.problem.to_dict(), "budget": self.budget, "finetune": asdict(self.finetune)}
+        identity = {"problem": self.problem.to_dict(), "budget": self.budget, "finetune": asdict(self.finetune)}
+        if self.budget_confidence != 0.5:  # searches from before the chance constraint read the budget on the mean
+            identity["budget_confidence"] = self.budget_confidence
+        return identity
 
 
 @dataclass
@@ -159,7 +166,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     # A budget in ms is checked at the host's level, once it is known (``_host_level``).
     at_profile_level = budget.unit == "x" or (not settings.calibrate_host and settings.calibrate_model == "off"
                                               and read_host_level(search_json) is None)
-    checked = preflight(settings.problem, budget, check_budget=at_profile_level) if problem is None else None
+    chance = ChanceConstraint(settings.budget_confidence)
+    checked = (preflight(settings.problem, budget, check_budget=at_profile_level, chance=chance)
+               if problem is None else None)
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(settings)
     own_executor = executor is None
@@ -178,7 +187,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
             if host_level is not None and host_level.baseline_ms is not None:
                 problem.baseline_ms = host_level.baseline_ms  # measured: what a relative budget is a share of
         if checked is None or not at_profile_level or host_level is not None:
-            check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms)  # before any trial
+            check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms, chance=chance)  # no trial yet
         if settings.guide != "macs" and problem.sensitivities is None:
             problem.measure_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
         if own_executor:
@@ -194,7 +203,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         for name, params in warm_start_policies(problem.space).items():
             study.enqueue_trial(params, user_attrs={"origin": f"warm_start:{name}"})
         if settings.guide != "macs":  # after the hand policies, before the sampler's own draws
-            for seed in allocate(problem.space, problem.hardware, problem.sensitivities.kl, budget_ms):
+            for seed in allocate(problem.space, problem.hardware, problem.sensitivities.kl, budget_ms, chance=chance):
                 study.enqueue_trial(candidate_params(problem.space, seed.candidate),
                                     user_attrs={"origin": f"allocation:{seed.share:g}x"})
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
@@ -306,6 +315,7 @@ def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProb
         "problem": settings.problem.to_dict(),
         "budget": settings.budget,
         "budget_ms": budget_ms,
+        "budget_confidence": settings.budget_confidence,
         "baseline": problem.baseline_summary(),
         "finetune": asdict(settings.finetune),
         "sampler": settings.sampler,
