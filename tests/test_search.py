@@ -122,6 +122,10 @@ def test_search_writes_a_front_under_budget_with_warm_start_and_cheap_rejections
             upper_ms = ChanceConstraint(settings.budget_confidence).upper_ms(r.latency_ms, r.latency_std_ms)
             assert r.finetune_steps == FAST.steps and upper_ms <= outcome.budget_ms
     assert outcome.front and all(p.feasible for p in outcome.front)
+    recorded = json.loads((out / "search.json").read_text())
+    assert recorded["budget_confidence"] == settings.budget_confidence == 0.9
+    assert recorded["near_budget"] == {"measurements": 0, "file": "latency/near_budget.csv",
+                                       "median_miss_before": None, "median_miss_after": None}
     best = outcome.best
     assert best is not None and best.latency_ms <= outcome.budget_ms
     assert best.accuracy == max(p.accuracy for p in outcome.front if p.latency_ms <= outcome.budget_ms)

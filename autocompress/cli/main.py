@@ -323,6 +323,11 @@ def _search(args) -> int:
     outcome = run_search(settings, progress=not args.quiet)
     print(summary_table(outcome.front, budget_ms=outcome.budget_ms, baseline=outcome.baseline))
     print("written: " + ", ".join(str(p) for p in outcome.files.values()))
+    timed = outcome.near_budget or {}
+    if timed.get("measurements"):
+        print(f"near the budget: {timed['measurements']} candidates timed; the predictions missed them by "
+              f"{timed['median_miss_before']:.1%} (median) before the correction by their neighbours, "
+              f"{timed['median_miss_after']:.1%} after")
     best = outcome.best
     if best is not None:
         print(f"export the best under budget: autocompress export {args.out} --trial {best.number} "

@@ -23,6 +23,7 @@ from ..errors import AutocompressError
 from ..files import is_disk_full
 from .executors import Executor, TrialJob, TrialResult, WorkerLost
 from .problem import SearchProblem
+from .local_correction import LocalCorrection
 from .near_budget import NearBudgetTimer
 from .screening import Screening
 from ..core.space import Candidate, Space
@@ -54,6 +55,8 @@ class TrialDriver:
         margin = settings.measure_near_budget
         self.timer = (NearBudgetTimer(problem, settings.problem.model, settings.problem.input_size, budget_ms, margin)
                       if margin > 0 and settings.executor == "local" else None)
+        # the misses measured near the budget so far (this run's and, resumed, the earlier runs')
+        self.correction = LocalCorrection.load(problem.space, settings.out)
 
     def completed(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -119,22 +122,27 @@ class TrialDriver:
         size = self.problem.size_bytes(candidate)
         trial.set_user_attr("candidate", candidate.to_dict())
         trial.set_user_attr("origin", trial.user_attrs.get("origin", "sampler"))
-        trial.set_user_attr("predicted_ms", prediction.ms)
-        trial.set_user_attr("predicted_std_ms", prediction.std_ms)
+        # the prediction as its measured neighbours correct it: what the budget check and the timer read
+        predicted_ms, std_ms = self.correction.correct(candidate, prediction.ms, prediction.std_ms)
+        if predicted_ms != prediction.ms:
+            trial.set_user_attr("uncorrected_ms", prediction.ms)
+        trial.set_user_attr("predicted_ms", predicted_ms)
+        trial.set_user_attr("predicted_std_ms", std_ms)
         trial.set_user_attr("size_bytes", size)
-        latency, measured = prediction.ms, False
-        upper_ms = self.chance.upper_ms(prediction.ms, prediction.std_ms)
-        if self.timer is not None and self.timer.wants(prediction.ms, upper_ms):  # near the line: measured
-            latency, measured = self.timer.measure(candidate), True
+        latency, measured = predicted_ms, False
+        if self.timer is not None and self.timer.wants(predicted_ms, self.chance.upper_ms(predicted_ms, std_ms)):
+            latency, measured = self.timer.measure(candidate), True  # near the line: measured, not predicted
             trial.set_user_attr("measured_ms", latency)
-        over_ms = self.chance.over_budget_ms(latency, prediction.std_ms, self.budget_ms, measured=measured)
+            self.correction.add(trial.number, candidate, prediction.ms, predicted_ms, latency, self.settings.out)
+        over_ms = self.chance.over_budget_ms(latency, std_ms, self.budget_ms, measured=measured)
         trial.set_constraint("latency_over_budget_ms", over_ms)
         if over_ms > 0:
             trial.set_user_attr("status", "over_budget")
             trial.set_user_attr("finetune_steps", 0)
             trial.set_user_attr("seconds", time.perf_counter() - started)
             self.study.tell(trial, [0.0, latency, size])
-            if self.settings.repair:  # toward the budget as the predictor reads it, where it measured over
+            # toward the budget as the hardware model reads it, where it was corrected or measured over
+            if self.settings.repair:
                 self._queue_repair(trial.number, candidate, self.budget_ms * min(1.0, prediction.ms / latency))
             return None
         twin = next((t.number for t, _, key in self.in_flight.values() if key == _key(candidate.to_dict())), None)

@@ -2,12 +2,13 @@
 
 A search that repairs hundreds of candidates to just under its budget keeps, among them, the ones
 the predictor underestimates: the error of the prediction is what decides which side of the line
-a candidate lands on. So a candidate predicted within a margin of the budget (either side: its
-mean or its latency at the search's confidence, ``budget.ChanceConstraint``, in the margin) is
+a candidate lands on. So a candidate whose prediction comes within a margin of the budget (either
+side; from its mean up to its latency at the search's confidence, ``budget.ChanceConstraint``) is
 exported untrained and timed with the one protocol (seconds: latency does not depend on the
 weights' values), and the study is told its measured latency, not the prediction: a front point
 near the budget is one that was measured there. One measured over the budget is told at once, as a
-predicted one is, and repaired toward the budget scaled by how far the prediction missed.
+predicted one is, and repaired toward the budget scaled by how far the prediction missed; and
+every miss corrects the predictions of its neighbours from then on (``local_correction``).
 
 Timing shares the machine with whatever else runs, so it is on only when the fine-tunes run in
 the driver's own process (the local executor): they are not running while the driver prepares

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from .allocation import allocate
 from .budget import DEFAULT_CONFIDENCE, Budget, ChanceConstraint
+from .local_correction import LocalCorrection
+from .search_record import record_in_search_json, write_search_json
 from .driver import TrialDriver, candidate_params
 from ..errors import AutocompressError
-from ..files import write_text_atomic
 from .executors import Executor, LocalExecutor, WorkerLost
 from ..train.finetune import DistillationConfig
 from ..core.policies import warm_start_policies
@@ -140,6 +141,7 @@ class SearchOutcome:
     baseline: dict
     files: dict[str, Path]
     interrupted: bool = False
+    near_budget: dict | None = None  # ``LocalCorrection.summary``: the candidates timed near the budget
 
     @property
     def best(self) -> TrialRecord | None:
@@ -197,7 +199,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
             executor.close()
         raise
     budget_ms = budget.resolve(problem.baseline_ms)
-    _write_search_json(search_json, settings, problem, budget_ms, host_level)
+    write_search_json(search_json, settings, problem, budget_ms, host_level)
     fail_stale_trials(study)
     if settings.warm_start and warm_start_is_ours(study):
         for name, params in warm_start_policies(problem.space).items():
@@ -222,10 +224,13 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
             executor.close()
     records = records_from_study(study)
     files = SearchFolder(out).write_results(records, budget_ms=budget_ms, baseline=problem.baseline_summary())
+    near_budget = LocalCorrection.load(problem.space, out).summary()
+    record_in_search_json(search_json, near_budget=near_budget)
     if cluster_lost is not None:
         raise AutocompressError(f"{cluster_lost}; the results so far are in {out}: add workers or nodes and rerun "
                                 "the same command to resume")
-    return SearchOutcome(records, pareto_front(records), budget_ms, problem.baseline_summary(), files, interrupted)
+    return SearchOutcome(records, pareto_front(records), budget_ms, problem.baseline_summary(), files, interrupted,
+                         near_budget)
 
 
 def make_executor(settings: SearchSettings, problem: SearchProblem) -> Executor:
@@ -306,26 +311,3 @@ def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:
     log.info("host level: the references measured %.3fx the predictor's reading of them; predictions are scaled "
              "by that", level.ratio)
     return level
-
-
-def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProblem, budget_ms: float,
-                       host_level: HostLevel | None) -> None:
-    write_text_atomic(path, json.dumps({
-        "identity": settings.identity(),
-        "problem": settings.problem.to_dict(),
-        "budget": settings.budget,
-        "budget_ms": budget_ms,
-        "budget_confidence": settings.budget_confidence,
-        "baseline": problem.baseline_summary(),
-        "finetune": asdict(settings.finetune),
-        "sampler": settings.sampler,
-        "seed": settings.seed,
-        "storage": settings.storage_url if settings.storage else None,
-        "space_size": len(problem.space),
-        "cells": {"blocks": len(problem.analysis.cells), "distilled": len(problem.cell_weights),
-                  "losses": "cells/losses.csv" if problem.cell_weights else None},
-        "host_level": host_level.to_dict() if host_level is not None else None,
-        "level_from": None if host_level is None else "own candidates (latency/own_candidates.csv)"
-        if host_level.baseline_ms is not None else "the hardware model's reference candidates",
-        "guide": settings.guide,
-    }, indent=2, default=str) + "\n")
