@@ -23,6 +23,7 @@ def write_search_json(path: Path, settings, problem, budget_ms: float, host_leve
         "budget_ms": budget_ms,
         "budget_confidence": settings.budget_confidence,
         "baseline": problem.baseline_summary(),
+        "baseline_training": problem.baseline_training,  # steps, why it stopped; None: not trained here
         "finetune": asdict(settings.finetune),
         "sampler": settings.sampler,
         "seed": settings.seed,
