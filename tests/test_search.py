@@ -124,6 +124,7 @@ def test_search_writes_a_front_under_budget_with_warm_start_and_cheap_rejections
     assert outcome.front and all(p.feasible for p in outcome.front)
     recorded = json.loads((out / "search.json").read_text())
     assert recorded["budget_confidence"] == settings.budget_confidence == 0.9
+    assert recorded["baseline_training"] == {"steps": TINY.train_steps, "stopped": "fixed_steps"}
     assert recorded["near_budget"] == {"measurements": 0, "file": "latency/near_budget.csv",
                                        "median_miss_before": None, "median_miss_after": None}
     best = outcome.best
