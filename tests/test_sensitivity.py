@@ -174,8 +174,9 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
     from autocompress.train.finetune import DistillationConfig
 
     spec = ProblemSpec(model="reference_models:tiny_resnet", train_steps=40)
+    # on the predicted mean: enough trials fit the budget for the accuracy model to be fit
     settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=24,
-                              finetune=DistillationConfig(steps=4), guide="surrogate")
+                              finetune=DistillationConfig(steps=4), guide="surrogate", budget_confidence=0.5)
     outcome = run_search(settings, progress=False)
     assert json.loads((tmp_path / "search.json").read_text())["guide"] == "surrogate"
     rows = _rows(tmp_path / "sensitivity")

@@ -7,7 +7,7 @@ import re
 
 from ..errors import AutocompressError
 
-__all__ = ["OneLineParser", "UsageError", "_count", "_parse_shape", "_positive"]
+__all__ = ["OneLineParser", "UsageError", "_count", "_parse_shape", "_positive", "add_baseline_flags"]
 
 
 class UsageError(AutocompressError):
@@ -55,3 +55,32 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if len(shape) < 2 or any(d < 1 for d in shape):
         raise AutocompressError(f"--input-shape {text!r} is not a shape; write positive integers like 1,3,32,32")
     return shape
+
+
+def add_baseline_flags(parser: argparse.ArgumentParser, *, when: str = "without --weights") -> None:
+    """--train-steps and --train-time-cap: how the baseline trains when no weights are given."""
+    from ..train.baseline import AUTO_STEPS, DEFAULT_TIME_CAP_S
+
+    parser.add_argument("--train-steps", type=_steps_or_auto, default=AUTO_STEPS,
+                        help=f"{when}, train the baseline until its held-out accuracy stops improving (auto, the "
+                             "default) or this many steps (cached in the folder); for a space:PATH supernet, its "
+                             "sandwich steps (auto: 400)")
+    parser.add_argument("--train-time-cap", type=_seconds, default=DEFAULT_TIME_CAP_S, metavar="SECONDS",
+                        help=f"with --train-steps auto: stop training the baseline after this long (default "
+                             f"{DEFAULT_TIME_CAP_S:g})")
+
+
+def _steps_or_auto(text: str) -> int | str:
+    if text == "auto" or text.isdigit():
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a non-negative integer")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value

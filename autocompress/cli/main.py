@@ -12,8 +12,9 @@ import torch
 
 from ..core.target import DEFAULT_TARGET, registered_targets, target
 from ..errors import AutocompressError
+from ..search.budget import DEFAULT_CONFIDENCE
 from ..files import disk_full_message, disk_nearly_full, is_disk_full
-from .arguments import OneLineParser, _count, _parse_shape, _positive
+from .arguments import OneLineParser, _count, _parse_shape, _positive, add_baseline_flags
 from .front_commands import _export, _pareto
 from .hardware_commands import _profile, _profile_defaults, _validate_predictor
 from .space_flags import add_space_flags, space_options_from_args
@@ -23,7 +24,7 @@ __all__ = ["main"]
 
 # API parameters whose flag is not simply --name-with-dashes
 _FLAGS = {"timeout_s": "--timeout", "best_under_budget": "--best-under", "candidate_arg": "--candidate",
-          "image_size": "--input-size", "address": "--ray-address"}
+          "image_size": "--input-size", "address": "--ray-address", "train_time_cap_s": "--train-time-cap"}
 
 
 def flag_of(parameter: str) -> str:
@@ -84,8 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="measure the damage of every decision value alone on the trained model (cached in "
                               "FOLDER, a search folder or a new one) and list the most damaging")
     inspect.add_argument("--dataset", default="digits", help="with --sensitivity: the data (default digits)")
-    inspect.add_argument("--train-steps", type=_count, default=400,
-                         help="with --sensitivity and no --weights: baseline training steps (default 400)")
+    add_baseline_flags(inspect, when="with --sensitivity and no --weights")
     inspect.add_argument("--hardware", default="auto", help="with --sensitivity: the hardware model whose "
                          "quantization rules are simulated (default auto)")
     inspect.add_argument("--top", type=_count, default=25, help="with --sensitivity: variables listed (default 25)")
@@ -178,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--measure-near-budget", type=float, default=0.1, metavar="SHARE",
                         help="time a candidate predicted within this share of the budget before its fine-tune and "
                              "use the measurement (default 0.1; 0: never; local executor only)")
+    search.add_argument("--budget-confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="P",
+                        help="a predicted candidate meets the budget when it does with probability P, given the "
+                             f"prediction's uncertainty (default {DEFAULT_CONFIDENCE}; 0.5: its predicted mean does)")
     search.add_argument("--guide", "--repair-by", dest="guide", default="macs", choices=["macs", "sensitivity",
                         "surrogate"], help="what steers repair and seeds: the share of MACs a decision touches (macs, "
                         "default); the damage each decision does alone, measured first, which also seeds allocations "
@@ -186,8 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
     search.add_argument("--storage", default=None, help="Optuna storage: a URL (postgresql+psycopg2://..., "
                         "sqlite:///...) or a journal file path (default: study.journal in --out)")
-    search.add_argument("--train-steps", type=_count, default=400,
-                        help="without --weights, train the baseline this many steps first (cached in --out)")
+    add_baseline_flags(search)
     search.add_argument("--finetune-steps", type=_positive, default=60,
                         help="distillation steps per trial (default 60)")
     search.add_argument("--no-warm-start", action="store_true", help="do not seed the study with uniform policies")
@@ -308,12 +310,13 @@ def _search(args) -> int:
 
     spec = ProblemSpec(model=args.model, dataset=args.dataset, input_size=args.input_size,
                        weights=str(args.weights) if args.weights else None, num_classes=args.num_classes,
-                       train_steps=args.train_steps, hardware=_chosen_hardware(args.hardware),
+                       train_steps=args.train_steps, train_time_cap_s=args.train_time_cap,
+                       hardware=_chosen_hardware(args.hardware),
                        space=space_options_from_args(args), search_space=args.space)
     settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
                               timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
                               guide=args.guide, calibrate_model=args.calibrate_model,
-                              measure_near_budget=args.measure_near_budget,
+                              measure_near_budget=args.measure_near_budget, budget_confidence=args.budget_confidence,
                               finetune=DistillationConfig(steps=args.finetune_steps),
                               warm_start=not args.no_warm_start,
                               executor="ray" if args.ray_address else args.executor, workers=args.workers,
@@ -322,6 +325,11 @@ def _search(args) -> int:
     outcome = run_search(settings, progress=not args.quiet)
     print(summary_table(outcome.front, budget_ms=outcome.budget_ms, baseline=outcome.baseline))
     print("written: " + ", ".join(str(p) for p in outcome.files.values()))
+    timed = outcome.near_budget or {}
+    if timed.get("measurements"):
+        print(f"near the budget: {timed['measurements']} candidates timed; the predictions missed them by "
+              f"{timed['median_miss_before']:.1%} (median) before the correction by their neighbours, "
+              f"{timed['median_miss_after']:.1%} after")
     best = outcome.best
     if best is not None:
         print(f"export the best under budget: autocompress export {args.out} --trial {best.number} "

@@ -42,7 +42,8 @@ def inspect_sensitivity(args, shape: tuple[int, ...]) -> int:
                                 "(the file is left as it is)")
     spec = ProblemSpec(model=args.model, dataset=args.dataset, input_size=shape[-1],
                        weights=str(args.weights) if args.weights else None, num_classes=args.num_classes,
-                       train_steps=args.train_steps, hardware=args.hardware, space=space_options_from_args(args),
+                       train_steps=args.train_steps, train_time_cap_s=args.train_time_cap, hardware=args.hardware,
+                       space=space_options_from_args(args),
                        search_space=args.space)
     problem = build_problem(spec, cache_dir=args.sensitivity, progress=True)
     table = problem.measure_sensitivities(args.sensitivity, progress=True)

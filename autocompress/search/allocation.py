@@ -14,6 +14,7 @@ A greedy path keeps early moves that later ones made unnecessary, so at each run
 pass then undoes (or softens) the changes whose damage is largest while the candidate still fits.
 The rungs are spread below the user's budget (``BUDGET_SHARES``) so that the front fills in, not
 only its fastest end; they seed the study after the uniform warm starts and before the sampler.
+Latencies are read at the search's confidence (``budget.ChanceConstraint``), as the budget is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from ..core.space import Candidate, Space
 from .boundary import repair_to_budget
+from .budget import ON_THE_MEAN, ChanceConstraint
 
 __all__ = ["Allocation", "BUDGET_SHARES", "allocate", "expected_damage"]
 
@@ -35,7 +37,7 @@ class Allocation:
     share: float  # of the user's budget
     target_ms: float
     candidate: Candidate
-    predicted_ms: float
+    predicted_ms: float  # read at the confidence the allocation was made for (``ChanceConstraint.upper_ms``)
     damage: float  # the sum of the measured damages of its decisions (the additive prior)
 
 
@@ -46,28 +48,29 @@ def expected_damage(space: Space, candidate: Candidate, damage: Callable[[str, o
 
 
 def allocate(space: Space, hardware, damage: Callable[[str, object], float], budget_ms: float, *,
-             shares: tuple[float, ...] = BUDGET_SHARES) -> list[Allocation]:
+             shares: tuple[float, ...] = BUDGET_SHARES, chance: ChanceConstraint = ON_THE_MEAN) -> list[Allocation]:
     """One candidate per rung ``share * budget_ms`` the space can reach, loosest first, each
-    predicted within its rung; distinct candidates only (two rungs can land on the same one)."""
+    predicted within its rung at ``chance``'s confidence; distinct candidates only (two rungs can
+    land on the same one)."""
     analysis = space.analysis
     current = space.default()
-    now = float(hardware.predict_candidates(analysis, [current])[0][0])
+    now = float(chance.predict_upper_ms(hardware, analysis, [current])[0])
     found: list[Allocation] = []
     for share in sorted(shares, reverse=True):
         target = share * budget_ms
         if now > target:
-            walked = repair_to_budget(space, hardware, current, target, damage=damage)
+            walked = repair_to_budget(space, hardware, current, target, damage=damage, chance=chance)
             if walked is None:
                 break  # no move gains latency any more: deeper rungs are out of reach too
             current, now = walked
-        current, now = _give_back(space, hardware, current, now, target, damage)
+        current, now = _give_back(space, hardware, current, now, target, damage, chance)
         if all(a.candidate != current for a in found):
             found.append(Allocation(share, target, current, now, expected_damage(space, current, damage)))
     return found
 
 
 def _give_back(space: Space, hardware, candidate: Candidate, now: float, target: float,
-               damage: Callable[[str, object], float]) -> tuple[Candidate, float]:
+               damage: Callable[[str, object], float], chance: ChanceConstraint) -> tuple[Candidate, float]:
     """Undo the most damaging changes that are no longer needed: each step prices, in one batch,
     every change of a compressed decision to a less damaging value, and takes the one that removes
     the most damage while staying within ``target``."""
@@ -82,7 +85,7 @@ def _give_back(space: Space, hardware, candidate: Candidate, now: float, target:
                     softer.append((here - damage(var.name, other), candidate.with_decision(var.kind, var.unit, other)))
         if not softer:
             break
-        latencies, _ = hardware.predict_candidates(analysis, [c for _, c in softer])
+        latencies = chance.predict_upper_ms(hardware, analysis, [c for _, c in softer])
         fitting = [(gain, -float(ms), index) for index, ((gain, _), ms) in enumerate(zip(softer, latencies))
                    if ms <= target]
         if not fitting:

@@ -13,6 +13,9 @@ share, a skipped block its share plus a penalty; undoing int4 or a factorization
 When the search measured them (``train.sensitivity``), the damage each value did alone to the
 trained model replaces the proxy: a move costs the damage of its new value less that of the old
 one, so moves the model shrugs off go first whatever their MAC share.
+
+Latencies are read at the search's confidence (``budget.ChanceConstraint``): a repair lands where
+the candidate meets the budget with that probability, not where its mean does.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable
 
 from ..core.space import Candidate, Space
 from ..core.technique import technique
+from .budget import ON_THE_MEAN, ChanceConstraint
 
 __all__ = ["fastest_candidate", "repair_to_budget"]
 
@@ -32,8 +36,10 @@ _EPS_MEASURED = 1e-5  # in nats of KL divergence: well under any damage a change
 
 
 def repair_to_budget(space: Space, hardware, candidate: Candidate, budget_ms: float, *,
-                     damage: Callable[[str, object], float] | None = None) -> tuple[Candidate, float] | None:
-    """A modification of ``candidate`` predicted within ``budget_ms``, and its predicted latency.
+                     damage: Callable[[str, object], float] | None = None,
+                     chance: ChanceConstraint = ON_THE_MEAN) -> tuple[Candidate, float] | None:
+    """A modification of ``candidate`` predicted within ``budget_ms`` at ``chance``'s confidence,
+    and its latency read there (``ChanceConstraint.upper_ms``).
 
     ``damage(variable name, value)``: the measured damage of that value alone (``Sensitivities.kl``);
     None ranks moves by the MAC-share proxy. Returns None when no sequence of moves gets there (or
@@ -47,8 +53,8 @@ def repair_to_budget(space: Space, hardware, candidate: Candidate, budget_ms: fl
         moves = list(_moves(space, current, shares, damage))
         if not moves:
             return None
-        now, _ = hardware.predict_candidates(analysis, [current])
-        latencies, _ = hardware.predict_candidates(analysis, [c for c, _, _ in moves])
+        now = chance.predict_upper_ms(hardware, analysis, [current])
+        latencies = chance.predict_upper_ms(hardware, analysis, [c for c, _, _ in moves])
         scored = sorted(((float(now[0]) - ms) / (cost + eps), index)
                         for index, ((_, _, cost), ms) in enumerate(zip(moves, latencies)))
         useful = [(score, index) for score, index in reversed(scored) if score > 0]
@@ -58,7 +64,7 @@ def repair_to_budget(space: Space, hardware, candidate: Candidate, budget_ms: fl
         if crossing:  # one move is enough: take the best-scoring one that fits, so we land near the boundary
             return moves[crossing[0]][0], float(latencies[crossing[0]])
         current = _combine(current, [moves[i] for _, i in useful[:_MOVES_PER_STEP]])
-    final, _ = hardware.predict_candidates(analysis, [current])
+    final = chance.predict_upper_ms(hardware, analysis, [current])
     return (current, float(final[0])) if final[0] <= budget_ms else None
 
 
@@ -87,9 +93,10 @@ def _combine(candidate: Candidate, moves) -> Candidate:
     return combined
 
 
-def fastest_candidate(space: Space, hardware, *, stop_at_ms: float = 0.0) -> tuple[Candidate, float]:
+def fastest_candidate(space: Space, hardware, *, stop_at_ms: float = 0.0,
+                      chance: ChanceConstraint = ON_THE_MEAN) -> tuple[Candidate, float]:
     """About the fastest candidate of ``space`` the predictor knows of (or the first one found
-    within ``stop_at_ms``), and its predicted latency.
+    within ``stop_at_ms``), and its predicted latency, both read at ``chance``'s confidence.
 
     A coordinate descent from the uncompressed model: each pass prices every single change of
     every variable in one batch, then takes each variable's fastest change together (or, when
@@ -99,7 +106,7 @@ def fastest_candidate(space: Space, hardware, *, stop_at_ms: float = 0.0) -> tup
     is assumed to be the fastest of its variable."""
     analysis = space.analysis
     current = space.default()
-    now = float(hardware.predict_candidates(analysis, [current])[0][0])
+    now = float(chance.predict_upper_ms(hardware, analysis, [current])[0])
     for _ in range(_FASTEST_PASSES):
         if now <= stop_at_ms:
             break
@@ -107,8 +114,8 @@ def fastest_candidate(space: Space, hardware, *, stop_at_ms: float = 0.0) -> tup
                    if value != current.of(var.kind).get(var.unit, space.neutral(var))]
         if not changes:
             break
-        latencies, _ = hardware.predict_candidates(
-            analysis, [current.with_decision(var.kind, var.unit, value) for var, value in changes])
+        latencies = chance.predict_upper_ms(
+            hardware, analysis, [current.with_decision(var.kind, var.unit, value) for var, value in changes])
         best: dict[str, tuple[float, object, object]] = {}
         for (var, value), ms in zip(changes, latencies):
             if ms < now and ms < best.get(var.name, (now,))[0]:
@@ -118,7 +125,7 @@ def fastest_candidate(space: Space, hardware, *, stop_at_ms: float = 0.0) -> tup
         together = current
         for _, var, value in best.values():
             together = together.with_decision(var.kind, var.unit, value)
-        ms = float(hardware.predict_candidates(analysis, [together])[0][0])
+        ms = float(chance.predict_upper_ms(hardware, analysis, [together])[0])
         if ms >= now:  # the changes interact: take the single best one
             ms, var, value = min(best.values(), key=lambda item: item[0])
             together = current.with_decision(var.kind, var.unit, value)

@@ -18,10 +18,12 @@ import optuna
 from optuna.trial import TrialState
 
 from .boundary import repair_to_budget
+from .budget import ChanceConstraint
 from ..errors import AutocompressError
 from ..files import is_disk_full
 from .executors import Executor, TrialJob, TrialResult, WorkerLost
 from .problem import SearchProblem
+from .local_correction import LocalCorrection
 from .near_budget import NearBudgetTimer
 from .screening import Screening
 from ..core.space import Candidate, Space
@@ -40,6 +42,7 @@ class TrialDriver:
                  executor: Executor) -> None:
         self.settings, self.problem, self.study, self.budget_ms = settings, problem, study, budget_ms
         self.executor = executor
+        self.chance = ChanceConstraint(settings.budget_confidence)
         self.rule = HopelessRule()
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get("status") == "evaluated":
@@ -52,6 +55,8 @@ class TrialDriver:
         margin = settings.measure_near_budget
         self.timer = (NearBudgetTimer(problem, settings.problem.model, settings.problem.input_size, budget_ms, margin)
                       if margin > 0 and settings.executor == "local" else None)
+        # the misses measured near the budget so far (this run's and, resumed, the earlier runs')
+        self.correction = LocalCorrection.load(problem.space, settings.out)
 
     def completed(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -117,20 +122,27 @@ class TrialDriver:
         size = self.problem.size_bytes(candidate)
         trial.set_user_attr("candidate", candidate.to_dict())
         trial.set_user_attr("origin", trial.user_attrs.get("origin", "sampler"))
-        trial.set_user_attr("predicted_ms", prediction.ms)
-        trial.set_user_attr("predicted_std_ms", prediction.std_ms)
+        # the prediction as its measured neighbours correct it: what the budget check and the timer read
+        predicted_ms, std_ms = self.correction.correct(candidate, prediction.ms, prediction.std_ms)
+        if predicted_ms != prediction.ms:
+            trial.set_user_attr("uncorrected_ms", prediction.ms)
+        trial.set_user_attr("predicted_ms", predicted_ms)
+        trial.set_user_attr("predicted_std_ms", std_ms)
         trial.set_user_attr("size_bytes", size)
-        latency = prediction.ms
-        if self.timer is not None and self.timer.wants(prediction.ms):  # near the line: measured, not predicted
-            latency = self.timer.measure(candidate)
+        latency, measured = predicted_ms, False
+        if self.timer is not None and self.timer.wants(predicted_ms, self.chance.upper_ms(predicted_ms, std_ms)):
+            latency, measured = self.timer.measure(candidate), True  # near the line: measured, not predicted
             trial.set_user_attr("measured_ms", latency)
-        trial.set_constraint("latency_over_budget_ms", latency - self.budget_ms)
-        if latency > self.budget_ms:
+            self.correction.add(trial.number, candidate, prediction.ms, predicted_ms, latency, self.settings.out)
+        over_ms = self.chance.over_budget_ms(latency, std_ms, self.budget_ms, measured=measured)
+        trial.set_constraint("latency_over_budget_ms", over_ms)
+        if over_ms > 0:
             trial.set_user_attr("status", "over_budget")
             trial.set_user_attr("finetune_steps", 0)
             trial.set_user_attr("seconds", time.perf_counter() - started)
             self.study.tell(trial, [0.0, latency, size])
-            if self.settings.repair:  # toward the budget as the predictor reads it, where it measured over
+            # toward the budget as the hardware model reads it, where it was corrected or measured over
+            if self.settings.repair:
                 self._queue_repair(trial.number, candidate, self.budget_ms * min(1.0, prediction.ms / latency))
             return None
         twin = next((t.number for t, _, key in self.in_flight.values() if key == _key(candidate.to_dict())), None)
@@ -187,7 +199,7 @@ class TrialDriver:
     def _queue_repair(self, number: int, candidate: Candidate, target_ms: float) -> None:
         measured = self.problem.sensitivities if self.settings.guide != "macs" else None
         repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, target_ms,
-                                    damage=measured.kl if measured is not None else None)
+                                    damage=measured.kl if measured is not None else None, chance=self.chance)
         if repaired is None:
             return
         fixed, _ = repaired
@@ -208,7 +220,8 @@ class TrialDriver:
         best = f"{max(evaluated):.2%}" if evaluated else "-"
         share = len(feasible) / len(complete) if complete else 0.0
         screened = f", screened {self.screening.screened}" if self.screening and self.screening.screened else ""
-        return f"feasible {share:.0%}, best under {self.budget_ms:.3f} ms: {best}{screened}"
+        sure = "" if self.chance.confidence == 0.5 else f" ({self.chance.confidence:.0%} sure)"
+        return f"under budget{sure} {share:.0%}, best under {self.budget_ms:.3f} ms: {best}{screened}"
 
 
 def candidate_params(space: Space, candidate: Candidate) -> dict:

@@ -2,11 +2,13 @@
 
 A search that repairs hundreds of candidates to just under its budget keeps, among them, the ones
 the predictor underestimates: the error of the prediction is what decides which side of the line
-a candidate lands on. So a candidate predicted within a margin of the budget (either side) is
+a candidate lands on. So a candidate whose prediction comes within a margin of the budget (either
+side; from its mean up to its latency at the search's confidence, ``budget.ChanceConstraint``) is
 exported untrained and timed with the one protocol (seconds: latency does not depend on the
 weights' values), and the study is told its measured latency, not the prediction: a front point
 near the budget is one that was measured there. One measured over the budget is told at once, as a
-predicted one is, and repaired toward the budget scaled by how far the prediction missed.
+predicted one is, and repaired toward the budget scaled by how far the prediction missed; and
+every miss corrects the predictions of its neighbours from then on (``local_correction``).
 
 Timing shares the machine with whatever else runs, so it is on only when the fine-tunes run in
 the driver's own process (the local executor): they are not running while the driver prepares
@@ -28,8 +30,11 @@ class NearBudgetTimer:
         self.threads = problem.hardware.metadata.get("threads", 1)
         self.low, self.high = budget_ms * (1 - margin), budget_ms * (1 + margin)
 
-    def wants(self, predicted_ms: float) -> bool:
-        return self.low <= predicted_ms <= self.high
+    def wants(self, predicted_ms: float, upper_ms: float | None = None) -> bool:
+        """Whether the prediction (its mean, up to ``upper_ms`` at the search's confidence) comes
+        within the margin of the budget: where the prediction's error decides the verdict."""
+        upper_ms = predicted_ms if upper_ms is None else upper_ms
+        return predicted_ms <= self.high and upper_ms >= self.low
 
     def measure(self, candidate) -> float:
         """The candidate's latency in ms, as profiling and export cards time it (the fastest run)."""

@@ -24,7 +24,7 @@ from ..train.finetune import DistillationConfig
 from ..train.memory import check_fits, training_memory
 from ..train.models import check_model_runs, resolve_model
 from .boundary import fastest_candidate
-from .budget import Budget
+from .budget import ON_THE_MEAN, Budget, ChanceConstraint
 from .problem import ProblemSpec, hardware_folder, problem_classes
 
 __all__ = ["CheckedInputs", "check_reachable", "preflight"]
@@ -36,10 +36,11 @@ class CheckedInputs:
     hardware: HardwareModel  # at the profile's level
 
 
-def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True) -> CheckedInputs:
+def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True,
+              chance: ChanceConstraint = ON_THE_MEAN) -> CheckedInputs:
     """Check the inputs of a search in the order they are cheap to check; ``check_budget``: also
-    whether ``budget`` can be reached at the hardware model's own level (a budget in ms under a
-    host level measured later is checked once the level is known)."""
+    whether ``budget`` can be reached, at ``chance``'s confidence, at the hardware model's own level
+    (a budget in ms under a host level measured later is checked once the level is known)."""
     splits = load_dataset(spec.dataset, image_size=spec.input_size)
     model = resolve_model(spec.model, num_classes=problem_classes(spec, splits), weights=spec.weights)
     example = splits.val[0][0].unsqueeze(0)
@@ -58,29 +59,34 @@ def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True) -
     hardware = load_hardware_model(hardware_folder(spec.hardware))
     if check_budget:
         try:
-            check_reachable(Space(analysis or analyze(model, example), spec.space_options()), hardware, budget)
+            check_reachable(Space(analysis or analyze(model, example), spec.space_options()), hardware, budget,
+                            chance=chance)
         except BudgetError:
             if named or space_file is None:
                 raise
             # cells may be faster than any compression of the blocks: price them before refusing
             check_reachable(Space(analyze(model, example, space=space_file), spec.space_options()), hardware,
-                            budget)
+                            budget, chance=chance)
     return CheckedInputs(splits, hardware)
 
 
-def check_reachable(space: Space, hardware: HardwareModel, budget: Budget, baseline_ms: float | None = None) -> None:
-    """A one-line BudgetError when no candidate of ``space`` is predicted within ``budget``: every
-    trial would be over budget, and the search would only find that out trial by trial.
-    ``baseline_ms``: what a relative budget is a share of (default: the baseline's prediction)."""
+def check_reachable(space: Space, hardware: HardwareModel, budget: Budget, baseline_ms: float | None = None, *,
+                    chance: ChanceConstraint = ON_THE_MEAN) -> None:
+    """A one-line BudgetError when no candidate of ``space`` is predicted within ``budget`` at
+    ``chance``'s confidence: every trial would be over budget, and the search would only find that
+    out trial by trial. ``baseline_ms``: what a relative budget is a share of (default: the
+    baseline's predicted mean)."""
     if baseline_ms is None:
         baseline_ms = hardware.predict_candidate(space.analysis, space.default()).ms
     budget_ms = budget.resolve(baseline_ms)
-    _, fastest_ms = fastest_candidate(space, hardware, stop_at_ms=budget_ms)
+    _, fastest_ms = fastest_candidate(space, hardware, stop_at_ms=budget_ms, chance=chance)
     if fastest_ms <= budget_ms:
         return
     ratio = fastest_ms / baseline_ms
     least = f"{math.ceil(ratio * 100) / 100:g}x" if budget.unit == "x" else f"{math.ceil(fastest_ms * 1000) / 1000:g}ms"
+    sure = "" if chance.confidence == 0.5 else f" at {chance.confidence:.0%} confidence"
+    lower = "" if chance.confidence == 0.5 else ", or give a lower budget_confidence"
     raise BudgetError(f"budget {budget} ({budget_ms:.3f} ms) cannot be reached: the fastest candidate found in the "
-                      f"space is predicted at {fastest_ms:.3f} ms ({ratio:.3g}x the baseline's {baseline_ms:.3f} ms); "
-                      f"give budget {least} or more, or let the space compress more (prune_ratios, bit_widths, ...)",
-                      parameters=("budget", "prune_ratios", "bit_widths"))
+                      f"space is predicted at {fastest_ms:.3f} ms{sure} ({ratio:.3g}x the baseline's {baseline_ms:.3f} "
+                      f"ms); give budget {least} or more, or let the space compress more (prune_ratios, bit_widths, "
+                      f"...){lower}", parameters=("budget", "prune_ratios", "bit_widths", "budget_confidence"))

@@ -20,7 +20,7 @@ from ..core.analysis import ModelAnalysis, analyze
 from ..core.search_space import resolve_search_space
 from ..train.blockwise import BlockwiseConfig, load_or_distill_cells
 from ..train.sensitivity import Sensitivities, measure_sensitivities
-from ..train.baseline import baseline_model
+from ..train.baseline import AUTO_STEPS, DEFAULT_TIME_CAP_S, baseline_model, baseline_training
 from ..train.data import DatasetSplits, calibration_batches, load_dataset
 from ..errors import AutocompressError
 from ..train.finetune import DistillationConfig, FinetuneResult, distill, evaluate_accuracy, teacher_logits
@@ -45,7 +45,10 @@ class ProblemSpec:
     input_size: int = 32
     weights: str | None = None
     num_classes: int | None = None
-    train_steps: int = 400  # baseline training when no weights are given
+    # baseline training when no weights are given: "auto" (to a plateau of its held-out accuracy,
+    # within train_time_cap_s seconds) or a number of steps
+    train_steps: int | str = AUTO_STEPS
+    train_time_cap_s: float = DEFAULT_TIME_CAP_S
     hardware: str = AUTO  # a hardware model folder, or "auto": one measured on a machine like this one
     # A search-space file of NAS cells (search_spaces/*.yaml), "auto" (the one for the model's family,
     # if any) or "none" (no cells).
@@ -54,6 +57,12 @@ class ProblemSpec:
     space: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.train_steps != AUTO_STEPS and not (isinstance(self.train_steps, int) and self.train_steps >= 0):
+            raise AutocompressError(f"train_steps {self.train_steps!r}: give {AUTO_STEPS} or a number of steps (0: "
+                                    "keep the random initialisation)", parameters=("train_steps",))
+        if not self.train_time_cap_s > 0:
+            raise AutocompressError(f"train_time_cap_s {self.train_time_cap_s}: give a positive number of seconds",
+                                    parameters=("train_time_cap_s",))
         try:
             self.space_options()
         except (TypeError, ValueError) as exc:
@@ -68,6 +77,8 @@ class ProblemSpec:
             del out["space"]  # so the identity of a search from before space options stays the same
         if self.search_space == AUTO:
             del out["search_space"]  # likewise for searches from before search-space files
+        if self.train_steps != AUTO_STEPS or self.train_time_cap_s == DEFAULT_TIME_CAP_S:
+            del out["train_time_cap_s"]  # it changes nothing, or nothing from before the cap
         return out
 
 
@@ -88,6 +99,7 @@ class SearchProblem:
     device: str = "cpu"
     cell_weights: dict = field(default_factory=dict)  # blockwise-distilled cells, by cell key
     sensitivities: Sensitivities | None = None  # measured by ``measure_sensitivities``
+    baseline_training: dict | None = None  # how the baseline trained here (``train.baseline.baseline_training``)
 
     def predict(self, candidate: Candidate) -> LatencyPrediction:
         return self.hardware.predict_candidate(self.analysis, candidate)
@@ -133,7 +145,8 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
     splits = splits or load_dataset(spec.dataset, image_size=spec.input_size)
     classes = problem_classes(spec, splits)
     baseline = baseline_model(spec.model, num_classes=classes, weights=Path(spec.weights) if spec.weights else None,
-                              train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir), map_jobs=map_jobs)
+                              train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir),
+                              train_time_cap_s=spec.train_time_cap_s, map_jobs=map_jobs)
     baseline.eval()
     example = splits.val[0][0].unsqueeze(0)
     analysis = analyze(baseline, example, space=resolve_search_space(spec.search_space, baseline))
@@ -154,6 +167,7 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
         baseline_accuracy=evaluate_accuracy(baseline, splits.val),
         baseline_bytes=footprint_of_candidate(analysis, space.default()).bytes,
         device=device, cell_weights=cell_weights,
+        baseline_training=None if spec.weights or spec.train_steps == 0 else baseline_training(Path(cache_dir)),
     )
 
 

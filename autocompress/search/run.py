@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .allocation import allocate
-from .budget import Budget
+from .budget import DEFAULT_CONFIDENCE, Budget, ChanceConstraint
+from .local_correction import LocalCorrection
+from .search_record import record_in_search_json, write_search_json
 from .driver import TrialDriver, candidate_params
 from ..errors import AutocompressError
-from ..files import write_text_atomic
 from .executors import Executor, LocalExecutor, WorkerLost
 from ..train.finetune import DistillationConfig
 from ..core.policies import warm_start_policies
@@ -85,6 +86,9 @@ class SearchSettings:
     # Time a candidate predicted within this share of the budget (either side) before its
     # fine-tune, and tell the study the measured latency (``search.near_budget``); 0: never.
     measure_near_budget: float = 0.0
+    # A predicted candidate meets the budget when it does so with this probability
+    # (``budget.ChanceConstraint``; 0.5: its predicted mean does); a measured one when it measures within.
+    budget_confidence: float = DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -99,6 +103,7 @@ class SearchSettings:
             raise AutocompressError(f"timeout_s {self.timeout_s}: give a positive number of seconds",
                                     parameters=("timeout_s",))
         Budget.parse(self.budget)
+        ChanceConstraint(self.budget_confidence)
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise AutocompressError(f"out {self.out} is a file, not a folder; choose another out folder (the file is "
                                     "left as it is)", parameters=("out",))
@@ -122,7 +127,10 @@ class SearchSettings:
 
     def identity(self) -> dict:
         """What must match for a run to resume a study (trials, timeout and storage may change)."""
-        return {"problem": self.problem.to_dict(), "budget": self.budget, "finetune": asdict(self.finetune)}
+        identity = {"problem": self.problem.to_dict(), "budget": self.budget, "finetune": asdict(self.finetune)}
+        if self.budget_confidence != 0.5:  # searches from before the chance constraint read the budget on the mean
+            identity["budget_confidence"] = self.budget_confidence
+        return identity
 
 
 @dataclass
@@ -133,6 +141,7 @@ class SearchOutcome:
     baseline: dict
     files: dict[str, Path]
     interrupted: bool = False
+    near_budget: dict | None = None  # ``LocalCorrection.summary``: the candidates timed near the budget
 
     @property
     def best(self) -> TrialRecord | None:
@@ -159,7 +168,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     # A budget in ms is checked at the host's level, once it is known (``_host_level``).
     at_profile_level = budget.unit == "x" or (not settings.calibrate_host and settings.calibrate_model == "off"
                                               and read_host_level(search_json) is None)
-    checked = preflight(settings.problem, budget, check_budget=at_profile_level) if problem is None else None
+    chance = ChanceConstraint(settings.budget_confidence)
+    checked = (preflight(settings.problem, budget, check_budget=at_profile_level, chance=chance)
+               if problem is None else None)
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(settings)
     own_executor = executor is None
@@ -178,7 +189,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
             if host_level is not None and host_level.baseline_ms is not None:
                 problem.baseline_ms = host_level.baseline_ms  # measured: what a relative budget is a share of
         if checked is None or not at_profile_level or host_level is not None:
-            check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms)  # before any trial
+            check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms, chance=chance)  # no trial yet
         if settings.guide != "macs" and problem.sensitivities is None:
             problem.measure_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
         if own_executor:
@@ -188,13 +199,13 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
             executor.close()
         raise
     budget_ms = budget.resolve(problem.baseline_ms)
-    _write_search_json(search_json, settings, problem, budget_ms, host_level)
+    write_search_json(search_json, settings, problem, budget_ms, host_level)
     fail_stale_trials(study)
     if settings.warm_start and warm_start_is_ours(study):
         for name, params in warm_start_policies(problem.space).items():
             study.enqueue_trial(params, user_attrs={"origin": f"warm_start:{name}"})
         if settings.guide != "macs":  # after the hand policies, before the sampler's own draws
-            for seed in allocate(problem.space, problem.hardware, problem.sensitivities.kl, budget_ms):
+            for seed in allocate(problem.space, problem.hardware, problem.sensitivities.kl, budget_ms, chance=chance):
                 study.enqueue_trial(candidate_params(problem.space, seed.candidate),
                                     user_attrs={"origin": f"allocation:{seed.share:g}x"})
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
@@ -213,10 +224,13 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
             executor.close()
     records = records_from_study(study)
     files = SearchFolder(out).write_results(records, budget_ms=budget_ms, baseline=problem.baseline_summary())
+    near_budget = LocalCorrection.load(problem.space, out).summary()
+    record_in_search_json(search_json, near_budget=near_budget)
     if cluster_lost is not None:
         raise AutocompressError(f"{cluster_lost}; the results so far are in {out}: add workers or nodes and rerun "
                                 "the same command to resume")
-    return SearchOutcome(records, pareto_front(records), budget_ms, problem.baseline_summary(), files, interrupted)
+    return SearchOutcome(records, pareto_front(records), budget_ms, problem.baseline_summary(), files, interrupted,
+                         near_budget)
 
 
 def make_executor(settings: SearchSettings, problem: SearchProblem) -> Executor:
@@ -297,25 +311,3 @@ def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:
     log.info("host level: the references measured %.3fx the predictor's reading of them; predictions are scaled "
              "by that", level.ratio)
     return level
-
-
-def _write_search_json(path: Path, settings: SearchSettings, problem: SearchProblem, budget_ms: float,
-                       host_level: HostLevel | None) -> None:
-    write_text_atomic(path, json.dumps({
-        "identity": settings.identity(),
-        "problem": settings.problem.to_dict(),
-        "budget": settings.budget,
-        "budget_ms": budget_ms,
-        "baseline": problem.baseline_summary(),
-        "finetune": asdict(settings.finetune),
-        "sampler": settings.sampler,
-        "seed": settings.seed,
-        "storage": settings.storage_url if settings.storage else None,
-        "space_size": len(problem.space),
-        "cells": {"blocks": len(problem.analysis.cells), "distilled": len(problem.cell_weights),
-                  "losses": "cells/losses.csv" if problem.cell_weights else None},
-        "host_level": host_level.to_dict() if host_level is not None else None,
-        "level_from": None if host_level is None else "own candidates (latency/own_candidates.csv)"
-        if host_level.baseline_ms is not None else "the hardware model's reference candidates",
-        "guide": settings.guide,
-    }, indent=2, default=str) + "\n")

@@ -11,42 +11,79 @@ import torch
 from ..core.supernet_file import is_space_spec
 from ..files import atomic_path, write_text_atomic
 from .models import load_weights, resolve_model
+from .plateau import PlateauConfig, train_to_plateau
 from .supernet import SupernetTrainingConfig, train_supernet
 from .training import train_classifier
 
-__all__ = ["baseline_model"]
+__all__ = ["AUTO_STEPS", "DEFAULT_TIME_CAP_S", "baseline_model", "baseline_training"]
 
 log = logging.getLogger(__name__)
 
+AUTO_STEPS = "auto"  # train until the held-out accuracy stops improving (``plateau``)
+DEFAULT_TIME_CAP_S = PlateauConfig.time_cap_s
 
-def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, train_steps: int, splits,
-                   cache_dir: Path, map_jobs=None) -> torch.nn.Module:
-    """The uncompressed model: from ``weights``, or trained here and cached in ``cache_dir``.
+
+def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, train_steps: int | str, splits,
+                   cache_dir: Path, train_time_cap_s: float = DEFAULT_TIME_CAP_S, map_jobs=None) -> torch.nn.Module:
+    """The uncompressed model: from ``weights``, or trained here and cached in ``cache_dir``;
+    ``train_steps``: a number of steps, or ``AUTO_STEPS`` (within ``train_time_cap_s`` seconds).
 
     For a supernet (``space:PATH``) it is the largest subnet, trained with all the others by
-    weight sharing for ``train_steps`` sandwich steps (``train.supernet``), resumable from
-    ``cache_dir/supernet`` after a kill; ``map_jobs`` (a Ray executor's) spreads its steps over workers."""
+    weight sharing for ``train_steps`` sandwich steps (``AUTO_STEPS``: the default of
+    ``train.supernet``), resumable from ``cache_dir/supernet`` after a kill; ``map_jobs`` (a Ray
+    executor's) spreads its steps over workers."""
     if weights is not None:
         return resolve_model(model_spec, num_classes=num_classes, weights=weights)
     model = resolve_model(model_spec, num_classes=num_classes)
-    if train_steps <= 0:
+    if train_steps == 0:
         log.warning("no --weights and --train-steps 0: the baseline keeps its random initialisation")
         return model
     key = {"model": model_spec, "dataset": splits.name, "image_size": splits.image_size, "steps": train_steps,
            "num_classes": num_classes}
     if is_space_spec(model_spec):  # what the supernet file says: an edited file trains again
         key["supernet"] = {k: v for k, v in model.supernet_file.to_dict().items() if k != "path"}
+    elif train_steps == AUTO_STEPS:
+        key["time_cap_s"] = train_time_cap_s
     cached, meta = cache_dir / "baseline.pt", cache_dir / "baseline.json"
-    if cached.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
-        return load_weights(model, cached).eval()
+    if cached.is_file() and meta.is_file():
+        recorded = json.loads(meta.read_text())
+        if {k: v for k, v in recorded.items() if k != "training"} == key:
+            _warn_if_under_trained(recorded.get("training"))
+            return load_weights(model, cached).eval()
     if is_space_spec(model_spec):
-        train_supernet(model, splits.train, cache_dir / "supernet", config=SupernetTrainingConfig(steps=train_steps),
-                       key=key, map_jobs=map_jobs)
+        config = SupernetTrainingConfig() if train_steps == AUTO_STEPS else SupernetTrainingConfig(steps=train_steps)
+        train_supernet(model, splits.train, cache_dir / "supernet", config=config, key=key, map_jobs=map_jobs)
+        training = {"steps": config.steps, "stopped": "supernet_sandwich_steps"}
     else:
-        log.info("training the baseline for %d steps", train_steps)
-        train_classifier(model, splits.train, steps=train_steps)
+        training = _train(model, splits.train, train_steps, train_time_cap_s)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cached) as partial:  # a kill mid-write leaves the old file or none, never half of one
         torch.save(model.state_dict(), partial)
-    write_text_atomic(meta, json.dumps(key))
+    write_text_atomic(meta, json.dumps({**key, "training": training}))
     return model
+
+
+def baseline_training(cache_dir: Path) -> dict | None:
+    """How the baseline cached in ``cache_dir`` trained (steps, why it stopped), as baseline.json
+    records it; None where it records nothing (no baseline trained there, or by an earlier version)."""
+    meta = Path(cache_dir) / "baseline.json"
+    return json.loads(meta.read_text()).get("training") if meta.is_file() else None
+
+
+def _train(model: torch.nn.Module, dataset, train_steps: int | str, time_cap_s: float) -> dict:
+    if train_steps != AUTO_STEPS:
+        log.info("training the baseline for %d steps", train_steps)
+        train_classifier(model, dataset, steps=train_steps)
+        return {"steps": train_steps, "stopped": "fixed_steps"}
+    log.info("training the baseline until its held-out accuracy stops improving (at most %g s)", time_cap_s)
+    run = train_to_plateau(model, dataset, PlateauConfig(time_cap_s=time_cap_s))
+    log.info("baseline: %d steps, stopped by %s, held-out accuracy %.1f%%", run.steps, run.stopped,
+             100 * run.held_out_accuracy)
+    training = run.to_dict()
+    _warn_if_under_trained(training)
+    return training
+
+
+def _warn_if_under_trained(training: dict | None) -> None:
+    if training and training.get("under_trained"):
+        log.warning(training["under_trained"])

@@ -1,0 +1,127 @@
+"""Training a baseline until its held-out accuracy stops improving, within a time cap.
+
+A fixed number of steps fits one model and leaves another far from what it can reach, and a
+search measured against a weak baseline finds compressions that "lose nothing" of little. So the
+baseline trains in rounds of ``eval_every`` steps, scored after each on a held-out part of the
+training split (the validation split stays the search's own), and keeps the best weights. When
+``patience`` rounds in a row bring no improvement, the learning rate drops once (a tenth) from the
+best weights, and the next plateau ends the training; ``time_cap_s`` and ``max_steps`` end it
+earlier. A baseline that a cap stopped before its plateau, or that fits few of its own training
+images, looks under-trained, and ``PlateauRun.under_trained`` says so and what to do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from .data import make_loader
+from .training import accuracy, recompute_batchnorm_statistics
+
+__all__ = ["PlateauConfig", "PlateauRun", "held_out_split", "train_to_plateau"]
+
+FITS_ITS_TRAINING_DATA = 0.9  # below this share of its own training images, a baseline under-fits
+
+
+@dataclass(frozen=True)
+class PlateauConfig:
+    time_cap_s: float = 300.0
+    max_steps: int = 10_000
+    eval_every: int = 100
+    patience: int = 4  # rounds without improvement that make a plateau
+    lr: float = 3e-3
+    lr_drops: int = 1
+    batch_size: int = 64
+    held_out_share: float = 0.1
+    held_out_max: int = 1000  # scoring more would cost more than the rounds it scores
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PlateauRun:
+    steps: int
+    best_step: int  # the weights kept are those of this step
+    stopped: str  # "plateau", "time_cap" or "step_cap"
+    held_out_accuracy: float  # of the weights kept
+    train_accuracy: float  # of the weights kept, on as many training images as were held out
+    seconds: float
+
+    def under_trained(self) -> str | None:
+        """One line saying why the baseline looks under-trained and what to do, or None."""
+        if self.stopped != "plateau":
+            cap = "--train-time-cap" if self.stopped == "time_cap" else "the step cap"
+            return (f"the baseline stopped at {cap} after {self.steps} steps, before its held-out accuracy "
+                    f"({self.held_out_accuracy:.1%}) stopped improving: it looks under-trained; give a larger "
+                    "--train-time-cap, or train it yourself and pass --weights")
+        if self.train_accuracy < FITS_ITS_TRAINING_DATA:
+            return (f"the baseline classifies only {self.train_accuracy:.1%} of its own training images after "
+                    f"{self.steps} steps: it looks under-trained; train it yourself and pass --weights")
+        return None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "under_trained": self.under_trained()}
+
+
+def held_out_split(dataset: Dataset, config: PlateauConfig) -> tuple[Subset, Subset]:
+    """(the part trained on, the part held out): a fixed random share of ``dataset``."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    count = min(config.held_out_max, max(1, round(config.held_out_share * len(dataset))), len(dataset) - 1)
+    return Subset(dataset, order[count:]), Subset(dataset, order[:count])
+
+
+def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig = PlateauConfig()) -> PlateauRun:
+    """Train ``model`` in place (AdamW) until its held-out accuracy stops improving or a cap is
+    reached; leaves it in eval mode with the best weights."""
+    started = time.monotonic()
+    fit, held_out = held_out_split(dataset, config)
+    torch.manual_seed(config.seed)
+    lr, drops_left = config.lr, config.lr_drops
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    batches = itertools.cycle(make_loader(fit, batch_size=config.batch_size, shuffle=True, seed=config.seed))
+    best_accuracy, best_step, best_state = -1.0, 0, _copy(model)
+    step, waited, stopped = 0, 0, None
+    while stopped is None:
+        model.train()
+        for _ in range(config.eval_every):
+            images, labels = next(batches)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step >= config.max_steps or time.monotonic() - started >= config.time_cap_s:
+                stopped = "step_cap" if step >= config.max_steps else "time_cap"
+                break
+        score = _scored(model, fit, held_out, config)
+        if score > best_accuracy:
+            best_accuracy, best_step, best_state, waited = score, step, _copy(model), 0
+            continue
+        waited += 1
+        if waited >= config.patience and stopped is None:
+            if not drops_left:
+                stopped = "plateau"
+                break
+            # from the best weights, in smaller steps: a plateau at a high rate is rarely the model's best
+            drops_left, waited, lr = drops_left - 1, 0, lr * 0.1
+            model.load_state_dict(best_state)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+    model.load_state_dict(best_state)
+    seen = Subset(fit, range(min(len(fit), len(held_out))))
+    return PlateauRun(step, best_step, stopped, best_accuracy, accuracy(model, seen), time.monotonic() - started)
+
+
+def _scored(model: nn.Module, fit: Dataset, held_out: Dataset, config: PlateauConfig) -> float:
+    # The running BatchNorm statistics lag behind weights that are still moving: scored on exact ones.
+    recompute_batchnorm_statistics(model, fit, batch_size=config.batch_size, seed=config.seed)
+    return accuracy(model, held_out)
+
+
+def _copy(model: nn.Module) -> dict:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
