@@ -92,28 +92,28 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
         if int_nodes:
             _quantize_static(float_path, path, graph, nodes_by_bits, ranges, calibration)
             graph = load_onnx(path)
-            _int4_opset(graph)
+            _int4_in_ort_domain(graph)
         if nodes_by_bits.get(16):
             _store_weights_as_float16(graph, nodes_by_bits[16])
         onnx.save(graph, str(path))
     return ExportResult(path, nodes_by_bits, path.stat().st_size)
 
 
-def _int4_opset(graph: onnx.ModelProto) -> None:
-    """Raise the default domain to opset 21 where a standard DequantizeLinear reads int4 weights.
+def _int4_in_ort_domain(graph: onnx.ModelProto) -> None:
+    """Move a standard DequantizeLinear of int4 weights into ORT's own domain.
 
-    ORT's quantizer moves int4 Q/DQ into its own domain when it sees int4 among the overrides, but
-    in some graphs (seen with several bit widths mixed in a supernet's subnet) it writes the
-    standard op at the input's opset 17, which ORT then refuses to load; opset 21 defines it."""
+    ORT's quantizer puts int4 Q/DQ in its ``com.microsoft`` domain when it sees int4 among the
+    overrides, but in some graphs (seen with several bit widths mixed in a supernet's subnet) it
+    writes the standard op, which only opset 21 defines for int4; raising the whole graph's opset
+    would change other ops (ReduceMean's axes became an input in opset 18)."""
     int4 = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
     types = {t.name: t.data_type for t in graph.graph.initializer}
-    if not any(n.op_type == "DequantizeLinear" and n.domain in ("", "ai.onnx") and types.get(n.input[0]) in int4
-               for n in graph.graph.node):
-        return
-    for opset in graph.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version < 21:
-            opset.version = 21
-    graph.ir_version = max(graph.ir_version, 10)  # int4 tensors need IR version 10
+    moved = False
+    for node in graph.graph.node:
+        if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx") and types.get(node.input[0]) in int4:
+            node.domain, moved = "com.microsoft", True
+    if moved and not any(o.domain == "com.microsoft" for o in graph.opset_import):
+        graph.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
