@@ -7,6 +7,7 @@ size accounting reads it, so nothing downstream needs to trace the model again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -45,6 +46,9 @@ class ModelAnalysis:
     output_layer: str | None
     notes: list[str] = field(default_factory=list)
     cells: list[CellChoice] = field(default_factory=list)  # blocks a search-space file gives cell choices
+    # {block: cell} -> the same network in its canonical form (a supernet's ``canonical_cells``):
+    # a NAS-Bench-201 edge whose output reaches nothing becomes none, so it is neither run nor priced.
+    canonical_cells: Callable[[dict], dict] | None = None
 
     def __post_init__(self) -> None:
         self._layers = {u.name: u for u in self.layers}
@@ -110,4 +114,4 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, space=None) -> Mod
     notes += [f"{f.name}: {f.note}" for f in fixed]
     notes += [f"{u.name}: {u.note}" for u in layers if u.note]
     return ModelAnalysis(tuple(example_input.shape), layers, norms, attention, fixed, groups, blocks, kernels,
-                         output_layer, notes, cells)
+                         output_layer, notes, cells, getattr(model, "canonical_cells", None))

@@ -60,6 +60,7 @@ class CellChoice:
     macs: int
     options: tuple[CellOption, ...]
     entry: str  # the pattern of the space file that matched, e.g. "blocks[0]"
+    tied_to: str | None = None  # the block whose decision this one follows (a supernet's ``cell_ties``)
 
     def option(self, name: str) -> CellOption:
         for option in self.options:
@@ -73,7 +74,7 @@ class CellChoice:
 
     def to_dict(self) -> dict:
         return {"block": self.block, "class": self.block_class, "input_shape": list(self.input_shape),
-                "macs": self.macs, "pattern": self.entry,
+                "macs": self.macs, "pattern": self.entry, "tied_to": self.tied_to,
                 "cells": [{"name": ORIGINAL, "macs": self.macs, "exact": True}]
                 + [{"name": o.name, "macs": o.macs, "exact": o.exact} for o in self.options]}
 
@@ -81,8 +82,11 @@ class CellChoice:
 def find_cell_choices(model: nn.Module, example_input: torch.Tensor, space, shapes: dict, layers: list[LayerUnit],
                       skippable: set[str]) -> tuple[list[CellChoice], list[str]]:
     """Every block of ``model`` that a pattern of ``space`` (a ``SearchSpaceFile``) matches, with
-    the cells it can become; notes say which blocks or cells were left out, and why."""
+    the cells it can become; notes say which blocks or cells were left out, and why. A model's
+    ``cell_ties`` ({block: block}) makes a block follow another's decision (one cell stacked
+    everywhere, as NAS-Bench-201 does): it keeps its own options, priced at its own shapes."""
     choices, notes = [], []
+    ties = getattr(model, "cell_ties", {}) or {}
     for name, module in model.named_modules():
         pattern = space.pattern_for(module) if name else None
         if pattern is None or any(is_inside(name, c.block) for c in choices):
@@ -96,7 +100,13 @@ def find_cell_choices(model: nn.Module, example_input: torch.Tensor, space, shap
         if choice is None:
             notes.append(f"{name}: matches {space.path} {pattern.entry} but none of its cells applies; left alone")
         else:
-            choices.append(choice)
+            choices.append(replace(choice, tied_to=ties.get(name)))
+    leaders = {c.block: c for c in choices}
+    for choice in choices:
+        if choice.tied_to is not None and (choice.tied_to not in leaders
+                                           or leaders[choice.tied_to].names != choice.names):
+            raise CellShapeError(f"{space.path}: block {choice.block} is tied to {choice.tied_to}, which does not "
+                                 "offer the same cells; untie them (tie_cells: false)")
     return choices, notes
 
 
@@ -110,7 +120,7 @@ def _choice(name, block, pattern, record, path, layers, skippable) -> tuple[Cell
     options, seen, left_out = [], {own: ORIGINAL}, {}
     for spec in pattern.cells:
         if spec.op == "skip":
-            if name in skippable:
+            if name in skippable or spec.op in getattr(block, "cell_ops", ()):  # a NAS-Bench-201 edge's skip_connect
                 options.append(CellOption(spec.name, spec, (), (), (), False))
             else:
                 left_out.setdefault("the block is not residual (its output is not x + f(x))", []).append(spec.name)
@@ -156,18 +166,26 @@ def _option(block: str, spec, cell: nn.Module, input_shape, exact: bool) -> Cell
 
 
 def _signature(module: nn.Module, probe: torch.Tensor) -> tuple:
-    """What makes two networks the same: their layers' and norms' names and shapes."""
+    """What makes two networks the same: their layers' and norms' names and shapes, and the kinds
+    of module they are made of (a pooling edge and a skip have no layers, and differ)."""
     shapes, _ = trace_shapes(module, probe)
     layers, norms, _, _ = collect_units(module, shapes)
-    return tuple(layers) + tuple(norms)
+    return tuple(type(m).__qualname__ for m in module.modules()) + tuple(layers) + tuple(norms)
 
 
 def with_followers(analysis, candidate):
-    """``candidate`` with each new depthwise layer of its chosen cells given the per-layer decisions
-    (bit width, sparsity) of the 1 x 1 layer it feeds, for the techniques that declare
-    ``follows_layers``: a depthwise-separable conv runs at the precision decided for the conv."""
+    """``candidate`` with each tied block given the cell of the block it follows, and each new
+    depthwise layer of its chosen cells given the per-layer decisions (bit width, sparsity) of the
+    1 x 1 layer it feeds, for the techniques that declare ``follows_layers``: a
+    depthwise-separable conv runs at the precision decided for the conv."""
     if not analysis.cells:
         return candidate
+    tied = {c.block: candidate.cell[c.tied_to] for c in analysis.cells
+            if c.tied_to is not None and candidate.cell.get(c.tied_to, ORIGINAL) != ORIGINAL}
+    if tied:
+        candidate = candidate.replace(cell={**candidate.cell, **tied})
+    if analysis.canonical_cells is not None:
+        candidate = candidate.replace(cell=analysis.canonical_cells(candidate.cell))
     chosen = {c.block: c for c in analysis.cells}
     pairs = [pair for block, name in candidate.cell.items() if name != ORIGINAL and block in chosen
              for pair in chosen[block].option(name).follows]

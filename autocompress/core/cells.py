@@ -24,6 +24,7 @@ from torchvision.ops import SqueezeExcitation
 
 from .channel_groups import build_dependency_graph, keep_channels
 from .choice_points import SkippedBlock
+from .nb201 import Nb201Edge, build_edge_cell
 
 __all__ = ["CellBuildError", "SeparableBlock", "build_cell", "divisible", "resize_kernel"]
 
@@ -36,6 +37,10 @@ class CellBuildError(ValueError):
 
 def build_cell(block: nn.Module, spec, input_shape: tuple[int, ...]) -> nn.Module:
     """A new module standing in for ``block`` (left untouched), as ``spec`` (a ``CellSpec``) says."""
+    if isinstance(block, Nb201Edge):
+        if spec.op not in block.cell_ops:
+            raise CellBuildError(f"this edge's operations are {', '.join(block.ops)}")
+        return build_edge_cell(block, spec.op)
     if spec.op == "skip":
         return SkippedBlock()
     if spec.op == "mb":

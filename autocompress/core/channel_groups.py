@@ -8,6 +8,7 @@ group, whether it is safe to prune, saying why not when it is not.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import math
 import warnings
@@ -19,7 +20,7 @@ from torch import nn
 
 from .modules import PRUNABLE_MEMBER_TYPES
 
-__all__ = ["GroupMember", "ChannelGroup", "find_channel_groups", "keep_channels", "build_dependency_graph"]
+__all__ = ["GroupMember", "ChannelGroup", "find_channel_groups", "keep_channels", "build_dependency_graph", "tracing_channels"]
 
 
 # Autograd ops that reorder channels: pruning through them would scramble which channel is which.
@@ -65,10 +66,23 @@ def keep_channels(channels: int, ratio: float, multiple: int = 1) -> int:
     return min(channels, max(multiple, kept))
 
 
+_TRACING_CHANNELS = contextvars.ContextVar("tracing_channels", default=False)
+
+
+def tracing_channels() -> bool:
+    """True while Torch-Pruning traces a forward pass: a module whose channel coupling depends on
+    its architecture choices (``core.nb201``'s cell) may tie its channels for the trace alone."""
+    return _TRACING_CHANNELS.get()
+
+
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Torch-Pruning warns about every unwrapped parameter
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    token = _TRACING_CHANNELS.set(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Torch-Pruning warns about every unwrapped parameter
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    finally:
+        _TRACING_CHANNELS.reset(token)
 
 
 def find_channel_groups(model: nn.Module, example_input: torch.Tensor, *, output_layer: str | None

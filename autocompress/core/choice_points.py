@@ -36,7 +36,10 @@ class KernelChoice:
 
 class SkippedBlock(nn.Module):
     """Stands in for a skipped residual block. Accepts and ignores extra arguments (masks, flags)
-    because containers such as nn.TransformerEncoder pass them to every layer."""
+    because containers such as nn.TransformerEncoder pass them to every layer. As a NAS-Bench-201
+    edge (``core.nb201``) it is that benchmark's skip_connect."""
+
+    op = "skip_connect"
 
     def forward(self, x, *args, **kwargs):
         return x

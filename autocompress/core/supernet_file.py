@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .nb201_file import Nb201Spec, read_nb201
 from .search_space import (SearchSpaceError, _error, _find_file, _non_empty_list, _number, _odd_kernel,
                            _positive_number, _read_yaml, _refuse_unknown_keys, _required_string)
 
@@ -25,7 +26,7 @@ MAX_STAGE_DEPTH = 8  # blocks in one stage: deeper stages add latency a 32-pixel
 _TOP_LEVEL_KEYS = ("version", "name", "description", "supernet")
 _SUPERNET_KEYS = ("family", "stem", "width_multiplier", "expand", "kernel", "stages", "head")
 _STAGE_KEYS = ("channels", "depth", "stride")
-_FAMILIES = ("elastic_mobile",)
+_FAMILIES = ("elastic_mobile", Nb201Spec.family)
 _EXAMPLE = "search_spaces/mobile_supernet.yaml"
 
 
@@ -47,13 +48,14 @@ class SupernetFile:
     path: str
     name: str
     description: str
-    family: str
     stem: int
     width_multiplier: float
     head: int
     expands: tuple[float, ...]  # every block's expansion ratios (one set: the cells match blocks by type)
     kernels: tuple[int, ...]
     stages: tuple[StageSpec, ...]
+
+    family = "elastic_mobile"
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "name": self.name, "family": self.family, "stem": self.stem,
@@ -66,7 +68,7 @@ def is_space_spec(model_spec: str) -> bool:
     return isinstance(model_spec, str) and model_spec.strip().startswith(SPACE_PREFIX)
 
 
-def load_supernet_file(path: str | os.PathLike) -> SupernetFile:
+def load_supernet_file(path: str | os.PathLike) -> SupernetFile | Nb201Spec:
     """Read and check one supernet file; every problem raises a one-line SearchSpaceError."""
     found = _find_file(Path(path))
     label = str(found)
@@ -84,10 +86,12 @@ def load_supernet_file(path: str | os.PathLike) -> SupernetFile:
     net = document["supernet"]
     if not isinstance(net, dict):
         raise _error(label, "supernet", f"{net!r} is not a mapping; give family, stem, expand, kernel, stages, head")
-    _refuse_unknown_keys(net, _SUPERNET_KEYS, label, "supernet")
     family = net.get("family", "elastic_mobile")
     if family not in _FAMILIES:
         raise _error(label, "supernet.family", f"unknown family {family!r}; use one of {', '.join(_FAMILIES)}")
+    if family == Nb201Spec.family:
+        return read_nb201(net, label, name, description.strip())
+    _refuse_unknown_keys(net, _SUPERNET_KEYS, label, "supernet")
     expands = _choices(net.get("expand"), _positive_number, label, "supernet.expand", "[3, 4, 6]")
     kernels = _choices(net.get("kernel"), _odd_kernel, label, "supernet.kernel", "[3, 5, 7]")
     raw_stages = _non_empty_list(net.get("stages"), label, "supernet.stages",
@@ -96,7 +100,7 @@ def load_supernet_file(path: str | os.PathLike) -> SupernetFile:
     multiplier = _number(net.get("width_multiplier", 1.0), label, "supernet.width_multiplier", "a factor such as 1.0")
     if multiplier <= 0:
         raise _error(label, "supernet.width_multiplier", f"{multiplier:g} is not above 0; write e.g. 1.0 or 0.75")
-    return SupernetFile(path=label, name=name, description=description.strip(), family=family,
+    return SupernetFile(path=label, name=name, description=description.strip(),
                         stem=_channels(net.get("stem", 16), label, "supernet.stem"), width_multiplier=multiplier,
                         head=_channels(net.get("head", 256), label, "supernet.head"), expands=expands, kernels=kernels,
                         stages=stages)

@@ -39,7 +39,8 @@ class CellChoices(Technique):
     def variables(self, analysis, options) -> list[Variable]:
         if not options.cells:
             return []
-        return [Variable(self.kind, c.block, c.names) for c in analysis.cells]
+        # A tied block follows its leader's decision (``cell_choices.with_followers``): no variable of its own.
+        return [Variable(self.kind, c.block, c.names) for c in analysis.cells if c.tied_to is None]
 
     def apply(self, model, candidate, context) -> None:
         chosen = {c.block: c for c in context.analysis.cells}
@@ -65,7 +66,7 @@ class CellChoices(Technique):
                 shapes.replace_block(block, option.layers, option.norms, dict(option.follows))
 
     def mac_share(self, analysis, unit: str) -> float:
-        return layer_mac_share(analysis, sum(c.macs for c in analysis.cells if c.block == unit))
+        return layer_mac_share(analysis, sum(c.macs for c in analysis.cells if unit in (c.block, c.tied_to)))
 
     def repair_moves(self, var, value, share):
         # The choices stand costliest first (skip last): one step down the list is one move, its

@@ -138,8 +138,9 @@ def distill_cell(job: CellJob) -> tuple[CellFit, dict]:
 
 def _jobs(model, analysis, images, config) -> Iterable[CellJob]:
     # A supernet's cells were trained with it, sharing its weights: they need no distilling of their own.
-    todo = [(c, o) for c in analysis.cells for o in c.options if not o.exact and o.name != SKIP
-            and not getattr(model.get_submodule(c.block), "shares_leading_channels", False)]
+    if getattr(model, "architecture_in_cells_only", False):
+        return
+    todo = [(c, o) for c in analysis.cells for o in c.options if not o.exact and o.name != SKIP]
     blocks = sorted({c.block for c, _ in todo})
     io = record_block_io(model, blocks, images) if blocks else {}
     for choice, option in todo:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..core.elastic_mobile import build_elastic_mobile
+from ..core.nb201 import build_nb201
 from ..core.supernet_file import SPACE_PREFIX, is_space_spec, load_supernet_file
 from ..errors import ModelResolutionError, WeightsMismatchError
 
@@ -42,7 +43,7 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
         raise ModelResolutionError(f"model spec {spec!r} is empty; give a torchvision name such as 'resnet18' or 'package.module:factory'")
     spec = spec.strip()
     if is_space_spec(spec):
-        model = build_elastic_mobile(load_supernet_file(spec[len(SPACE_PREFIX):]), num_classes)
+        model = build_supernet(load_supernet_file(spec[len(SPACE_PREFIX):]), num_classes)
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], num_classes)
     elif ":" in spec:
@@ -52,6 +53,11 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
     if weights is not None:
         load_weights(model, weights)
     return model.eval()
+
+
+def build_supernet(spec, num_classes: int) -> nn.Module:
+    """The largest subnet of a supernet file's network, by its family."""
+    return (build_nb201 if spec.family == "nb201_cell" else build_elastic_mobile)(spec, num_classes)
 
 
 def _torchvision_model(name: str, num_classes: int) -> nn.Module:
