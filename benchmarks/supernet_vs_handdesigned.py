@@ -8,9 +8,11 @@ Digits at 32x32, one latency budget. Three arms:
 - random: the same space and the same trained supernet (its folder copied), random sampling with no
   warm starts and no repair, run until it has fine-tuned as many candidates as the supernet arm;
 - hand-designed: MobileNet-V2 at width 0.35, 0.5 and 1.0 and ResNet-18, each trained from scratch
-  on the labels for as many steps as the supernet arm trained in all: every subnet pass of the
-  supernet's training (the largest, the smallest and the random ones of each sandwich step) plus
-  every fine-tune step of its trials.
+  on the labels for at most as many steps as the supernet arm trained in all (every subnet pass of
+  the supernet's training, the largest, the smallest and the random ones of each sandwich step,
+  plus every fine-tune step of its trials), stopping earlier when its held-out accuracy reaches a
+  plateau and keeping its best weights (``train.plateau``): the strongest use of that budget, not a
+  fixed schedule that may overfit or stop short.
 
 Latency is measured, never predicted, for every compared point: each front point of the two search
 arms (untrained: latency does not depend on the weights) and each hand-designed network are
@@ -48,7 +50,7 @@ from autocompress.core.space import Candidate
 from autocompress.train.data import load_dataset
 from autocompress.train.finetune import DistillationConfig, evaluate_accuracy
 from autocompress.train.supernet import SupernetTrainingConfig
-from autocompress.train.training import train_classifier
+from autocompress.train.plateau import PlateauConfig, train_to_plateau
 
 SPACE = "space:search_spaces/mobile_supernet.yaml"
 HAND_DESIGNED = {"mobilenet_v2 x0.35": lambda: torchvision.models.mobilenet_v2(width_mult=0.35, num_classes=10),
@@ -94,6 +96,7 @@ def main() -> None:
     save()
     report["measured"] = measure_everything(report, args)
     report["comparison"] = compare(report)
+    report["predictions"] = predictions(report)
     save()
     for arm in ("supernet", "random"):
         report["arms"][arm]["export"] = export_best(args.work / arm, args)
@@ -125,20 +128,27 @@ def search_arm(args, folder: Path, *, sampler: str, guided: bool, finetunes: int
 
 
 def hand_designed(steps: int, args) -> dict:
+    """Each network trained once (its result cached in the work folder, so a rerun goes on)."""
     splits = load_dataset("digits", image_size=32)
     out = {}
     for name, build in HAND_DESIGNED.items():
+        path = args.work / "hand" / f"{name.replace(' ', '_')}.onnx"
+        done = path.with_suffix(".json")
+        if done.is_file() and json.loads(done.read_text()).get("step_budget") == steps:
+            out[name] = json.loads(done.read_text())
+            continue
         torch.manual_seed(args.seed)
         model = build()
-        started = time.perf_counter()
-        train_classifier(model, splits.train, steps=steps, seed=args.seed)
-        out[name] = {"accuracy": evaluate_accuracy(model, splits.val), "train_minutes": (time.perf_counter() - started) / 60,
-                     "params": sum(p.numel() for p in model.parameters())}
-        path = args.work / "hand" / f"{name.replace(' ', '_')}.onnx"
+        run = train_to_plateau(model, splits.train, PlateauConfig(time_cap_s=float("inf"), max_steps=steps,
+                                                                  seed=args.seed))
+        out[name] = {"accuracy": evaluate_accuracy(model, splits.val), "train_minutes": run.seconds / 60,
+                     "steps": run.steps, "best_step": run.best_step, "stopped": run.stopped, "step_budget": steps,
+                     "params": sum(p.numel() for p in model.parameters()), "onnx": str(path)}
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model.eval(), splits.val[0][0].unsqueeze(0), path)
-        out[name]["onnx"] = str(path)
-        print(f"{name}: {100 * out[name]['accuracy']:.2f}% after {steps} steps", flush=True)
+        done.write_text(json.dumps(out[name], indent=2) + "\n")
+        print(f"{name}: {100 * out[name]['accuracy']:.2f}% after {run.steps} of {steps} steps ({run.stopped})",
+              flush=True)
     return out
 
 
@@ -158,6 +168,14 @@ def measure_everything(report: dict, args) -> dict:
     shape = tuple(problem.example.shape)
     timings = measure_in_sweeps([(path, shape) for _, path in files])
     return {label: measured.best_ms for (label, _), (measured, _) in zip(files, timings)}
+
+
+def predictions(report: dict) -> dict:
+    """Each measured front point's prediction error: how far the search's prices were from the target."""
+    errors = {f"{arm}/{p['trial']}": report["measured"][f"{arm}/{p['trial']}"] / p["predicted_ms"] - 1
+              for arm in ("supernet", "random") for p in report["arms"][arm]["front"]}
+    within = [abs(e) <= 0.15 for e in errors.values()]
+    return {"errors": errors, "within_15_percent": sum(within), "points": len(within)}
 
 
 def compare(report: dict) -> dict:
@@ -201,7 +219,9 @@ def write(report: dict, out: Path) -> None:
                      f"front {len(a['front'])} points")
     if "hand_designed_steps" in report:
         lines += ["", f"Hand-designed networks trained from scratch for {report['hand_designed_steps']} steps "
-                  "(the supernet arm's subnet passes plus its fine-tune steps).", ""]
+                  "at most (the supernet arm's subnet passes plus its fine-tune steps), each stopped at its "
+                  "held-out plateau: " + ", ".join(f"{n} {h['steps']} ({h['stopped']})"
+                                                   for n, h in report.get("hand_designed", {}).items()) + ".", ""]
     if "comparison" in report:
         lines += ["| hand-designed | measured ms | accuracy | supernet front, best at <= that latency | "
                   "random search, best at <= that latency |", "|---|---|---|---|---|"]
@@ -210,6 +230,13 @@ def write(report: dict, out: Path) -> None:
                      if row[a] else "none that fast" for a in ("supernet", "random")]
             lines.append(f"| {name} | {row['hand_ms']:.3f} | {100 * row['hand_accuracy']:.2f}% | {cells[0]} | "
                          f"{cells[1]} |")
+    if "predictions" in report:
+        p = report["predictions"]
+        under = {arm: sum(1 for q in a["front"] if q["predicted_ms"] <= a["budget_ms"]) for arm, a in report["arms"].items()}
+        lines += ["", f"Front points measured (untrained exports, the card's protocol): {p['within_15_percent']} of "
+                  f"{p['points']} within 15% of their predictions; errors from "
+                  f"{100 * min(p['errors'].values()):+.1f}% to {100 * max(p['errors'].values()):+.1f}%. Points "
+                  f"predicted under the budget: " + ", ".join(f"{arm} {n}" for arm, n in under.items()) + "."]
     for arm, a in report["arms"].items():
         e = a.get("export")
         if e and "error" not in e:
