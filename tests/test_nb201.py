@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from autocompress.cli.main import main
-from autocompress.core.accounting import footprint_of_candidate
+from autocompress.core.accounting import footprint_of_candidate, footprint_of_model
 from autocompress.core.analysis import analyze
 from autocompress.core.nb201 import Nb201Edge
 from autocompress.core.nb201_file import EDGES
@@ -18,6 +18,7 @@ from autocompress.core.search_space import resolve_search_space
 from autocompress.core.space import Space, SpaceOptions
 from autocompress.core.supernet_file import SearchSpaceError, load_supernet_file
 from autocompress.export.card import export_from_search
+from autocompress.hardware.kernels import kernels_of_candidate, kernels_of_model
 from autocompress.search.problem import ProblemSpec
 from autocompress.search.run import SearchSettings, run_search
 from autocompress.techniques import apply_candidate
@@ -92,17 +93,46 @@ def test_one_cell_decides_for_the_network_and_computes_what_training_ran(tiny_fi
                 assert getattr(built.get_submodule(name), f"edge_{to}_{source}").op == op
 
 
-def test_the_cells_priced_are_the_cells_built(tiny_file):
-    """Accounting counts what the tied choice removes from every cell, not from the first alone."""
+@pytest.mark.parametrize("tie", ["true", "false"])
+def test_what_is_priced_is_what_is_built(tmp_path, tie):
+    """Accounting and the predictor's kernels follow the tied choice into every cell, leave out
+    the edges that reach nothing, and cut each stage's channels as the built network does,
+    whatever cell, pruning, bits and ranks a candidate combines."""
+    path = tmp_path / "nb201.yaml"
+    path.write_text(TINY + f"  tie_cells: {tie}\n")
+    model = _model(path)
+    example = torch.randn(1, 3, 32, 32)
+    analysis = analyze(model, example, space=resolve_search_space("auto", model))
+    space = Space(analysis, SpaceOptions())
+    rng = random.Random(7)
+    for _ in range(12):
+        candidate = space.sample(rng)
+        built = apply_candidate(model, candidate, analysis, example)
+        assert footprint_of_candidate(analysis, candidate) == footprint_of_model(built, example), candidate
+        assert kernels_of_candidate(analysis, candidate) == kernels_of_model(built, example), candidate
+    pooled = space.default().replace(cell={v.unit: "avg_pool_3x3" for v in space.variables if v.kind == "cell"})
+    built = apply_candidate(model, pooled, analysis, example)
+    assert sum(p.numel() for p in built.parameters()) < sum(p.numel() for p in model.parameters()) / 2
+
+
+def test_an_edge_that_reaches_nothing_is_neither_run_nor_priced(tiny_file):
     model = _model(tiny_file)
     example = torch.randn(1, 3, 32, 32)
     analysis = analyze(model, example, space=resolve_search_space("auto", model))
     space = Space(analysis, SpaceOptions())
-    pooled = space.default().replace(cell={f"cells.0.edge_{to}_{source}": "avg_pool_3x3" for to, source in EDGES})
-    built = apply_candidate(model, pooled, analysis, example)
-    params = sum(p.numel() for p in built.parameters())
-    assert footprint_of_candidate(analysis, pooled).params == params
-    assert params < sum(p.numel() for p in model.parameters()) / 2
+    # node 3 takes only node 0: nodes 1 and 2, and every conv feeding them, compute nothing used
+    cut = space.default().replace(cell={"cells.0.edge_3_1": "none", "cells.0.edge_3_2": "none"})
+    kernels = {k.layer for k in kernels_of_candidate(analysis, cut)}
+    assert "cells.0.edge_3_0.conv" in kernels and "cells.4.edge_3_0.conv" in kernels
+    assert not any(f"edge_{e}.conv" in k for k in kernels for e in ("1_0", "2_0", "2_1", "3_1", "3_2"))
+    built = apply_candidate(model, cut, analysis, example)
+    with torch.no_grad():
+        assert not torch.allclose(built(example), model.eval()(example))  # not the largest subnet...
+    model.set_subnet(None)
+    for cell in model.edges():
+        cell[4].subnet, cell[5].subnet = "none", "none"
+    with torch.no_grad():
+        assert torch.allclose(built(example), model(example), atol=1e-5)  # ...the one the supernet trained
 
 
 def test_untied_cells_each_get_their_own_variables(tmp_path):

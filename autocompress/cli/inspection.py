@@ -62,7 +62,8 @@ def inspection_rows(analysis: ModelAnalysis, space: Space, target: Target | None
     for c in analysis.cells:
         var = [v for v in decided.get(c.block, []) if v.kind == "cell"]
         rows.append(_row("cell choice", c.block, c.block_class.rpartition(".")[2], c.macs / total_macs, None,
-                         [describe(v) for v in var], "" if var else "cells off (--cells off)"))
+                         [describe(v) for v in var], "" if var else f"follows {c.tied_to} (one cell for all)"
+                         if c.tied_to else "cells off (--cells off)"))
     for b in analysis.blocks:
         var = decided.get(b.name, [])
         rows.append(_row("block", b.name, "residual, in == out", b.macs / total_macs, b.params / total_params,

@@ -194,7 +194,7 @@ class Reduction(nn.Module):
         self.downsample = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(inputs, outputs, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.downsample(x) + self.conv_b(self.conv_a(x))
+        return self.conv_b(self.conv_a(x)) + self.downsample(x)
 
 
 class Nb201Network(nn.Module):
