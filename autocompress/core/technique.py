@@ -91,16 +91,27 @@ class ModelShapes:
     norms: dict[str, NormUnit] = field(default_factory=dict)
     follows: dict[str, str] = field(default_factory=dict)
 
+    _gone: tuple = field(default=((), frozenset(), ()), repr=False, compare=False)  # ``alive``'s view of ``removed``
+
     @classmethod
     def of(cls, analysis) -> "ModelShapes":
-        """The analysed model as it is."""
-        return cls(layers={u.name: LayerShape(u.in_channels, u.out_channels, u.groups, u.kernel_size)
-                           for u in analysis.layers},
-                   norm_channels={n.name: n.channels for n in analysis.norms},
-                   units={u.name: u for u in analysis.layers}, norms={n.name: n for n in analysis.norms})
+        """The analysed model as it is. Built once per analysis and copied: the predictor prices
+        candidates in an inner loop, and the entries are immutable, so shallow copies suffice."""
+        template = analysis.__dict__.get("_shapes_template")
+        if template is None:
+            template = ({u.name: LayerShape(u.in_channels, u.out_channels, u.groups, u.kernel_size)
+                         for u in analysis.layers}, {n.name: n.channels for n in analysis.norms},
+                        {u.name: u for u in analysis.layers}, {n.name: n for n in analysis.norms})
+            analysis.__dict__["_shapes_template"] = template
+        layers, norm_channels, units, norms = template
+        return cls(layers=dict(layers), norm_channels=dict(norm_channels), units=dict(units), norms=dict(norms))
 
     def alive(self, name: str) -> bool:
-        return not any(is_inside(name, gone) for gone in self.removed)
+        if not self.removed:
+            return True
+        if self._gone[0] != tuple(self.removed):  # one pass of str.startswith over all prefixes at once
+            self._gone = (tuple(self.removed), frozenset(self.removed), tuple(gone + "." for gone in self.removed))
+        return name not in self._gone[1] and not name.startswith(self._gone[2])
 
     def replace_block(self, block: str, layers, norms, follows) -> None:
         """Swap every layer and norm inside ``block`` for a cell's, where the block's first stood."""

@@ -53,9 +53,11 @@ class Factorize(Technique):
                 set_submodule(model, name, factorize(layer, rank))
 
     def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
-        for name, shape in shapes.layers.items():
-            if shapes.units[name].factorizable:
-                rank = rank_for(candidate.rank.get(name, 1.0), min(shape.out_channels, shape.fan_in))
+        # Only ratios below 1.0 factorize; no earlier technique sets a rank, so the rest stay whole.
+        for name, ratio in candidate.rank.items():
+            shape = shapes.layers.get(name)
+            if ratio < 1.0 and shape is not None and shapes.units[name].factorizable:
+                rank = rank_for(ratio, min(shape.out_channels, shape.fan_in))
                 if rank != shape.rank:
                     shapes.layers[name] = shape.replace(rank=rank)
 

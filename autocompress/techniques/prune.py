@@ -45,7 +45,10 @@ class PruneChannels(Technique):
         removed = removed_channels(analysis, candidate, shapes)
         if not removed:
             return
+        touched = {name for name, _ in removed}
         for name, shape in shapes.layers.items():
+            if name not in touched:
+                continue
             unit = shapes.units[name]
             out_ch = unit.out_channels - removed.get((name, "out"), 0)
             if unit.depthwise:

@@ -57,7 +57,7 @@ class Quantize(Technique):
 
     def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
         for name, bits in candidate.bits.items():
-            if name in shapes.layers:
+            if name in shapes.layers and shapes.layers[name].bits != bits:
                 shapes.layers[name] = shapes.layers[name].replace(bits=bits)
 
     def repair_moves(self, var, value, share):
