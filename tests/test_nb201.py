@@ -3,6 +3,7 @@ one cell tied across the network, and weight sharing between training and the ce
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -198,3 +199,30 @@ def test_a_search_of_the_nb201_space_picks_cells_and_exports_one(tiny_file, tmp_
                               sweeps=1, pause_s=0.0)
     assert (tmp_path / "export" / "model.onnx").is_file() and card["candidate"]["cell"] == point.candidate["cell"]
     assert card["accuracy"]["top1_agreement_torch_onnx"] >= 0.95  # ONNX Runtime runs the network PyTorch does
+
+
+def test_supernet_training_of_the_cell_space_runs_the_same_on_workers(tiny_file, tmp_path):
+    """The sandwich's random cells are drawn from the step alone, so a worker given a shard draws
+    the cells the driver would: one shard on a "worker" trains exactly as in-process."""
+    from torch.utils.data import TensorDataset
+
+    from autocompress.train.supernet import SupernetTrainingConfig, train_supernet
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 4
+    images = torch.randn(64, 3, 32, 32, generator=generator)
+    images[:, 0, :8, :8] += labels.view(-1, 1, 1).float()
+    data = TensorDataset(images, labels)
+    config = SupernetTrainingConfig(steps=3, batch_size=16, checkpoint_every=3)
+
+    def on_a_copy(fn, jobs, shared):
+        for job in jobs:
+            yield fn(copy.deepcopy(shared), job)
+
+    here = train_supernet(_model(tiny_file), data, tmp_path / "here", config=config, progress=False)
+    spread = train_supernet(_model(tiny_file), data, tmp_path / "spread", config=config, progress=False,
+                            map_jobs=on_a_copy, shards=1)
+    for (name, a), (_, b) in zip(here.state_dict().items(), spread.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    untrained = _model(tiny_file).state_dict()
+    assert not torch.equal(untrained["cells.0.edge_1_0.conv.weight"], here.state_dict()["cells.0.edge_1_0.conv.weight"])
