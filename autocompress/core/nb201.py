@@ -26,7 +26,7 @@ from torch import nn
 
 from .channel_groups import tracing_channels
 from .choice_points import SkippedBlock
-from .nb201_file import EDGES, Nb201Spec
+from .nb201_file import EDGES, OPS, Nb201Spec
 from .search_space import BlockPattern, CellSpec, SearchSpaceFile
 
 __all__ = ["Nb201Edge", "Nb201Network", "PoolEdge", "ZeroEdge", "build_edge_cell", "canonical_cells", "live_edges"]
@@ -259,7 +259,7 @@ def _cell_space(spec: Nb201Spec) -> SearchSpaceFile:
     edge offered one it does not hold is refused when its cells are built."""
     offered = {op for ops in spec.edge_ops for op in ops[:-1]}
     cells = tuple(CellSpec(_CELL_OP[op], entry="supernet") for op in reversed(
-        [op for op in ("none", "skip_connect", "avg_pool_3x3", "nor_conv_1x1", "nor_conv_3x3") if op in offered]))
+        [op for op in OPS if op in offered]))
     pattern = BlockPattern(classes=(Nb201Edge,), class_names=(f"{Nb201Edge.__module__}.{Nb201Edge.__qualname__}",),
                            cells=cells, entry="supernet (Nb201Edge)")
     return SearchSpaceFile(path=spec.path, name=spec.name, description=spec.description,
