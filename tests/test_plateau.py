@@ -20,13 +20,15 @@ from autocompress.train.training import accuracy
 QUICK = PlateauConfig(eval_every=5, patience=2, time_cap_s=1e9, batch_size=32, lr=0.05)
 
 
-def _separable(count=200, seed=0):
-    """Two classes told apart by the sign of the first pixel."""
+def _separable(count=200, seed=0, flipped=0.0):
+    """Two classes told apart by the sign of the first pixel; ``flipped``: the share of labels
+    turned over at random, so that no weights get every held-out image right."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(count, 3, 4, 4, generator=generator)
     labels = (images[:, 0, 0, 0] > 0).long()
     images[:, 0, 0, 0] += torch.where(labels == 1, 3.0, -3.0)
-    return TensorDataset(images, labels)
+    flip = torch.rand(count, generator=generator) < flipped
+    return TensorDataset(images, torch.where(flip, 1 - labels, labels))
 
 
 def _linear():
@@ -44,14 +46,24 @@ def test_the_held_out_part_is_a_fixed_disjoint_tenth_of_the_training_split():
 
 
 def test_a_learnable_task_trains_to_its_plateau_and_keeps_the_best_weights():
-    model, data = _linear(), _separable()
+    model, data = _linear(), _separable(flipped=0.15)
     run = train_to_plateau(model, data, QUICK)
     assert run.stopped == "plateau" and run.steps < QUICK.max_steps
     # a plateau: the rounds of patience, twice (once more after the learning rate dropped), after the best
     assert run.steps >= run.best_step + 2 * QUICK.patience * QUICK.eval_every
-    assert run.held_out_accuracy == 1.0 and run.train_accuracy >= 0.95 and run.under_trained() is None
+    assert 0.6 <= run.held_out_accuracy < 1.0 and run.under_trained() is None
     _, held_out = held_out_split(data, QUICK)
     assert accuracy(model, held_out) == run.held_out_accuracy  # the weights kept are the best ones
+
+
+def test_every_held_out_image_right_ends_the_training_at_once_and_is_not_under_trained():
+    model, data = _linear(), _separable()
+    run = train_to_plateau(model, data, PlateauConfig(**{**QUICK.__dict__, "patience": 50}))
+    # without the ceiling the patience above would hold it for 2 x 50 more rounds
+    assert run.stopped == "ceiling" and run.steps == run.best_step < 50 * QUICK.eval_every
+    assert run.held_out_accuracy == 1.0 and run.train_accuracy >= 0.95 and run.under_trained() is None
+    _, held_out = held_out_split(data, QUICK)
+    assert accuracy(model, held_out) == 1.0
 
 
 @pytest.mark.parametrize("cap, stopped, says", [({"max_steps": 3}, "step_cap", "stopped at the step cap after 3 steps"),

@@ -6,7 +6,8 @@ baseline trains in rounds of ``eval_every`` steps, scored after each on a held-o
 training split (the validation split stays the search's own), and keeps the best weights. When
 ``patience`` rounds in a row bring no improvement, the learning rate drops once (a tenth) from the
 best weights, and the next plateau ends the training; ``time_cap_s`` and ``max_steps`` end it
-earlier. A baseline that a cap stopped before its plateau, or that fits few of its own training
+earlier. A round that scores every held-out image right ends it too: later weights could only tie,
+and ties are not kept, so waiting for a plateau there would spend the time cap for nothing. A baseline that a cap stopped before its plateau, or that fits few of its own training
 images, looks under-trained, and ``PlateauRun.under_trained`` says so and what to do.
 """
 
@@ -47,14 +48,14 @@ class PlateauConfig:
 class PlateauRun:
     steps: int
     best_step: int  # the weights kept are those of this step
-    stopped: str  # "plateau", "time_cap" or "step_cap"
+    stopped: str  # "plateau", "ceiling" (all held-out images right), "time_cap" or "step_cap"
     held_out_accuracy: float  # of the weights kept
     train_accuracy: float  # of the weights kept, on as many training images as were held out
     seconds: float
 
     def under_trained(self) -> str | None:
         """One line saying why the baseline looks under-trained and what to do, or None."""
-        if self.stopped != "plateau":
+        if self.stopped in ("time_cap", "step_cap"):
             cap = "--train-time-cap" if self.stopped == "time_cap" else "the step cap"
             return (f"the baseline stopped at {cap} after {self.steps} steps, before its held-out accuracy "
                     f"({self.held_out_accuracy:.1%}) stopped improving: it looks under-trained; give a larger "
@@ -101,6 +102,8 @@ def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig =
         score = _scored(model, fit, held_out, config)
         if score > best_accuracy:
             best_accuracy, best_step, best_state, waited = score, step, _copy(model), 0
+            if score >= 1.0:
+                stopped = "ceiling"
             continue
         waited += 1
         if waited >= config.patience and stopped is None:
