@@ -1,17 +1,27 @@
-"""The search against the hand policy (uniform channel pruning + int8), on digits at 32x32.
+"""The search against the simple policies, and its guides against each other, on digits at 32x32.
 
-For each model: run ``autocompress search`` (budget 0.5x, 100 trials by default), then
+Cells: resnet18 and mobilenet_v2, each at 0.5x and at a tight budget where uniform policies lose
+accuracy (0.05x for ResNet-18, 0.25x for MobileNet-V2). In each cell the same search (100 trials,
+seed 0, the CLI's defaults) runs once per guide (``--guide``): ``macs`` (repair ranked by the MAC
+share a decision touches, no allocations), ``sensitivity`` (measured damages: repair and
+allocations under rungs of the budget) and ``surrogate`` (those and the learned accuracy model
+that screens proposals). The baseline and the sensitivities are computed once per model and
+shared by its searches (each copies them into its folder), so the guides differ in nothing else. Per search:
 
-- fine-tune every hand policy (every channel group pruned at one ratio, every layer int8) the
-  same way as a search trial, and compare it with the front at matched latency;
-- export the best front point under the budget (``export --best-under``: the front points predicted
-  near it are timed first, and the most accurate that measures within it is chosen) and the hand
-  policy closest under the budget, both fine-tuned longer the same way, and measure them with the
-  hardware protocol next to the baseline.
+- the hypervolume under the budget (accuracy above the baseline's less ``HV_FLOOR_POINTS``, latency
+  below the budget, predicted) after each fine-tune, and the fine-tunes it took to reach 99% of its
+  final value;
+- for the guide named by ``--measure-guide`` (default surrogate): every warm start predicted within
+  the budget and every front point the search found itself, exported untrained and timed together
+  with the baseline by the export card's protocol; the best search-found point is compared with
+  the best warm start at no more measured latency;
+- for that guide: ``export --best-under`` (front points timed, the most accurate that measures
+  within the budget fine-tuned longer, exported and measured by the card).
 
-Writes results/search_vs_hand_policy.{md,json} and each model's pareto.png into results/.
+Writes results/search_vs_hand_policy.{md,json} after every search (a run that stops leaves what it
+finished; run again to go on: searches already in the JSON are kept unless ``--redo``).
 
-    python benchmarks/search_vs_hand_policy.py [--models resnet18 mobilenet_v2] [--trials 100] [--work runs/bench]
+    python benchmarks/search_vs_hand_policy.py [--cells resnet18@0.5x ...] [--guides surrogate macs sensitivity]
 """
 
 from __future__ import annotations
@@ -19,98 +29,182 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from search_report import write_report
+
 from autocompress.export.card import export_from_search
-from autocompress.train.finetune import DistillationConfig
+from autocompress.export.confirm import export_untrained
 from autocompress.hardware import machine_info
-from autocompress.search.pareto import best_under
+from autocompress.hardware.measure import measure_in_sweeps
+from autocompress.hardware.onnx_export import export_onnx
+from autocompress.search.pareto import hypervolume_2d, pareto_front
 from autocompress.search.problem import ProblemSpec, build_problem
-from autocompress.search.run import SearchSettings, run_search, warm_start_policies
+from autocompress.search.run import SearchSettings, run_search
+from autocompress.train.finetune import DistillationConfig
+
+CELLS = ("mobilenet_v2@0.25x", "resnet18@0.05x", "mobilenet_v2@0.5x", "resnet18@0.5x")
+GUIDES = ("surrogate", "macs", "sensitivity")
+HV_FLOOR_POINTS = 10.0  # points under the baseline's accuracy below which a point adds no hypervolume
+FINETUNED = ("evaluated", "stopped_early")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), help="model@budget, e.g. resnet18@0.5x")
+    parser.add_argument("--guides", nargs="+", default=list(GUIDES), choices=GUIDES)
+    parser.add_argument("--measure-guide", default="surrogate", choices=GUIDES,
+                        help="the guide whose points are timed and whose best-under-budget point is exported")
     parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--budget", default="0.5x")
     parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--export-steps", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path("runs/bench"))
     parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--redo", action="store_true", help="rerun searches already in the report")
     args = parser.parse_args()
 
-    report = {"budget": args.budget, "trials": args.trials, "finetune_steps": args.finetune_steps,
-              "export_steps": args.export_steps, "machine": machine_info(), "models": {}}
-    for spec in args.models:
-        report["models"][spec] = one_model(spec, args)
-        write(report, args.out)  # after each model, so a long run leaves something behind
+    path = args.out / "search_vs_hand_policy.json"
+    old = json.loads(path.read_text()) if path.is_file() and not args.redo else {}
+    report = {"trials": args.trials, "finetune_steps": args.finetune_steps, "export_steps": args.export_steps,
+              "hv_floor_points": HV_FLOOR_POINTS, "machine": machine_info(),
+              "cells": old.get("cells", {}) if old.get("trials") == args.trials else {}}
+    problems = {}
+    for cell in args.cells:
+        spec, budget = cell.split("@")
+        for guide in args.guides:
+            done = report["cells"].get(cell, {}).get(guide)
+            if done and (guide != args.measure_guide or done.get("export_best")):
+                continue
+            if spec not in problems:  # trains the baseline and distils the cells once, into work/MODEL
+                problems[spec] = build_problem(ProblemSpec(model=spec), cache_dir=args.work / spec)
+            entry = one_search(problems[spec], spec, budget, guide, args)
+            report["cells"].setdefault(cell, {})[guide] = entry
+            write_report(report, args.out)  # after each search, so a long run leaves something behind
     print(f"written: {args.out / 'search_vs_hand_policy.md'}")
 
 
-def one_model(spec: str, args) -> dict:
-    work = args.work / spec
-    settings = SearchSettings(problem=ProblemSpec(model=spec), budget=args.budget, out=work, trials=args.trials,
-                              finetune=DistillationConfig(steps=args.finetune_steps))
-    problem = build_problem(settings.problem, cache_dir=work)
+def one_search(problem, spec: str, budget: str, guide: str, args) -> dict:
+    work = args.work / spec / budget / guide
+    work.mkdir(parents=True, exist_ok=True)
+    # What the model's searches share, where a search finds it cached: the trained baseline, the
+    # distilled cells and the measured sensitivities (the export rebuilds the problem from here too).
+    shared = args.work / spec
+    for name in ("baseline.pt", "baseline.json"):
+        shutil.copy(shared / name, work / name)
+    for name in ("cells", "sensitivity"):
+        if (shared / name).is_dir():
+            shutil.copytree(shared / name, work / name, dirs_exist_ok=True)
+    settings = SearchSettings(problem=ProblemSpec(model=spec), budget=budget, out=work, trials=args.trials,
+                              finetune=DistillationConfig(steps=args.finetune_steps), guide=guide,
+                              calibrate_model="auto", measure_near_budget=0.1)
     started = time.perf_counter()
-    outcome = run_search(settings, problem=problem)
-    search_minutes = (time.perf_counter() - started) / 60
-    budget_ms = outcome.budget_ms
-    front = outcome.front
-
-    # The hand policies, fine-tuned exactly like a search trial (same steps, seed and data).
-    hand = []
-    for name, params in warm_start_policies(problem.space).items():
-        if not name.startswith("uniform"):
-            continue
-        candidate = problem.space.from_params(params)
-        ms, size = problem.predict(candidate).ms, problem.size_bytes(candidate)
-        _, result = problem.finetune(candidate, settings.finetune)
-        matched = best_under(front, ms)
-        found = best_under([p for p in front if not p.origin.startswith("warm_start")], ms)
-        hand.append({
-            "policy": name, "accuracy": result.accuracy, "latency_ms": ms, "size_bytes": size,
-            "under_budget": ms <= budget_ms,
-            "front_best_at_or_below_latency": matched.accuracy if matched else None,
-            "front_point": matched.number if matched else None,
-            "search_found_best_at_or_below_latency": found.accuracy if found else None,
-            "dominated_by_front": bool(matched and matched.accuracy >= result.accuracy),
-        })
-
-    under = [p for p in front if p.latency_ms <= budget_ms]
-    best = best_under(front, budget_ms)
-    export_best = export_from_search(work, work / "export_best", best_under_budget=args.budget,
-                                     finetune_steps=args.export_steps, passes=15)
-    hand_under = [h for h in hand if h["under_budget"]]
-    hand_pick = max(hand_under, key=lambda h: h["latency_ms"]) if hand_under else None
-    export_hand = None
-    if hand_pick is not None:
-        trial = next(r.number for r in outcome.records if r.origin == f"warm_start:{hand_pick['policy']}")
-        export_hand = export_from_search(work, work / "export_hand", trial=trial, finetune_steps=args.export_steps,
-                                         passes=15)
-    args.out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(work / "pareto.png", args.out / f"search_{spec}_pareto.png")
-    statuses = {}
-    for r in outcome.records:
+    outcome = run_search(settings, progress=False)  # as the CLI runs it: times own candidates, then searches
+    minutes = (time.perf_counter() - started) / 60
+    if (work / "sensitivity").is_dir() and not (shared / "sensitivity").is_dir():
+        shutil.copytree(work / "sensitivity", shared / "sensitivity")
+    budget_ms, records = outcome.budget_ms, outcome.records
+    statuses: dict[str, int] = {}
+    for r in records:
         statuses[r.status] = statuses.get(r.status, 0) + 1
-    return {
-        "baseline": outcome.baseline, "budget_ms": budget_ms, "search_minutes": search_minutes,
-        "trials_by_status": statuses,
-        "origins_on_front": sorted({p.origin for p in front}),
-        "front_points": len(front), "front_points_under_budget": len(under),
-        "front": [{"trial": p.number, "accuracy": p.accuracy, "latency_ms": p.latency_ms, "size_bytes": p.size_bytes,
-                   "origin": p.origin} for p in front],
-        "hand_policies": hand,
-        "best_predicted_under_budget": best.number,
-        "selection": export_best["selection"],
-        "export_best": _card_summary(export_best),
-        "export_hand": _card_summary(export_hand) if export_hand else None,
-        "hand_policy_exported": hand_pick["policy"] if hand_pick else None,
+    floor = outcome.baseline["accuracy"] - HV_FLOOR_POINTS / 100
+    curve = _hypervolume_curve(records, budget_ms, floor)
+    entry = {
+        "model": spec, "budget": budget, "guide": guide, "baseline": outcome.baseline, "budget_ms": budget_ms,
+        "search_minutes": minutes, "trials_by_status": statuses,
+        "finetunes": sum(r.status in FINETUNED for r in records),
+        "hypervolume": curve[-1] if curve else 0.0, "hypervolume_curve": curve,
+        "finetunes_to_99pct": _first_reaching(curve, 0.99),
+        "front": [_point(r) for r in outcome.front],
+        "near_budget": outcome.near_budget,
+        "best_warm_start_predicted": _point(_best(records, budget_ms, warm=True)),
+        "best_search_found_predicted": _point(_best(records, budget_ms, warm=False)),
         "finetune": asdict(settings.finetune),
     }
+    if guide == args.measure_guide:
+        entry["measured"] = measure_points(problem, records, budget_ms)
+        card = export_from_search(work, work / "export_best", best_under_budget=budget,
+                                  finetune_steps=args.export_steps, passes=15)
+        entry["export_best"] = _card_summary(card)
+        entry["selection"] = card["selection"]
+        args.out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(work / "pareto.png", args.out / f"search_{spec}_{budget}_pareto.png")
+    return entry
+
+
+def _hypervolume_curve(records, budget_ms: float, floor: float) -> list[float]:
+    """The hypervolume under the budget after each fine-tune, in trial order."""
+    finetuned = [r for r in records if r.status in FINETUNED]
+    return [hypervolume_2d(finetuned[:k], ref_latency_ms=budget_ms, ref_accuracy=floor)
+            for k in range(1, len(finetuned) + 1)]
+
+
+def _first_reaching(curve: list[float], share: float) -> int | None:
+    if not curve or curve[-1] <= 0:
+        return None
+    return next(k + 1 for k, value in enumerate(curve) if value >= share * curve[-1])
+
+
+def _warm(record) -> bool:
+    return record.origin.startswith("warm_start")
+
+
+def _best(records, budget_ms: float, *, warm: bool):
+    pool = [r for r in pareto_front([r for r in records if _warm(r) == warm]) if r.latency_ms <= budget_ms]
+    return max(pool, key=lambda r: (r.accuracy, -r.latency_ms), default=None)
+
+
+def _point(record) -> dict | None:
+    if record is None:
+        return None
+    return {"trial": record.number, "accuracy": record.accuracy, "latency_ms": record.latency_ms,
+            "latency_measured_in_search": record.latency_measured, "size_bytes": record.size_bytes,
+            "origin": record.origin}
+
+
+def measure_points(problem, records, budget_ms: float, slack: float = 0.10) -> dict:
+    """Every warm start and every point on the search-found front predicted within the budget (plus
+    ``slack``), exported untrained and timed together with the baseline (the card's protocol)."""
+    limit = budget_ms * (1 + slack)
+    warm = [r for r in records if _warm(r) and r.status in FINETUNED and r.latency_ms <= limit]
+    found = [r for r in pareto_front([r for r in records if not _warm(r)]) if r.latency_ms <= limit]
+    shape = tuple(problem.example.shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = [(export_onnx(problem.baseline, problem.example, Path(tmp) / "baseline.onnx").path, shape)]
+        models += [(export_untrained(problem, r, Path(tmp) / f"trial{r.number}.onnx"), shape) for r in warm + found]
+        timings = [fastest.best_ms for fastest, _ in measure_in_sweeps(models, passes=15, runs=30)]
+    baseline_ms = timings[0]
+    points = [{**_point(r), "measured_ms": ms, "warm_start": _warm(r)}
+              for r, ms in zip(warm + found, timings[1:])]
+    return {"baseline_measured_ms": baseline_ms, "points": points, **compare(points, baseline_ms,
+                                                                          problem.baseline_summary()["accuracy"])}
+
+
+def compare(points: list[dict], baseline_ms: float, baseline_accuracy: float) -> dict:
+    """The issue's two measured bars: the best search-found point against the best warm start
+    at no more measured latency; the fastest point within half a point of the baseline."""
+    warm = [p for p in points if p["warm_start"]]
+    found = [p for p in points if not p["warm_start"]]
+    best_warm = max(warm, key=lambda p: (p["accuracy"], -p["measured_ms"]), default=None)
+    verdict = None
+    if best_warm is not None:
+        more_accurate = [p for p in found if p["measured_ms"] <= best_warm["measured_ms"]
+                         and p["accuracy"] >= best_warm["accuracy"] + 0.01]
+        faster = [p for p in found if p["accuracy"] >= best_warm["accuracy"]
+                  and p["measured_ms"] * 1.3 <= best_warm["measured_ms"]]
+        at_most = [p for p in found if p["measured_ms"] <= best_warm["measured_ms"]]
+        verdict = {"best_warm_start": best_warm,
+                   "best_found_at_no_more_latency": max(at_most, key=lambda p: p["accuracy"], default=None),
+                   "fastest_found_at_no_less_accuracy": min((p for p in found if p["accuracy"] >= best_warm["accuracy"]),
+                                                            key=lambda p: p["measured_ms"], default=None),
+                   "one_point_more_accurate": bool(more_accurate), "x1_3_faster": bool(faster)}
+        verdict["met"] = verdict["one_point_more_accurate"] or verdict["x1_3_faster"]
+    close = [p for p in points if p["accuracy"] >= baseline_accuracy - 0.005]
+    fastest_close = min(close, key=lambda p: p["measured_ms"], default=None)
+    return {"warm_vs_found": verdict, "fastest_within_half_a_point": fastest_close,
+            "speedup_within_half_a_point": baseline_ms / fastest_close["measured_ms"] if fastest_close else None}
 
 
 def _card_summary(card: dict) -> dict:
@@ -121,56 +215,6 @@ def _card_summary(card: dict) -> dict:
             "accuracy_onnx": acc["after_finetune_onnx"], "accuracy_torch": acc["after_finetune_torch"],
             "baseline_accuracy": acc["baseline"], "drop_points": acc["drop_points"],
             "size_ratio": card["size"]["ratio_to_baseline"]}
-
-
-def write(report: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "search_vs_hand_policy.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# Search against the hand policy (uniform pruning + int8)", "",
-             f"digits at 32x32, budget {report['budget']} of the baseline's predicted latency, {report['trials']} "
-             f"trials of {report['finetune_steps']} distillation steps; exports fine-tuned {report['export_steps']} "
-             f"steps and measured with the hardware protocol (fastest run of 3 sweeps 20 s apart, each of 15 "
-             f"interleaved passes, next to the baseline). Machine: {report['machine']['cpu']}. Command: "
-             "`python benchmarks/search_vs_hand_policy.py`.",
-             ""]
-    for spec, m in report["models"].items():
-        b = m["baseline"]
-        lines += [f"## {spec}", "",
-                  f"Baseline: accuracy {100 * b['accuracy']:.2f}%, predicted {b['latency_ms']:.3f} ms; budget "
-                  f"{m['budget_ms']:.3f} ms. Search: {m['search_minutes']:.1f} min, trials by status "
-                  f"{m['trials_by_status']}; front {m['front_points']} points, {m['front_points_under_budget']} "
-                  f"under budget (origins: {', '.join(m['origins_on_front'])}).", "",
-                  "| hand policy | accuracy | predicted ms | under budget | best front accuracy at <= that latency "
-                  "| best search-found (not warm start) | dominated |",
-                  "|---|---|---|---|---|---|---|"]
-        for h in m["hand_policies"]:
-            front_acc = _pct(h["front_best_at_or_below_latency"])
-            found_acc = _pct(h["search_found_best_at_or_below_latency"])
-            lines.append(f"| {h['policy']} | {_pct(h['accuracy'])} | {h['latency_ms']:.3f} | "
-                         f"{'yes' if h['under_budget'] else 'no'} | {front_acc} | {found_acc} | "
-                         f"{'yes' if h['dominated_by_front'] else 'no'} |")
-        lines += ["", "| exported | trial | predicted ms | measured ms | error | measured / budget | x baseline "
-                  "(measured) | ONNX accuracy | drop (points) | size x baseline |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for label, e in (("best under budget", m["export_best"]), (f"hand: {m['hand_policy_exported']}",
-                                                                    m["export_hand"])):
-            if e:
-                lines.append(f"| {label} | {e['trial']} | {e['predicted_ms']:.3f} | {e['measured_ms']:.3f} | "
-                             f"{100 * e['prediction_error']:+.1f}% | {e['measured_over_budget']:.2f} | "
-                             f"{e['ratio_to_baseline']:.3f} | {_pct(e['accuracy_onnx'])} | {e['drop_points']:+.2f} | "
-                             f"{e['size_ratio']:.3f} |")
-        sel = m["selection"]
-        lines += ["", f"Best under budget, chosen by measurement (`export --best-under`): {len(sel['timed'])} front "
-                  f"points timed untrained beside the baseline, most accurate first: "
-                  + ", ".join(f"trial {t['trial']} {t['predicted_ms']:.3f} predicted / {t['measured_ms']:.3f} "
-                              f"measured ms" for t in sel["timed"])
-                  + f"; limit {sel['limit_ms']:.3f} ms. The most accurate point predicted under budget was trial "
-                  f"{m['best_predicted_under_budget']}.",
-                  "", f"![{spec} front](search_{spec}_pareto.png)", ""]
-    (out / "search_vs_hand_policy.md").write_text("\n".join(lines))
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 if __name__ == "__main__":

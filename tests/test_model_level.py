@@ -13,7 +13,7 @@ from autocompress.hardware.model_level import OWN_CANDIDATES, own_candidates, pr
 from autocompress.hardware.store import find_hardware_model, load_hardware_model
 from autocompress.search.folder import SearchFolder
 from autocompress.search.problem import ProblemSpec
-from autocompress.search.run import SearchSettings, run_search
+from autocompress.search.run import SearchSettings, _wants_model_level, run_search
 from autocompress.train.finetune import DistillationConfig
 
 
@@ -34,6 +34,17 @@ def test_auto_calibrates_only_models_the_hardware_model_was_not_profiled_on():
     hardware = load_hardware_model(find_hardware_model())
     assert profiled_on(hardware, "resnet18") and profiled_on(hardware, "torchvision:mobilenet_v2")
     assert not profiled_on(hardware, "reference_models:tiny_resnet")
+
+
+@pytest.mark.parametrize("model, budget, wanted", [("resnet18", "0.5x", True), ("resnet18", "2ms", False),
+                                                   ("reference_models:tiny_resnet", "2ms", True)])
+def test_auto_times_own_candidates_under_a_relative_budget_or_on_an_unprofiled_model(tmp_path, model, budget, wanted):
+    # a relative budget is a share of the original measured here, whatever the hardware model knows
+    hardware = load_hardware_model(find_hardware_model())
+    settings = SearchSettings(problem=ProblemSpec(model=model), budget=budget, out=tmp_path, calibrate_model="auto")
+    assert _wants_model_level(settings, hardware) is wanted
+    assert _wants_model_level(SearchSettings(problem=ProblemSpec(model=model), budget=budget, out=tmp_path,
+                                             calibrate_model="off"), hardware) is False
 
 
 def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share_of_the_measured_original(tmp_path):

@@ -174,7 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=_count, default=0, help="sampler seed (default 0)")
     search.add_argument("--calibrate-model", choices=["auto", "on", "off"], default="auto",
                         help="time a few dozen of the model's own candidates first and correct the hardware model "
-                             "for it (auto, the default: when it was not profiled on this model)")
+                             "for it (auto, the default: under a relative budget, and on a model it was not profiled "
+                             "on)")
     search.add_argument("--measure-near-budget", type=float, default=0.1, metavar="SHARE",
                         help="time a candidate predicted within this share of the budget before its fine-tune and "
                              "use the measurement (default 0.1; 0: never; local executor only)")

@@ -31,7 +31,7 @@ from ..hardware.measure import SWEEPS, measure_in_sweeps
 from ..search.pareto import TrialRecord, pareto_front
 from ..core.space import Candidate
 
-__all__ = ["BATCH", "MARGIN", "SLACK", "MeasuredChoice", "choose_by_measurement"]
+__all__ = ["BATCH", "MARGIN", "SLACK", "MeasuredChoice", "choose_by_measurement", "export_untrained"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def choose_by_measurement(problem, records: Sequence[TrialRecord], budget: Budge
             models.append((export_onnx(problem.baseline, problem.example, Path(tmp) / "baseline.onnx").path, shape))
         for start in range(0, len(pool), BATCH):
             batch = pool[start:start + BATCH]
-            paths = [(_export_untrained(problem, r, Path(tmp) / f"trial{r.number}.onnx"), shape) for r in batch]
+            paths = [(export_untrained(problem, r, Path(tmp) / f"trial{r.number}.onnx"), shape) for r in batch]
             measured = [fastest for fastest, _ in measure_in_sweeps(models + paths, sweeps=sweeps, pause_s=pause_s,
                                                                     **interleaved)]
             if budget.unit == "x":
@@ -102,7 +102,7 @@ def choose_by_measurement(problem, records: Sequence[TrialRecord], budget: Budge
     return MeasuredChoice(_record(pool, fastest["trial"]), False, limit_ms, baseline_ms, timed)
 
 
-def _export_untrained(problem, record: TrialRecord, path: Path) -> Path:
+def export_untrained(problem, record: TrialRecord, path: Path) -> Path:
     """The candidate built on the baseline's weights and exported: it times as the fine-tuned one will."""
     model = problem.build(Candidate.from_dict(record.candidate))
     return export_onnx(model, problem.example, path, calibration=problem.calibration[:1]).path

@@ -272,8 +272,12 @@ def _check_resumable(path: Path, settings: SearchSettings) -> None:
 
 
 def _wants_model_level(settings: SearchSettings, hardware) -> bool:
+    """Whether to time the model's own candidates first. "auto": on a model the hardware model was
+    not profiled on (its level can be tens of percent off), and under a relative budget, which is a
+    share of the original as measured here, not of its prediction: the host's speed drifts, and a
+    budget read off a prediction at another level is not the one the user asked for."""
     if settings.calibrate_model == "auto":
-        return not profiled_on(hardware, settings.problem.model)
+        return Budget.parse(settings.budget).unit == "x" or not profiled_on(hardware, settings.problem.model)
     return settings.calibrate_model == "on"
 
 
