@@ -48,3 +48,16 @@ class Residual(nn.Module):
 def tiny_resnet(num_classes: int = 10) -> TinyResNet:
     torch.manual_seed(0)
     return TinyResNet(num_classes).eval()
+
+
+def randomise_norms(model: nn.Module, seed: int = 0, *, scales: bool = False) -> nn.Module:
+    """BatchNorm statistics (and with ``scales``, weights) unlike their defaults, so that a norm
+    sliced, shared or skipped wrongly changes the outputs a test compares."""
+    generator = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            if scales:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+    return model

@@ -64,14 +64,14 @@ def test_a_miss_measured_near_the_budget_moves_the_next_prediction_over_it(space
     driver = TrialDriver(settings, FixedPrice(space), study, 1.05, executor)  # predicts 1.0 +- 0.1 ms
     driver.timer = MeasuresFirst(1.3)
     driver.run(progress=False)
-    first, second = study.trials
+    first, second = study.trials[:2]  # the queued two; over the budget, they leave the one trial asked to draw
     assert first.user_attrs["measured_ms"] == 1.3 and first.user_attrs["status"] == "over_budget"
     # not timed: its prediction, corrected by the one measured neighbour, is over the budget
     assert "measured_ms" not in second.user_attrs and second.user_attrs["status"] == "over_budget"
     assert second.user_attrs["uncorrected_ms"] == 1.0
     assert second.values[1] == second.user_attrs["predicted_ms"] == pytest.approx(math.sqrt(1.3))
     assert second.user_attrs["predicted_std_ms"] == pytest.approx(0.1 * math.sqrt(1.3))
-    assert executor.jobs == []
+    assert not [job for job in executor.jobs if job.number in (first.number, second.number)]
     with open(tmp_path / ROWS_FILE, newline="") as handle:
         (row,) = csv.DictReader(handle)
     assert (int(row["trial"]), float(row["predicted_ms"]), float(row["corrected_ms"]), float(row["measured_ms"])) == \

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from reference_models import randomise_norms
 
 from autocompress.cli.main import main
 from autocompress.core.accounting import footprint_of_candidate, footprint_of_model
@@ -46,13 +47,7 @@ def tiny_file(tmp_path):
 
 def _model(path, seed=0):
     torch.manual_seed(seed)
-    model = resolve_model(f"space:{path}")
-    generator = torch.Generator().manual_seed(seed)
-    for m in model.modules():  # statistics unlike the defaults, so a wrong norm shows
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-    return model
+    return randomise_norms(resolve_model(f"space:{path}"), seed)
 
 
 def test_the_shipped_space_is_the_benchmarks_15625_cells_stacked_five_to_a_stage():

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from reference_models import randomise_norms
 from torch.utils.data import TensorDataset
 
 from autocompress.cli.main import main
@@ -53,15 +54,6 @@ def _tiny(path, classes=10):
     return resolve_model(f"space:{path}", num_classes=classes)
 
 
-def _randomise_norms(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-
-
 def test_the_shipped_supernet_is_elastic_in_depth_expansion_and_kernel():
     spec = load_supernet_file("search_spaces/mobile_supernet.yaml")
     model = resolve_model("space:search_spaces/mobile_supernet.yaml")
@@ -75,7 +67,7 @@ def test_a_subnet_run_by_slicing_computes_what_the_search_builds_from_its_cells(
     """Weight sharing end to end: the subnet training runs (leading channels, centre kernel, skipped
     blocks) is exactly the network ``apply_candidate`` builds from the same cell choices."""
     model = _tiny(tiny_file)
-    _randomise_norms(model)
+    randomise_norms(model, scales=True)
     example = torch.randn(1, 3, 32, 32)
     analysis = analyze(model, example, space=resolve_search_space("auto", model))
     assert not analysis.blocks and not analysis.kernels  # the only architecture choices are the cells

@@ -160,10 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="joint multi-objective search under a latency budget (the main job)")
     _model_arguments(search)
     search.add_argument("--dataset", default="digits", help="digits (default), cifar10 or imagefolder:PATH")
-    search.add_argument("--budget", required=True, help="latency budget: 5ms, or 0.5x of the baseline's predicted "
-                        "latency")
+    search.add_argument("--budget", required=True, help="latency budget: 5ms, or 0.5x of the original's latency "
+                        "measured here at the start")
     search.add_argument("--trials", type=_positive, default=100,
-                        help="finished trials to reach, those already in the study included (default 100)")
+                        help="fine-tuned trials to reach, those already in the study included; proposals told over "
+                        "the budget at once do not count (default 100)")
     search.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     search.add_argument("--out", required=True, type=Path,
                         help="folder for the study, the baseline and the results; an existing search there resumes")

@@ -29,6 +29,9 @@ from .budget import ON_THE_MEAN, ChanceConstraint
 __all__ = ["Allocation", "BUDGET_SHARES", "allocate", "expected_damage"]
 
 BUDGET_SHARES = (1.0, 0.85, 0.7, 0.55, 0.4, 0.3)  # of the user's budget, loosest first
+# Steps of the walk down from the uncompressed model (each applies a few moves): a deep rung of
+# a large model can take a move for every variable, more than a repair from a sampled candidate.
+_WALK_STEPS = 200
 _GIVE_BACK_STEPS = 200  # each step undoes one change: never more than there are variables to undo
 
 
@@ -59,7 +62,8 @@ def allocate(space: Space, hardware, damage: Callable[[str, object], float], bud
     for share in sorted(shares, reverse=True):
         target = share * budget_ms
         if now > target:
-            walked = repair_to_budget(space, hardware, current, target, damage=damage, chance=chance)
+            walked = repair_to_budget(space, hardware, current, target, damage=damage, chance=chance,
+                                      max_steps=_WALK_STEPS)
             if walked is None:
                 break  # no move gains latency any more: deeper rungs are out of reach too
             current, now = walked

@@ -28,7 +28,7 @@ from .budget import ON_THE_MEAN, ChanceConstraint
 
 __all__ = ["fastest_candidate", "repair_to_budget"]
 
-_MAX_STEPS = 25
+_MAX_STEPS = 25  # enough from a sampled candidate; a walk from the uncompressed model needs more
 _FASTEST_PASSES = 30
 _MOVES_PER_STEP = 3  # the best few moves are applied together: fewer predictor calls per repair
 _EPS = 1e-3  # in MAC shares
@@ -37,19 +37,20 @@ _EPS_MEASURED = 1e-5  # in nats of KL divergence: well under any damage a change
 
 def repair_to_budget(space: Space, hardware, candidate: Candidate, budget_ms: float, *,
                      damage: Callable[[str, object], float] | None = None,
-                     chance: ChanceConstraint = ON_THE_MEAN) -> tuple[Candidate, float] | None:
+                     chance: ChanceConstraint = ON_THE_MEAN,
+                     max_steps: int = _MAX_STEPS) -> tuple[Candidate, float] | None:
     """A modification of ``candidate`` predicted within ``budget_ms`` at ``chance``'s confidence,
     and its latency read there (``ChanceConstraint.upper_ms``).
 
     ``damage(variable name, value)``: the measured damage of that value alone (``Sensitivities.kl``);
-    None ranks moves by the MAC-share proxy. Returns None when no sequence of moves gets there (or
-    none saves latency any more).
+    None ranks moves by the MAC-share proxy. Returns None when no sequence of ``max_steps`` steps
+    gets there (or no move saves latency any more).
     """
     analysis = space.analysis
     shares = _mac_shares(space)
     eps = _EPS if damage is None else _EPS_MEASURED
     current = candidate
-    for _ in range(_MAX_STEPS):
+    for _ in range(max_steps):
         moves = list(_moves(space, current, shares, damage))
         if not moves:
             return None

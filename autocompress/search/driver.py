@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 2  # times a trial is retried after its worker or its driver died
 _FAILURES_IN_A_ROW = 10
+_PROPOSALS_PER_TRIAL = 20  # proposals (most told over the budget at once) per trial asked for, at most
 
 
 class TrialDriver:
@@ -50,6 +51,7 @@ class TrialDriver:
         self.in_flight: dict = {}  # executor handle -> (trial, job, candidate key)
         self.preparing: optuna.Trial | None = None  # asked, not yet told or submitted
         self.failures_in_a_row = 0
+        self.out_of_proposals = False
         self.screening = (Screening(problem.space, problem.sensitivities.kl, study)
                           if settings.guide == "surrogate" else None)
         margin = settings.measure_near_budget
@@ -59,7 +61,23 @@ class TrialDriver:
         self.correction = LocalCorrection.load(problem.space, settings.out)
 
     def completed(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        """Trials fine-tuned so far: what ``trials`` counts. A proposal told over the budget costs
+        milliseconds, so counting it would let a tight budget spend the search on proposals and
+        leave a handful of fine-tunes."""
+        return sum(t.user_attrs.get("status") != "over_budget"
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def proposals_left(self) -> bool:
+        """False once so many proposals were made that the budget is all but out of the sampler's
+        reach: the search ends with what fits rather than drawing forever."""
+        asked = len(self.study.get_trials(deepcopy=False))
+        if asked < _PROPOSALS_PER_TRIAL * self.settings.trials:
+            return True
+        if not self.out_of_proposals:
+            self.out_of_proposals = True
+            log.warning("%d proposals and only %d fine-tuned: few candidates the sampler draws fit %.3f ms; stopping "
+                        "with what fits", asked, self.completed(), self.budget_ms)
+        return False
 
     def run(self, *, progress: bool) -> None:
         from tqdm.auto import tqdm
@@ -71,7 +89,7 @@ class TrialDriver:
         try:
             while True:
                 while (len(self.in_flight) < self.executor.slots and time.monotonic() < deadline
-                       and self.completed() + len(self.in_flight) < trials):
+                       and self.completed() + len(self.in_flight) < trials and self.proposals_left()):
                     self.preparing = self.study.ask()
                     self._start(self.preparing)
                     self.preparing = None
