@@ -37,15 +37,16 @@ def test_the_correction_follows_the_nearest_rows_and_is_shrunk_toward_one(space,
     correction = LocalCorrection(space)
     assert correction.factor(base) == 1.0 and correction.correct(base, 2.0, 0.2) == (2.0, 0.2)
     correction.add(3, base, 1.0, 1.0, 1.2, tmp_path)  # measured 20% over its prediction
-    assert correction.factor(base) == pytest.approx(math.sqrt(1.2))  # one identical row: half way (in logs)
-    assert correction.correct(base, 2.0, 0.2) == pytest.approx((2.0 * math.sqrt(1.2), 0.2 * math.sqrt(1.2)))
-    one_off = _changed(space, base, 1)
+    assert correction.factor(base) == pytest.approx(1.2)  # the candidate itself was measured: read there
+    assert correction.correct(base, 2.0, 0.2) == pytest.approx((2.4, 0.24))
+    one_off = _changed(space, base, 1)  # a neighbour: shrunk toward 1 (about half way for one close row)
     weight = math.exp(-1 / len(space.variables) / BANDWIDTH)
     assert correction.factor(one_off) == pytest.approx(1.2 ** (weight / (weight + 1)))
     assert 1.0 < correction.factor(_changed(space, base, len(space.variables))) < 1.0001  # nothing in common
     for trial in (4, 5):
         correction.add(trial, base, 1.0, 1.1, 1.2, tmp_path)
-    assert correction.factor(base) == pytest.approx(1.2 ** 0.75)  # three rows against the one of ratio 1
+    assert correction.factor(base) == pytest.approx(1.2)  # three measurements of it, all 1.2
+    assert correction.factor(one_off) == pytest.approx(1.2 ** (3 * weight / (3 * weight + 1)))
     resumed = LocalCorrection.load(space, tmp_path)
     assert [r.trial for r in resumed.rows] == [3, 4, 5]
     assert resumed.factor(one_off) == pytest.approx(correction.factor(one_off))
@@ -69,15 +70,15 @@ def test_a_miss_measured_near_the_budget_moves_the_next_prediction_over_it(space
     # not timed: its prediction, corrected by the one measured neighbour, is over the budget
     assert "measured_ms" not in second.user_attrs and second.user_attrs["status"] == "over_budget"
     assert second.user_attrs["uncorrected_ms"] == 1.0
-    assert second.values[1] == second.user_attrs["predicted_ms"] == pytest.approx(math.sqrt(1.3))
-    assert second.user_attrs["predicted_std_ms"] == pytest.approx(0.1 * math.sqrt(1.3))
+    assert second.values[1] == second.user_attrs["predicted_ms"] == pytest.approx(1.3)  # itself, measured
+    assert second.user_attrs["predicted_std_ms"] == pytest.approx(0.13)
     assert not [job for job in executor.jobs if job.number in (first.number, second.number)]
     with open(tmp_path / ROWS_FILE, newline="") as handle:
         (row,) = csv.DictReader(handle)
     assert (int(row["trial"]), float(row["predicted_ms"]), float(row["corrected_ms"]), float(row["measured_ms"])) == \
         (first.number, 1.0, 1.0, 1.3)
     assert TrialDriver(settings, FixedPrice(space), study, 1.05, executor).correction.factor(space.default()) == \
-        pytest.approx(math.sqrt(1.3))  # a resumed search corrects as this one did
+        pytest.approx(1.3)  # a resumed search corrects as this one did
 
 
 class MeasuresFirst:

@@ -66,15 +66,18 @@ def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share
     assert outcome.budget_ms == pytest.approx(0.6 * level["baseline_ms"])
     assert recorded["baseline"]["latency_ms"] == pytest.approx(level["baseline_ms"])
     assert level["rms_error_after"] >= 0 and level["rms_error_before"] >= 0
-    # the trials were predicted at that level: a warm start was among the candidates timed
+    # the trials were predicted at that level, and a warm start, timed among the own candidates, is
+    # read at its own measurement (the correction's rows with no trial)
     predicted = {Candidate.from_json(r["candidate"]).to_json(): float(r["predicted_ms"]) for r in rows}
-    timed = [r for r in outcome.records if r.latency_ms is not None and not r.latency_measured
-             and Candidate.from_dict(r.candidate).to_json() in predicted]
-    assert timed
+    measured_own = {Candidate.from_json(r["candidate"]).to_json(): float(r["measured_ms"]) for r in rows}
+    own = [r for r in outcome.records if r.latency_ms is not None
+           and Candidate.from_dict(r.candidate).to_json() in predicted]
+    assert own
     study = SearchFolder(tmp_path).load_study()
-    for record in timed:  # before the correction by the misses measured near the budget
-        model_level_ms = study.trials[record.number].user_attrs.get("uncorrected_ms", record.latency_ms)
-        assert model_level_ms == pytest.approx(ratio * predicted[Candidate.from_dict(record.candidate).to_json()])
+    for record in own:
+        key, attrs = Candidate.from_dict(record.candidate).to_json(), study.trials[record.number].user_attrs
+        assert attrs.get("uncorrected_ms", attrs["predicted_ms"]) == pytest.approx(ratio * predicted[key])
+        assert attrs["predicted_ms"] == pytest.approx(measured_own[key])
     # near the budget, the study holds the measurement: the objective, the constraint and the table say so
     measured = [t for t in study.trials if "measured_ms" in t.user_attrs and t.values is not None]
     assert measured, "no trial was timed near the budget"
@@ -86,7 +89,9 @@ def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share
         flags = {int(r["number"]): r["latency_measured"] for r in csv.DictReader(handle)}
     assert {flags[t.number] for t in measured} == {"True"}
     with open(tmp_path / "latency" / "near_budget.csv", newline="") as handle:
-        assert sorted(int(r["trial"]) for r in csv.DictReader(handle)) == sorted(t.number for t in measured)
+        trials = sorted(int(r["trial"]) for r in csv.DictReader(handle))
+    # the own candidates first, as measured rows of no trial; then the trials timed near the budget
+    assert trials == list(range(-OWN_CANDIDATES, 0)) + sorted(t.number for t in measured)
     assert recorded_near_budget(tmp_path)["measurements"] == len(measured)
     modified = table.stat().st_mtime_ns
     run_search(SearchSettings(**{**settings.__dict__, "trials": 5}), progress=False)  # resumed: not timed again

@@ -10,8 +10,14 @@ candidates that decide alike run alike kernels; a boundary repair, above all, di
 candidate it repairs in a few decisions. Why a ratio: misses grow with the latency.
 
 A row weighs ``exp(-distance / BANDWIDTH)``, and a pseudo-row of ratio 1 at distance 0 weighs
-``PRIOR_WEIGHT``: with one identical row the correction goes half way, with many close ones
-nearly all the way, and rows far away change little. The correction is applied before the
+``PRIOR_WEIGHT``: with one close row the correction goes about half way, with many close ones
+nearly all the way, and rows far away change little. A candidate that was itself measured is
+read at its measurement (the mean log ratio of its own rows): nothing is closer.
+
+The model's own candidates, timed before the search under a relative budget or on an unprofiled
+model (``hardware.model_level``: the simple policies among them), join as rows with negative
+trial numbers (``seed_with_own_candidates``), so the warm starts are told their measured latency
+and their neighbours are corrected from the first trial; ``summary`` leaves them out. The correction is applied before the
 budget check and before the choice of what to time. Rows are kept in the search folder
 (``latency/near_budget.csv``, next to the model's own timings), so a resumed search corrects as
 the first run did; each row also keeps the prediction as corrected when it was timed (from the
@@ -32,9 +38,10 @@ import numpy as np
 from ..core.space import Candidate, Space
 from ..files import write_csv_atomic
 
-__all__ = ["BANDWIDTH", "LocalCorrection", "MeasuredMiss", "NEIGHBOURS", "PRIOR_WEIGHT", "ROWS_FILE"]
+__all__ = ["BANDWIDTH", "LocalCorrection", "MeasuredMiss", "NEIGHBOURS", "OWN_ROWS_FILE", "PRIOR_WEIGHT", "ROWS_FILE"]
 
 ROWS_FILE = Path("latency") / "near_budget.csv"
+OWN_ROWS_FILE = Path("latency") / "own_candidates.csv"  # written by ``hardware.model_level``
 NEIGHBOURS = 8
 BANDWIDTH = 0.1  # in shares of the decisions: a row differing in a tenth of them weighs 1/e
 PRIOR_WEIGHT = 1.0
@@ -84,6 +91,9 @@ class LocalCorrection:
         if not self.rows:
             return 1.0
         distance = (self._codes != self._code(candidate)).mean(axis=1)
+        itself = distance == 0
+        if itself.any():
+            return float(np.exp(self._log_ratios[itself].mean()))
         nearest = np.argsort(distance, kind="stable")[:NEIGHBOURS]
         weights = np.exp(-distance[nearest] / BANDWIDTH)
         return float(np.exp((weights * self._log_ratios[nearest]).sum() / (weights.sum() + PRIOR_WEIGHT)))
@@ -101,10 +111,23 @@ class LocalCorrection:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_csv_atomic(path, _FIELDS, [row.to_row() for row in self.rows])
 
+    def seed_with_own_candidates(self, folder: Path, level: float) -> None:
+        """Add the rows of ``folder``'s own-candidate timings, their predictions (made at the hardware
+        model's own level) scaled by ``level``, the one the search predicts at."""
+        with open(Path(folder) / OWN_ROWS_FILE, newline="") as handle:
+            own = list(csv.DictReader(handle))
+        for number, row in enumerate(own, start=1):
+            predicted = float(row["predicted_ms"]) * level
+            self._remember(MeasuredMiss(-number, Candidate.from_json(row["candidate"]), predicted, predicted,
+                                        float(row["measured_ms"])))
+        path = Path(folder) / ROWS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(path, _FIELDS, [row.to_row() for row in self.rows])
+
     def summary(self) -> dict:
         """How many candidates were timed near the budget, and the median of |predicted / measured - 1|
-        before and after the correction (None before any)."""
-        rows = self.rows
+        before and after the correction (None before any); the own candidates are not counted."""
+        rows = [row for row in self.rows if row.trial >= 0]
         return {"measurements": len(rows), "file": str(ROWS_FILE),
                 "median_miss_before": _median_miss([r.predicted_ms for r in rows], rows),
                 "median_miss_after": _median_miss([r.corrected_ms for r in rows], rows)}

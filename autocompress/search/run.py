@@ -293,6 +293,8 @@ def _model_level(settings: SearchSettings, problem: SearchProblem, progress: boo
     log.info("own candidates measured %.3fx the predictions; RMS error %.1f%% before, %.1f%% after", level.ratio,
              100 * errors.get("rms_error_before", 0.0), 100 * errors.get("rms_error_after", 0.0))
     problem.hardware = problem.hardware.at_level(level.ratio)
+    # the candidates just timed are measured points: the search reads them, and their neighbours, so
+    LocalCorrection.load(problem.space, settings.out).seed_with_own_candidates(settings.out, level.ratio)
     return level
 
 
