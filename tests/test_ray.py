@@ -51,6 +51,11 @@ def _study(out: Path) -> optuna.Study:
     return SearchFolder(out).load_study()
 
 
+def _finetuned(trials) -> list:
+    """The finished trials that were fine-tuned: --trials counts these; proposals told over the budget come on top."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("status") != "over_budget"]
+
+
 def _settings(out: Path, *, trials: int, steps: int = 12, **ray_args) -> SearchSettings:
     return SearchSettings(problem=TINY, budget="5ms", out=out, trials=trials, finetune=DistillationConfig(steps=steps),
                           executor="ray", cpus_per_trial=1, **ray_args)
@@ -60,7 +65,7 @@ def test_trials_run_on_every_node_of_a_multi_node_cluster(cluster, problem, tmp_
     cluster_, _ = cluster
     outcome = run_search(_settings(tmp_path, trials=9, workers=3, ray_address=cluster_.address), progress=False,
                          problem=problem)
-    trials = _study(tmp_path).get_trials(states=(TrialState.COMPLETE,))
+    trials = _finetuned(_study(tmp_path).get_trials())
     assert len(trials) == 9 and len(outcome.front) >= 1
     nodes = {t.user_attrs["worker"]["node_id"] for t in trials}
     assert len(nodes) == 3  # every node fine-tuned trials
@@ -114,7 +119,7 @@ def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost
         ["worker lost: RayActorError"], ["worker lost: ActorDiedError"], ["worker lost: ActorUnavailableError"],
         ["worker lost: WorkerCrashedError"], ["worker lost: NodeDiedError"])
     assert hit.user_attrs["worker"]["pid"] != killed["worker"]["pid"]
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert len(_finetuned(trials)) == 4
     assert not [t for t in trials if t.state == TrialState.FAIL]
 
 
@@ -146,7 +151,7 @@ def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     trials = _study(out).get_trials()
     assert {t.number: t.values for t in trials if t.number in kept} == kept  # nothing finished was lost
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 8
+    assert len(_finetuned(trials)) == 8
     stale = [t for t in trials if t.state == TrialState.FAIL]
     assert stale and all("left running" in t.user_attrs["fail_reason"] for t in stale)
     for t in stale:  # a trial killed before it drew a candidate has nothing to retry
@@ -167,7 +172,7 @@ def test_cells_are_distilled_on_the_cluster_workers_before_the_trials(cluster, t
     assert len(rows) >= 12  # every inexact cell of the six blocks
     processes = {r["where"] for r in rows}
     assert f"{socket.gethostname()}:{os.getpid()}" not in processes and len(processes) >= 2  # on the workers
-    assert len(_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 3
+    assert len(_finetuned(_study(tmp_path).get_trials())) == 3
 
 
 def test_a_supernet_trains_data_parallel_on_the_cluster_workers(cluster, tmp_path):
@@ -182,4 +187,4 @@ def test_a_supernet_trains_data_parallel_on_the_cluster_workers(cluster, tmp_pat
     run_search(settings, progress=False)
     progress = json.loads((tmp_path / "search" / "supernet" / "progress.json").read_text())
     assert progress["step"] == 4 and progress["where"] == "2 workers, data-parallel"
-    assert len(_study(tmp_path / "search").get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert len(_finetuned(_study(tmp_path / "search").get_trials())) == 2
