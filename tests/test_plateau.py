@@ -56,6 +56,14 @@ def test_a_learnable_task_trains_to_its_plateau_and_keeps_the_best_weights():
     assert accuracy(model, held_out) == run.held_out_accuracy  # the weights kept are the best ones
 
 
+def test_a_cap_after_the_first_plateau_is_not_called_under_trained():
+    data = _separable(flipped=0.15)
+    whole = train_to_plateau(_linear(), data, QUICK)  # two plateaus: at the first rate, then the lower one
+    capped = train_to_plateau(_linear(), data, PlateauConfig(**{**QUICK.__dict__, "max_steps": whole.steps - 1}))
+    assert whole.plateaus == 2 and capped.stopped == "step_cap" and capped.plateaus == 1
+    assert capped.under_trained() is None and capped.held_out_accuracy == whole.held_out_accuracy
+
+
 def test_every_held_out_image_right_ends_the_training_at_once_and_is_not_under_trained():
     model, data = _linear(), _separable()
     run = train_to_plateau(model, data, PlateauConfig(**{**QUICK.__dict__, "patience": 50}))

@@ -7,8 +7,10 @@ training split (the validation split stays the search's own), and keeps the best
 ``patience`` rounds in a row bring no improvement, the learning rate drops once (a tenth) from the
 best weights, and the next plateau ends the training; ``time_cap_s`` and ``max_steps`` end it
 earlier. A round that scores every held-out image right ends it too: later weights could only tie,
-and ties are not kept, so waiting for a plateau there would spend the time cap for nothing. A baseline that a cap stopped before its plateau, or that fits few of its own training
-images, looks under-trained, and ``PlateauRun.under_trained`` says so and what to do.
+and ties are not kept, so waiting for a plateau there would spend the time cap for nothing. A
+baseline that a cap stopped before its first plateau, or that fits few of its own training images,
+looks under-trained, and ``PlateauRun.under_trained`` says so and what to do. One stopped after it
+(in the rounds at the lower learning rate) reached what its first rate could give: not flagged.
 """
 
 from __future__ import annotations
@@ -52,10 +54,11 @@ class PlateauRun:
     held_out_accuracy: float  # of the weights kept
     train_accuracy: float  # of the weights kept, on as many training images as were held out
     seconds: float
+    plateaus: int = 0  # plateaus reached before it stopped (each drops the learning rate, the last ends it)
 
     def under_trained(self) -> str | None:
         """One line saying why the baseline looks under-trained and what to do, or None."""
-        if self.stopped in ("time_cap", "step_cap"):
+        if self.stopped in ("time_cap", "step_cap") and not self.plateaus:
             cap = "--train-time-cap" if self.stopped == "time_cap" else "the step cap"
             return (f"the baseline stopped at {cap} after {self.steps} steps, before its held-out accuracy "
                     f"({self.held_out_accuracy:.1%}) stopped improving: it looks under-trained; give a larger "
@@ -86,7 +89,7 @@ def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig =
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     batches = itertools.cycle(make_loader(fit, batch_size=config.batch_size, shuffle=True, seed=config.seed))
     best_accuracy, best_step, best_state = -1.0, 0, _copy(model)
-    step, waited, stopped = 0, 0, None
+    step, waited, stopped, plateaus = 0, 0, None, 0
     while stopped is None:
         model.train()
         for _ in range(config.eval_every):
@@ -107,6 +110,7 @@ def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig =
             continue
         waited += 1
         if waited >= config.patience and stopped is None:
+            plateaus += 1
             if not drops_left:
                 stopped = "plateau"
                 break
@@ -117,7 +121,8 @@ def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig =
                 group["lr"] = lr
     model.load_state_dict(best_state)
     seen = Subset(fit, range(min(len(fit), len(held_out))))
-    return PlateauRun(step, best_step, stopped, best_accuracy, accuracy(model, seen), time.monotonic() - started)
+    return PlateauRun(step, best_step, stopped, best_accuracy, accuracy(model, seen), time.monotonic() - started,
+                      plateaus)
 
 
 def _scored(model: nn.Module, fit: Dataset, held_out: Dataset, config: PlateauConfig) -> float:
