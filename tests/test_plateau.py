@@ -64,6 +64,24 @@ def test_a_cap_after_the_first_plateau_is_not_called_under_trained():
     assert capped.under_trained() is None and capped.held_out_accuracy == whole.held_out_accuracy
 
 
+class _Versioned(nn.Linear):
+    """Refuses a state without its saved version, as torchvision's MNASNet does."""
+    _version = 2
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+        if local_metadata.get("version") != 2:
+            raise ValueError(f"version should be 2 instead of {local_metadata.get('version')}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+def test_the_best_weights_load_back_into_a_model_that_checks_their_version():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), _Versioned(48, 2))
+    run = train_to_plateau(model, _separable(flipped=0.15), QUICK)
+    _, held_out = held_out_split(_separable(flipped=0.15), QUICK)
+    assert run.stopped == "plateau" and accuracy(model, held_out) == run.held_out_accuracy
+
+
 def test_every_held_out_image_right_ends_the_training_at_once_and_is_not_under_trained():
     model, data = _linear(), _separable()
     run = train_to_plateau(model, data, PlateauConfig(**{**QUICK.__dict__, "patience": 50}))

@@ -15,6 +15,7 @@ looks under-trained, and ``PlateauRun.under_trained`` says so and what to do. On
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from dataclasses import asdict, dataclass
@@ -132,4 +133,6 @@ def _scored(model: nn.Module, fit: Dataset, held_out: Dataset, config: PlateauCo
 
 
 def _copy(model: nn.Module) -> dict:
-    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+    # deepcopy keeps the state dict's per-module metadata: modules that check their saved version
+    # on load (torchvision's MNASNet) refuse a plain dict of tensors
+    return copy.deepcopy(model.state_dict())
