@@ -153,7 +153,8 @@ def test_resume_keeps_finished_trials_and_retries_those_a_killed_process_left_ru
     orphan.set_user_attr("origin", "sampler")
 
     queued = len(study.get_trials(states=(TrialState.WAITING,)))
-    finetuned = sum(t.user_attrs.get("status") != "over_budget" for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    finetuned = sum(t.user_attrs.get("status") != "over_budget"
+                    for t in study.get_trials(states=(TrialState.COMPLETE,)))
     target = finetuned + queued + 1  # at least every queued trial, then the retry queued behind them
     resumed = run_search(SearchSettings(problem=TINY, budget="0.7x", out=out, trials=target, finetune=FAST, seed=1),
                          progress=False, problem=problem)
@@ -266,6 +267,11 @@ def test_export_writes_onnx_weights_and_a_measured_card(finished_search, tmp_pat
     assert lat["measured_ms"] == min(lat["measured_sweeps_ms"]) > 0 and len(lat["measured_sweeps_ms"]) == 2
     assert lat["baseline_measured_ms"] == min(lat["baseline_measured_sweeps_ms"]) > 0
     assert lat["prediction_error"] == pytest.approx(lat["predicted_ms"] / lat["measured_ms"] - 1)
+    # beside the plain prediction, what the front said of the point, and whether it was measured
+    assert (lat["stated_ms"], lat["stated_measured"]) == (front[card["trial"]].latency_ms,
+                                                         front[card["trial"]].latency_measured)
+    assert lat["stated_error"] == pytest.approx(lat["stated_ms"] / lat["measured_ms"] - 1)
+    assert "front stated" in (out / "card.md").read_text()
     assert acc["top1_agreement_torch_onnx"] >= 0.95
     assert abs(acc["after_finetune_onnx"] - acc["after_finetune_torch"]) <= 0.03
     assert json.loads((out / "card.json").read_text())["candidate"] == front[card["trial"]].candidate

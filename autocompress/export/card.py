@@ -110,6 +110,11 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
             "measured_p90_ms": model_t.p90_ms,
             "measured_sweeps_ms": model_sweeps,
             "prediction_error": predicted.ms / model_t.best_ms - 1.0,
+            # what the search's front says of this point: measured before its fine-tune, or predicted
+            # and corrected by the candidates timed near it; the plain prediction above knows neither
+            "stated_ms": chosen.latency_ms,
+            "stated_measured": chosen.latency_measured,
+            "stated_error": chosen.latency_ms / model_t.best_ms - 1.0,
             "baseline_predicted_ms": problem.baseline_ms,
             # what predictions were scaled by: the host's level when the search started (1: the profile's)
             "host_level": problem.hardware.level,
@@ -176,6 +181,9 @@ def write_card(out: Path, card: dict) -> None:
         "",
         f"Prediction error: {100 * lat['prediction_error']:+.1f}% of the measured latency; measured latency is "
         f"{lat['measured_over_budget']:.2f}x the budget."
+        + (f" The search's front stated {lat['stated_ms']:.3f} ms for it "
+           f"({'measured before its fine-tune' if lat['stated_measured'] else 'predicted, corrected near the budget'}"
+           f"; {100 * lat['stated_error']:+.1f}% of this measurement)." if "stated_ms" in lat else "")
         + (f" Predictions are at the host's level when the search started ({lat['host_level']:.3f}x the hardware "
            "model's, `--calibrate-host`)." if lat.get("host_level", 1.0) != 1.0 else ""),
         "",
