@@ -61,6 +61,10 @@ def test_the_shipped_supernet_is_elastic_in_depth_expansion_and_kernel():
     assert len(model.blocks) == 4 + 4 + 6 + 6
     optional = [i for i, b in enumerate(model.blocks) if isinstance(b, OptionalInvertedResidual)]
     assert optional == [2, 3, 6, 7, 10, 11, 12, 13, 16, 17, 18, 19]  # past each stage's shallowest depth
+    # the stem halves the 32-pixel map, as MobileNet-V2's does; the stages take it to 2x2
+    assert spec.stem_stride == 2
+    assert model.blocks[:1](model.stem(torch.zeros(1, 3, 32, 32))).shape[-1] == 8
+    assert model.blocks(model.stem(torch.zeros(1, 3, 32, 32))).shape[-1] == 2
 
 
 def test_a_subnet_run_by_slicing_computes_what_the_search_builds_from_its_cells(tiny_file):
@@ -170,6 +174,7 @@ def test_a_bad_stage_is_one_line_before_anything_is_trained(capsys, tmp_path, st
     ("  kernel: [3, 5]", "  kernel: [3, 4]", "supernet.kernel: 4: a depthwise kernel must be odd"),
     ("  expand: [2, 4]", "  expand: []", "supernet.expand: empty"),
     ("  stem: 8", "  stem: 8\n  family: nb101", "unknown family 'nb101'"),
+    ("  stem: 8", "  stem: 8\n  stem_stride: 4", "supernet.stem_stride: 4 is not 1 or 2"),
 ])
 def test_bad_elastic_choices_are_named(tmp_path, line, replacement, words):
     path = tmp_path / "bad_supernet.yaml"

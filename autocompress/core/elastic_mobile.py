@@ -111,7 +111,8 @@ class ElasticMobileNet(nn.Module):
         super().__init__()
         scale = spec.width_multiplier
         stem = divisible(spec.stem * scale)
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, spec.stem_stride, 1, bias=False), nn.BatchNorm2d(stem),
+                                  nn.ReLU6(inplace=True))
         blocks, channels = [], stem
         for stage in spec.stages:
             width = divisible(stage.channels * scale)

@@ -24,7 +24,7 @@ __all__ = ["MAX_STAGE_DEPTH", "SPACE_PREFIX", "SearchSpaceError", "StageSpec", "
 SPACE_PREFIX = "space:"
 MAX_STAGE_DEPTH = 8  # blocks in one stage: deeper stages add latency a 32-pixel map cannot use
 _TOP_LEVEL_KEYS = ("version", "name", "description", "supernet")
-_SUPERNET_KEYS = ("family", "stem", "width_multiplier", "expand", "kernel", "stages", "head")
+_SUPERNET_KEYS = ("family", "stem", "stem_stride", "width_multiplier", "expand", "kernel", "stages", "head")
 _STAGE_KEYS = ("channels", "depth", "stride")
 _FAMILIES = ("elastic_mobile", Nb201Spec.family)
 _EXAMPLE = "search_spaces/mobile_supernet.yaml"
@@ -54,12 +54,16 @@ class SupernetFile:
     expands: tuple[float, ...]  # every block's expansion ratios (one set: the cells match blocks by type)
     kernels: tuple[int, ...]
     stages: tuple[StageSpec, ...]
+    # 2: the stem halves the map, as MobileNet-V2's and Once-for-All's do; every block then runs on a
+    # quarter of the pixels, which is what reaches the latencies of small hand-designed networks.
+    stem_stride: int = 1
 
     family = "elastic_mobile"
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "name": self.name, "family": self.family, "stem": self.stem,
-                "width_multiplier": self.width_multiplier, "head": self.head, "expand": list(self.expands),
+                "stem_stride": self.stem_stride, "width_multiplier": self.width_multiplier, "head": self.head,
+                "expand": list(self.expands),
                 "kernel": list(self.kernels),
                 "stages": [{"channels": s.channels, "depth": list(s.depths), "stride": s.stride} for s in self.stages]}
 
@@ -100,8 +104,13 @@ def load_supernet_file(path: str | os.PathLike) -> SupernetFile | Nb201Spec:
     multiplier = _number(net.get("width_multiplier", 1.0), label, "supernet.width_multiplier", "a factor such as 1.0")
     if multiplier <= 0:
         raise _error(label, "supernet.width_multiplier", f"{multiplier:g} is not above 0; write e.g. 1.0 or 0.75")
+    stem_stride = net.get("stem_stride", 1)
+    if stem_stride not in (1, 2) or isinstance(stem_stride, bool):
+        raise _error(label, "supernet.stem_stride", f"{stem_stride!r} is not 1 or 2; the stem keeps (1) or halves (2) "
+                     "the map")
     return SupernetFile(path=label, name=name, description=description.strip(),
-                        stem=_channels(net.get("stem", 16), label, "supernet.stem"), width_multiplier=multiplier,
+                        stem=_channels(net.get("stem", 16), label, "supernet.stem"), stem_stride=stem_stride,
+                        width_multiplier=multiplier,
                         head=_channels(net.get("head", 256), label, "supernet.head"), expands=expands, kernels=kernels,
                         stages=stages)
 
