@@ -13,6 +13,7 @@ from autocompress import (
     resolve_model,
 )
 from autocompress.core.accounting import weight_bytes
+from autocompress.core.technique import LayerShape, ModelShapes
 
 MODELS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
           "autocompress.zoo:transformer_classifier", "shufflenet_v2_x0_5"]
@@ -83,3 +84,37 @@ def test_joint_candidates_with_cells_agree_on_every_family(spec):
         assert footprint_of_candidate(analysis, candidate) == footprint_of_model(built, example), candidate.to_json()
         assert kernels_of_candidate(analysis, candidate) == kernels_of_model(built, example), candidate.to_json()
     assert len(chosen - {"original"}) >= 3
+
+
+def _shapes_of(names):
+    from types import SimpleNamespace as Unit
+    units = {n: Unit(name=n, in_channels=8, out_channels=8, groups=1, kernel_size=(3, 3)) for n in names}
+    norms = {n + "_bn": Unit(name=n + "_bn", channels=8) for n in names}
+    return ModelShapes(layers={n: LayerShape(8, 8, 1, (3, 3)) for n in names},
+                       norm_channels={n + "_bn": 8 for n in names}, units=units, norms=norms)
+
+
+def _cell(block, width):
+    from types import SimpleNamespace as Unit
+    layers = (Unit(name=f"{block}.new", in_channels=8, out_channels=width, groups=1, kernel_size=(1, 1)),)
+    return block, layers, (Unit(name=f"{block}.new_bn", channels=width),), {f"{block}.new": "x"}
+
+
+def test_swapping_many_blocks_at_once_is_swapping_them_one_after_the_other():
+    """The predictor swaps all of a candidate's cells in one pass; it must leave what one swap
+    after the other leaves: the same entries in the same order, the cell where its block's first
+    entry stood; nested blocks fall back to one after the other."""
+    names = ["stem", "a.0", "a.1", "b.0", "b.1.x", "head"]
+    swaps = [_cell("a", 4), _cell("b.1", 2), _cell("missing", 6)]
+    together, apart = _shapes_of(names), _shapes_of(names)
+    together.replace_blocks(swaps)
+    for swap in swaps:
+        apart.replace_blocks([swap])
+    assert list(together.units) == ["stem", "a.new", "b.0", "b.1.new", "head", "missing.new"] == list(apart.units)
+    assert together.layers == apart.layers and together.norm_channels == apart.norm_channels
+    assert together.layers["a.new"] == LayerShape(8, 4, 1, (1, 1)) and together.follows == apart.follows
+    nested, one_by_one = _shapes_of(names), _shapes_of(names)
+    nested.replace_blocks([_cell("b", 4), _cell("b.1", 2)])
+    for swap in [_cell("b", 4), _cell("b.1", 2)]:
+        one_by_one.replace_blocks([swap])
+    assert list(nested.units) == list(one_by_one.units) == ["stem", "a.0", "a.1", "b.new", "head", "b.1.new"]

@@ -113,28 +113,75 @@ class ModelShapes:
             self._gone = (tuple(self.removed), frozenset(self.removed), tuple(gone + "." for gone in self.removed))
         return name not in self._gone[1] and not name.startswith(self._gone[2])
 
-    def replace_block(self, block: str, layers, norms, follows) -> None:
-        """Swap every layer and norm inside ``block`` for a cell's, where the block's first stood."""
-        self.units = _spliced(self.units, block, {u.name: u for u in layers})
-        self.norms = _spliced(self.norms, block, {n.name: n for n in norms})
+    def replace_blocks(self, swaps: list[tuple[str, tuple, tuple, dict]], block_of: dict | None = None) -> None:
+        """Swap every layer and norm inside each ``(block, layers, norms, follows)`` for its cell's,
+        where the block's first stood. All blocks in one pass over the entries: one pass per block
+        made the predictor's inner loop quadratic in the cells a candidate changes. ``block_of``:
+        the block (of any swap the analysis offers) each entry lies in, when those blocks do not
+        nest and the entries are still the analysis' own (``blocks_by_entry``); else it is worked out."""
+        if not swaps:
+            return
+        blocks = [block for block, _, _, _ in swaps]
+        if block_of is None and any(is_inside(inner, outer) for outer in blocks for inner in blocks if inner != outer):
+            for swap in swaps:  # nested blocks: each swap sees what the one before it left
+                self.replace_blocks([swap])
+            return
+        layers = {block: {u.name: u for u in cell_layers} for block, cell_layers, _, _ in swaps}
+        norms = {block: {n.name: n for n in cell_norms} for block, _, cell_norms, _ in swaps}
+        self.units = _spliced(self.units, layers, block_of)
+        self.norms = _spliced(self.norms, norms, block_of)
+        new_layers = {name: u for cell in layers.values() for name, u in cell.items()}
+        new_norms = {name: n for cell in norms.values() for name, n in cell.items()}
         self.layers = {name: LayerShape(u.in_channels, u.out_channels, u.groups, u.kernel_size)
-                       if is_inside(name, block) else self.layers[name] for name, u in self.units.items()}
-        self.norm_channels = {name: n.channels if is_inside(name, block) else self.norm_channels[name]
-                              for name, n in self.norms.items()}
-        self.follows.update(follows)
+                       if name in new_layers else self.layers[name] for name, u in self.units.items()}
+        self.norm_channels = {name: new_norms[name].channels if name in new_norms else self.norm_channels[name]
+                              for name in self.norms}
+        for _, _, _, follows in swaps:
+            self.follows.update(follows)
 
 
-def _spliced(entries: dict, block: str, cell: dict) -> dict:
-    out, placed = {}, False
+def blocks_by_entry(analysis, blocks) -> dict | None:
+    """Each layer and norm of ``analysis`` lying in one of ``blocks`` (the blocks its cells may
+    swap), mapped to that block; None when the blocks nest. Cached on the analysis: the predictor
+    asks for it with every candidate."""
+    key = tuple(sorted(blocks))
+    cached = analysis.__dict__.get("_blocks_by_entry")
+    if cached is None or cached[0] != key:
+        nested = any(is_inside(inner, outer) for outer in key for inner in key if inner != outer)
+        names = [u.name for u in analysis.layers] + [n.name for n in analysis.norms]
+        found = None if nested else {name: block for name in names
+                                     if (block := _enclosing(name, dict.fromkeys(key))) is not None}
+        cached = analysis.__dict__["_blocks_by_entry"] = (key, found)
+    return cached[1]
+
+
+def _spliced(entries: dict, cells: dict[str, dict], block_of: dict | None) -> dict:
+    """``entries`` with those inside each block of ``cells`` replaced by the block's cell entries,
+    placed where the block's first entry stood (at the end when it had none)."""
+    out, placed = {}, set()
     for name, value in entries.items():
-        if not is_inside(name, block):
+        block = _enclosing(name, cells) if block_of is None else block_of.get(name)
+        if block not in cells:
             out[name] = value
-        elif not placed:
+        elif block not in placed:
+            out.update(cells[block])
+            placed.add(block)
+    for block, cell in cells.items():
+        if block not in placed:
             out.update(cell)
-            placed = True
-    if not placed:
-        out.update(cell)
     return out
+
+
+def _enclosing(name: str, blocks: dict) -> str | None:
+    """The key of ``blocks`` that ``name`` is or lies below (they do not nest), or None."""
+    if name in blocks:
+        return name
+    end = name.find(".")
+    while end != -1:
+        if name[:end] in blocks:
+            return name[:end]
+        end = name.find(".", end + 1)
+    return None
 
 
 def layer_mac_share(analysis, macs: int) -> float:

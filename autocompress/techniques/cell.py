@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..core.cell_choices import ORIGINAL, SKIP
 from ..core.cells import build_cell
 from ..core.modules import set_submodule
-from ..core.technique import ModelShapes, Technique, Variable, layer_mac_share, read_flag, register
+from ..core.technique import ModelShapes, Technique, Variable, blocks_by_entry, layer_mac_share, read_flag, register
 
 __all__ = ["CellChoices", "cell_key"]
 
@@ -55,7 +55,7 @@ class CellChoices(Technique):
             set_submodule(model, block, cell.eval())
 
     def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
-        chosen = {c.block: c for c in analysis.cells}
+        chosen, swaps = {c.block: c for c in analysis.cells}, []
         for block, name in sorted(candidate.cell.items()):
             if name == ORIGINAL:
                 continue
@@ -63,7 +63,8 @@ class CellChoices(Technique):
             if name == SKIP:
                 shapes.removed.append(block)
             else:
-                shapes.replace_block(block, option.layers, option.norms, dict(option.follows))
+                swaps.append((block, option.layers, option.norms, dict(option.follows)))
+        shapes.replace_blocks(swaps, blocks_by_entry(analysis, chosen))
 
     def mac_share(self, analysis, unit: str) -> float:
         return layer_mac_share(analysis, sum(c.macs for c in analysis.cells if unit in (c.block, c.tied_to)))
