@@ -127,6 +127,9 @@ def test_allocations_fit_their_rungs_give_back_what_they_need_not_and_beat_unifo
                     softer = seed.candidate.with_decision(var.kind, var.unit, other)
                     assert hardware.predict_candidates(space.analysis, [softer])[0][0] > seed.target_ms
     assert seeds[0].damage <= seeds[-1].damage
+    # a budget the uncompressed model meets: the rungs stand below the model, not all at it
+    loose = allocate(space, hardware, table.kl, 3 * full)
+    assert len(loose) >= 4 and all(s.target_ms == pytest.approx(s.share * full) for s in loose)
     # at the latency of each uniform pruning policy, the allocation does less measured damage
     for name, params in warm_start_policies(space).items():
         if name.startswith("uniform") and name.endswith("fp32"):

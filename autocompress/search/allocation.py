@@ -14,6 +14,9 @@ A greedy path keeps early moves that later ones made unnecessary, so at each run
 pass then undoes (or softens) the changes whose damage is largest while the candidate still fits.
 The rungs are spread below the user's budget (``BUDGET_SHARES``) so that the front fills in, not
 only its fastest end; they seed the study after the uniform warm starts and before the sampler.
+A budget the uncompressed model already meets (a loose absolute one, or a supernet whose largest
+subnet fits) would put every rung at the uncompressed model, so the rungs then stand below its
+latency instead: the front still wants its faster points.
 Latencies are read at the search's confidence (``budget.ChanceConstraint``), as the budget is.
 """
 
@@ -37,7 +40,7 @@ _GIVE_BACK_STEPS = 200  # each step undoes one change: never more than there are
 
 @dataclass(frozen=True)
 class Allocation:
-    share: float  # of the user's budget
+    share: float  # of the user's budget (of the uncompressed model's latency, when that is lower)
     target_ms: float
     candidate: Candidate
     predicted_ms: float  # read at the confidence the allocation was made for (``ChanceConstraint.upper_ms``)
@@ -52,15 +55,16 @@ def expected_damage(space: Space, candidate: Candidate, damage: Callable[[str, o
 
 def allocate(space: Space, hardware, damage: Callable[[str, object], float], budget_ms: float, *,
              shares: tuple[float, ...] = BUDGET_SHARES, chance: ChanceConstraint = ON_THE_MEAN) -> list[Allocation]:
-    """One candidate per rung ``share * budget_ms`` the space can reach, loosest first, each
-    predicted within its rung at ``chance``'s confidence; distinct candidates only (two rungs can
-    land on the same one)."""
+    """One candidate per rung ``share * budget_ms`` the space can reach (of the uncompressed model's
+    latency where that is lower), loosest first, each predicted within its rung at ``chance``'s
+    confidence; distinct candidates only (two rungs can land on the same one)."""
     analysis = space.analysis
     current = space.default()
     now = float(chance.predict_upper_ms(hardware, analysis, [current])[0])
     found: list[Allocation] = []
+    ladder = min(budget_ms, now)
     for share in sorted(shares, reverse=True):
-        target = share * budget_ms
+        target = share * ladder
         if now > target:
             walked = repair_to_budget(space, hardware, current, target, damage=damage, chance=chance,
                                       max_steps=_WALK_STEPS)
