@@ -104,10 +104,7 @@ def load_supernet_file(path: str | os.PathLike) -> SupernetFile | Nb201Spec:
     multiplier = _number(net.get("width_multiplier", 1.0), label, "supernet.width_multiplier", "a factor such as 1.0")
     if multiplier <= 0:
         raise _error(label, "supernet.width_multiplier", f"{multiplier:g} is not above 0; write e.g. 1.0 or 0.75")
-    stem_stride = net.get("stem_stride", 1)
-    if stem_stride not in (1, 2) or isinstance(stem_stride, bool):
-        raise _error(label, "supernet.stem_stride", f"{stem_stride!r} is not 1 or 2; the stem keeps (1) or halves (2) "
-                     "the map")
+    stem_stride = _stride(net.get("stem_stride", 1), label, "supernet.stem_stride", "the stem")
     return SupernetFile(path=label, name=name, description=description.strip(),
                         stem=_channels(net.get("stem", 16), label, "supernet.stem"), stem_stride=stem_stride,
                         width_multiplier=multiplier,
@@ -122,10 +119,14 @@ def _stage(raw: Any, label: str, entry: str) -> StageSpec:
     if "channels" not in raw or "depth" not in raw:
         raise _error(label, entry, "a stage needs channels and depth, e.g. {channels: 24, depth: [2, 3, 4]}")
     depths = _choices(raw["depth"], _depth, label, f"{entry}.depth", "[2, 3, 4]")
-    stride = raw.get("stride", 1)
-    if stride not in (1, 2) or isinstance(stride, bool):
-        raise _error(label, f"{entry}.stride", f"{stride!r} is not 1 or 2; a stage keeps (1) or halves (2) the map")
+    stride = _stride(raw.get("stride", 1), label, f"{entry}.stride", "a stage")
     return StageSpec(channels=_channels(raw["channels"], label, f"{entry}.channels"), depths=depths, stride=stride)
+
+
+def _stride(value: Any, label: str, entry: str, what: str) -> int:
+    if value not in (1, 2) or isinstance(value, bool):
+        raise _error(label, entry, f"{value!r} is not 1 or 2; {what} keeps (1) or halves (2) the map")
+    return value
 
 
 def _choices(raw: Any, check, label: str, entry: str, example: str) -> tuple:

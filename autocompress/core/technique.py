@@ -122,7 +122,7 @@ class ModelShapes:
         if not swaps:
             return
         blocks = [block for block, _, _, _ in swaps]
-        if block_of is None and any(is_inside(inner, outer) for outer in blocks for inner in blocks if inner != outer):
+        if block_of is None and _nested(blocks):
             for swap in swaps:  # nested blocks: each swap sees what the one before it left
                 self.replace_blocks([swap])
             return
@@ -147,10 +147,9 @@ def blocks_by_entry(analysis, blocks) -> dict | None:
     key = tuple(sorted(blocks))
     cached = analysis.__dict__.get("_blocks_by_entry")
     if cached is None or cached[0] != key:
-        nested = any(is_inside(inner, outer) for outer in key for inner in key if inner != outer)
-        names = [u.name for u in analysis.layers] + [n.name for n in analysis.norms]
-        found = None if nested else {name: block for name in names
-                                     if (block := _enclosing(name, dict.fromkeys(key))) is not None}
+        names, lookup = [u.name for u in analysis.layers] + [n.name for n in analysis.norms], dict.fromkeys(key)
+        found = None if _nested(key) else {name: block for name in names
+                                           if (block := _enclosing(name, lookup)) is not None}
         cached = analysis.__dict__["_blocks_by_entry"] = (key, found)
     return cached[1]
 
@@ -170,6 +169,11 @@ def _spliced(entries: dict, cells: dict[str, dict], block_of: dict | None) -> di
         if block not in placed:
             out.update(cell)
     return out
+
+
+def _nested(blocks) -> bool:
+    """Whether one of ``blocks`` lies inside another."""
+    return any(is_inside(inner, outer) for outer in blocks for inner in blocks if inner != outer)
 
 
 def _enclosing(name: str, blocks: dict) -> str | None:
