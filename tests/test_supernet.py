@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -226,3 +226,24 @@ def test_data_parallel_steps_sum_the_shards_gradients_as_one_batch_would(tiny_fi
     moved = [not torch.equal(a, b) for (_, a), (_, b) in zip(_tiny(tiny_file, 4).state_dict().items(),
                                                             two.state_dict().items()) if a.is_floating_point()]
     assert all(moved)  # every weight and statistic trained
+
+
+def test_a_supernet_asked_for_its_default_steps_by_number_or_by_auto_trains_once(tiny_file, tmp_path, digits,
+                                                                                  monkeypatch):
+    """The benchmark passes ``--train-steps 400``, the CLI's default is "auto" (400 sandwich steps):
+    one training, so a search folder the one wrote is reused by the other."""
+    from autocompress.train import baseline
+
+    @dataclass(frozen=True)
+    class ThreeSteps(SupernetTrainingConfig):
+        steps: int = 3
+        batch_size: int = 16
+
+    monkeypatch.setattr(baseline, "SupernetTrainingConfig", ThreeSteps)
+    arguments = dict(num_classes=10, weights=None, splits=digits, cache_dir=tmp_path)
+    baseline.baseline_model(f"space:{tiny_file}", train_steps=3, **arguments)
+    written = (tmp_path / "baseline.pt").stat().st_mtime_ns
+    baseline.baseline_model(f"space:{tiny_file}", train_steps="auto", **arguments)
+    assert (tmp_path / "baseline.pt").stat().st_mtime_ns == written
+    baseline.baseline_model(f"space:{tiny_file}", train_steps=4, **arguments)  # more steps: trained on
+    assert (tmp_path / "baseline.pt").stat().st_mtime_ns != written

@@ -73,8 +73,9 @@ def _validate_predictor(args) -> int:
                       seed=args.seed, threads=hardware.metadata.get("threads", 1),
                       sweeps=args.sweeps or (hardware.metadata.get("plan") or {}).get("sweeps", 2), cells=args.cells)
     out = args.out or args.hardware_model / "validation"
-    plan = hardware.metadata.get("plan") or {}
-    write_report(report, out, profiled_models=list(plan.get("models", [])), machine=hardware.metadata.get("machine", {}))
+    plan, measured = hardware.metadata.get("plan") or {}, hardware.metadata.get("measurements") or {}
+    fitted_on = list(dict.fromkeys([*plan.get("models", []), *measured.get("candidates_by_model", {})]))
+    write_report(report, out, profiled_models=fitted_on, machine=hardware.metadata.get("machine", {}))
     write_plot(report, out / "validation.png")
     summary = report.to_dict()
     if args.json:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
@@ -122,6 +123,8 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
         "plan": asdict(plan) if plan else old.get("plan"),
         "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows),
                          "candidates_from_validation": sum(bool(r.get("source")) for r in model_rows),
+                         # the families the fit has seen whole: the profile's models and any a validation added
+                         "candidates_by_model": dict(collections.Counter(r["model"] for r in model_rows)),
                          "figure": "best_ms / level",
                          "session_levels": {r["source"]: r["level"] for r in model_rows if r["source"]}},
         "predictor": {"class": "LatencyPredictor",
