@@ -3,9 +3,10 @@
 A search scores candidates one at a time (each trial) and in batches (boundary repair's moves).
 Goals: one candidate in at most 2 ms, at most 0.5 ms per candidate in batches of 1,000, and the
 same predictions as scikit-learn's own predict to 1e-9 (relative). Times the whole path a search
-pays, Candidate -> kernels (``kernels_of_candidate``) -> predicted latency, through the compiled
+pays, Candidate -> kernels (``candidate_table``) -> predicted latency, through the compiled
 forests (the default) and through scikit-learn (``compiled=False``, the path before them), one
-after the other in the same run; also the kernels step alone, which is part of both. Each path is
+after the other in the same run; also the kernels step alone, which is part of both; and what a
+search pays per new candidate once it priced its space's kernels at its start. Each path is
 timed in a block of its own after an untimed call, as a search calling it over and over runs it
 (timed alternately, each call of one path would start with the caches the other's hundred-odd MB
 of trees left behind). One at a time, each repeat prices another candidate. Then the largest
@@ -28,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from autocompress.hardware import kernels_of_candidate, load_hardware_model, machine_info
+from autocompress.hardware.kernels import candidate_table
 from autocompress.hardware.candidates import model_under_test, random_candidate
-from autocompress.search.problem import hardware_folder
+from autocompress.core.space import Space, SpaceOptions
+from autocompress.search.problem import hardware_folder, kernel_sample
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 BATCHES = (1, 100, 1000)
@@ -53,7 +56,7 @@ def _paths(hardware, analysis, candidates, kernel_lists):
         return hardware.predict_candidates(analysis, [candidates[i] for i in chosen])
 
     return {
-        "kernels": lambda chosen: [kernels_of_candidate(analysis, candidates[i]) for i in chosen],
+        "kernels": lambda chosen: [candidate_table(analysis, candidates[i]) for i in chosen],
         "sklearn": lambda chosen: predict([kernels_of_candidate(analysis, candidates[i]) for i in chosen], False),
         "compiled": compiled_path,
         "sklearn_predictor": lambda chosen: predict([kernel_lists[i] for i in chosen], False),
@@ -118,6 +121,25 @@ def main() -> None:
             warm_times.append(time.perf_counter() - start)
         rows[-len(BATCHES)]["compiled_after_1000_ms_per_candidate"] = round(1e3 * statistics.median(warm_times), 4)
         print(f"{spec:16s} one new candidate after 1,000 priced: {1e3 * statistics.median(warm_times):.3f} ms")
+        # As a search runs it: a hardware model loaded afresh, the kernels of its space's sample
+        # priced at its start (``build_problem``), then new candidates of that space one at a time.
+        searching = load_hardware_model(args.hardware_model)
+        space = Space(target.analysis, SpaceOptions())
+        start = time.perf_counter()
+        searching.predict_candidate(target.analysis, space.default())  # compiles the forests
+        searching.learn_kernels(target.analysis, kernel_sample(space))
+        learn_s = time.perf_counter() - start
+        rng = random.Random("speed-search")
+        search_times = []
+        for _ in range(args.repeats_one):
+            candidate = space.sample(rng, density=rng.uniform(0.1, 1.0))
+            start = time.perf_counter()
+            searching.predict_candidate(target.analysis, candidate)
+            search_times.append(time.perf_counter() - start)
+        rows[-len(BATCHES)] |= {"search_start_s": round(learn_s, 3),
+                                "search_ms_per_candidate": round(1e3 * statistics.median(search_times), 4)}
+        print(f"{spec:16s} one new candidate of its space after a search's start ({learn_s:.2f} s): "
+              f"{1e3 * statistics.median(search_times):.3f} ms")
         fast = paths["compiled"](everyone)
         slow = paths["sklearn_predictor"](everyone)
         layer_differences = []
@@ -143,21 +165,26 @@ def main() -> None:
               f"{report['machine']['cpu']} (1 process; load average {load_before[0]:.1f} before, "
               f"{report['load_average']['after'][0]:.1f} after; other jobs may share the machine, so read the "
               "side-by-side ratios rather than the absolute times). sklearn: scikit-learn's own predict (the path "
-              "before the compiled forests); compiled: the default path; kernels: ``kernels_of_candidate`` alone, "
+              "before the compiled forests); compiled: the default path; kernels: ``candidate_table`` alone (the kernels as the "
+              "default path builds them), "
               "part of both; predictor alone: the same two without it, on kernels computed beforehand. Goals: one "
               "candidate in <= 2 ms, <= 0.5 ms per candidate in batches of 1,000. Each distinct kernel's stage-1 "
               "prediction is kept once computed, so a path that has priced candidates of a model before walks only "
               "the kernels it has not seen (the batch rows time the same candidates again after an untimed call, so "
               "their kernels are all known; one at a time, each candidate is new): the last column prices new random candidates one at a time once the "
-              "1,000 of the batch rows were priced, as a search has after its first repairs."), "",
+              "1,000 of the batch rows were priced, as a search has after its first repairs. The last two columns are "
+              "what a search pays: at its start it prices the kernels of 2,000 random candidates of its space in "
+              "one batch (``learn_kernels``; the seconds that took, compiling the forests included), then each new "
+              "candidate of that space, one at a time, costs the last column."), "",
              "| model | layers | batch | kernels | sklearn | compiled | speed-up | predictor alone: sklearn | compiled "
-             "| speed-up | compiled, after 1,000 priced |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| speed-up | compiled, after 1,000 priced | search start (s) | one new candidate of the space after it |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['layers']} | {r['batch']} | {r['kernels_ms_per_candidate']:.3f} | "
               f"{r['sklearn_ms_per_candidate']:.3f} | {r['compiled_ms_per_candidate']:.3f} | {r['speedup']:.1f}x | "
               f"{r['sklearn_predictor_ms_per_candidate']:.3f} | {r['compiled_predictor_ms_per_candidate']:.3f} | "
               f"{r['predictor_speedup']:.1f}x | "
-              + (f"{r['compiled_after_1000_ms_per_candidate']:.3f} |" if "compiled_after_1000_ms_per_candidate" in r
-                 else "|") for r in rows]
+              + (f"{r['compiled_after_1000_ms_per_candidate']:.3f} | {r['search_start_s']:.2f} | "
+                 f"{r['search_ms_per_candidate']:.3f} |" if "search_start_s" in r else "| | |") for r in rows]
     lines += ["", (f"Largest relative difference between the two paths' predictions: {worst:.1e} (ms and std_ms of "
                    f"{max(BATCHES)} candidates per model, per_layer_ms of {args.per_layer}; goal <= 1e-9)."), "",
               "Regenerate: `python benchmarks/predictor_speed.py`"]

@@ -14,9 +14,9 @@ from sklearn.ensemble import ExtraTreesRegressor
 from autocompress.hardware import forest as forest_module
 from autocompress.hardware.candidates import model_under_test, random_candidate
 from autocompress.hardware.forest import CompiledForests
-from autocompress.hardware.kernels import OPS, kernel_table, kernel_weights, kernels_of_candidate
+from autocompress.hardware.kernels import OPS, candidate_table, kernel_table, kernel_weights, kernels_of_candidate
 from autocompress.hardware.predictor import LatencyPredictor
-from autocompress.hardware.store import DifferentMachineWarning, load_hardware_model
+from autocompress.hardware.store import DifferentMachineWarning, HardwareModel, load_hardware_model
 
 TINY = "reference_models:tiny_resnet"
 
@@ -149,6 +149,45 @@ def test_the_compiled_forests_are_not_pickled_and_a_refit_replaces_them(fitted):
     loaded.fit(kernels_alone, kernel_ms * 2, tables, candidate_ms * 2)
     assert loaded.predict(kernels).ms != pytest.approx(before.ms, rel=1e-3)
     _assert_same(loaded.predict(kernels), loaded.predict(kernels, compiled=False))
+
+
+def test_a_candidates_table_is_the_table_of_its_kernels_with_their_layers(fitted):
+    _, target, _ = fitted
+    rng, ops = random.Random(4), set()
+    for _ in range(20):
+        candidate = random_candidate(target, rng)
+        kernels = kernels_of_candidate(target.analysis, candidate)
+        table, layers = candidate_table(target.analysis, candidate)
+        np.testing.assert_array_equal(table, kernel_table(kernels))
+        assert layers == [k.layer for k in kernels]
+        ops |= {k.op for k in kernels}
+    assert ops == set(OPS)  # every op's index written as kernel_table writes it
+
+
+def test_kernels_priced_ahead_give_the_same_predictions_and_are_not_walked_again(fitted):
+    """``learn_kernels`` (a search's start) fills stage 1's memory: the candidates made of those
+    kernels are predicted as a fresh predictor predicts them, and stage 1's trees are not walked."""
+    predictor, target, _ = fitted
+    rng = random.Random(5)
+    candidates = [random_candidate(target, rng) for _ in range(30)]
+    fresh = pickle.loads(pickle.dumps(predictor))  # nothing priced yet
+    expected = [fresh.predict(kernels_of_candidate(target.analysis, c)) for c in candidates]
+    warm = pickle.loads(pickle.dumps(predictor))
+    HardwareModel(warm, {}).learn_kernels(target.analysis, candidates)
+    walked = []
+    stage1 = warm._compiled_models()[0].forests
+    original = stage1.per_tree
+    stage1.per_tree = lambda X, forest: walked.append(len(X)) or original(X, forest)
+    hardware = HardwareModel(warm, {})
+    for candidate, reference in zip(candidates, expected):
+        _assert_same(hardware.predict_candidate(target.analysis, candidate), reference)
+    assert walked == []
+    ms, std = hardware.predict_candidates(target.analysis, candidates)
+    np.testing.assert_allclose(ms, [e.ms for e in expected], rtol=1e-9, atol=0)
+    np.testing.assert_allclose(std, [e.std_ms for e in expected], rtol=1e-9, atol=0)
+    assert walked == []
+    hardware.predict_candidate(target.analysis, random_candidate(target, random.Random(6)))  # one never priced
+    assert walked
 
 
 @pytest.mark.slow

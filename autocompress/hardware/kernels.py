@@ -35,8 +35,11 @@ __all__ = [
     "kernel_features",
     "kernel_table",
     "kernel_unit",
+    "candidate_table",
     "kernel_weights",
     "kernels_of_candidate",
+    "roofline_terms",
+    "stage1_features",
     "kernels_of_model",
 ]
 
@@ -76,16 +79,34 @@ class Kernel:
         return asdict(self)
 
 
-def _op(kind: str, groups: int, cin: int, cout: int) -> str:
+_CONV, _DWCONV, _LINEAR = (OPS.index(op) for op in ("conv", "dwconv", "linear"))
+
+
+def _op(kind: str, groups: int, cin: int, cout: int) -> int:
+    """The index in OPS of the op a layer runs as."""
     if kind == "linear":
-        return "linear"
-    return "dwconv" if groups > 1 and groups == cin == cout else "conv"
+        return _LINEAR
+    return _DWCONV if groups > 1 and groups == cin == cout else _CONV
 
 
 def kernels_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> list[Kernel]:
     """The kernels of ``candidate`` applied to the analysed model, in the model's layer order."""
+    return [Kernel(OPS[row[0]], *row[1:]) for row in _candidate_rows(analysis, candidate)]
+
+
+def candidate_table(analysis: ModelAnalysis, candidate: Candidate) -> tuple[np.ndarray, list[str]]:
+    """``kernel_table(kernels_of_candidate(...))`` and each row's layer, without the Kernel objects:
+    the predictor's inner loop. Thousands of them alive at once in a batch kept the garbage
+    collector walking them, which cost a third of the time."""
+    rows = _candidate_rows(analysis, candidate)
+    table = np.array([row[:-1] for row in rows], dtype=np.int64).reshape(len(rows), len(KERNEL_FIELDS))
+    return table, [row[-1] for row in rows]
+
+
+def _candidate_rows(analysis: ModelAnalysis, candidate: Candidate) -> list[tuple]:
+    """Each kernel as a tuple: ``KERNEL_FIELDS`` (op as its index in OPS), then its layer."""
     shapes = model_shapes(analysis, candidate)
-    kernels = []
+    rows = []
     for unit in shapes.units.values():
         if not shapes.alive(unit.name):
             continue
@@ -93,13 +114,13 @@ def kernels_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> list[
         (h, w), (out_h, out_w) = unit.in_hw, unit.out_hw
         k, stride = s.kernel[0], unit.stride
         if s.rank is None:
-            kernels.append(Kernel(_op(unit.kind, s.groups, s.in_channels, s.out_channels), s.bits, s.in_channels,
-                                  s.out_channels, k, stride, h, w, out_h, out_w, s.groups, unit.name))
+            rows.append((_op(unit.kind, s.groups, s.in_channels, s.out_channels), s.bits, s.in_channels,
+                         s.out_channels, k, stride, h, w, out_h, out_w, s.groups, unit.name))
             continue
-        op = "linear" if unit.kind == "linear" else "conv"
-        kernels.append(Kernel(op, s.bits, s.in_channels, s.rank, k, stride, h, w, out_h, out_w, 1, unit.name))
-        kernels.append(Kernel(op, s.bits, s.rank, s.out_channels, 1, 1, out_h, out_w, out_h, out_w, 1, unit.name))
-    return kernels
+        op = _LINEAR if unit.kind == "linear" else _CONV
+        rows.append((op, s.bits, s.in_channels, s.rank, k, stride, h, w, out_h, out_w, 1, unit.name))
+        rows.append((op, s.bits, s.rank, s.out_channels, 1, 1, out_h, out_w, out_h, out_w, 1, unit.name))
+    return rows
 
 
 def kernels_of_model(model: nn.Module, example_input: torch.Tensor) -> list[Kernel]:
@@ -118,7 +139,7 @@ def kernels_of_model(model: nn.Module, example_input: torch.Tensor) -> list[Kern
             kernels.append(Kernel("linear", bits, layer.in_features, layer.out_features, 1, 1, rows, 1, rows, 1, 1,
                                   name))
         else:
-            op = _op("conv", layer.groups, layer.in_channels, layer.out_channels)
+            op = OPS[_op("conv", layer.groups, layer.in_channels, layer.out_channels)]
             kernels.append(Kernel(op, bits, layer.in_channels, layer.out_channels, layer.kernel_size[0],
                                   layer.stride[0], x.shape[-2], x.shape[-1], output.shape[-2], output.shape[-1],
                                   layer.groups, name))
@@ -169,6 +190,29 @@ def kernel_features(table: np.ndarray) -> np.ndarray:
         np.log(cin * h * w), np.log(cout * out_pixels), np.log(weights), ci % 8, co % 8, ci % 16, co % 16,
         np.log(groups),
     ])
+
+
+def roofline_terms(table: np.ndarray) -> np.ndarray:
+    """Per kernel: a constant (the call), MACs, input and output elements, weights (millions);
+    then the costs of the runtime's slower paths: per group and per group-pixel (a grouped or
+    depthwise conv with unaligned channels runs group by group), and MACs with channels that are
+    not multiples of 16 (no blocked NCHWc layout on AVX-512)."""
+    _, _, cin, cout, k, _, h, w, out_h, out_w, groups = table.T.astype(np.float64)
+    weights = kernel_weights(table)
+    macs = weights * out_h * out_w / 1e6
+    unaligned = (table[:, 2] % 16 != 0) | (table[:, 3] % 16 != 0)
+    return np.column_stack([np.ones(len(table)), macs, cin * h * w / 1e6, cout * out_h * out_w / 1e6, weights / 1e6,
+                            groups / 1e3, groups * out_h * out_w / 1e6, macs * unaligned])
+
+
+def baseline_ms(baseline, table: np.ndarray) -> np.ndarray:
+    """Each kernel's latency by a roofline ``baseline`` fit on ``roofline_terms`` (never below 0.1 us)."""
+    return np.maximum(baseline.predict(roofline_terms(table)), 1e-4)
+
+
+def stage1_features(table: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Shape features, plus op and bits (they matter to the pooled fallback), plus the baseline."""
+    return np.column_stack([kernel_features(table), table[:, 0], table[:, 1], np.log(base)])
 
 
 class _ConvUnit(nn.Module):

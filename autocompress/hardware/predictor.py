@@ -57,7 +57,7 @@ from sklearn.model_selection import KFold
 
 from .forest import CompiledForests, CompiledKernelModels, heads_per_tree
 from .glue import _gated_elements, _glue_inputs
-from .kernels import OPS, Kernel, kernel_features, kernel_table, kernel_weights
+from .kernels import OPS, Kernel, baseline_ms, kernel_table, kernel_weights, roofline_terms, stage1_features
 
 __all__ = ["LatencyPrediction", "LatencyPredictor", "NotFittedError"]
 
@@ -164,9 +164,9 @@ class LatencyPredictor:
         Returns (baseline, trees, cross-validated RMS error of the log time)."""
         # Weighted by 1/ms^2, the fit minimises relative error: unweighted, the largest kernels
         # decide it and small ones got a baseline near zero (log ratios the trees could not fix).
-        baseline = LinearRegression(positive=True).fit(_roofline_terms(table), ms, sample_weight=1.0 / ms ** 2)
-        base = _baseline_ms(baseline, table)
-        features, target = _stage1_features(table, base), np.log(ms / base)
+        baseline = LinearRegression(positive=True).fit(roofline_terms(table), ms, sample_weight=1.0 / ms ** 2)
+        base = baseline_ms(baseline, table)
+        features, target = stage1_features(table, base), np.log(ms / base)
         held_out = np.zeros(len(target))
         for train, test in KFold(n_splits=3, shuffle=True, random_state=self.random_state).split(features):
             held_out[test] = self._forest(self.min_samples_leaf).fit(features[train], target[train]).predict(features[test])
@@ -193,16 +193,29 @@ class LatencyPredictor:
     def predict(self, kernels: list[Kernel], *, compiled: bool = True) -> LatencyPrediction:
         """Latency of one candidate, given its kernels (``kernels_of_candidate`` or ``_of_model``).
         ``compiled=False`` asks scikit-learn's own predict (slow; what the fast path is held to)."""
-        ms, std, per_kernel = self._predict([kernel_table(kernels)], compiled)
+        return self.predict_table(kernel_table(kernels), [k.layer for k in kernels], compiled=compiled)
+
+    def predict_table(self, table: np.ndarray, layers: list[str], *, compiled: bool = True) -> LatencyPrediction:
+        """``predict`` of one candidate's ``kernel_table`` and each row's layer (``candidate_table``)."""
+        ms, std, per_kernel = self._predict([table], compiled)
         per_layer: dict[str, float] = {}
-        for kernel, part in zip(kernels, per_kernel):
-            per_layer[kernel.layer] = per_layer.get(kernel.layer, 0.0) + float(part)
+        for layer, part in zip(layers, per_kernel.tolist()):
+            per_layer[layer] = per_layer.get(layer, 0.0) + part
         return LatencyPrediction(float(ms[0]), float(std[0]), per_layer)
 
     def predict_many(self, candidates: list[list[Kernel]], *, compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Latency (ms) and its standard deviation for each candidate: one pass for all."""
-        ms, std, _ = self._predict([kernel_table(c) for c in candidates], compiled)
+        return self.predict_tables([kernel_table(c) for c in candidates], compiled=compiled)
+
+    def predict_tables(self, tables: list[np.ndarray], *, compiled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_many`` of each candidate's ``kernel_table``."""
+        ms, std, _ = self._predict(tables, compiled)
         return ms, std
+
+    def price_kernels(self, tables: list[np.ndarray]) -> None:
+        """Stage 1 of every kernel in ``tables``, kept (the compiled path keeps each distinct kernel's
+        figure), so that later predictions of candidates made of them walk only stage 2."""
+        self._compiled_models()[0].log_ms(np.concatenate(tables), roofline_terms, stage1_features)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_compiled_"}  # rebuilt on first use
@@ -211,10 +224,7 @@ class LatencyPredictor:
         if not hasattr(self, "composition_"):
             raise NotFittedError("this LatencyPredictor is not fitted yet: call fit(), or load a hardware model "
                                  "with autocompress.hardware.load_hardware_model(path)")
-        if compiled and getattr(self, "_compiled_", None) is None:  # the fitted models as flat arrays
-            self._compiled_ = (CompiledKernelModels(self.kernel_models_, self.fallback_),
-                               CompiledForests(self.composition_))
-        stage1, stage2 = self._compiled_ if compiled else (None, self.composition_)
+        stage1, stage2 = self._compiled_models() if compiled else (None, self.composition_)
         features, alone, alone_var, kernel_ms, owner, excess_parts = self._composition(tables, stage1)
         heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_)
         trees = heads_per_tree(heads, stage2)
@@ -224,6 +234,16 @@ class LatencyPredictor:
             alone_var / alone ** 2 - self.typical_kernel_var_, 0.0)
         # The one session call is shared out over the kernels in proportion to their time.
         return ms, ms * np.sqrt(log_var), kernel_ms * (ms / (alone - self.call_ms_))[owner]
+
+    def _compiled_models(self) -> tuple[CompiledKernelModels, CompiledForests]:
+        """Both stages' fitted models as flat arrays, built on first use."""
+        if not hasattr(self, "composition_"):
+            raise NotFittedError("this LatencyPredictor is not fitted yet: call fit(), or load a hardware model "
+                                 "with autocompress.hardware.load_hardware_model(path)")
+        if getattr(self, "_compiled_", None) is None:
+            self._compiled_ = (CompiledKernelModels(self.kernel_models_, self.fallback_),
+                               CompiledForests(self.composition_))
+        return self._compiled_
 
     def _composition(self, tables: list[np.ndarray], stage1: CompiledKernelModels | None = None):
         """Stage-2 features of each candidate, its kernels' time alone (and that time's variance),
@@ -286,14 +306,14 @@ class LatencyPredictor:
         """Stage 1: each kernel's latency alone, and the variance of that estimate (ms^2), from
         the kernel model's cross-validated error. ``stage1``: the models compiled, in one pass."""
         if stage1 is not None:
-            log_mean, log_var = stage1.log_ms(table, _roofline_terms, _stage1_features)
+            log_mean, log_var = stage1.log_ms(table, roofline_terms, stage1_features)
         else:
             log_mean, log_var = np.zeros(len(table)), np.zeros(len(table))
             for key in {(int(o), int(b)) for o, b in table[:, :2]}:
                 rows = (table[:, 0] == key[0]) & (table[:, 1] == key[1])
                 baseline, trees, log_error = self.kernel_models_.get(key, self.fallback_)
-                base = _baseline_ms(baseline, table[rows])
-                log_mean[rows] = np.log(base) + trees.predict(_stage1_features(table[rows], base))
+                base = baseline_ms(baseline, table[rows])
+                log_mean[rows] = np.log(base) + trees.predict(stage1_features(table[rows], base))
                 log_var[rows] = log_error ** 2
         ms = np.exp(log_mean)
         return ms, (ms ** 2) * log_var  # delta method: var(exp(x)) ~ exp(x)^2 var(x)
@@ -307,27 +327,3 @@ def _excess_terms(excess_parts, threshold_mb: float) -> np.ndarray:
     and grew by about 0.07 ms per MB beyond)."""
     base, streamable, float_mb = excess_parts
     return np.column_stack([base, streamable * (float_mb > threshold_mb)])
-
-
-def _roofline_terms(table: np.ndarray) -> np.ndarray:
-    """Per kernel: a constant (the call), MACs, input and output elements, weights (millions);
-    then the costs of the runtime's slower paths: per group and per group-pixel (a grouped or
-    depthwise conv with unaligned channels runs group by group), and MACs with channels that are
-    not multiples of 16 (no blocked NCHWc layout on AVX-512)."""
-    _, _, cin, cout, k, _, h, w, out_h, out_w, groups = table.T.astype(np.float64)
-    weights = kernel_weights(table)
-    macs = weights * out_h * out_w / 1e6
-    unaligned = (table[:, 2] % 16 != 0) | (table[:, 3] % 16 != 0)
-    return np.column_stack([np.ones(len(table)), macs, cin * h * w / 1e6, cout * out_h * out_w / 1e6, weights / 1e6,
-                            groups / 1e3, groups * out_h * out_w / 1e6, macs * unaligned])
-
-
-def _baseline_ms(baseline: LinearRegression, table: np.ndarray) -> np.ndarray:
-    return np.maximum(baseline.predict(_roofline_terms(table)), 1e-4)
-
-
-def _stage1_features(table: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """Shape features, plus op and bits (they matter to the pooled fallback), plus the baseline."""
-    return np.column_stack([kernel_features(table), table[:, 0], table[:, 1], np.log(base)])
-
-

@@ -34,8 +34,8 @@ from ..version import __version__
 from .kernels import (
     KERNEL_FIELDS,
     Kernel,
+    candidate_table,
     kernel_table,
-    kernels_of_candidate,
     kernels_of_model,
 )
 from ..core.target import DEFAULT_TARGET, Target, target
@@ -87,12 +87,18 @@ class HardwareModel:
 
     def predict_candidate(self, analysis, candidate) -> LatencyPrediction:
         """Predicted latency of ``candidate`` on the analysed model, from the Candidate alone."""
-        return self._leveled(self.predictor.predict(kernels_of_candidate(analysis, candidate)))
+        return self._leveled(self.predictor.predict_table(*candidate_table(analysis, candidate)))
 
     def predict_candidates(self, analysis, candidates) -> tuple[np.ndarray, np.ndarray]:
         """Latencies (ms) and standard deviations of many candidates in one pass (the fast path)."""
-        ms, std = self.predictor.predict_many([kernels_of_candidate(analysis, c) for c in candidates])
+        ms, std = self.predictor.predict_tables([candidate_table(analysis, c)[0] for c in candidates])
         return ms * self.level, std * self.level
+
+    def learn_kernels(self, analysis, candidates) -> None:
+        """Price once the kernels ``candidates`` are made of, so that a later candidate made of the same
+        kernels is predicted without walking stage 1's trees for them: what makes one new candidate
+        of a search cheap (a few hundred random ones of its space cover most kernels its layers take)."""
+        self.predictor.price_kernels([candidate_table(analysis, c)[0] for c in candidates])
 
     def predict_model(self, model: torch.nn.Module, example_input: torch.Tensor) -> LatencyPrediction:
         """Predicted latency of a built model (for example one ``apply_candidate`` returned)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,6 +160,9 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
     hardware = hardware or load_hardware_model(hardware_dir)
     if host_level is not None:
         hardware = hardware.at_level(host_level.ratio)
+    # Proposals are priced one at a time and repairs by the hundred: pricing most kernels the
+    # space's layers can take once, in one batch (about a second), keeps each of those calls cheap.
+    hardware.learn_kernels(analysis, kernel_sample(space))
     return SearchProblem(
         spec=spec, splits=splits, baseline=baseline, example=example, analysis=analysis, space=space,
         hardware=hardware, soft_targets=teacher_logits(baseline, splits.train),
@@ -169,6 +173,13 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
         device=device, cell_weights=cell_weights,
         baseline_training=None if spec.weights or spec.train_steps == 0 else baseline_training(Path(cache_dir)),
     )
+
+
+def kernel_sample(space: Space, count: int = 2000) -> list[Candidate]:
+    """Random candidates of ``space`` (each with a random share of its decisions changed): what
+    ``HardwareModel.learn_kernels`` prices at a search's start."""
+    rng = random.Random(0)
+    return [space.sample(rng, density=rng.uniform(0.1, 1.0)) for _ in range(count)]
 
 
 def problem_classes(spec: ProblemSpec, splits: DatasetSplits) -> int:
