@@ -106,7 +106,7 @@ def main() -> None:
 def search_arm(args, folder: Path, *, sampler: str, guided: bool, finetunes: int | None = None) -> dict:
     """One search; the random arm runs in rounds until it has fine-tuned ``finetunes`` candidates."""
     started = time.perf_counter()
-    trials = args.trials
+    trials, tuned_before = args.trials, -1
     while True:
         settings = SearchSettings(problem=ProblemSpec(model=SPACE, train_steps=args.train_steps), budget=args.budget,
                                   out=folder, trials=trials, seed=args.seed, sampler=sampler, warm_start=guided,
@@ -114,9 +114,11 @@ def search_arm(args, folder: Path, *, sampler: str, guided: bool, finetunes: int
                                   calibrate_model="auto", measure_near_budget=0.1)
         outcome = run_search(settings, progress=False)
         tuned = [r for r in outcome.records if r.finetune_steps > 0]
-        if finetunes is None or len(tuned) >= finetunes or trials >= 10 * args.trials:
+        # A round that fine-tuned nothing more drew nothing under the budget: at a tight budget random
+        # draws of the joint space may never fit, and more rounds only add proposals told over it.
+        if finetunes is None or len(tuned) >= finetunes or trials >= 10 * args.trials or len(tuned) == tuned_before:
             break
-        trials += max(10, 2 * (finetunes - len(tuned)))
+        trials, tuned_before = trials + max(10, 2 * (finetunes - len(tuned))), len(tuned)
     sandwich = SupernetTrainingConfig(steps=args.train_steps)
     return {"folder": str(folder), "sampler": sampler, "trials": len(outcome.records), "finetunes": len(tuned),
             "finetune_steps_total": sum(r.finetune_steps for r in tuned),
