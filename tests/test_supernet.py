@@ -247,3 +247,46 @@ def test_a_supernet_asked_for_its_default_steps_by_number_or_by_auto_trains_once
     assert (tmp_path / "baseline.pt").stat().st_mtime_ns == written
     baseline.baseline_model(f"space:{tiny_file}", train_steps=4, **arguments)  # more steps: trained on
     assert (tmp_path / "baseline.pt").stat().st_mtime_ns != written
+
+
+_TRAIN_IN_A_CHILD = """
+import sys, torch
+torch.set_num_threads(1)  # as the suite runs: two threads on a busy 2-core machine ran 50x slower
+sys.path.insert(0, sys.argv[3])
+from test_supernet import _digits_like, _tiny
+from autocompress.train.supernet import SupernetTrainingConfig, train_supernet
+config = SupernetTrainingConfig(steps=int(sys.argv[2]), batch_size=16, checkpoint_every=3)
+train_supernet(_tiny(sys.argv[1], 4), _digits_like(), sys.argv[4], config=config, progress=False)
+"""
+
+
+def test_training_killed_with_sigkill_resumes_losing_at_most_one_checkpoint_interval(tiny_file, tmp_path):
+    """A real kill -9 of a training process (not an exception it could clean up after): the next
+    run starts from the last checkpoint the killed one wrote, at most ``checkpoint_every`` steps back."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder, steps = tmp_path / "supernet", 30
+    child = subprocess.Popen([sys.executable, "-c", _TRAIN_IN_A_CHILD, str(tiny_file), str(steps),
+                              str(Path(__file__).parent), str(folder)])
+    progress = folder / "progress.json"
+    deadline = time.monotonic() + 120
+    while (not progress.is_file() or json.loads(progress.read_text())["step"] < 6) and time.monotonic() < deadline:
+        assert child.poll() is None, "the training ended before it could be killed"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    reached = json.loads(progress.read_text())["step"]  # written with each checkpoint, after it
+    assert 6 <= reached < steps
+    config, threads = SupernetTrainingConfig(steps=steps, batch_size=16, checkpoint_every=3), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_supernet(_tiny(tiny_file, 4), _digits_like(), folder, config=config, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    resumed = json.loads(progress.read_text())
+    assert resumed["resumed_from"] == reached and resumed["step"] == steps  # lost only the steps after it
