@@ -122,7 +122,8 @@ def main() -> None:
         rows[-len(BATCHES)]["compiled_after_1000_ms_per_candidate"] = round(1e3 * statistics.median(warm_times), 4)
         print(f"{spec:16s} one new candidate after 1,000 priced: {1e3 * statistics.median(warm_times):.3f} ms")
         # As a search runs it: a hardware model loaded afresh, the kernels of its space's sample
-        # priced at its start (``build_problem``), then new candidates of that space one at a time.
+        # priced at its start (``SearchProblem.learn_kernels``, which ``run_search`` calls), then
+        # new candidates of that space one at a time.
         searching = load_hardware_model(args.hardware_model)
         space = Space(target.analysis, SpaceOptions())
         start = time.perf_counter()

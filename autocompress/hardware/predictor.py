@@ -221,9 +221,7 @@ class LatencyPredictor:
         return {k: v for k, v in self.__dict__.items() if k != "_compiled_"}  # rebuilt on first use
 
     def _predict(self, tables: list[np.ndarray], compiled: bool = True):
-        if not hasattr(self, "composition_"):
-            raise NotFittedError("this LatencyPredictor is not fitted yet: call fit(), or load a hardware model "
-                                 "with autocompress.hardware.load_hardware_model(path)")
+        self._require_fitted()
         stage1, stage2 = self._compiled_models() if compiled else (None, self.composition_)
         features, alone, alone_var, kernel_ms, owner, excess_parts = self._composition(tables, stage1)
         heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_)
@@ -235,11 +233,14 @@ class LatencyPredictor:
         # The one session call is shared out over the kernels in proportion to their time.
         return ms, ms * np.sqrt(log_var), kernel_ms * (ms / (alone - self.call_ms_))[owner]
 
-    def _compiled_models(self) -> tuple[CompiledKernelModels, CompiledForests]:
-        """Both stages' fitted models as flat arrays, built on first use."""
+    def _require_fitted(self) -> None:
         if not hasattr(self, "composition_"):
             raise NotFittedError("this LatencyPredictor is not fitted yet: call fit(), or load a hardware model "
                                  "with autocompress.hardware.load_hardware_model(path)")
+
+    def _compiled_models(self) -> tuple[CompiledKernelModels, CompiledForests]:
+        """Both stages' fitted models as flat arrays, built on first use."""
+        self._require_fitted()
         if getattr(self, "_compiled_", None) is None:
             self._compiled_ = (CompiledKernelModels(self.kernel_models_, self.fallback_),
                                CompiledForests(self.composition_))

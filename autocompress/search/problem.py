@@ -105,6 +105,12 @@ class SearchProblem:
     def predict(self, candidate: Candidate) -> LatencyPrediction:
         return self.hardware.predict_candidate(self.analysis, candidate)
 
+    def learn_kernels(self) -> None:
+        """Price most kernels the space's layers can take, once, in one batch (about a second): a
+        search prices its proposals one at a time and its repairs by the hundred, and each of those
+        calls then walks only what is new (``HardwareModel.learn_kernels``)."""
+        self.hardware.learn_kernels(self.analysis, kernel_sample(self.space))
+
     def size_bytes(self, candidate: Candidate) -> int:
         return footprint_of_candidate(self.analysis, candidate).bytes
 
@@ -160,9 +166,6 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
     hardware = hardware or load_hardware_model(hardware_dir)
     if host_level is not None:
         hardware = hardware.at_level(host_level.ratio)
-    # Proposals are priced one at a time and repairs by the hundred: pricing most kernels the
-    # space's layers can take once, in one batch (about a second), keeps each of those calls cheap.
-    hardware.learn_kernels(analysis, kernel_sample(space))
     return SearchProblem(
         spec=spec, splits=splits, baseline=baseline, example=example, analysis=analysis, space=space,
         hardware=hardware, soft_targets=teacher_logits(baseline, splits.train),

@@ -188,6 +188,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
                 host_level = _model_level(settings, problem, progress)
             if host_level is not None and host_level.baseline_ms is not None:
                 problem.baseline_ms = host_level.baseline_ms  # measured: what a relative budget is a share of
+        problem.learn_kernels()
         if checked is None or not at_profile_level or host_level is not None:
             check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms, chance=chance)  # no trial yet
         if settings.guide != "macs" and problem.sensitivities is None:

@@ -42,8 +42,8 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
            "num_classes": num_classes}
     if is_space_spec(model_spec):  # what the supernet file says: an edited file trains again
         key["supernet"] = {k: v for k, v in model.supernet_file.to_dict().items() if k != "path"}
-        # the steps it trains, not how they were asked for: "auto" and the default's number are one training
-        key["steps"] = SupernetTrainingConfig().steps if train_steps == AUTO_STEPS else train_steps
+        config = SupernetTrainingConfig() if train_steps == AUTO_STEPS else SupernetTrainingConfig(steps=train_steps)
+        key["steps"] = config.steps  # what it trains, not how it was asked: "auto" and 400 are one training
     elif train_steps == AUTO_STEPS:
         key["time_cap_s"] = train_time_cap_s
     cached, meta = cache_dir / "baseline.pt", cache_dir / "baseline.json"
@@ -53,7 +53,6 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
             _warn_if_under_trained(recorded.get("training"))
             return load_weights(model, cached).eval()
     if is_space_spec(model_spec):
-        config = SupernetTrainingConfig() if train_steps == AUTO_STEPS else SupernetTrainingConfig(steps=train_steps)
         train_supernet(model, splits.train, cache_dir / "supernet", config=config, key=key, map_jobs=map_jobs)
         training = {"steps": config.steps, "stopped": "supernet_sandwich_steps"}
     else:
