@@ -101,3 +101,61 @@ def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share
 
 def recorded_near_budget(folder):
     return json.loads((folder / "search.json").read_text())["near_budget"]
+
+
+def test_the_baseline_a_relative_budget_is_a_share_of_is_its_fastest_timing_among_several_in_every_sweep(
+        tmp_path, monkeypatch):
+    """One slow batch must not set the whole search's budget: the uncompressed model is timed
+    BASELINE_REPEATS more times in every sweep, and the level's baseline is its fastest timing."""
+    from autocompress.hardware import model_level
+    from autocompress.hardware.candidates import model_under_test
+    from autocompress.hardware.measure import LatencyMeasurement
+    from autocompress.core.space import Space, SpaceOptions
+
+    target = model_under_test("reference_models:tiny_resnet", 32)
+    space = Space(target.analysis, SpaceOptions())
+    uncompressed = space.default()
+    seen = []
+
+    def scripted(items, *, sweeps, orders, **_):
+        # every candidate 0.5 ms; the uncompressed model slow (2 ms) except in one timing of one repeat
+        assert all(sorted(order) == list(range(len(items))) for order in orders)
+        seen.extend(candidate for _, candidate in items)
+        timings = [[LatencyMeasurement(0.5, 0.5, 0.0, 1, 1, "cpu", best_ms=0.5)] * sweeps for _ in items]
+        for i, (_, candidate) in enumerate(items):
+            if candidate == uncompressed:
+                timings[i] = [LatencyMeasurement(2.0, 2.0, 0.0, 1, 1, "cpu", best_ms=2.0)] * sweeps
+        timings[-1] = [timings[-1][0], LatencyMeasurement(1.1, 1.1, 0.0, 1, 1, "cpu", best_ms=1.1)]
+        return timings
+
+    monkeypatch.setattr(model_level, "measure_in_batches_and_sweeps", scripted)
+    hardware = load_hardware_model(find_hardware_model())
+    level = model_level.measure_model_level(hardware, target, space, tmp_path, count=8, sweeps=2)
+    assert sum(c == uncompressed for c in seen) == 1 + model_level.BASELINE_REPEATS
+    assert level.baseline_ms == 1.1
+    with open(tmp_path / "own_candidates.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and rows[0]["name"] == "uncompressed" and float(rows[0]["measured_ms"]) == 1.1
+    assert all(float(r["measured_ms"]) == 0.5 for r in rows[1:])
+
+
+def test_every_candidate_is_timed_where_the_own_candidates_say_the_predictor_is_unreliable_for_the_model():
+    from autocompress.hardware.host_level import HostLevel
+    from autocompress.search.near_budget import NearBudgetTimer, times_every_candidate
+
+    def level(ratios):
+        return HostLevel.from_references([{"predicted_ms": 1.0, "measured_ms": r} for r in ratios])
+
+    even, uneven = level([0.70, 0.72, 0.69, 0.71, 0.70]), level([0.3, 0.7, 1.4, 0.6, 2.0])
+    assert even.residual_error < 0.05 < 0.5 < uneven.residual_error
+    assert not times_every_candidate(even) and times_every_candidate(uneven) and not times_every_candidate(None)
+
+    class Problem:  # what the timer reads of a SearchProblem
+        baseline = analysis = example = None
+        hardware = load_hardware_model(find_hardware_model())
+
+    near = NearBudgetTimer(Problem(), "m", 32, 1.0, 0.1)
+    every = NearBudgetTimer(Problem(), "m", 32, 1.0, 0.1, everything=True)
+    assert not near.wants(0.5) and every.wants(0.5)  # far under the budget
+    assert near.wants(0.95) and every.wants(0.95)
+    assert not near.wants(1.2) and not every.wants(1.2)  # over the margin: told at once, never timed

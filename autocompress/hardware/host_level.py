@@ -60,6 +60,12 @@ class HostLevel:
         return cls(float(data["ratio"]), tuple(data.get("references", ())),
                    float(baseline) if baseline is not None else None)
 
+    @property
+    def residual_error(self) -> float | None:
+        """How far off predictions stay at this level (``rms_error_after`` below); None with fewer
+        than two references."""
+        return self.to_dict().get("rms_error_after")
+
     def to_dict(self) -> dict:
         ratios = np.array([r["measured_ms"] / r["predicted_ms"] for r in self.references])
         spread = {"p10_ratio": float(np.percentile(ratios, 10)), "p90_ratio": float(np.percentile(ratios, 90))} \

@@ -40,7 +40,7 @@ _PROPOSALS_PER_TRIAL = 20  # proposals (most told over the budget at once) per t
 
 class TrialDriver:
     def __init__(self, settings, problem: SearchProblem, study: optuna.Study, budget_ms: float,
-                 executor: Executor) -> None:
+                 executor: Executor, *, time_everything: bool = False) -> None:
         self.settings, self.problem, self.study, self.budget_ms = settings, problem, study, budget_ms
         self.executor = executor
         self.chance = ChanceConstraint(settings.budget_confidence)
@@ -55,7 +55,8 @@ class TrialDriver:
         self.screening = (Screening(problem.space, problem.sensitivities.kl, study)
                           if settings.guide == "surrogate" else None)
         margin = settings.measure_near_budget
-        self.timer = (NearBudgetTimer(problem, settings.problem.model, settings.problem.input_size, budget_ms, margin)
+        self.timer = (NearBudgetTimer(problem, settings.problem.model, settings.problem.input_size, budget_ms, margin,
+                                      everything=time_everything)
                       if margin > 0 and settings.executor == "local" else None)
         # the misses measured near the budget so far (this run's and, resumed, the earlier runs')
         self.correction = LocalCorrection.load(problem.space, settings.out)

@@ -28,6 +28,7 @@ from pathlib import Path
 from .allocation import allocate
 from .budget import DEFAULT_CONFIDENCE, Budget, ChanceConstraint
 from .local_correction import LocalCorrection
+from .near_budget import times_every_candidate
 from .search_record import record_in_search_json, write_search_json
 from .driver import TrialDriver, candidate_params
 from ..errors import AutocompressError
@@ -212,9 +213,14 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
             study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
         study.set_user_attr("warm_started", True)
+    time_everything = times_every_candidate(host_level)
+    if time_everything and settings.measure_near_budget > 0:
+        log.warning("this model's own candidates are read %.0f%% off even at their level: every candidate is timed "
+                    "before its fine-tune, not only those near the budget", 100 * host_level.residual_error)
     interrupted, cluster_lost = False, None
     try:
-        TrialDriver(settings, problem, study, budget_ms, executor).run(progress=progress)
+        TrialDriver(settings, problem, study, budget_ms, executor, time_everything=time_everything).run(
+            progress=progress)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: the trials in flight are marked failed and will be retried on resume")
@@ -225,7 +231,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
             executor.close()
     records = records_from_study(study)
     files = SearchFolder(out).write_results(records, budget_ms=budget_ms, baseline=problem.baseline_summary())
-    near_budget = LocalCorrection.load(problem.space, out).summary()
+    near_budget = LocalCorrection.load(problem.space, out).summary() | {"every_candidate": time_everything}
     record_in_search_json(search_json, near_budget=near_budget)
     if cluster_lost is not None:
         raise AutocompressError(f"{cluster_lost}; the results so far are in {out}: add workers or nodes and rerun "
