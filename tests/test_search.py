@@ -71,6 +71,30 @@ def test_repair_brings_a_slow_candidate_under_the_budget():
     assert repair_to_budget(space, hardware, slow, 1e-4) is None  # nothing reaches a 0.1 us budget
 
 
+def test_a_repair_that_ranks_cheap_small_moves_first_still_reaches_a_deep_budget_in_a_few_steps():
+    """Measured damages put first the moves that cost nearly nothing and mostly gain little: a step
+    takes moves until they cover half the gap, so a deep repair does not run out of steps."""
+    from autocompress.hardware.candidates import model_under_test
+    from autocompress.search.boundary import _step
+
+    target = model_under_test("mobilenet_v2", 32)
+    hardware = load_hardware_model(find_hardware_model())
+    space = Space(target.analysis)
+    budget = 0.3 * hardware.predict_candidate(target.analysis, space.default()).ms
+    # every variable's damage grows with how much it cuts, so the walk goes a notch at a time
+    damage = {v.name: {value: 0.001 * i for i, value in enumerate(v.choices)} for v in space.variables}
+    repaired, ms = repair_to_budget(space, hardware, space.default(), budget, damage=lambda n, v: damage[n].get(v, 0.0),
+                                    max_steps=5)  # three moves a step would need 12
+    assert ms <= budget and hardware.predict_candidate(target.analysis, repaired).ms <= budget
+
+    moves = [(None, name, 0.0) for name in ("a", "a", "b", "c", "d", "e")]
+    useful = [(10.0 - i, i) for i in range(6)]
+    # at least three moves, one per variable; then more until half the gap is covered
+    assert [m[1] for m in _step(moves, useful, [1.0] * 6, gap_ms=2.0)] == ["a", "b", "c"]
+    assert [m[1] for m in _step(moves, useful, [1.0] * 6, gap_ms=8.0)] == ["a", "b", "c", "d"]
+    assert [m[1] for m in _step(moves, useful, [0.1] * 6, gap_ms=8.0)] == ["a", "b", "c", "d", "e"]
+
+
 @pytest.fixture(scope="module")
 def baseline_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny_baseline")
@@ -128,7 +152,8 @@ def test_search_writes_a_front_under_budget_with_warm_start_and_cheap_rejections
     assert recorded["budget_confidence"] == settings.budget_confidence == 0.9
     assert recorded["baseline_training"] == {"steps": TINY.train_steps, "stopped": "fixed_steps"}
     assert recorded["near_budget"] == {"measurements": 0, "file": "latency/near_budget.csv",
-                                       "median_miss_before": None, "median_miss_after": None}
+                                       "median_miss_before": None, "median_miss_after": None,
+                                       "every_candidate": False}
     best = outcome.best
     assert best is not None and best.latency_ms <= outcome.budget_ms
     assert best.accuracy == max(p.accuracy for p in outcome.front if p.latency_ms <= outcome.budget_ms)

@@ -4,7 +4,6 @@ uncertainty, from the measured sensitivities and the trials fine-tuned so far.
 The prior is additive: a candidate loses about the sum of the damages its decisions did alone
 (``allocation.expected_damage``). Damages do not add up exactly (two prunings in one residual
 stage compound, a fine-tune recovers int8 better than a deep cut), so once enough trials are
-fine-tuned a Gaussian process learns the accuracy from each candidate's damage by technique
 fine-tuned a random forest learns the accuracy from each candidate's damage by technique (prune,
 bits, rank, ...), its largest single damage and its number of changes, as APQ's and OFA's accuracy
 predictors learn it from architecture encodings. A forest, not a Gaussian process: on a search's
