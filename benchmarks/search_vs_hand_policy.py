@@ -135,7 +135,8 @@ def one_search(problem, spec: str, budget: str, guide: str, args) -> dict:
 def rescore(entry: dict, problem, work: Path, measure: bool, args) -> None:
     """The figures read from a finished search's folder (into ``entry``); with ``measure``, its
     warm starts and search-found front points timed."""
-    records = records_from_study(SearchFolder(work).load_study())
+    study = SearchFolder(work).load_study()
+    records = records_from_study(study)
     budget_ms = entry["budget_ms"]
     statuses: dict[str, int] = {}
     for r in records:
@@ -148,6 +149,7 @@ def rescore(entry: dict, problem, work: Path, measure: bool, args) -> None:
         "front": [_point(r) for r in pareto_front(records)],
         "best_warm_start_predicted": _point(_best(records, budget_ms, warm=True)),
         "best_search_found_predicted": _point(_best(records, budget_ms, warm=False)),
+        "accuracy_model": study.user_attrs.get("accuracy_model"),  # surrogate guide: how well it ranked
     })
     if measure:
         entry["measured"] = measure_points(problem, records, budget_ms,

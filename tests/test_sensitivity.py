@@ -17,7 +17,7 @@ from autocompress.search.allocation import allocate, expected_damage
 from autocompress.search.boundary import repair_to_budget
 from autocompress.search.surrogate import MIN_TRIALS, AccuracyModel
 from autocompress.train.data import load_dataset
-from autocompress.train.sensitivity import REFERENCE, SensitivityConfig, measure_sensitivities
+from autocompress.train.sensitivity import REFERENCE, JointDamage, SensitivityConfig, measure_sensitivities
 from autocompress.train.training import train_classifier
 from autocompress.zoo import small_resnet
 
@@ -166,6 +166,29 @@ def test_the_accuracy_model_ranks_held_out_candidates_and_screens_only_what_the_
     assert learned.screen(space.default(), 1.0, 100, front) is None  # may well match it
 
 
+def test_a_whole_candidates_damage_is_measured_as_one_decisions_and_the_accuracy_model_learns_from_it(trained,
+                                                                                                        tmp_path):
+    model, space, example, images, splits = trained
+    table = measure_sensitivities(model, space, example, images, splits.train, tmp_path, config=CONFIG,
+                                  progress=False)
+    joint = JointDamage(model, space, example, images, splits.train, config=CONFIG)
+    var = next(v for v in space.variables if v.kind == "prune")
+    alone = space.default().with_decision(var.kind, var.unit, 0.875)
+    assert joint(alone) == pytest.approx(table.kl(var.name, 0.875), rel=1e-6, abs=1e-9)  # the table's measurement
+    assert joint(space.default()) == pytest.approx(table.kl(REFERENCE, None), abs=1e-9)
+    import random
+
+    rng, noise = random.Random(1), np.random.default_rng(1)
+    candidates = [space.sample(rng, density=rng.uniform(0.05, 0.6)) for _ in range(40)]
+    # damages compound: an accuracy that follows the whole candidate's damage, not the sum of its parts
+    accuracy = [0.99 * np.exp(-0.5 * joint(c)) + noise.normal(0, 0.005) for c in candidates]
+    with_joint, additive = AccuracyModel(space, table.kl, joint), AccuracyModel(space, table.kl)
+    report, plain = with_joint.fit(candidates, accuracy), additive.fit(candidates, accuracy)
+    assert report.joint_spearman > 0.9 and plain.joint_spearman is None
+    assert report.held_out_spearman > plain.held_out_spearman, (report, plain)
+    assert report.joint_spearman > report.prior_spearman
+
+
 def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_its_accuracy_model(tmp_path, capsys):
     # one search covers the sensitivity guide too: the surrogate guide repairs by the same measured table
     import optuna
@@ -195,6 +218,7 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
     fit = study.user_attrs["accuracy_model"]
     evaluated = [t for t in study.trials if t.user_attrs.get("status") == "evaluated"]
     assert fit["trials"] == len(evaluated) >= MIN_TRIALS
+    assert -1 <= fit["joint_spearman"] <= 1  # the candidates' own damage was measured and set against them
     screened = [t for t in study.trials if t.user_attrs.get("status") == "screened"]
     assert all(t.state == optuna.trial.TrialState.PRUNED and "front point" in t.user_attrs["fail_reason"]
                for t in screened)

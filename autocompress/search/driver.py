@@ -52,7 +52,7 @@ class TrialDriver:
         self.preparing: optuna.Trial | None = None  # asked, not yet told or submitted
         self.failures_in_a_row = 0
         self.out_of_proposals = False
-        self.screening = (Screening(problem.space, problem.sensitivities.kl, study)
+        self.screening = (Screening(problem.space, problem.sensitivities.kl, study, problem.joint_damage())
                           if settings.guide == "surrogate" else None)
         margin = settings.measure_near_budget
         self.timer = (NearBudgetTimer(problem, settings.problem.model, settings.problem.input_size, budget_ms, margin,

@@ -20,7 +20,7 @@ from ..core.accounting import footprint_of_candidate
 from ..core.analysis import ModelAnalysis, analyze
 from ..core.search_space import resolve_search_space
 from ..train.blockwise import BlockwiseConfig, load_or_distill_cells
-from ..train.sensitivity import Sensitivities, measure_sensitivities
+from ..train.sensitivity import JointDamage, Sensitivities, measure_sensitivities
 from ..train.baseline import AUTO_STEPS, DEFAULT_TIME_CAP_S, baseline_model, baseline_training
 from ..train.data import DatasetSplits, calibration_batches, load_dataset
 from ..errors import AutocompressError
@@ -135,6 +135,11 @@ class SearchProblem:
             map_jobs=map_jobs, progress=progress)
         plot_sensitivities(Path(folder) / "sensitivity" / "sensitivity.png", self.sensitivities)
         return self.sensitivities
+
+    def joint_damage(self) -> JointDamage:
+        """The damage of whole candidates, measured as the sensitivities are (``train.sensitivity``)."""
+        return JointDamage(self.baseline, self.space, self.example, torch.cat(self.calibration), self.splits.train,
+                           rules=self.hardware.quantization_rules, cell_weights=self.cell_weights)
 
     def baseline_summary(self) -> dict:
         return {"accuracy": self.baseline_accuracy, "latency_ms": self.baseline_ms, "size_bytes": self.baseline_bytes}

@@ -23,8 +23,8 @@ _SCREENED_IN_A_ROW = 10
 
 
 class Screening:
-    def __init__(self, space: Space, damage, study: optuna.Study) -> None:
-        self.model = AccuracyModel(space, damage)
+    def __init__(self, space: Space, damage, study: optuna.Study, joint=None) -> None:
+        self.model = AccuracyModel(space, damage, joint)
         self.study = study
         self.in_a_row = 0
         self.screened = 0

@@ -6,7 +6,9 @@ The prior is additive: a candidate loses about the sum of the damages its decisi
 stage compound, a fine-tune recovers int8 better than a deep cut), so once enough trials are
 fine-tuned a random forest learns the accuracy from each candidate's damage by technique (prune,
 bits, rank, ...), its largest single damage and its number of changes, as APQ's and OFA's accuracy
-predictors learn it from architecture encodings. A forest, not a Gaussian process: on a search's
+predictors learn it from architecture encodings, and, where the search measures it, the
+damage of the candidate as a whole (``train.sensitivity.JointDamage``: one forward pass, no
+fine-tune), which sees the damages compound where the sum cannot. A forest, not a Gaussian process: on a search's
 own trials the process ranked held-out trials no better than the additive prior, the forest
 clearly better, and the spread of its trees is the uncertainty screening needs: a proposal is
 fine-tuned unless even its optimistic accuracy (mean plus two deviations) leaves it dominated by
@@ -45,17 +47,19 @@ class SurrogateFit:
     trials: int
     held_out_spearman: float | None  # cross-validated, None below MIN_TRIALS
     prior_spearman: float | None  # minus the additive damage, against the same accuracies
+    joint_spearman: float | None = None  # minus the candidates' own measured damage, where measured
 
     def to_dict(self) -> dict:
         return {"trials": self.trials, "held_out_spearman": self.held_out_spearman,
-                "prior_spearman": self.prior_spearman}
+                "prior_spearman": self.prior_spearman, "joint_spearman": self.joint_spearman}
 
 
 class AccuracyModel:
     """``expect(candidates)`` -> (mean accuracy, deviation) per candidate."""
 
-    def __init__(self, space: Space, damage: Callable[[str, object], float]) -> None:
-        self.space, self.damage = space, damage
+    def __init__(self, space: Space, damage: Callable[[str, object], float],
+                 joint: Callable[[Candidate], float] | None = None) -> None:
+        self.space, self.damage, self.joint = space, damage, joint
         self.kinds = sorted({v.kind for v in space.variables}, key=[t.kind for t in registered()].index)
         self.regressor = None
         self.fit_report = SurrogateFit(0, None, None)
@@ -76,15 +80,18 @@ class AccuracyModel:
             by_kind[var.kind] += d
             largest, changes = max(largest, d), changes + 1
         # log1p: damages span orders of magnitude, and accuracy falls off them roughly logarithmically
-        return np.log1p(np.array([*by_kind.values(), sum(by_kind.values()), largest, float(changes)]))
+        measured = [self.joint(candidate)] if self.joint is not None else []
+        return np.log1p(np.array([*by_kind.values(), sum(by_kind.values()), largest, float(changes), *measured]))
 
     def fit(self, candidates: Sequence[Candidate], accuracies: Sequence[float]) -> SurrogateFit:
         """Learn from fine-tuned ``candidates``; score the ranking by cross-validation first."""
         x = np.array([self.features(c) for c in candidates]) if candidates else np.zeros((0, 0))
         y = np.asarray(accuracies, float)
-        prior = _spearman(-x[:, -3], y) if len(y) >= 3 else None  # column -3: the total damage
+        total = len(self.kinds)  # the column of the total additive damage; the joint one is last
+        prior = _spearman(-x[:, total], y) if len(y) >= 3 else None
+        joint = _spearman(-x[:, -1], y) if len(y) >= 3 and self.joint is not None else None
         if len(y) < MIN_TRIALS:
-            self.regressor, self.fit_report = None, SurrogateFit(len(y), None, prior)
+            self.regressor, self.fit_report = None, SurrogateFit(len(y), None, prior, joint)
             return self.fit_report
         held_out = np.empty_like(y)
         folds = np.arange(len(y)) % _FOLDS
@@ -92,7 +99,7 @@ class AccuracyModel:
             test = folds == fold
             held_out[test] = _regressor().fit(x[~test], y[~test]).predict(x[test])
         self.regressor = _regressor().fit(x, y)
-        self.fit_report = SurrogateFit(len(y), _spearman(held_out, y), prior)
+        self.fit_report = SurrogateFit(len(y), _spearman(held_out, y), prior, joint)
         return self.fit_report
 
     def expect(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +125,8 @@ class AccuracyModel:
 
 
 def fit_accuracy_model(space: Space, damage: Callable[[str, object], float], candidates: Sequence[Candidate],
-                       accuracies: Sequence[float]) -> AccuracyModel:
-    model = AccuracyModel(space, damage)
+                       accuracies: Sequence[float], joint: Callable[[Candidate], float] | None = None) -> AccuracyModel:
+    model = AccuracyModel(space, damage, joint)
     model.fit(candidates, accuracies)
     return model
 
