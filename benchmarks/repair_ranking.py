@@ -7,6 +7,9 @@ so the ranking of the moves a repair takes decides what the front holds. Ranking
 - ``macs``: the MAC-share proxy (``--guide macs``);
 - ``kl``: the measured damage of each value alone (``--guide sensitivity`` and ``surrogate``).
 
+Each repair's damage is also measured whole (``train.sensitivity.JointDamage``) and set against
+its fine-tuned accuracy beside the sum of its decisions' damages (Spearman's rank correlation).
+
 The candidates are sparse random draws of the model's Space (as a search's first generation is)
 that the predictor reads over the budget; each is repaired by every ranking from the same start,
 and every distinct repair fine-tuned with the search's settings. Reported: each ranking's
@@ -55,7 +58,7 @@ def main() -> None:
     config = DistillationConfig(steps=args.finetune_steps)
     space = problem.space
 
-    joint_kl = _joint_damage(problem)
+    joint_kl = problem.joint_damage()  # does the whole candidate's damage rank repairs better than the sum?
     rng, starts = random.Random(f"repair-ranking-{args.seed}"), []
     while len(starts) < args.candidates:
         candidate = space.sample(rng, density=rng.uniform(0.15, 0.6))
@@ -94,24 +97,6 @@ def main() -> None:
     print(f"written: {args.out / name}.md")
 
 
-def _joint_damage(problem):
-    """The damage of a whole candidate, measured as a sensitivity is (KL from the teacher after
-    BatchNorm recalibration, no fine-tune): does it rank repairs better than the sum of the parts?"""
-    import copy
-
-    import torch
-
-    from autocompress.train.sensitivity import SensitivityConfig, _Context, _damage, _recalibrated_logits
-
-    config = SensitivityConfig()
-    images = torch.cat(problem.calibration)[: config.samples]
-    teacher = _recalibrated_logits(copy.deepcopy(problem.baseline), images, problem.splits.train, config)
-    context = _Context(problem.baseline, problem.space.default(), problem.analysis, problem.example,
-                       problem.hardware.quantization_rules, dict(problem.cell_weights or {}), images, teacher,
-                       problem.splits.train, config)
-    return lambda candidate: _damage(context, candidate)[0]
-
-
 def _changed_by_kind(space, start, candidate) -> dict[str, int]:
     """How many decisions the repair changed, by technique (prune, bits, rank, cell, ...)."""
     changed: dict[str, int] = {}
@@ -123,7 +108,10 @@ def _changed_by_kind(space, start, candidate) -> dict[str, int]:
 
 
 def _summary(rows: list[dict]) -> dict:
-    out = {}
+    repairs = [r for row in rows for r in row["repairs"].values() if r]
+    accuracy = [r["accuracy"] for r in repairs]
+    out = {"spearman_whole_damage": _spearman([-r["joint_kl"] for r in repairs], accuracy),
+           "spearman_summed_damage": _spearman([-r["kl_sum"] for r in repairs], accuracy), "rankings": {}}
     both = [r for r in rows if all(r["repairs"].get(n) for n in RANKINGS)]
     for name in RANKINGS:
         accs = [r["repairs"][name]["accuracy"] for r in both]
@@ -133,7 +121,7 @@ def _summary(rows: list[dict]) -> dict:
                 kinds[kind] = kinds.get(kind, 0) + n
         others = [n for n in RANKINGS if n != name]
         wins = sum(all(r["repairs"][name]["accuracy"] > r["repairs"][o]["accuracy"] for o in others) for r in both)
-        out[name] = {"repaired": sum(bool(r["repairs"].get(name)) for r in rows), "paired": len(both),
+        out["rankings"][name] = {"repaired": sum(bool(r["repairs"].get(name)) for r in rows), "paired": len(both),
                      "mean": statistics.fmean(accs) if accs else None,
                      "median": statistics.median(accs) if accs else None,
                      "best": max(accs, default=None), "wins": wins, "changed_by_kind": kinds}
@@ -150,16 +138,27 @@ def _markdown(report: dict) -> str:
              f"--candidates {report['candidates']}`.", "",
              "| ranking | repaired | mean accuracy | median | best | wins (paired) | decisions changed, by technique |",
              "|---|---|---|---|---|---|---|"]
-    for name, s in report["summary"].items():
+    for name, s in report["summary"]["rankings"].items():
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(s["changed_by_kind"].items()))
         lines.append(f"| {name} | {s['repaired']} | {_pct(s['mean'])} | {_pct(s['median'])} | {_pct(s['best'])} | "
                      f"{s['wins']} of {s['paired']} | {kinds} |")
+    summary = report["summary"]
+    lines += ["", f"Over all {sum(s['repaired'] for s in summary['rankings'].values())} repairs, Spearman's rank "
+              f"correlation of the fine-tuned accuracy with minus the damage of the candidate measured whole: "
+              f"{summary['spearman_whole_damage']:.2f}; with minus the sum of its decisions' damages: "
+              f"{summary['spearman_summed_damage']:.2f}."]
     lines += ["", "| start | " + " | ".join(RANKINGS) + " |", "|---|" + "---|" * len(RANKINGS)]
     for row in report["rows"]:
         cells = [_pct(r["accuracy"]) + f" ({r['predicted_ms']:.3f} ms)" if r else "-" for r in
                  (row["repairs"][n] for n in RANKINGS)]
         lines.append(f"| {row['start']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
 
 
 def _pct(value) -> str:
