@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from autocompress.hardware import machine_info
+from autocompress.search.allocation import expected_damage
 from autocompress.search.boundary import repair_to_budget
 from autocompress.search.budget import Budget, ChanceConstraint, DEFAULT_CONFIDENCE
 from autocompress.search.problem import ProblemSpec, build_problem
@@ -81,8 +82,7 @@ def main() -> None:
             row["repairs"][name] = {"accuracy": accuracy_of[key], "predicted_ms": ms, "candidate": candidate.to_dict(),
                                     "joint_kl": joint_kl(candidate),
                                     "changed": _changed_by_kind(space, start, candidate),
-                                    "kl_sum": sum(problem.sensitivities.kl(v.name, candidate.of(v.kind).get(
-                                        v.unit, space.neutral(v))) for v in space.variables)}
+                                    "kl_sum": expected_damage(space, candidate, problem.sensitivities.kl)}
         rows.append(row)
         print(index, {n: (r and round(r["accuracy"], 4)) for n, r in row["repairs"].items()}, flush=True)
 

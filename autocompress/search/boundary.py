@@ -105,12 +105,10 @@ def _moves(space: Space, candidate: Candidate, shares: dict[str, float], damage)
 
 
 def _combine(candidate: Candidate, moves) -> Candidate:
-    """Apply several single moves (each on a different variable) to ``candidate`` at once."""
-    seen, combined = set(), candidate
+    """Apply several single moves (each on a different variable: ``_step`` picks them so) to
+    ``candidate`` at once."""
+    combined = candidate
     for moved, name, _ in moves:
-        if name in seen:
-            continue
-        seen.add(name)
         kind, unit = name.split("/", 1)
         combined = combined.with_decision(kind, unit, moved.of(kind)[unit])
     return combined

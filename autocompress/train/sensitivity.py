@@ -121,6 +121,14 @@ def _recalibrated_logits(model: nn.Module, images: torch.Tensor, recalibration: 
     return predict(model, images).double()
 
 
+def _context(model: nn.Module, space: Space, example: torch.Tensor, images: torch.Tensor,
+             recalibration: TensorDataset, rules, cell_weights: dict | None, config: SensitivityConfig) -> _Context:
+    # The teacher goes through the same steps as every decision, so recalibration alone costs nothing.
+    teacher = _recalibrated_logits(copy.deepcopy(model), images, recalibration, config)
+    return _Context(model, space.default(), space.analysis, example, rules, dict(cell_weights or {}), images, teacher,
+                    recalibration, config)
+
+
 def _damage(context: _Context, candidate) -> tuple[float, float]:
     model = apply_candidate(context.model, candidate, context.analysis, context.example, rules=context.rules,
                             cell_weights=context.cell_weights)
@@ -137,10 +145,8 @@ class JointDamage:
     def __init__(self, model: nn.Module, space: Space, example: torch.Tensor, images: torch.Tensor,
                  recalibration: TensorDataset, *, rules=None, cell_weights: dict | None = None,
                  config: SensitivityConfig = SensitivityConfig()) -> None:
-        images = images[: config.samples]
-        teacher = _recalibrated_logits(copy.deepcopy(model), images, recalibration, config)
-        self.context = _Context(model, space.default(), space.analysis, example, rules, dict(cell_weights or {}),
-                                images, teacher, recalibration, config)
+        self.context = _context(model, space, example, images[: config.samples], recalibration, rules, cell_weights,
+                                config)
         self.measured: dict[str, float] = {}
 
     def __call__(self, candidate: Candidate) -> float:
@@ -189,10 +195,7 @@ def measure_sensitivities(model: nn.Module, space: Space, example: torch.Tensor,
         (v.name, v.kind, v.unit, value) for v in space.variables for value in v.choices if value != space.neutral(v)]
     todo = [d for d in wanted_rows if _key(d) not in rows]
     if todo:
-        # The teacher goes through the same steps as every decision, so recalibration alone costs nothing.
-        teacher = _recalibrated_logits(copy.deepcopy(model), images, recalibration, config)
-        context = _Context(model, space.default(), space.analysis, example, rules, dict(cell_weights or {}), images,
-                           teacher, recalibration, config)
+        context = _context(model, space, example, images, recalibration, rules, cell_weights, config)
         jobs = _chunks(todo, config.variables_per_job)
         with tqdm(total=len(wanted_rows), initial=len(wanted_rows) - len(todo), desc="sensitivities",
                   unit="decision", disable=not progress or None) as bar:
