@@ -32,7 +32,7 @@ from pathlib import Path
 from autocompress.hardware import machine_info
 from autocompress.search.allocation import expected_damage
 from autocompress.search.boundary import repair_to_budget
-from autocompress.search.budget import Budget, ChanceConstraint, DEFAULT_CONFIDENCE
+from autocompress.search.budget import Budget, BudgetError, ChanceConstraint, DEFAULT_CONFIDENCE
 from autocompress.search.problem import ProblemSpec, build_problem
 from autocompress.train.finetune import DistillationConfig
 
@@ -49,11 +49,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench"), help="shared with search_vs_hand_policy.py")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
+    if args.candidates < 2:
+        parser.error(f"--candidates {args.candidates}: give at least 2 (the report ranks repairs against each other)")
+    try:
+        budget = Budget.parse(args.budget)
+    except BudgetError as exc:  # before the baseline trains
+        parser.error(str(exc))
 
     problem = build_problem(ProblemSpec(model=args.model), cache_dir=args.work / args.model)
     problem.learn_kernels()
     problem.measure_sensitivities(args.work / args.model)
-    budget_ms = Budget.parse(args.budget).resolve(problem.baseline_ms)
+    budget_ms = budget.resolve(problem.baseline_ms)
     chance = ChanceConstraint(DEFAULT_CONFIDENCE)
     damages = {"macs": None, "kl": problem.sensitivities.kl}
     config = DistillationConfig(steps=args.finetune_steps)
