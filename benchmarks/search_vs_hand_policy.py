@@ -65,14 +65,16 @@ def main() -> None:
     parser.add_argument("--export-steps", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path("runs/bench"))
     parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--redo", action="store_true", help="rerun searches already in the report")
+    parser.add_argument("--redo", action="store_true",
+                        help="rerun the named cells' searches of the named guides (their folders cleared); the "
+                             "report keeps the others")
     parser.add_argument("--rescore", action="store_true",
                         help="score the searches already in the report again from their folders (and time their "
                              "points again)")
     args = parser.parse_args()
 
     path = args.out / "search_vs_hand_policy.json"
-    old = json.loads(path.read_text()) if path.is_file() and not args.redo else {}
+    old = json.loads(path.read_text()) if path.is_file() else {}
     report = {"trials": args.trials, "finetune_steps": args.finetune_steps, "export_steps": args.export_steps,
               "hv_floor": "chance (1 / classes)", "machine": machine_info(),
               "cells": old.get("cells", {}) if old.get("trials") == args.trials else {}}
@@ -86,7 +88,7 @@ def main() -> None:
     for cell in args.cells:
         spec, budget = cell.split("@")
         for guide in args.guides:
-            done = report["cells"].get(cell, {}).get(guide)
+            done = None if args.redo else report["cells"].get(cell, {}).get(guide)
             if done and (guide != args.measure_guide or done.get("export_best")):
                 if args.rescore:
                     rescore(done, problem_of(spec), args.work / spec / budget / guide, guide == args.measure_guide,
@@ -101,6 +103,8 @@ def main() -> None:
 
 def one_search(problem, spec: str, budget: str, guide: str, args) -> dict:
     work = args.work / spec / budget / guide
+    if args.redo:
+        shutil.rmtree(work, ignore_errors=True)  # a folder left there would be resumed, not searched afresh
     work.mkdir(parents=True, exist_ok=True)
     # What the model's searches share, where a search finds it cached: the trained baseline, the
     # distilled cells and the measured sensitivities (the export rebuilds the problem from here too).

@@ -31,7 +31,7 @@ from autocompress.errors import AutocompressError
 from autocompress.hardware import load_hardware_model, machine_info
 from autocompress.hardware.candidates import CANDIDATES_PER_BATCH, measure_candidates, model_under_test
 from autocompress.hardware.validation import accuracy_figures
-from autocompress.search.run import warm_start_policies
+from autocompress.core.policies import warm_start_policies
 from autocompress.core.space import Space, SpaceOptions
 
 MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")

@@ -39,7 +39,7 @@ from autocompress.hardware.store import (
 )
 from autocompress.hardware.measure import machine_info
 from autocompress.hardware.validation import accuracy_figures, validate, write_report
-from autocompress.search.run import warm_start_policies
+from autocompress.core.policies import warm_start_policies
 from autocompress.core.space import Space, SpaceOptions
 from autocompress.techniques import apply_candidate
 

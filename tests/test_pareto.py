@@ -105,6 +105,20 @@ def test_hypervolume_on_hand_computed_values(records):
         hypervolume_2d(records, ref_latency_ms=float("inf"))
 
 
+def test_seeds_are_fine_tuned_front_first_in_layers_and_those_over_the_budget_last():
+    from autocompress.search.seeds import front_first
+
+    # (latency, accuracy) under a 10 ms budget: 0 is slow and accurate, 1 fast and fair, 2 the
+    # knee (the largest area alone: 5 x .9), 3 dominated by 2, 4 over the budget, 5 a copy of 2.
+    latencies = [9.0, 1.0, 5.0, 6.0, 12.0, 5.0]
+    accuracies = [0.95, 0.4, 0.9, 0.8, 0.99, 0.9]
+    order = front_first(latencies, accuracies, budget_ms=10.0)
+    # the knee, then what adds most beside it (the fast one: 4 x .4 below the knee, against the
+    # slow one's 1 x .05); then the next layer: the knee's copy first (it ties, and came first), then 3
+    assert order == [2, 1, 0, 5, 3, 4]
+    assert front_first([1.0, 2.0], [0.0, 0.0], budget_ms=10.0) == [0, 1]  # nothing to gain: given order
+
+
 def test_write_results_round_trips_the_front(records, tmp_path):
     paths = write_results(tmp_path / "out", records, budget_ms=BUDGET_MS, baseline=BASELINE)
     assert set(paths) == {"pareto.csv", "pareto.json", "trials.csv", "pareto.png", "pareto.html"}

@@ -24,7 +24,8 @@ from autocompress.hardware import find_hardware_model, load_hardware_model
 from autocompress.search.folder import SearchFolder, load_front
 from autocompress.search.problem import ProblemSpec, SearchProblem, build_problem
 from autocompress.core.space import Space
-from autocompress.search.run import SearchSettings, run_search, warm_start_policies
+from autocompress.core.policies import warm_start_policies
+from autocompress.search.run import SearchSettings, run_search
 from autocompress.search.stopping import HopelessRule
 
 TINY = ProblemSpec(model="reference_models:tiny_resnet", train_steps=80)

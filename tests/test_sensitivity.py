@@ -215,6 +215,10 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
         share = float(trial.user_attrs["origin"].split(":")[1].rstrip("x"))
         assert trial.user_attrs["predicted_ms"] <= share * outcome.budget_ms + 1e-9
         assert trial.user_attrs["status"] == "evaluated"
+    # front first: the seeds predicted within the budget are fine-tuned before those told over it
+    seeds = [t for t in study.trials if t.user_attrs.get("origin", "").startswith(("warm_start:", "allocation:"))]
+    over = [t.user_attrs["predicted_ms"] >= outcome.budget_ms for t in seeds]
+    assert any(over) and over == sorted(over), [(t.user_attrs["origin"], t.user_attrs["predicted_ms"]) for t in seeds]
     fit = study.user_attrs["accuracy_model"]
     evaluated = [t for t in study.trials if t.user_attrs.get("status") == "evaluated"]
     assert fit["trials"] == len(evaluated) >= MIN_TRIALS

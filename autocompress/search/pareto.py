@@ -22,7 +22,7 @@ from ..core.candidate import candidate_summary
 from ..errors import ResultsError
 
 __all__ = [
-    "ResultsError", "TrialRecord", "best_under", "hypervolume_2d", 
+    "ResultsError", "TrialRecord", "best_under", "dominated_area", "hypervolume_2d",
     "pareto_front", "records_from_study", "summary_table",
 ]
 
@@ -159,14 +159,20 @@ def hypervolume_2d(records: Sequence[TrialRecord], *, ref_latency_ms: float, ref
     Points that are not better than the reference in both accuracy and latency add nothing. Use
     the same reference for the two searches being compared, or the numbers mean nothing.
     """
+    return dominated_area([(r.latency_ms, r.accuracy) for r in _scored(records)],
+                          ref_latency_ms=ref_latency_ms, ref_accuracy=ref_accuracy)
+
+
+def dominated_area(points: Sequence[tuple[float, float]], *, ref_latency_ms: float, ref_accuracy: float = 0.0) -> float:
+    """``hypervolume_2d`` of bare ``(latency, accuracy)`` points (expected ones, say)."""
     if not (math.isfinite(ref_latency_ms) and math.isfinite(ref_accuracy)):
         raise ValueError(f"hypervolume reference must be finite, got {ref_latency_ms=} {ref_accuracy=}")
-    points = sorted((r.latency_ms, -r.accuracy) for r in _scored(records)
-                    if r.latency_ms < ref_latency_ms and r.accuracy > ref_accuracy)
+    ordered = sorted((latency, -accuracy) for latency, accuracy in points
+                     if latency < ref_latency_ms and accuracy > ref_accuracy)
     area, best_accuracy = 0.0, ref_accuracy
     # Sweep by latency: each point that raises the best accuracy so far adds the slab between the
     # old and new best, which it alone covers from its latency up to the reference latency.
-    for latency, neg_accuracy in points:
+    for latency, neg_accuracy in ordered:
         if -neg_accuracy > best_accuracy:
             area += (ref_latency_ms - latency) * (-neg_accuracy - best_accuracy)
             best_accuracy = -neg_accuracy

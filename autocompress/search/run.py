@@ -25,16 +25,15 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .allocation import allocate
 from .budget import DEFAULT_CONFIDENCE, Budget, ChanceConstraint
 from .local_correction import LocalCorrection
 from .near_budget import times_every_candidate
 from .search_record import record_in_search_json, write_search_json
 from .driver import TrialDriver, candidate_params
+from .seeds import search_seeds
 from ..errors import AutocompressError
 from .executors import Executor, LocalExecutor, WorkerLost
 from ..train.finetune import DistillationConfig
-from ..core.policies import warm_start_policies
 from .folder import STUDY_NAME, SearchFolder
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study
 from ..hardware import load_hardware_model
@@ -204,12 +203,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     write_search_json(search_json, settings, problem, budget_ms, host_level)
     fail_stale_trials(study)
     if settings.warm_start and warm_start_is_ours(study):
-        for name, params in warm_start_policies(problem.space).items():
-            study.enqueue_trial(params, user_attrs={"origin": f"warm_start:{name}"})
-        if settings.guide != "macs":  # after the hand policies, before the sampler's own draws
-            for seed in allocate(problem.space, problem.hardware, problem.sensitivities.kl, budget_ms, chance=chance):
-                study.enqueue_trial(candidate_params(problem.space, seed.candidate),
-                                    user_attrs={"origin": f"allocation:{seed.share:g}x"})
+        damage = problem.sensitivities.kl if settings.guide != "macs" else None  # macs: the hand order only
+        for seed in search_seeds(problem.space, problem.hardware, damage, budget_ms, chance):
+            study.enqueue_trial(seed.params, user_attrs={"origin": seed.origin})
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
             study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
         study.set_user_attr("warm_started", True)
