@@ -31,7 +31,7 @@ from sklearn.ensemble import RandomForestRegressor
 from ..core.space import Candidate, Space
 from ..core.technique import registered
 
-__all__ = ["AccuracyModel", "MIN_TRIALS", "MIN_RANK_CORRELATION", "SurrogateFit", "fit_accuracy_model"]
+__all__ = ["AccuracyModel", "MIN_TRIALS", "MIN_RANK_CORRELATION", "SurrogateFit"]
 
 MIN_TRIALS = 12  # fine-tuned trials before the model is fit at all
 MIN_RANK_CORRELATION = 0.6  # held-out Spearman the model must show before it screens anything
@@ -122,13 +122,6 @@ class AccuracyModel:
                 return (f"expected {mean[0]:.2%} ± {std[0]:.2%}; a front point at {latency:.3f} ms has "
                         f"{accuracy:.2%}")
         return None
-
-
-def fit_accuracy_model(space: Space, damage: Callable[[str, object], float], candidates: Sequence[Candidate],
-                       accuracies: Sequence[float], joint: Callable[[Candidate], float] | None = None) -> AccuracyModel:
-    model = AccuracyModel(space, damage, joint)
-    model.fit(candidates, accuracies)
-    return model
 
 
 def _regressor() -> RandomForestRegressor:
