@@ -39,11 +39,20 @@ def write_report(report: dict, out: Path) -> None:
             for guide, e in guides.items() if e.get("accuracy_model")]
     if fits:
         lines += ["", "The accuracy model at the end of each surrogate search: Spearman's rank correlation with the "
-                  "fine-tuned accuracy of its held-out trials (5-fold), beside the rankings by the additive damage "
-                  "and by the candidates' own measured damage, over the same trials:", "",
-                  "| cell | guide | trials | held-out | additive damage | own damage |", "|---|---|---|---|---|---|"]
-        lines += [f"| {cell} | {guide} | {f['trials']} | {_rho(f.get('held_out_spearman'))} | "
-                  f"{_rho(f.get('prior_spearman'))} | {_rho(f.get('joint_spearman'))} |" for cell, guide, f in fits]
+                  "fine-tuned accuracy of its held-out trials (5-fold), beside the rankings by the additive damage, "
+                  "by the additive damage weighted by technique as the recovery weights learned it (held out too), "
+                  "and by the candidates' own measured damage, over the same trials; the weights themselves, and "
+                  "after how many fine-tunes allocations were built on them:", "",
+                  "| cell | guide | trials | held-out | additive damage | weighted damage | own damage | "
+                  "recovery weights | reallocated after |", "|---|---|---|---|---|---|---|---|---|"]
+        for cell, guide, f in fits:
+            recovery = report["cells"][cell][guide].get("recovery_weights") or {}
+            weights = ", ".join(f"{k} {w:.2g}" for k, w in recovery.get("weights", {}).items())
+            again = report["cells"][cell][guide].get("reallocated_at") or []
+            lines.append(f"| {cell} | {guide} | {f['trials']} | {_rho(f.get('held_out_spearman'))} | "
+                         f"{_rho(f.get('prior_spearman'))} | {_rho(recovery.get('held_out_spearman'))} | "
+                         f"{_rho(f.get('joint_spearman'))} | {weights or '-'} | "
+                         f"{', '.join(map(str, again)) or '-'} |")
     for cell, guides in report["cells"].items():
         for guide, e in guides.items():
             if "measured" in e:

@@ -154,6 +154,8 @@ def rescore(entry: dict, problem, work: Path, measure: bool, args) -> None:
         "best_warm_start_predicted": _point(_best(records, budget_ms, warm=True)),
         "best_search_found_predicted": _point(_best(records, budget_ms, warm=False)),
         "accuracy_model": study.user_attrs.get("accuracy_model"),  # surrogate guide: how well it ranked
+        "recovery_weights": study.user_attrs.get("recovery_weights"),  # surrogate guide: damage kept per technique
+        "reallocated_at": study.user_attrs.get("reallocated_at", []),
     })
     if measure:
         entry["measured"] = measure_points(problem, records, budget_ms,

@@ -223,6 +223,14 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
     evaluated = [t for t in study.trials if t.user_attrs.get("status") == "evaluated"]
     assert fit["trials"] == len(evaluated) >= MIN_TRIALS
     assert -1 <= fit["joint_spearman"] <= 1  # the candidates' own damage was measured and set against them
+    recovery = study.user_attrs["recovery_weights"]
+    assert recovery["trials"] == fit["trials"] and max(recovery["weights"].values()) == 1.0
+    if recovery["trusted"]:  # weights that rank better than the raw damages lead to allocations of their own
+        assert study.user_attrs["reallocated_at"][0] >= MIN_TRIALS
+    for trial in study.trials:
+        if trial.user_attrs.get("origin", "").startswith("reallocation:"):
+            share = float(trial.user_attrs["origin"].split(":")[1].rstrip("x"))
+            assert trial.user_attrs["predicted_ms"] <= share * outcome.budget_ms + 1e-9
     screened = [t for t in study.trials if t.user_attrs.get("status") == "screened"]
     assert all(t.state == optuna.trial.TrialState.PRUNED and "front point" in t.user_attrs["fail_reason"]
                for t in screened)

@@ -17,6 +17,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from .allocation import allocate
 from .boundary import repair_to_budget
 from .budget import ChanceConstraint
 from ..errors import AutocompressError
@@ -60,6 +61,11 @@ class TrialDriver:
                       if margin > 0 and settings.executor == "local" else None)
         # the misses measured near the budget so far (this run's and, resumed, the earlier runs')
         self.correction = LocalCorrection.load(problem.space, settings.out)
+        # what the repair ranks moves by: MAC shares (macs), the measured damages, or (surrogate) those
+        # damages weighted by how much of each the fine-tunes recover, once that ranks better
+        self.repair_damage = problem.sensitivities.kl if settings.guide != "macs" else None
+        if self.screening is not None:
+            self._follow_recovery()
 
     def completed(self) -> int:
         """Trials fine-tuned so far: what ``trials`` counts. A proposal told over the budget costs
@@ -204,6 +210,7 @@ class TrialDriver:
             self.rule.record(outcome.accuracy, job.latency_ms, job.size_bytes, outcome.checkpoint_accuracy)
             if self.screening is not None:
                 self.screening.refit()
+                self._follow_recovery()
 
     def _failed(self, trial: optuna.Trial, exc: Exception) -> None:
         if is_disk_full(exc):  # not the candidate's fault: stop the search, which resumes once space is freed
@@ -215,10 +222,26 @@ class TrialDriver:
         if self.failures_in_a_row >= _FAILURES_IN_A_ROW:
             raise AutocompressError(f"{_FAILURES_IN_A_ROW} trials in a row failed; the last one: {reason}") from exc
 
+    def _follow_recovery(self) -> None:
+        """Once the recovery weights rank held-out trials better than the raw damages do, repair with
+        the weighted damages, and queue the allocations they lead to each time the fine-tuned trials
+        have doubled since the last such set (the first once they are trusted)."""
+        weights = self.screening.recovery
+        if not weights.trusted:
+            return
+        space = self.problem.space
+        self.repair_damage = weights.damage(space, self.problem.sensitivities.kl)
+        done = self.study.user_attrs.get("reallocated_at", [])
+        if done and weights.trials < 2 * done[-1]:
+            return
+        self.study.set_user_attr("reallocated_at", [*done, weights.trials])
+        for a in allocate(space, self.problem.hardware, self.repair_damage, self.budget_ms, chance=self.chance):
+            self.study.enqueue_trial(candidate_params(space, a.candidate), skip_if_exists=True,
+                                     user_attrs={"origin": f"reallocation:{a.share:g}x"})
+
     def _queue_repair(self, number: int, candidate: Candidate, target_ms: float) -> None:
-        measured = self.problem.sensitivities if self.settings.guide != "macs" else None
         repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, target_ms,
-                                    damage=measured.kl if measured is not None else None, chance=self.chance)
+                                    damage=self.repair_damage, chance=self.chance)
         if repaired is None:
             return
         fixed, _ = repaired

@@ -1,5 +1,7 @@
 """Screening (``--guide surrogate``): the driver's use of the accuracy model. Proposals the model
-is sure cannot reach the front are told at once, without a fine-tune, with their reason.
+is sure cannot reach the front are told at once, without a fine-tune, with their reason. The
+same refit learns how much of each technique's damage the fine-tunes recover
+(``recovery_weights``), which the driver's repairs and reallocations read.
 
 The model is refit from the study after every fine-tune, so it learns from every driver's trials
 and a resumed search starts from all of them. Only the sampler's proposals and their repairs are
@@ -14,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..core.space import Candidate, Space
+from .recovery_weights import RecoveryWeights, fit_recovery_weights
 from .surrogate import AccuracyModel
 
 __all__ = ["SCREENED_ORIGINS", "Screening"]
@@ -28,15 +31,19 @@ class Screening:
         self.study = study
         self.in_a_row = 0
         self.screened = 0
+        self.recovery: RecoveryWeights | None = None
         self.refit()
 
     def refit(self) -> None:
         """Learn from every fine-tuned trial of the study (every driver's); record how well the
         model ranks held-out trials on the study, where ``pareto`` and the dashboard show it."""
         evaluated = [t for t in self._complete() if t.user_attrs.get("status") == "evaluated"]
-        report = self.model.fit([Candidate.from_dict(t.user_attrs["candidate"]) for t in evaluated],
-                                [t.values[0] for t in evaluated])
+        candidates = [Candidate.from_dict(t.user_attrs["candidate"]) for t in evaluated]
+        accuracies = [t.values[0] for t in evaluated]
+        report = self.model.fit(candidates, accuracies)
+        self.recovery = fit_recovery_weights(self.model.space, self.model.damage, candidates, accuracies)
         self.study.set_user_attr("accuracy_model", report.to_dict())
+        self.study.set_user_attr("recovery_weights", self.recovery.to_dict())
 
     def reason(self, origin: str, candidate: Candidate, latency_ms: float, size_bytes: int) -> str | None:
         """Why ``candidate`` is not worth a fine-tune, or None to fine-tune it."""

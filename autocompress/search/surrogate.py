@@ -31,7 +31,8 @@ from sklearn.ensemble import RandomForestRegressor
 from ..core.space import Candidate, Space
 from ..core.technique import registered
 
-__all__ = ["AccuracyModel", "MIN_TRIALS", "MIN_RANK_CORRELATION", "SurrogateFit"]
+__all__ = ["AccuracyModel", "MIN_TRIALS", "MIN_RANK_CORRELATION", "SurrogateFit", "damage_by_kind", "decision_damages",
+           "spearman"]
 
 MIN_TRIALS = 12  # fine-tuned trials before the model is fit at all
 MIN_RANK_CORRELATION = 0.6  # held-out Spearman the model must show before it screens anything
@@ -70,15 +71,11 @@ class AccuracyModel:
         return self.regressor is not None and score is not None and score >= MIN_RANK_CORRELATION
 
     def features(self, candidate: Candidate) -> np.ndarray:
+        damages = decision_damages(self.space, candidate, self.damage)
         by_kind = dict.fromkeys(self.kinds, 0.0)
-        largest, changes = 0.0, 0
-        for var in self.space.variables:
-            value = candidate.of(var.kind).get(var.unit, self.space.neutral(var))
-            if value == self.space.neutral(var):
-                continue
-            d = self.damage(var.name, value)
-            by_kind[var.kind] += d
-            largest, changes = max(largest, d), changes + 1
+        for kind, d in damages:
+            by_kind[kind] += d
+        largest, changes = max((d for _, d in damages), default=0.0), len(damages)
         # log1p: damages span orders of magnitude, and accuracy falls off them roughly logarithmically
         measured = [self.joint(candidate)] if self.joint is not None else []
         return np.log1p(np.array([*by_kind.values(), sum(by_kind.values()), largest, float(changes), *measured]))
@@ -88,8 +85,8 @@ class AccuracyModel:
         x = np.array([self.features(c) for c in candidates]) if candidates else np.zeros((0, 0))
         y = np.asarray(accuracies, float)
         total = len(self.kinds)  # the column of the total additive damage; the joint one is last
-        prior = _spearman(-x[:, total], y) if len(y) >= 3 else None
-        joint = _spearman(-x[:, -1], y) if len(y) >= 3 and self.joint is not None else None
+        prior = spearman(-x[:, total], y) if len(y) >= 3 else None
+        joint = spearman(-x[:, -1], y) if len(y) >= 3 and self.joint is not None else None
         if len(y) < MIN_TRIALS:
             self.regressor, self.fit_report = None, SurrogateFit(len(y), None, prior, joint)
             return self.fit_report
@@ -99,7 +96,7 @@ class AccuracyModel:
             test = folds == fold
             held_out[test] = _regressor().fit(x[~test], y[~test]).predict(x[test])
         self.regressor = _regressor().fit(x, y)
-        self.fit_report = SurrogateFit(len(y), _spearman(held_out, y), prior, joint)
+        self.fit_report = SurrogateFit(len(y), spearman(held_out, y), prior, joint)
         return self.fit_report
 
     def expect(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +125,22 @@ def _regressor() -> RandomForestRegressor:
     return RandomForestRegressor(n_estimators=_TREES, min_samples_leaf=2, random_state=0, n_jobs=1)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+def decision_damages(space: Space, candidate: Candidate, damage: Callable[[str, object], float]
+                     ) -> list[tuple[str, float]]:
+    """(technique kind, measured damage alone) of each decision ``candidate`` changes."""
+    return [(var.kind, damage(var.name, value)) for var in space.variables
+            if (value := candidate.of(var.kind).get(var.unit, space.neutral(var))) != space.neutral(var)]
+
+
+def damage_by_kind(space: Space, candidate: Candidate, damage: Callable[[str, object], float]) -> dict[str, float]:
+    """The measured damages of ``candidate``'s decisions summed by technique (kinds it leaves alone: 0)."""
+    by_kind = dict.fromkeys({v.kind for v in space.variables}, 0.0)
+    for kind, d in decision_damages(space, candidate, damage):
+        by_kind[kind] += d
+    return by_kind
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     return float(spearmanr(a, b).statistic)
