@@ -61,9 +61,6 @@ class TrialDriver:
                       if margin > 0 and settings.executor == "local" else None)
         # the misses measured near the budget so far (this run's and, resumed, the earlier runs')
         self.correction = LocalCorrection.load(problem.space, settings.out)
-        # what the repair ranks moves by: MAC shares (macs), the measured damages, or (surrogate) those
-        # damages weighted by how much of each the fine-tunes recover, once that ranks better
-        self.repair_damage = problem.sensitivities.kl if settings.guide != "macs" else None
         if self.screening is not None:
             self._follow_recovery()
 
@@ -230,18 +227,26 @@ class TrialDriver:
         if not weights.trusted:
             return
         space = self.problem.space
-        self.repair_damage = weights.damage(space, self.problem.sensitivities.kl)
         done = self.study.user_attrs.get("reallocated_at", [])
         if done and weights.trials < 2 * done[-1]:
             return
         self.study.set_user_attr("reallocated_at", [*done, weights.trials])
-        for a in allocate(space, self.problem.hardware, self.repair_damage, self.budget_ms, chance=self.chance):
+        for a in allocate(space, self.problem.hardware, self._repair_damage(), self.budget_ms, chance=self.chance):
             self.study.enqueue_trial(candidate_params(space, a.candidate), skip_if_exists=True,
                                      user_attrs={"origin": f"reallocation:{a.share:g}x"})
 
+    def _repair_damage(self):
+        """What the repair ranks moves by: MAC shares (None, guide macs), the measured damages, or (guide
+        surrogate) those damages weighted by technique while the recovery weights rank better."""
+        if self.settings.guide == "macs":
+            return None
+        raw = self.problem.sensitivities.kl
+        weights = self.screening.recovery if self.screening is not None else None
+        return weights.damage(self.problem.space, raw) if weights is not None and weights.trusted else raw
+
     def _queue_repair(self, number: int, candidate: Candidate, target_ms: float) -> None:
         repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, target_ms,
-                                    damage=self.repair_damage, chance=self.chance)
+                                    damage=self._repair_damage(), chance=self.chance)
         if repaired is None:
             return
         fixed, _ = repaired
