@@ -60,3 +60,15 @@ def test_too_few_trials_or_no_pattern_leave_the_raw_damages_in_charge(space):
     unrelated = fit_recovery_weights(space, _raw, candidates, list(noise.uniform(0.5, 0.99, len(candidates))))
     assert not unrelated.trusted or unrelated.held_out_spearman < 0.4, unrelated
     assert min(unrelated.weights.values()) >= 0.02  # no technique turns free
+
+
+def test_when_every_technique_keeps_its_damage_the_weights_stay_even(space):
+    rng, noise = random.Random(2), np.random.default_rng(2)
+    candidates = [space.sample(rng, density=rng.uniform(0.05, 0.6)) for _ in range(60)]
+    # the fine-tune recovers nothing of anyone's damage: the raw sum is the right ranking
+    accuracy = [0.99 - 0.05 * sum(damage_by_kind(space, c, _raw).values()) + noise.normal(0, 0.002)
+                for c in candidates]
+    learned = fit_recovery_weights(space, _raw, candidates, accuracy)
+    changed = {kind for c in candidates for kind, d in damage_by_kind(space, c, _raw).items() if d > 0}
+    assert {k: round(learned.weights[k], 2) for k in changed} == pytest.approx(dict.fromkeys(changed, 1.0), abs=0.15)
+    assert learned.held_out_spearman == pytest.approx(learned.raw_spearman, abs=0.05), learned
