@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from autocompress.core.space import Candidate
+from autocompress.errors import AutocompressError
 from autocompress.search.folder import SearchFolder
 from autocompress.search.problem import ProblemSpec, build_problem
 from autocompress.search.recovery_weights import fit_recovery_weights
@@ -35,25 +36,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
 
-    rows = []
+    cells = []
     for cell in args.cells:
-        spec, budget = cell.split("@")
-        # The baseline and the sensitivities are read from the benchmark's cache, not measured again.
-        problem = build_problem(ProblemSpec(model=spec), cache_dir=args.work / spec)
-        damage = problem.measure_sensitivities(args.work / spec).kl
-        candidates, accuracies, guides = [], [], []
-        for guide in GUIDES:
-            folder = args.work / spec / budget / guide
-            if not (folder / "study.journal").is_file():
-                continue
-            for t in SearchFolder(folder).load_study().get_trials(deepcopy=False):
-                if t.user_attrs.get("status") == "evaluated":
-                    candidates.append(Candidate.from_dict(t.user_attrs["candidate"]))
-                    accuracies.append(t.values[0])
-            guides.append(guide)
-        if not candidates:
-            raise SystemExit(f"{cell}: no fine-tuned trials under {args.work / spec / budget}; run "
+        spec, at, budget = cell.partition("@")
+        if not (spec and at and budget):
+            parser.error(f"--cells {cell}: give model@budget, e.g. resnet18@0.5x")
+        cells.append((cell, spec, budget))
+
+    rows = []
+    for cell, spec, budget in cells:
+        try:
+            # The trials first: a cell with no searches must not train a baseline to say so.
+            candidates, accuracies, guides = _finetuned(args.work / spec / budget)
+            if not candidates:
+                parser.error(f"{cell}: no fine-tuned trials under {args.work / spec / budget}; run "
                              f"benchmarks/search_vs_hand_policy.py --cells {cell} --work {args.work} first")
+            # the baseline and the sensitivities are read from the benchmark's cache, not measured again
+            problem = build_problem(ProblemSpec(model=spec), cache_dir=args.work / spec)
+        except AutocompressError as exc:
+            parser.error(f"--cells {cell}: {exc}")
+        damage = problem.measure_sensitivities(args.work / spec).kl
         fit = fit_recovery_weights(problem.space, damage, candidates, accuracies)
         rows.append({"cell": cell, "guides": guides, **fit.to_dict()})
         print(cell, fit.to_dict(), flush=True)
@@ -62,6 +64,21 @@ def main() -> None:
     (args.out / "recovery_fit.json").write_text(json.dumps({"cells": rows}, indent=1) + "\n")
     (args.out / "recovery_fit.md").write_text(_markdown(rows))
     print(f"written: {args.out / 'recovery_fit.md'}")
+
+
+def _finetuned(cell_folder: Path) -> tuple[list[Candidate], list[float], list[str]]:
+    """Every fine-tuned trial of the cell's searches (all guides that ran): candidates, accuracies, guides."""
+    candidates, accuracies, guides = [], [], []
+    for guide in GUIDES:
+        folder = SearchFolder(cell_folder / guide)
+        if not folder.search_json.is_file():  # that guide's search never ran here
+            continue
+        for t in folder.load_study().get_trials(deepcopy=False):
+            if t.user_attrs.get("status") == "evaluated":
+                candidates.append(Candidate.from_dict(t.user_attrs["candidate"]))
+                accuracies.append(t.values[0])
+        guides.append(guide)
+    return candidates, accuracies, guides
 
 
 def _markdown(rows: list[dict]) -> str:
