@@ -1,15 +1,60 @@
-"""Shared fixtures: the digits data set, tiny synthetic models, and briefly trained real models."""
+"""Shared fixtures: the digits data set, tiny synthetic models, briefly trained real models, and
+the hardware models the suite predicts with.
+
+Which hardware model ``auto`` picks depends on the host (``find_hardware_model``), and a test whose
+outcome follows the host's pick tests the host, not the code. So the suite pins ``auto`` to one
+shipped model (``--hardware-model``, default ``ort-cpu-1t``; its subprocesses and Ray workers
+inherit the pin), and the tests that read a hardware model's predictions directly take
+``shipped_hardware``, which runs them with each shipped model.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from reference_models import COVERAGE_MODELS, tiny_resnet
 from torch import nn
 
+from autocompress.hardware.store import PIN_VARIABLE, SHIPPED_MODELS, load_hardware_model
 from autocompress.train.data import load_dataset
 from autocompress.train.models import resolve_model
 from autocompress.train.training import train_classifier
+
+
+SHIPPED_HARDWARE = sorted(p.parent.name for p in SHIPPED_MODELS.glob("*/metadata.json"))
+DEFAULT_PIN = "ort-cpu-1t"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--hardware-model", default=os.environ.get(PIN_VARIABLE) or DEFAULT_PIN,
+                     help="the hardware model `auto` means in this run: a shipped one's name or a folder "
+                          f"(default {DEFAULT_PIN}; 'host': what this machine picks)")
+
+
+def pytest_configure(config):
+    pinned = config.getoption("--hardware-model")
+    if pinned == "host":
+        os.environ.pop(PIN_VARIABLE, None)
+    else:
+        os.environ[PIN_VARIABLE] = pinned
+
+
+def pytest_report_header(config):
+    pinned = os.environ.get(PIN_VARIABLE) or "the host's pick"
+    return f"hardware model for 'auto': {pinned}"
+
+
+@pytest.fixture(scope="session", params=SHIPPED_HARDWARE)
+def shipped_hardware(request):
+    """Each shipped hardware model in turn (loading one warns that it was measured elsewhere)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_hardware_model(Path(SHIPPED_MODELS / request.param))
 
 
 @pytest.fixture(scope="session")

@@ -299,6 +299,22 @@ def test_auto_picks_the_hardware_model_measured_on_this_machine_class(tmp_path):
     assert (shipped / "models.csv").is_file() and (shipped / "kernels.csv").is_file()
 
 
+def test_the_pin_variable_makes_auto_one_hardware_model_whatever_the_host(tmp_path, monkeypatch):
+    from autocompress.hardware.store import PIN_VARIABLE, SHIPPED_MODELS
+
+    monkeypatch.setenv(PIN_VARIABLE, "ort-cpu-1t-avx2")
+    assert find_hardware_model() == SHIPPED_MODELS / "ort-cpu-1t-avx2"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "metadata.json").write_text("{}")
+    monkeypatch.setenv(PIN_VARIABLE, str(tmp_path / "mine"))
+    assert find_hardware_model() == tmp_path / "mine"
+    assert find_hardware_model(roots=[SHIPPED_MODELS]) != tmp_path / "mine"  # explicit roots: not pinned
+    monkeypatch.setenv(PIN_VARIABLE, "no-such-model")
+    with pytest.raises(AutocompressError, match="AUTOCOMPRESS_HARDWARE_MODEL='no-such-model' is not a hardware "
+                                                "model folder.*ort-cpu-1t-amx"):
+        find_hardware_model()
+
+
 def test_a_measurement_row_that_does_not_parse_is_named_with_its_line(tmp_path):
     header = "model,input_size,candidate,kernels,macs,sweep,source,level,best_ms,median_ms,p90_ms,noise\n"
     good = 'tiny,16,"{}",[],1000,0,,,0.5,0.6,0.7,0.01\n'

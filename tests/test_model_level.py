@@ -30,17 +30,18 @@ def test_own_candidates_start_uncompressed_then_the_policies_and_never_repeat():
     assert own_candidates(space) == named  # seeded: a resumed run would time the same ones
 
 
-def test_auto_calibrates_only_models_the_hardware_model_was_not_profiled_on():
-    hardware = load_hardware_model(find_hardware_model())
+def test_auto_calibrates_only_models_the_hardware_model_was_not_profiled_on(shipped_hardware):
+    hardware = shipped_hardware
     assert profiled_on(hardware, "resnet18") and profiled_on(hardware, "torchvision:mobilenet_v2")
     assert not profiled_on(hardware, "reference_models:tiny_resnet")
 
 
 @pytest.mark.parametrize("model, budget, wanted", [("resnet18", "0.5x", True), ("resnet18", "2ms", False),
                                                    ("reference_models:tiny_resnet", "2ms", True)])
-def test_auto_times_own_candidates_under_a_relative_budget_or_on_an_unprofiled_model(tmp_path, model, budget, wanted):
+def test_auto_times_own_candidates_under_a_relative_budget_or_on_an_unprofiled_model(tmp_path, model, budget, wanted,
+                                                                                    shipped_hardware):
     # a relative budget is a share of the original measured here, whatever the hardware model knows
-    hardware = load_hardware_model(find_hardware_model())
+    hardware = shipped_hardware
     settings = SearchSettings(problem=ProblemSpec(model=model), budget=budget, out=tmp_path, calibrate_model="auto")
     assert _wants_model_level(settings, hardware) is wanted
     assert _wants_model_level(SearchSettings(problem=ProblemSpec(model=model), budget=budget, out=tmp_path,

@@ -43,7 +43,7 @@ from .predictor import LatencyPrediction, LatencyPredictor
 from .measurements import measurement_file, profile_level_ms, read_kernel_measurements, read_model_measurements
 from .profile_plan import ProfilePlan
 
-__all__ = ["AUTO", "DifferentMachineWarning", "HardwareModel", "SHIPPED_MODELS", "find_hardware_model",
+__all__ = ["AUTO", "DifferentMachineWarning", "HardwareModel", "PIN_VARIABLE", "SHIPPED_MODELS", "find_hardware_model",
            "fit_hardware_model", "load_hardware_model", "recorded_plan"]
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ AUTO = "auto"  # the --hardware value that picks a hardware model measured on a 
 # installed package, gzipped package data (setup.py puts them there); in a source checkout, the
 # repository's hardware_models/.
 _PACKAGE_DATA = Path(__file__).resolve().parents[1] / "_hardware_models"
+# Pins what find_hardware_model's default search returns (see there).
+PIN_VARIABLE = "AUTOCOMPRESS_HARDWARE_MODEL"
 SHIPPED_MODELS = _PACKAGE_DATA if _PACKAGE_DATA.is_dir() else Path(__file__).resolve().parents[2] / "hardware_models"
 
 
@@ -195,7 +197,14 @@ def find_hardware_model(*, target_name: str = DEFAULT_TARGET, threads: int = 1, 
     AMX; a hardware model profiled on one predicts another up to 23% off (README, "Machine
     classes"). When no folder matches, the nearest one is returned (fewest differences, the CPU
     model counting most), and loading it warns (DifferentMachineWarning) that it was measured
-    elsewhere."""
+    elsewhere.
+
+    Where the environment variable ``AUTOCOMPRESS_HARDWARE_MODEL`` names a folder (a path, or the
+    name of a shipped one), the default search (``roots`` None) returns that folder instead: it
+    pins ``auto`` for a whole run, its subprocesses and Ray workers included, so that a test suite
+    or a fleet of machines predicts with one model whatever the host."""
+    if roots is None and os.environ.get(PIN_VARIABLE):
+        return _pinned_hardware_model(os.environ[PIN_VARIABLE])
     roots = [Path("hardware_models"), SHIPPED_MODELS] if roots is None else roots
     chosen = target(target_name)
     here = chosen.machine()
@@ -219,6 +228,15 @@ def find_hardware_model(*, target_name: str = DEFAULT_TARGET, threads: int = 1, 
     log.info("hardware model %s (%s)", folder, "measured on this machine class" if rank[0] == 0 else
              "the nearest: none was measured on this machine class")
     return folder
+
+
+def _pinned_hardware_model(name: str) -> Path:
+    for folder in (Path(name), SHIPPED_MODELS / name):
+        if (folder / "metadata.json").is_file():
+            return folder
+    shipped = ", ".join(sorted(p.parent.name for p in SHIPPED_MODELS.glob("*/metadata.json")))
+    raise AutocompressError(f"{PIN_VARIABLE}={name!r} is not a hardware model folder; name one written by "
+                            f"`autocompress profile`, or a shipped one ({shipped}), or unset it")
 
 
 def _cache_folders(folder: Path) -> list[Path]:
