@@ -20,6 +20,8 @@ from .search.pareto import TrialRecord, pareto_front
 from .search.problem import ProblemSpec, build_problem
 from .search.run import SearchOutcome, SearchSettings, run_search
 from .train.models import load_weights, resolve_model
+from .train.scores import Score
+from .train.task import Task
 from .core.space import Candidate, Space, SpaceOptions
 from .techniques import apply_candidate, calibrate
 
@@ -32,6 +34,8 @@ __all__ = [
     # the search
     "DistillationConfig", "ProblemSpec", "SearchOutcome", "SearchSettings", "TrialRecord", "build_problem",
     "export_from_search", "load_front", "pareto_front", "run_search",
+    # your model, your data, your score
+    "Score", "Task",
 ]
 
 from .version import __version__  # noqa: E402

@@ -69,7 +69,7 @@ def test_inspect_json_says_why_attention_is_left_out(capsys):
     (["inspect", "resnet18", "--weights", "missing.pt"], "does not exist"),
     (["apply", "resnet18", "--candidate", "nope.json", "--out", "o"], "neither a file, uniform"),
     (["apply", "resnet18", "--candidate", "random:x", "--out", "o"], "seed must be a non-negative integer"),
-    (["apply", "resnet18", "--candidate", "random", "--dataset", "mnist", "--out", "o"], "unknown data set"),
+    (["apply", "resnet18", "--candidate", "random", "--dataset", "svhn", "--out", "o"], "unknown data set"),
     (["apply", "resnet18", "--candidate", "uniform:1.5,int8", "--out", "o"], "RATIO in [0, 1)"),
     (["apply", "resnet18", "--candidate", "uniform:0.5,int3", "--out", "o"], "BITS one of"),
 ])

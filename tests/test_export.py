@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from reference_models import COVERAGE_MODELS
 
 from autocompress import Candidate, Space, analyze, apply_candidate, calibration_batches, export_and_compare
@@ -17,7 +18,7 @@ RANDOM_CANDIDATES = 8
 
 def _compare(model, candidate, analysis, example, digits, path):
     built = apply_candidate(model, candidate, analysis, example)
-    inputs, labels = digits.val.tensors
+    inputs, labels = (torch.stack(t) for t in zip(*[(x, torch.tensor(y)) for x, y in digits.val]))
     result, torch_logits, ort_logits = export_and_compare(built, example, path, inputs,
                                                           calibration=calibration_batches(digits.train))
     return built, result, torch_logits, ort_logits, labels.numpy()

@@ -138,11 +138,13 @@ def test_a_model_too_large_for_memory_is_refused_with_an_estimate_before_it_runs
     sys.modules.pop("inflating", None)
 
 
-def test_a_data_set_too_large_for_memory_at_the_input_size_is_refused_before_it_is_resized(capsys, tmp_path):
+def test_an_input_size_too_large_to_train_at_is_refused_before_anything_is_made(capsys, tmp_path):
+    # the images are made at the input size one at a time, when read: only training must fit
     code = main(["search", "resnet18", "--input-size", "4096", "--budget", "0.5x", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert "holding the 1797 images of the data set at --input-size 4096 needs about" in err
+    assert "training model 'resnet18' at --input-size 4096" in err and "give a smaller one" in err
+    assert "images of the data set" not in err
     assert not (tmp_path / "run").exists()
 
 

@@ -19,7 +19,7 @@ from autocompress.search.budget import Budget, BudgetError, ChanceConstraint
 from autocompress.export.card import export_from_search
 from autocompress.cli.main import main
 from autocompress.errors import AutocompressError
-from autocompress.train.finetune import DistillationConfig, FinetuneDiverged, distill, evaluate_accuracy
+from autocompress.train.finetune import DistillationConfig, FinetuneDiverged, TeacherOutputs, distill, evaluate_accuracy
 from autocompress.search.folder import SearchFolder, load_front
 from autocompress.search.problem import ProblemSpec, SearchProblem, build_problem
 from autocompress.core.space import Space
@@ -114,9 +114,13 @@ def test_distillation_recovers_a_pruned_model_and_a_nan_loss_is_reported(tiny_pr
     _, result = problem.finetune(candidate, DistillationConfig(steps=40))
     assert result.steps == 40 and not result.stopped_early
     assert result.accuracy > before + 0.1
-    nan_targets = torch.full_like(problem.soft_targets, float("nan"))
+    class NanTeacher(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 10), float("nan"))
+
     with pytest.raises(FinetuneDiverged, match="step 1 of 5"):
-        distill(problem.build(candidate), digits.train, digits.val, nan_targets, config=DistillationConfig(steps=5))
+        distill(problem.build(candidate), digits.train, digits.val, TeacherOutputs(NanTeacher(), digits.train, cache=True),
+                config=DistillationConfig(steps=5))
 
 
 @pytest.fixture(scope="module")

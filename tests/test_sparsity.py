@@ -20,7 +20,7 @@ from autocompress.core.accounting import weight_bytes, zeroed_count
 from autocompress.errors import InvalidCandidateError
 from autocompress.hardware.kernels import kernels_of_candidate, kernels_of_model
 from autocompress.techniques.sparsity import MASK
-from autocompress.train.finetune import DistillationConfig, distill, teacher_logits
+from autocompress.train.finetune import DistillationConfig, TeacherOutputs, distill
 
 RATIOS = (0.0, 0.5, 0.75, 0.9)
 
@@ -99,8 +99,8 @@ def test_zeros_survive_fine_tuning_and_quantization(digits, example_input):
     candidate = Candidate(sparsity={name: 0.75 for name in layers}, bits={layers[0]: 8}, rank={},
                           channel_multiple=1)
     built = apply_candidate(model, candidate, analysis, example_input)
-    soft = teacher_logits(model, digits.train)
-    distill(built, digits.train, digits.val, soft, config=DistillationConfig(steps=5),
+    distill(built, digits.train, digits.val, TeacherOutputs(model, digits.train, cache=True),
+            config=DistillationConfig(steps=5),
             calibration=calibration_batches(digits.train))
     for module in built.modules():
         if hasattr(module, MASK):

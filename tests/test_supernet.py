@@ -122,10 +122,10 @@ def test_training_resumes_from_its_last_checkpoint_and_ends_where_an_unbroken_ru
 
     real_step = supernet_training._sandwich_step
 
-    def killed_at_step_5(model, optimizer, images, labels, step, cfg):
+    def killed_at_step_5(model, optimizer, train, step, cfg):
         if step == 5:
             raise KeyboardInterrupt  # stands in for the kill: steps 0-4 ran, the checkpoint holds 4
-        real_step(model, optimizer, images, labels, step, cfg)
+        real_step(model, optimizer, train, step, cfg)
 
     monkeypatch.setattr(supernet_training, "_sandwich_step", killed_at_step_5)
     with pytest.raises(KeyboardInterrupt):

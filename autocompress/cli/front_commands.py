@@ -16,6 +16,13 @@ def _pareto(args) -> int:
     from ..search.pareto import TrialRecord, summary_table
 
     folder = SearchFolder(args.dir)
+    if getattr(args, "test", False):
+        from ..export.front_test import front_on_test, front_on_test_table
+        from ..train.task import load_task
+
+        scored = front_on_test(args.dir, task=load_task(args.task) if args.task else None)
+        print(json.dumps(scored, indent=2) if args.json else front_on_test_table(scored))
+        return 0
     try:
         front = folder.live_front()  # a running search's front too
     except AutocompressError as exc:

@@ -16,6 +16,7 @@ from ..search.budget import DEFAULT_CONFIDENCE
 from ..files import disk_full_message, disk_nearly_full, is_disk_full
 from .arguments import OneLineParser, _count, _parse_shape, _positive, add_baseline_flags
 from .front_commands import _export, _pareto
+from .search_command import _search
 from .hardware_commands import _profile, _profile_defaults, _validate_predictor
 from .space_flags import add_space_flags, space_options_from_args
 
@@ -158,8 +159,17 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_validate_predictor)
 
     search = sub.add_parser("search", help="joint multi-objective search under a latency budget (the main job)")
-    _model_arguments(search)
-    search.add_argument("--dataset", default="digits", help="digits (default), cifar10 or imagefolder:PATH")
+    _model_arguments(search, optional=True)
+    search.add_argument("--dataset", default="digits", help="digits (default), mnist, fashion-mnist, cifar10, "
+                        "cifar100 (from --data-root) or imagefolder:PATH (train/, val/, test/ or one folder per class)")
+    search.add_argument("--data-root", default="data", help="where the standard data sets' files are, in "
+                        "torchvision's layout (default ./data; fashion-mnist also from Debian's dataset-fashion-mnist)")
+    search.add_argument("--augment", dest="augment", action="store_true", default=None,
+                        help="random crops (and flips) on the training images (default: on for all but digits)")
+    search.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
+    search.add_argument("--task", default=None, metavar="MODULE:FUNCTION",
+                        help="your own problem: a function returning an autocompress Task (model, data, score); "
+                        "replaces MODEL and --dataset")
     search.add_argument("--budget", required=True, help="latency budget: 5ms, or 0.5x of the original's latency "
                         "measured here at the start")
     search.add_argument("--trials", type=_positive, default=100,
@@ -215,6 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     pareto = sub.add_parser("pareto", help="print the Pareto front of a search folder")
     pareto.add_argument("dir", type=Path, help="the --out folder of a search")
     pareto.add_argument("--json", action="store_true", help="print pareto.json")
+    pareto.add_argument("--test", action="store_true", help="fine-tune each front point again as the search did and "
+                        "score it on the test split, which no choice saw, beside its validation score")
+    pareto.add_argument("--task", default=None, metavar="MODULE:FUNCTION",
+                        help="with --test, for a search made with a Task object: a function returning it")
     pareto.set_defaults(run=_pareto)
 
     export = sub.add_parser("export", help="fine-tune a front point longer, export it to ONNX, measure it, write its card")
@@ -233,8 +247,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="torchvision name (resnet18, torchvision:mobilenet_v2) or package.module:factory")
+def _model_arguments(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    parser.add_argument("model", nargs="?" if optional else None,
+                        help="torchvision name (resnet18, torchvision:mobilenet_v2) or package.module:factory")
     parser.add_argument("--weights", type=Path, help="state dict file (loaded with weights_only=True)")
     parser.add_argument("--num-classes", type=_count, default=None, help="classes of the model's head (default 10, "
                         "or the data set's)")
@@ -292,48 +307,3 @@ def _apply(args) -> int:
           f"{latency['compressed']:.3f} ms ({latency['compressed'] / latency['baseline']:.3f}x)")
     print(f"ONNX: {report['onnx_path']} ({report['onnx_bytes']:,} bytes); layers by bits {report['onnx_nodes_by_bits']}")
     return 0
-
-
-def _chosen_hardware(name: str) -> str:
-    """The hardware model folder a search records: "auto" is resolved here, once, so that resuming
-    and exporting use the folder this search started with."""
-    from ..hardware.store import AUTO, find_hardware_model
-
-    if name != AUTO:
-        return name
-    return str(find_hardware_model())  # recorded in search.json; a bad-input error stays one line
-
-
-def _search(args) -> int:
-    from ..train.finetune import DistillationConfig
-    from ..search.pareto import summary_table
-    from ..search.problem import ProblemSpec
-    from ..search.run import SearchSettings, run_search
-
-    spec = ProblemSpec(model=args.model, dataset=args.dataset, input_size=args.input_size,
-                       weights=str(args.weights) if args.weights else None, num_classes=args.num_classes,
-                       train_steps=args.train_steps, train_time_cap_s=args.train_time_cap,
-                       hardware=_chosen_hardware(args.hardware),
-                       space=space_options_from_args(args), search_space=args.space)
-    settings = SearchSettings(problem=spec, budget=args.budget, out=args.out, trials=args.trials,
-                              timeout_s=args.timeout, sampler=args.sampler, seed=args.seed, storage=args.storage,
-                              guide=args.guide, calibrate_model=args.calibrate_model,
-                              measure_near_budget=args.measure_near_budget, budget_confidence=args.budget_confidence,
-                              finetune=DistillationConfig(steps=args.finetune_steps),
-                              warm_start=not args.no_warm_start,
-                              executor="ray" if args.ray_address else args.executor, workers=args.workers,
-                              ray_address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
-                              gpus_per_trial=args.gpus_per_trial, calibrate_host=args.calibrate_host)
-    outcome = run_search(settings, progress=not args.quiet)
-    print(summary_table(outcome.front, budget_ms=outcome.budget_ms, baseline=outcome.baseline))
-    print("written: " + ", ".join(str(p) for p in outcome.files.values()))
-    timed = outcome.near_budget or {}
-    if timed.get("measurements"):
-        print(f"near the budget: {timed['measurements']} candidates timed; the predictions missed them by "
-              f"{timed['median_miss_before']:.1%} (median) before the correction by their neighbours, "
-              f"{timed['median_miss_after']:.1%} after")
-    best = outcome.best
-    if best is not None:
-        print(f"export the best under budget: autocompress export {args.out} --trial {best.number} "
-              f"--out {args.out / 'export'}")
-    return 130 if outcome.interrupted else 0

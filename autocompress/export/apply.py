@@ -19,14 +19,17 @@ from ..core.analysis import analyze
 from ..core.search_space import resolve_search_space
 from ..train.data import calibration_batches, load_dataset
 from ..errors import AutocompressError, InvalidCandidateError
-from ..hardware.onnx_export import export_and_compare, export_onnx
+from ..hardware.onnx_export import export_onnx
+from .outputs import outputs_beside
 from ..hardware import machine_info
 from ..hardware.measure import measure_interleaved
 from ..core.space import Candidate, Space, SpaceOptions
 from ..train.baseline import baseline_model
 from ..train.models import check_model_runs, resolve_model
 from ..techniques import apply_candidate
-from ..train.training import predict, top1, train_classifier
+from ..train.finetune import evaluate_accuracy
+from ..train.scores import top1
+from ..train.training import train_classifier
 
 __all__ = ["run_apply", "parse_candidate_arg", "resolve_candidate", "baseline_model"]
 
@@ -129,9 +132,8 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
         # Plain fine-tuning through the simulated quantizers (straight-through estimator); the
         # search adds distillation from the baseline on top of this.
         train_classifier(compressed, splits.train, steps=finetune_steps, lr=1e-3, seed=1)
-    inputs, labels = splits.val.tensors
-    exported, logits_torch, logits_onnx, baseline_onnx = export_beside_baseline(
-        compressed, model, example, out, inputs, calibration=calibration_batches(splits.train))
+    exported, val, baseline_onnx = export_beside_baseline(compressed, model, example, out, splits.val,
+                                                          calibration=calibration_batches(splits.train))
     base_fp = footprint_of_model(model, example)
     latency = _side_by_side_latency({"baseline": baseline_onnx, "compressed": exported.path}, tuple(example.shape))
     report = {
@@ -141,12 +143,12 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
         "decisions": len(space.changed(candidate)),
         "candidate": candidate.to_dict(),
         "finetune_steps": finetune_steps,
-        "baseline": base_fp.to_dict() | {"accuracy": top1(predict(model, inputs), labels)},
+        "baseline": base_fp.to_dict() | {"accuracy": evaluate_accuracy(model, splits.val)},
         "footprint_from_candidate": footprint_of_candidate(analysis, candidate).to_dict(),
         "footprint_from_model": footprint_of_model(compressed, example).to_dict(),
-        "accuracy_torch": top1(logits_torch, labels),
-        "accuracy_onnx": top1(logits_onnx, labels),
-        "top1_agreement": top1(logits_torch, logits_onnx),
+        "accuracy_torch": top1(val.torch, val.targets),
+        "accuracy_onnx": top1(val.onnx, val.targets),
+        "top1_agreement": top1(val.torch, val.onnx),
         "onnx_path": str(exported.path),
         "onnx_bytes": exported.file_bytes,
         "onnx_nodes_by_bits": {str(b): len(n) for b, n in sorted(exported.nodes_by_bits.items())},
@@ -158,13 +160,14 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
 
 
 def export_beside_baseline(model: torch.nn.Module, baseline: torch.nn.Module, example: torch.Tensor, out: Path,
-                           inputs: torch.Tensor, *, calibration) -> tuple:
+                           dataset, *, calibration) -> tuple:
     """Export ``model`` to ``out/model.onnx`` and ``baseline`` to ``out/baseline.onnx``, so the two
-    can be timed side by side; returns the export result, PyTorch's and ORT's logits of the model
-    on ``inputs``, and the baseline's ONNX path."""
-    exported, logits_torch, logits_onnx = export_and_compare(model, example, out / "model.onnx", inputs,
-                                                             calibration=calibration)
-    return exported, logits_torch, logits_onnx, export_onnx(baseline, example, out / "baseline.onnx").path
+    can be timed side by side; returns the export result, the model's outputs in PyTorch and in
+    ORT on ``dataset`` (``SideBySide``), and the baseline's ONNX path. PyTorch runs after the
+    export, so its simulated quantizers carry the same calibration as ORT's."""
+    exported = export_onnx(model, example, out / "model.onnx", calibration=calibration)
+    return exported, outputs_beside(model, exported.path, dataset), export_onnx(baseline, example,
+                                                                                  out / "baseline.onnx").path
 
 
 def _side_by_side_latency(paths: dict[str, Path], shape: tuple[int, ...], passes: int = 3) -> dict:

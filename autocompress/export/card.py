@@ -26,6 +26,7 @@ from ..search.folder import SearchFolder
 from ..search.pareto import TrialRecord, records_from_study
 from ..search.problem import build_problem, read_host_level, read_spec
 from ..train.data import calibration_batches
+from .outputs import onnx_outputs, outputs_beside
 from ..train.finetune import DistillationConfig
 from ..train.training import TRAINING_LR, top1
 from .apply import export_beside_baseline
@@ -47,12 +48,13 @@ def choose_trial(records: list[TrialRecord], trial: int, search_dir: Path) -> Tr
 
 def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None, best_under_budget: str | None = None,
                        finetune_steps: int = 300, passes: int = 15, runs: int = 30, sweeps: int = SWEEPS,
-                       pause_s: float = 20.0, retrain: bool = False) -> dict:
+                       pause_s: float = 20.0, retrain: bool = False, task=None) -> dict:
     """Rebuild the chosen candidate, fine-tune it ``finetune_steps`` steps, export and measure it.
 
     ``trial``: that trial. ``best_under_budget`` (5ms or 0.5x): the most accurate front point that
     *measures* within it, timed before any fine-tuning (``confirm.choose_by_measurement``).
-    ``retrain``: train on the labels alone at the baseline's learning rate instead of distilling."""
+    ``retrain``: train on the labels alone at the baseline's learning rate instead of distilling.
+    ``task``: the Task object a search from Python was made with (a named one is made again)."""
     search_dir, out = Path(search_dir), Path(out)
     if (trial is None) == (best_under_budget is None):
         raise AutocompressError("give exactly one of trial N or best_under_budget LATENCY (5ms or 0.5x)",
@@ -63,7 +65,7 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     folder = SearchFolder(search_dir)
     settings = folder.settings()
     host_level = read_host_level(folder.search_json)  # predict as the search did
-    problem = build_problem(read_spec(folder.search_json), cache_dir=search_dir, host_level=host_level)
+    problem = build_problem(read_spec(folder.search_json), cache_dir=search_dir, host_level=host_level, task=task)
     selection = None
     if budget is not None:
         selection = choose_by_measurement(problem, records, budget, sweeps=sweeps, pause_s=pause_s, passes=passes,
@@ -82,9 +84,10 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     student, result = problem.finetune(candidate, config)
 
     out.mkdir(parents=True, exist_ok=True)
-    inputs, labels = problem.splits.val.tensors
-    exported, logits_torch, logits_onnx, baseline_onnx = export_beside_baseline(
-        student, problem.baseline, problem.example, out, inputs, calibration=calibration_batches(problem.splits.train))
+    exported, val, baseline_onnx = export_beside_baseline(
+        student, problem.baseline, problem.example, out, problem.splits.val,
+        calibration=calibration_batches(problem.splits.train))
+    test = score_beside(problem, student, exported.path, baseline_onnx)
     with atomic_path(out / "weights.pt") as partial:
         torch.save(student.state_dict(), partial)
     shape = tuple(problem.example.shape)
@@ -92,7 +95,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
         [(baseline_onnx, shape), (exported.path, shape)], sweeps=sweeps, pause_s=pause_s, passes=passes, runs=runs)
     predicted = problem.predict(candidate)
     size = problem.size_bytes(candidate)
-    onnx_accuracy = top1(logits_onnx, labels)
+    score = problem.score
+    onnx_accuracy = score(val.onnx, val.targets)
     card = {
         "search": str(search_dir),
         "trial": chosen.number,
@@ -133,14 +137,19 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
             "search_finetune": chosen.accuracy,
             "search_finetune_steps": chosen.finetune_steps,
             # PyTorch after export: its quantizers now carry ORT's calibration, as weights.pt does
-            "after_finetune_torch": top1(logits_torch, labels),
+            "after_finetune_torch": score(val.torch, val.targets),
             "after_finetune_torch_before_export": result.accuracy,
             "after_finetune_onnx": onnx_accuracy,
             "finetune_steps": finetune_steps,
             "retrained": retrain,
-            "top1_agreement_torch_onnx": top1(logits_torch, logits_onnx),
+            "top1_agreement_torch_onnx": top1(val.torch, val.onnx),
             "drop_points": 100 * (problem.baseline_accuracy - onnx_accuracy),
+            # the score's name, and the split the values above are on: the one the search chose with
+            "score": score.name,
+            "split": "validation",
         },
+        # the same scores on the test split, which no choice of the search or of --best-under saw
+        "test": test,
         "size": {
             "bytes": size,
             "baseline_bytes": problem.baseline_bytes,
@@ -157,6 +166,18 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     }
     write_card(out, card)
     return card
+
+
+def score_beside(problem, student, model_onnx: Path, baseline_onnx: Path) -> dict | None:
+    """The task's score of the baseline and of the exported model (in PyTorch and in ONNX Runtime)
+    on the test split, and where that split comes from; None where the task has no test split."""
+    if problem.splits.test is None:
+        return None
+    model = outputs_beside(student, model_onnx, problem.splits.test)
+    baseline = onnx_outputs(baseline_onnx, problem.splits.test)
+    return {"score": problem.score.name, "source": problem.splits.test_source, "images": len(problem.splits.test),
+            "baseline": problem.score(baseline, model.targets), "exported_torch": problem.score(model.torch, model.targets),
+            "exported_onnx": problem.score(model.onnx, model.targets)}
 
 
 def write_card(out: Path, card: dict) -> None:
@@ -188,15 +209,7 @@ def write_card(out: Path, card: dict) -> None:
            "model's, `--calibrate-host`)." if lat.get("host_level", 1.0) != 1.0 else ""),
         "",
         *_selection_lines(card.get("selection")),
-        "| accuracy | value |",
-        "|---|---|",
-        f"| baseline | {100 * acc['baseline']:.2f}% |",
-        f"| after the search's fine-tune ({acc['search_finetune_steps']} steps) | "
-        f"{100 * (acc['search_finetune'] or 0):.2f}% |",
-        f"| after {acc['finetune_steps']} steps, PyTorch | {100 * acc['after_finetune_torch']:.2f}% |",
-        f"| after {acc['finetune_steps']} steps, ONNX Runtime | {100 * acc['after_finetune_onnx']:.2f}% "
-        f"(top-1 agreement with PyTorch {100 * acc['top1_agreement_torch_onnx']:.1f}%) |",
-        "",
+        *_score_lines(acc, card.get("test")),
         f"Measurement: {lat['protocol']}. Machine: {card['machine'].get('cpu')}.",
         "",
         *([busy_warning(lat["background_load"]), ""] if lat["background_load"] > BUSY_LOAD else []),
@@ -205,6 +218,28 @@ def write_card(out: Path, card: dict) -> None:
         "",
     ]
     write_text_atomic(out / "card.md", "\n".join(lines))
+
+
+def _score_lines(acc: dict, test: dict | None) -> list[str]:
+    """The score table: validation (what the search chose on) beside test (what no choice saw)."""
+    def shown(value) -> str:
+        return "" if value is None else f"{100 * value:.2f}%"
+
+    name = acc.get("score", "accuracy")
+    t = test or {}
+    lines = [f"| {name} | validation | test |", "|---|---|---|",
+             f"| baseline | {shown(acc['baseline'])} | {shown(t.get('baseline'))} |",
+             f"| after the search's fine-tune ({acc['search_finetune_steps']} steps) | "
+             f"{shown(acc['search_finetune'] or 0)} | |",
+             f"| after {acc['finetune_steps']} steps, PyTorch | {shown(acc['after_finetune_torch'])} | "
+             f"{shown(t.get('exported_torch'))} |",
+             f"| after {acc['finetune_steps']} steps, ONNX Runtime | {shown(acc['after_finetune_onnx'])} | "
+             f"{shown(t.get('exported_onnx'))} |", ""]
+    lines.append(f"Top-1 agreement of ONNX Runtime with PyTorch on validation: "
+                 f"{100 * acc['top1_agreement_torch_onnx']:.1f}%. " +
+                 (f"Test split: {t['images']} items, {t['source']}; no choice of the search saw it."
+                  if test else "The task has no test split: these scores are on the split the search chose with."))
+    return lines + [""]
 
 
 def _selection_lines(selection: dict | None) -> list[str]:

@@ -105,12 +105,13 @@ class SearchFolder:
         return front_document(records, budget_ms=settings["budget_ms"], baseline=settings["baseline"])
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]], score: str = "accuracy") -> None:
+    headed = [score if k == "accuracy" else k for k in columns]
     with atomic_path(path) as partial, partial.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
+        writer = csv.writer(f)
+        writer.writerow(headed)
         for row in rows:
-            writer.writerow({k: "" if row[k] is None else row[k] for k in columns})
+            writer.writerow(["" if row[k] is None else row[k] for k in columns])
 
 
 def _front_row(r: TrialRecord, baseline: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,6 +130,8 @@ def front_document(records: Sequence[TrialRecord], *, budget_ms: float | None,
         "schema": PARETO_JSON_SCHEMA, "budget_ms": budget_ms,
         "baseline": {"accuracy": float(baseline["accuracy"]), "latency_ms": float(baseline["latency_ms"]),
                      "size_bytes": int(baseline["size_bytes"])},
+        # what "accuracy" holds: the task's score on the validation split (top-1 accuracy by default)
+        "score": baseline.get("score", "accuracy"),
         "best_under_budget": None if best is None else best.number, "n_trials": len(records),
         "points": [_front_row(r, baseline) for r in front],
     }
@@ -147,8 +150,9 @@ def write_results(
         out.mkdir(parents=True, exist_ok=True)
         compact = [{**row, "candidate": json.dumps(row["candidate"], sort_keys=True, separators=(",", ":"))}
                    for row in document["points"]]
-        _write_csv(paths["pareto.csv"], _FRONT_COLUMNS, compact)
-        _write_csv(paths["trials.csv"], _TRIAL_COLUMNS, [r.to_dict() for r in records])
+        score = document["score"]  # the accuracy column is headed by the score's name
+        _write_csv(paths["pareto.csv"], _FRONT_COLUMNS, compact, score)
+        _write_csv(paths["trials.csv"], _TRIAL_COLUMNS, [r.to_dict() for r in records], score)
         with atomic_path(paths["pareto.json"]) as partial:
             partial.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         from .plots import plot_html, plot_png  # matplotlib and plotly load only when plotting

@@ -191,7 +191,8 @@ def summary_table(front: Sequence[TrialRecord], *, budget_ms: float | None, base
     if not front:
         return "no trial on the Pareto front (every trial failed, went over budget or is still running)"
     best = best_under(front, budget_ms)
-    header = ["", "trial", "acc %", "latency ms", "x latency", "size KB", "x size", "under budget", "origin",
+    score = baseline.get("score", "accuracy")
+    header = ["", "trial", "acc %" if score == "accuracy" else f"{score} %", "latency ms", "x latency", "size KB", "x size", "under budget", "origin",
               "architecture and compression"]
     rows = [["", "base", f"{100 * baseline['accuracy']:.2f}", f"{baseline['latency_ms']:.3f}", "1.00",
              f"{baseline['size_bytes'] / 1000:.1f}", "1.00", "", "-", "uncompressed"]]

@@ -13,37 +13,47 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch import nn
+
 from ..core.analysis import analyze
 from ..core.search_space import resolve_search_space
 from ..core.space import Space
 from ..errors import BudgetError
 from ..hardware import HardwareModel, load_hardware_model
 from ..hardware.store import AUTO
-from ..train.data import DatasetSplits, load_dataset
+from ..train.images import ImageFiles
+from ..train.task import Task, check_batches, check_score
 from ..train.finetune import DistillationConfig
 from ..train.memory import check_fits, training_memory
 from ..train.models import check_model_runs, resolve_model
 from .boundary import fastest_candidate
 from .budget import ON_THE_MEAN, Budget, ChanceConstraint
-from .problem import ProblemSpec, hardware_folder, problem_classes
+from .problem import ProblemSpec, hardware_folder, problem_classes, task_for_spec
 
 __all__ = ["CheckedInputs", "check_reachable", "preflight"]
 
 
 @dataclass(frozen=True)
 class CheckedInputs:
-    splits: DatasetSplits
+    task: Task
     hardware: HardwareModel  # at the profile's level
 
 
 def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True,
-              chance: ChanceConstraint = ON_THE_MEAN) -> CheckedInputs:
+              chance: ChanceConstraint = ON_THE_MEAN, task: Task | None = None) -> CheckedInputs:
     """Check the inputs of a search in the order they are cheap to check; ``check_budget``: also
     whether ``budget`` can be reached, at ``chance``'s confidence, at the hardware model's own level
-    (a budget in ms under a host level measured later is checked once the level is known)."""
-    splits = load_dataset(spec.dataset, image_size=spec.input_size)
-    model = resolve_model(spec.model, num_classes=problem_classes(spec, splits), weights=spec.weights)
-    example = splits.val[0][0].unsqueeze(0)
+    (a budget in ms under a host level measured later is checked once the level is known).
+    ``task``: a Task object from Python (default: the one ``spec`` names)."""
+    task = task or task_for_spec(spec)
+    splits = task.splits()
+    for part in (splits.train, splits.val, splits.test):
+        if isinstance(part, ImageFiles):
+            part.check_readable()
+    model = task.model if isinstance(task.model, nn.Module) else \
+        resolve_model(task.model, num_classes=problem_classes(spec, splits), weights=spec.weights)
+    example = task.example_input()
+    check_batches(task, example)
     memory = training_memory(model, example, batch_size=DistillationConfig().batch_size)
     if memory is not None:  # before its first real run, which alone could exhaust the memory
         check_fits(memory.total_bytes, f"training model {spec.model!r} at input_size {spec.input_size} "
@@ -51,6 +61,7 @@ def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True,
                    parameters=("input_size",))
     check_model_runs(model, example, spec=spec.model, needs=lambda size: f"it needs input_size {size}",
                      size_name="input_size", parameters=("input_size",))
+    check_score(task, model)
     space_file = resolve_search_space(spec.search_space, model)
     # A file given by name is built against the model's blocks now (the shipped ones "auto" picks
     # are known to fit), so its mistakes show before anything trains.
@@ -67,7 +78,7 @@ def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True,
             # cells may be faster than any compression of the blocks: price them before refusing
             check_reachable(Space(analyze(model, example, space=space_file), spec.space_options()), hardware,
                             budget, chance=chance)
-    return CheckedInputs(splits, hardware)
+    return CheckedInputs(task, hardware)
 
 
 def check_reachable(space: Space, hardware: HardwareModel, budget: Budget, baseline_ms: float | None = None, *,

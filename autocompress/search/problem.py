@@ -7,6 +7,7 @@ so the same object serves the local loop, a Ray worker, ``autocompress export`` 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -22,9 +23,12 @@ from ..core.search_space import resolve_search_space
 from ..train.blockwise import BlockwiseConfig, load_or_distill_cells
 from ..train.sensitivity import JointDamage, Sensitivities, measure_sensitivities
 from ..train.baseline import AUTO_STEPS, DEFAULT_TIME_CAP_S, baseline_model, baseline_training
-from ..train.data import DatasetSplits, calibration_batches, load_dataset
+from ..train.data import DatasetSplits, calibration_batches
+from ..train.images import unaugmented
+from ..train.scores import TOP1, Score
+from ..train.task import Task, image_classification_task, load_task
 from ..errors import AutocompressError
-from ..train.finetune import DistillationConfig, FinetuneResult, distill, evaluate_accuracy, teacher_logits
+from ..train.finetune import DistillationConfig, FinetuneResult, TeacherOutputs, distill, evaluate
 from ..hardware import HardwareModel, LatencyPrediction, find_hardware_model, load_hardware_model
 from ..hardware.host_level import HostLevel
 from ..hardware.store import AUTO, SHIPPED_MODELS
@@ -32,9 +36,12 @@ from ..core.space import Candidate, Space, SpaceOptions
 from ..techniques import apply_candidate
 from .sensitivity_chart import plot_sensitivities
 
-__all__ = ["ProblemSpec", "SearchProblem", "build_problem", "problem_classes", "read_host_level", "read_spec"]
+__all__ = ["TASK_OBJECT", "ProblemSpec", "SearchProblem", "build_problem", "problem_classes", "read_host_level",
+           "read_spec", "task_for_spec"]
 
 log = logging.getLogger(__name__)
+
+TASK_OBJECT = "object"  # ProblemSpec.task of a search made with a Task object from Python
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,11 @@ class ProblemSpec:
     search_space: str = AUTO
     # SpaceOptions keywords that differ from the defaults, e.g. {"sparsity_ratios": [0.0, 0.5, 0.9]}
     space: dict = field(default_factory=dict)
+    data_root: str = "data"  # where the standard data sets' files are (``train.standard_sets``)
+    augment: bool | None = None  # random crops and flips on training items; None: the data set's default
+    # "package.module:make_task": a function returning the Task searched (then model and dataset
+    # only name it); "object": a Task passed from Python, which export needs passed again
+    task: str | None = None
 
     def __post_init__(self) -> None:
         if self.train_steps != AUTO_STEPS and not (isinstance(self.train_steps, int) and self.train_steps >= 0):
@@ -80,7 +92,16 @@ class ProblemSpec:
             del out["search_space"]  # likewise for searches from before search-space files
         if self.train_steps != AUTO_STEPS or self.train_time_cap_s == DEFAULT_TIME_CAP_S:
             del out["train_time_cap_s"]  # it changes nothing, or nothing from before the cap
+        for key, default in (("data_root", "data"), ("augment", None), ("task", None)):
+            if out[key] == default:
+                del out[key]  # likewise for searches from before these settings
         return out
+
+    @classmethod
+    def for_task(cls, task: Task, **settings) -> "ProblemSpec":
+        """The spec that names a Task object passed from Python."""
+        size = task.input_size or int(task.example_input().shape[-1])
+        return cls(model=task.model_name, dataset=task.name, input_size=size, task=TASK_OBJECT, **settings)
 
 
 @dataclass
@@ -92,15 +113,31 @@ class SearchProblem:
     analysis: ModelAnalysis
     space: Space
     hardware: HardwareModel
-    soft_targets: torch.Tensor
+    teacher: TeacherOutputs  # the baseline's outputs for training batches (the distillation's targets)
     calibration: list[torch.Tensor]
     baseline_ms: float
-    baseline_accuracy: float
+    baseline_accuracy: float  # the task's score on the validation split (top-1 accuracy by default)
     baseline_bytes: int
     device: str = "cpu"
     cell_weights: dict = field(default_factory=dict)  # blockwise-distilled cells, by cell key
     sensitivities: Sensitivities | None = None  # measured by ``measure_sensitivities``
     baseline_training: dict | None = None  # how the baseline trained here (``train.baseline.baseline_training``)
+    score: Score = TOP1
+    loss: Callable | None = None  # the task's fine-tune loss; None: distillation on the logits
+
+    def __getstate__(self) -> dict:
+        # A problem whose data a worker can read from its source (a named data set, or a task
+        # importable by name) travels without it, and the worker reads it there; a Task object
+        # from a notebook travels whole (cloudpickle).
+        state = dict(self.__dict__)
+        if self.spec.task != TASK_OBJECT:
+            state["splits"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.splits is None:
+            self.splits = task_for_spec(self.spec).splits()
 
     def predict(self, candidate: Candidate) -> LatencyPrediction:
         return self.hardware.predict_candidate(self.analysis, candidate)
@@ -122,15 +159,16 @@ class SearchProblem:
                  should_stop: Callable[[int, float], bool] | None = None) -> tuple[torch.nn.Module, FinetuneResult]:
         """Build ``candidate`` and fine-tune it with distillation from the baseline."""
         student = self.build(candidate)
-        result = distill(student, self.splits.train, self.splits.val, self.soft_targets, config=config,
-                         calibration=self.calibration, should_stop=should_stop, device=self.device)
+        result = distill(student, self.splits.train, self.splits.val, self.teacher, config=config,
+                         calibration=self.calibration, should_stop=should_stop, score=self.score, loss=self.loss,
+                         device=self.device)
         return student.cpu(), result
 
     def measure_sensitivities(self, folder: Path, *, map_jobs=None, progress: bool = False) -> Sensitivities:
         """The damage of each decision value alone (``train.sensitivity``), cached in ``folder``'s
         ``sensitivity/``, with its chart beside it (``sensitivity.png``)."""
         self.sensitivities = measure_sensitivities(
-            self.baseline, self.space, self.example, torch.cat(self.calibration), self.splits.train,
+            self.baseline, self.space, self.example, torch.cat(self.calibration), unaugmented(self.splits.train),
             Path(folder) / "sensitivity", rules=self.hardware.quantization_rules, cell_weights=self.cell_weights,
             map_jobs=map_jobs, progress=progress)
         plot_sensitivities(Path(folder) / "sensitivity" / "sensitivity.png", self.sensitivities)
@@ -138,29 +176,42 @@ class SearchProblem:
 
     def joint_damage(self) -> JointDamage:
         """The damage of whole candidates, measured as the sensitivities are (``train.sensitivity``)."""
-        return JointDamage(self.baseline, self.space, self.example, torch.cat(self.calibration), self.splits.train,
+        return JointDamage(self.baseline, self.space, self.example, torch.cat(self.calibration),
+                           unaugmented(self.splits.train),
                            rules=self.hardware.quantization_rules, cell_weights=self.cell_weights)
 
     def baseline_summary(self) -> dict:
-        return {"accuracy": self.baseline_accuracy, "latency_ms": self.baseline_ms, "size_bytes": self.baseline_bytes}
+        return {"accuracy": self.baseline_accuracy, "latency_ms": self.baseline_ms, "size_bytes": self.baseline_bytes,
+                "score": self.score.name}
+
+    def test_score(self, model: torch.nn.Module) -> float | None:
+        """The task's score of ``model`` on the test split, which no choice of the search saw (None
+        where the task has none)."""
+        return None if self.splits.test is None else evaluate(model, self.splits.test, score=self.score,
+                                                              device=self.device)
 
 
 def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", host_level: HostLevel | None = None,
-                  map_jobs=None, progress: bool = False, splits: DatasetSplits | None = None,
+                  map_jobs=None, progress: bool = False, task: Task | None = None,
                   hardware: HardwareModel | None = None) -> SearchProblem:
     """Load the data and hardware model, train (or load) the baseline and distill its cells, cached
     in ``cache_dir``. ``host_level``: predict at that level of the host (``hardware.host_level``), not
     the profile's. ``map_jobs(fn, jobs)``: where blockwise distillation and supernet training run
-    (default: here).
-    ``splits`` and ``hardware``: the data and hardware model already loaded (``preflight``)."""
+    (default: here). ``task``: the Task searched, already made (``preflight``; a Task object from
+    Python); default: the one ``spec`` names. ``hardware``: the hardware model already loaded."""
     hardware_dir = hardware_folder(spec.hardware) if hardware is None else None
-    splits = splits or load_dataset(spec.dataset, image_size=spec.input_size)
-    classes = problem_classes(spec, splits)
-    baseline = baseline_model(spec.model, num_classes=classes, weights=Path(spec.weights) if spec.weights else None,
-                              train_steps=spec.train_steps, splits=splits, cache_dir=Path(cache_dir),
-                              train_time_cap_s=spec.train_time_cap_s, map_jobs=map_jobs)
+    task = task or task_for_spec(spec)
+    splits = task.splits()
+    if isinstance(task.model, torch.nn.Module):  # the user's trained model: searched as it is
+        baseline = copy.deepcopy(task.model)
+    else:
+        classes = problem_classes(spec, splits)
+        baseline = baseline_model(task.model, num_classes=classes,
+                                  weights=Path(spec.weights) if spec.weights else None, train_steps=spec.train_steps,
+                                  splits=splits, cache_dir=Path(cache_dir), train_time_cap_s=spec.train_time_cap_s,
+                                  map_jobs=map_jobs)
     baseline.eval()
-    example = splits.val[0][0].unsqueeze(0)
+    example = task.example_input()
     analysis = analyze(baseline, example, space=resolve_search_space(spec.search_space, baseline))
     space = Space(analysis, spec.space_options())
     cell_weights = {}
@@ -173,14 +224,28 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
         hardware = hardware.at_level(host_level.ratio)
     return SearchProblem(
         spec=spec, splits=splits, baseline=baseline, example=example, analysis=analysis, space=space,
-        hardware=hardware, soft_targets=teacher_logits(baseline, splits.train),
+        hardware=hardware, teacher=TeacherOutputs(baseline, splits.train, cache=not splits.augmentation.any),
         calibration=calibration_batches(splits.train),
         baseline_ms=hardware.predict_candidate(analysis, space.default()).ms,
-        baseline_accuracy=evaluate_accuracy(baseline, splits.val),
+        baseline_accuracy=evaluate(baseline, splits.val, score=task.score),
         baseline_bytes=footprint_of_candidate(analysis, space.default()).bytes,
         device=device, cell_weights=cell_weights,
-        baseline_training=None if spec.weights or spec.train_steps == 0 else baseline_training(Path(cache_dir)),
+        baseline_training=None if spec.weights or spec.train_steps == 0 or not isinstance(task.model, str) else
+        baseline_training(Path(cache_dir)),
+        score=task.score, loss=task.loss,
     )
+
+
+def task_for_spec(spec: ProblemSpec) -> Task:
+    """The Task ``spec`` names: its --task function's, or image classification on its data set."""
+    if spec.task == TASK_OBJECT:
+        raise AutocompressError(f"this search was made with a Task object from Python ({spec.model} on "
+                                f"{spec.dataset}); pass the same Task again (task=...), from Python",
+                                parameters=("task",))
+    if spec.task:
+        return load_task(spec.task)
+    return image_classification_task(spec.model, spec.dataset, input_size=spec.input_size, root=spec.data_root,
+                                     augment=spec.augment)
 
 
 def kernel_sample(space: Space, count: int = 2000) -> list[Candidate]:

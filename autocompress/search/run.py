@@ -45,6 +45,7 @@ from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder,
 from .storage import check_storage, search_fix
 from .study import SAMPLERS, fail_stale_trials, open_study, population_size, warm_start_is_ours
 from ..core.space import Space
+from ..train.task import Task
 
 __all__ = ["GUIDES", "SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "open_study", "run_search"]
 
@@ -59,7 +60,9 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class SearchSettings:
-    problem: ProblemSpec
+    # What is searched: a ProblemSpec (names), or a Task (your model object, your data, your score),
+    # which is then kept in ``task`` and named in ``problem``.
+    problem: ProblemSpec | Task
     budget: str
     out: Path
     trials: int = 100
@@ -89,8 +92,12 @@ class SearchSettings:
     # A predicted candidate meets the budget when it does so with this probability
     # (``budget.ChanceConstraint``; 0.5: its predicted mean does); a measured one when it measures within.
     budget_confidence: float = DEFAULT_CONFIDENCE
+    task: Task | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.problem, Task):
+            object.__setattr__(self, "task", self.problem)
+            object.__setattr__(self, "problem", ProblemSpec.for_task(self.problem))
         if self.sampler not in SAMPLERS:
             raise AutocompressError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}",
                                     parameters=("sampler",))
@@ -169,10 +176,10 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     at_profile_level = budget.unit == "x" or (not settings.calibrate_host and settings.calibrate_model == "off"
                                               and read_host_level(search_json) is None)
     chance = ChanceConstraint(settings.budget_confidence)
-    checked = (preflight(settings.problem, budget, check_budget=at_profile_level, chance=chance)
+    checked = (preflight(settings.problem, budget, check_budget=at_profile_level, chance=chance, task=settings.task)
                if problem is None else None)
     out.mkdir(parents=True, exist_ok=True)
-    study = open_study(settings)
+    study = open_study(settings, score=(problem.score if problem is not None else checked.task.score).name)
     own_executor = executor is None
     if own_executor and settings.executor == "ray":
         executor = _ray_executor(settings)  # its workers distill the cells before they fine-tune
@@ -182,7 +189,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
             own_level = fresh and _wants_model_level(settings, checked.hardware)
             host_level = None if own_level else _host_level(search_json, settings)
             problem = build_problem(settings.problem, cache_dir=out, host_level=host_level, progress=progress,
-                                    map_jobs=getattr(executor, "map_jobs", None), splits=checked.splits,
+                                    map_jobs=getattr(executor, "map_jobs", None), task=checked.task,
                                     hardware=checked.hardware)
             if own_level:
                 host_level = _model_level(settings, problem, progress)

@@ -35,6 +35,10 @@ def write_search_json(path: Path, settings, problem, budget_ms: float, host_leve
         "level_from": None if host_level is None else "own candidates (latency/own_candidates.csv)"
         if host_level.baseline_ms is not None else "the hardware model's reference candidates",
         "guide": settings.guide,
+        # what the accuracy objective is (the task's score, on the validation split) and the splits:
+        # the test split is held out of every choice, and the card scores the export on it
+        "score": problem.score.name,
+        "data": problem.splits.describe(),
     }, indent=2, default=str) + "\n")
 
 

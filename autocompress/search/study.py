@@ -22,9 +22,10 @@ SAMPLERS = ("nsga2", "tpe", "random")
 OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")  # maximised, minimised, minimised
 
 
-def open_study(settings) -> optuna.Study:
+def open_study(settings, *, score: str = OBJECTIVES[0]) -> optuna.Study:
     """Create or reopen the study; the sampler's seed moves on with the trials already there, so a
-    resumed run does not propose the first run's points again."""
+    resumed run does not propose the first run's points again. ``score``: the name of the first
+    objective (the task's score; top-1 accuracy is "accuracy")."""
     storage = settings.storage_url
     try:
         opened = open_storage(storage)
@@ -39,7 +40,7 @@ def open_study(settings) -> optuna.Study:
     if study.metric_names is None:  # named once, so optuna-dashboard shows what each objective is
         with warnings.catch_warnings():  # stable since Optuna 3.2, still flagged experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(OBJECTIVES))
+            study.set_metric_names([score, *OBJECTIVES[1:]])
     study.sampler = make_sampler(settings.sampler, settings.seed + len(study.get_trials(deepcopy=False)),
                                  settings.trials)
     return study

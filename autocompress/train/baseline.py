@@ -39,7 +39,7 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
         log.warning("no --weights and --train-steps 0: the baseline keeps its random initialisation")
         return model
     key = {"model": model_spec, "dataset": splits.name, "image_size": splits.image_size, "steps": train_steps,
-           "num_classes": num_classes}
+           "num_classes": num_classes, "splits": splits.describe()}
     if is_space_spec(model_spec):  # what the supernet file says: an edited file trains again
         key["supernet"] = {k: v for k, v in model.supernet_file.to_dict().items() if k != "path"}
         config = SupernetTrainingConfig() if train_steps == AUTO_STEPS else SupernetTrainingConfig(steps=train_steps)

@@ -80,7 +80,7 @@ class ImageArray(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         index = int(self.indices[i])
-        pixels = torch.from_numpy(np.asarray(self.pixels[index]))
+        pixels = torch.from_numpy(np.array(self.pixels[index]))  # a copy: the source may be read-only
         image = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
         image = image.unsqueeze(0) if image.dim() == 2 else image.permute(2, 0, 1)
         return _to_model_input(image, self.image_size, self.augmentation), int(self.labels[index])
@@ -128,6 +128,20 @@ class ImageFiles(Dataset):
 
     def without_augmentation(self) -> "ImageFiles":
         return replace_augmentation(self, NO_AUGMENTATION)
+
+    def check_readable(self) -> None:
+        """Every file opens as an image: its header is read, not its pixels (a fraction of a
+        millisecond a file), so that a stray file is named before anything trains, not in the
+        middle of it; a file whose pixels are damaged is still named when it is read."""
+        from PIL import Image, UnidentifiedImageError
+
+        for file, _ in self.samples:
+            try:
+                with Image.open(file):
+                    pass
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DatasetError(f"image folder file {file!r} is not a readable image ({type(exc).__name__}); "
+                                   "remove it from the folder or replace it") from exc
 
 
 def replace_augmentation(dataset: ImageFiles, augmentation: Augmentation) -> ImageFiles:

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from .data import make_loader
+from .images import unaugmented
 from .training import accuracy, recompute_batchnorm_statistics
 
 __all__ = ["PlateauConfig", "PlateauRun", "held_out_split", "train_to_plateau"]
@@ -77,7 +78,8 @@ def held_out_split(dataset: Dataset, config: PlateauConfig) -> tuple[Subset, Sub
     """(the part trained on, the part held out): a fixed random share of ``dataset``."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed)).tolist()
     count = min(config.held_out_max, max(1, round(config.held_out_share * len(dataset))), len(dataset) - 1)
-    return Subset(dataset, order[count:]), Subset(dataset, order[:count])
+    # the held-out images are scored as they are, not as augmentation changes them
+    return Subset(dataset, order[count:]), Subset(unaugmented(dataset), order[:count])
 
 
 def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig = PlateauConfig()) -> PlateauRun:

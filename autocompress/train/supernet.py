@@ -53,7 +53,7 @@ class SupernetTrainingConfig:
 
 def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig = SupernetTrainingConfig(),
                    key: dict | None = None, progress: bool = True, map_jobs=None, shards: int = 2):
-    """Train ``model`` (an ``ElasticMobileNet``) in place on ``train`` (a TensorDataset), resuming
+    """Train ``model`` (an ``ElasticMobileNet``) in place on ``train`` (a data set of (image, label)), resuming
     from ``folder``'s checkpoint when one was left with the same ``key`` and settings; returns it
     at rest (the largest subnet) in eval mode. ``folder/progress.json`` says how far it got.
 
@@ -65,7 +65,6 @@ def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig
     checkpoint, wanted = folder / "checkpoint.pt", {"key": key or {}, "config": asdict(config)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     start = _resume(model, optimizer, checkpoint, wanted)
-    images, labels = train.tensors
     # Depthwise convs train much faster on the CPU with channels last (their backward above all).
     model.to(memory_format=torch.channels_last)
     started, done = time.monotonic(), start
@@ -74,9 +73,9 @@ def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig
             for group in optimizer.param_groups:  # cosine decay, a function of the step alone
                 group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
             if map_jobs is None:
-                _sandwich_step(model, optimizer, images, labels, step, config)
+                _sandwich_step(model, optimizer, train, step, config)
             else:
-                _data_parallel_step(model, optimizer, images, labels, step, config, map_jobs=map_jobs, shards=shards)
+                _data_parallel_step(model, optimizer, train, step, config, map_jobs=map_jobs, shards=shards)
             done = step + 1
             bar.update(1)
             if done % config.checkpoint_every == 0 or done == config.steps:
@@ -92,16 +91,17 @@ def train_supernet(model, train, folder: Path, *, config: SupernetTrainingConfig
     return model.eval()
 
 
-def _sandwich_step(model, optimizer, images, labels, step: int, config: SupernetTrainingConfig) -> None:
+def _sandwich_step(model, optimizer, train, step: int, config: SupernetTrainingConfig) -> None:
     optimizer.zero_grad(set_to_none=True)
-    _sandwich_gradients(model, *_batch(images, labels, step, config), step, config)
+    _sandwich_gradients(model, *_batch(train, step, config), step, config)
     optimizer.step()
 
 
-def _batch(images, labels, step: int, config: SupernetTrainingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(train, step: int, config: SupernetTrainingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's batch, drawn from ``train`` (any data set of (image, label)) by the step's seed."""
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    index = torch.randint(len(images), (config.batch_size,), generator=generator)
-    return images[index], labels[index]
+    items = [train[int(i)] for i in torch.randint(len(train), (config.batch_size,), generator=generator)]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
 def _sandwich_gradients(model, x, y, step: int, config: SupernetTrainingConfig) -> None:
@@ -141,12 +141,12 @@ def _shard_gradients(model, job: _Shard) -> list[torch.Tensor | None]:
     return [None if p.grad is None else p.grad.detach() for p in model.parameters()]
 
 
-def _data_parallel_step(model, optimizer, images, labels, step: int, config: SupernetTrainingConfig, *, map_jobs,
+def _data_parallel_step(model, optimizer, train, step: int, config: SupernetTrainingConfig, *, map_jobs,
                         shards: int) -> None:
     """One step spread over workers: each runs the sandwich on a shard of the batch with a copy of
     the current weights, and the driver steps on the summed gradients. BatchNorm statistics are the
     shards' own, as in any data-parallel training; they are recomputed at the end."""
-    x, y = _batch(images, labels, step, config)
+    x, y = _batch(train, step, config)
     jobs = [_Shard(x[k::shards], y[k::shards], step, config) for k in range(shards)]
     optimizer.zero_grad(set_to_none=True)
     for grads in map_jobs(_shard_gradients, jobs, shared=model):

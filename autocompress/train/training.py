@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .data import make_loader
+from .scores import model_outputs, top1
 
 __all__ = ["TRAINING_LR", "train_classifier", "recompute_batchnorm_statistics", "predict", "accuracy"]
 
@@ -67,23 +68,6 @@ def predict(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) ->
     return torch.cat([model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
-def top1(logits, targets) -> float:
-    """The share of rows whose argmax is the target: labels, or another model's logits (then the
-    share of rows both models rank first alike). Takes torch tensors or numpy arrays."""
-    logits, targets = torch.as_tensor(logits), torch.as_tensor(targets)
-    if targets.dim() > 1:
-        targets = targets.argmax(1)
-    return float((logits.argmax(1) == targets).float().mean())
-
-
 def accuracy(model: nn.Module, dataset: Dataset) -> float:
-    inputs, labels = _tensors(dataset)
-    return top1(predict(model, inputs), labels)
-
-
-def _tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None:
-        return tensors[0], tensors[1]
-    items = [dataset[i] for i in range(len(dataset))]
-    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+    """Top-1 accuracy on ``dataset``, read in batches."""
+    return top1(*model_outputs(model, dataset))

@@ -1,0 +1,155 @@
+"""Memory that does not grow with the data set: a search over a generated image folder of 100,000
+images at 224 px, its peak resident memory against what the images would take held in memory.
+
+The images are generated (smooth colour gradients with a class-dependent tint, JPEG): this
+measures memory, not accuracy. The search runs as a user runs it, `autocompress search` in a
+subprocess, with a small model and few steps so that it finishes in minutes; its peak is the
+largest sum of the resident memory of its process and every process below it (the data loader's
+workers), sampled every 0.2 s. Writes results/streaming_memory.{md,json}.
+
+    python benchmarks/streaming_memory.py [--images 100000] [--size 224] [--work runs/streaming]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = 10
+
+
+def generate(folder: Path, count: int, size: int) -> float:
+    """``count`` JPEG images in ``folder/<class>/``, made once (a folder with all of them is kept)."""
+    from PIL import Image
+
+    done = folder / "complete.json"
+    if done.is_file() and json.loads(done.read_text()) == {"count": count, "size": size}:
+        return 0.0
+    started = time.monotonic()
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, size, dtype=np.float32)
+    for c in range(CLASSES):
+        (folder / f"class{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        c = i % CLASSES
+        tint = np.array([(c * 37) % 255, (c * 91) % 255, (c * 53) % 255], dtype=np.float32) / 255
+        angle = rng.uniform(0, np.pi)
+        field = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]
+        pixels = (255 * np.clip(0.5 * field[..., None] + 0.5 * tint, 0, 1)).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"class{c}" / f"{i}.jpg", quality=80)
+    done.write_text(json.dumps({"count": count, "size": size}))
+    return time.monotonic() - started
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and every process below it."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parents[int(entry)] = int(fields.get("PPid", "0").strip())
+        rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    below = {root}
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if parent in below and pid not in below:
+                below.add(pid)
+                changed = True
+    return sum(rss.get(pid, 0) for pid in below)
+
+
+def run_search(command: list[str]) -> tuple[int, float, float, str]:
+    """(exit code, peak resident bytes of its process tree, seconds, the output's tail)."""
+    started = time.monotonic()
+    with open(os.devnull, "w") as null:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=null)
+    peak, lines = 0, []
+    os.set_blocking(process.stdout.fileno(), False)
+    while process.poll() is None:
+        peak = max(peak, _tree_rss_bytes(process.pid))
+        chunk = process.stdout.read()
+        if chunk:
+            lines.append(chunk)
+        time.sleep(0.2)
+    lines.append(process.stdout.read() or "")
+    return process.returncode, peak, time.monotonic() - started, "".join(lines)[-3000:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--model", default="mobilenet_v3_small")
+    parser.add_argument("--work", type=Path, default=Path("runs/streaming"))
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    args = parser.parse_args()
+    folder = args.work / f"images_{args.images}_{args.size}"
+    generated_s = generate(folder, args.images, args.size)
+    search = args.work / "search"
+    command = [sys.executable, "-m", "autocompress.cli", "search", args.model, "--dataset", f"imagefolder:{folder}",
+               "--input-size", str(args.size), "--budget", "0.7x", "--trials", "3", "--train-steps", "20",
+               "--finetune-steps", "10", "--out", str(search), "--quiet", "--calibrate-model", "off",
+               "--measure-near-budget", "0"]
+    code, peak, seconds, tail = run_search(command)
+    in_memory = args.images * 3 * args.size * args.size * 4  # float32 at the training size, as before streaming
+    disk = sum(f.stat().st_size for f in folder.rglob("*.jpg"))
+    recorded = json.loads((search / "search.json").read_text()) if code == 0 else {}
+    report = {
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "machine": platform.processor() or platform.machine(), "cpu": _cpu(), "images": args.images,
+        "size": args.size, "model": args.model, "command": " ".join(command[2:]), "exit_code": code,
+        "peak_rss_bytes": peak, "in_memory_bytes": in_memory, "files_bytes": disk, "seconds": round(seconds, 1),
+        "generated_s": round(generated_s, 1), "data": recorded.get("data"), "tail": tail if code else "",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "streaming_memory.json").write_text(json.dumps(report, indent=2) + "\n")
+    gib = 2 ** 30
+    lines = [
+        "# Streaming: memory against the data set's size",
+        "",
+        f"Commit {report['commit']}, {report['cpu']}; `python benchmarks/streaming_memory.py --images {args.images} "
+        f"--size {args.size}`.",
+        "",
+        f"A generated image folder of {args.images:,} JPEG images at {args.size} px ({disk / gib:.2f} GiB of files; "
+        f"splits {recorded.get('data')}), searched by `autocompress {report['command']}`: exit code {code}, "
+        f"{seconds / 60:.1f} minutes.",
+        "",
+        "| | GiB |",
+        "|---|---|",
+        f"| peak resident memory of the search (its process and the loader's workers) | {peak / gib:.2f} |",
+        f"| the images held as float32 tensors at {args.size} px, as data sets were held before | "
+        f"{in_memory / gib:.1f} |",
+        "",
+    ]
+    (args.out / "streaming_memory.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    if code:
+        print(tail, file=sys.stderr)
+        sys.exit(code)
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+if __name__ == "__main__":
+    main()
