@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from autocompress.cli.main import main
 from autocompress.search.folder import SearchFolder
 from autocompress.search.storage import open_storage
+from user_tasks import run_cli_with_tasks
 
 PACKAGE = Path(__file__).resolve().parents[1] / "autocompress"
 
@@ -533,3 +534,36 @@ def test_the_installed_command_prints_one_line_too(tmp_path):
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["autocompress: error: --budget '-1ms': write a positive latency in "
                                           "milliseconds (5ms) or a share of the baseline's latency (0.5x)"]
+
+
+# ---- tasks (--task) and data roots ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task, message", [
+    ("no_such_module:make", "cannot import module 'no_such_module'"),
+    ("user_task:nothing", "has no function 'nothing'"),
+    ("user_task:broken", "raised ValueError: no data here; fix the function"),
+    ("user_task:not_a_task", "returned a dict, not an autocompress Task"),
+    ("user_task:nan_score", "score 'bad' returned nan, not a finite number"),
+    ("user_task:empty_val", "val holds no items"),
+    ("user_task:other_shape", "train's inputs have shape \\(3, 16, 16\\), the example input \\(1, 3, 20, 20\\)"),
+])
+def test_a_bad_task_is_one_line_exit_2_and_writes_nothing(tmp_path, task, message):
+    out = tmp_path / "search"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    run = run_cli_with_tasks(tmp_path, "search", "--task", task, "--budget", "0.7x", "--out", str(out), "--quiet")
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autocompress: error: "), run.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_a_data_root_without_the_files_is_one_line_exit_2(tmp_path):
+    run = run_cli_with_tasks(tmp_path, "search", "resnet18", "--dataset", "cifar100", "--data-root", str(tmp_path / "nothing"),
+               "--budget", "0.5x", "--out", str(tmp_path / "s"))
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cifar100 is not under --data-root" in lines[0] and "cifar-100-python" in lines[0]
+    assert not (tmp_path / "s").exists()

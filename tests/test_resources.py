@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +98,9 @@ def test_a_full_disk_stops_the_search_in_one_line_and_the_study_resumes_once_spa
     filler = _fill(small_disk, leave_bytes)  # full now (0), or full a few trials later
     full = _search(out, weights_dir / "baseline.pt", trials=40)
     assert full.returncode == 2, full.stderr[-2000:]
-    lines = full.stderr.strip().splitlines()
+    # a warning that the hardware model was measured on another machine class is no error line
+    lines = [line for line in full.stderr.strip().splitlines()
+             if not re.search(r": \w+Warning: ", line) and not line.startswith("  ")]
     assert len(lines) == 1 and "is full (no space left on device); free space and rerun" in lines[0], full.stderr
 
     filler.unlink()

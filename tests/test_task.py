@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from reference_models import tiny_resnet
 from torch.utils.data import DataLoader
+from user_tasks import run_cli_with_tasks
 
 from autocompress.errors import AutocompressError
 from autocompress.export.card import export_from_search
@@ -25,7 +21,6 @@ from autocompress.train.scores import Score, model_outputs
 from autocompress.train.task import Task
 from autocompress.train.training import train_classifier
 
-TESTS = Path(__file__).parent
 FAST = DistillationConfig(steps=8)
 
 
@@ -110,60 +105,24 @@ def test_pareto_test_scores_every_front_point_on_the_test_split_beside_its_valid
     assert table.splitlines()[0].split()[:3] == ["trial", "latency", "ms"] and "macro_f1 % val (search)" in table
 
 
-TASK_MODULE = '''
-import torch
-from autocompress.train.data import load_dataset
-from autocompress.train.task import Task
-from autocompress.train.training import train_classifier
-from reference_models import tiny_resnet
+def test_a_problem_travels_to_a_worker_without_the_data_it_can_read_from_its_source(tmp_path, object_search):
+    import pickle
 
+    from autocompress.search.problem import ProblemSpec, build_problem
 
-def top5(outputs, targets):
-    return float((outputs.topk(5, 1).indices == targets.view(-1, 1)).any(1).float().mean())
-
-
-def make_task():
-    splits = load_dataset("digits", image_size=16)
-    torch.manual_seed(0)
-    return Task(model=train_classifier(tiny_resnet(), splits.train, steps=30), train=splits.train, val=splits.val,
-                test=splits.test, score=top5, name="digits16")
-
-
-def broken():
-    raise ValueError("no data here")
-
-
-def not_a_task():
-    return {"model": None}
-
-
-def nan_score():
-    task = make_task()
-    return Task(model=task.model, train=task.train, val=task.val, score=lambda o, t: float("nan"), score_name="bad")
-
-
-def empty_val():
-    task = make_task()
-    return Task(model=task.model, train=task.train, val=torch.utils.data.TensorDataset(torch.zeros(0, 3, 16, 16),
-                torch.zeros(0, dtype=torch.long)))
-
-
-def other_shape():
-    task = make_task()
-    return Task(model=task.model, train=task.train, val=task.val, example=torch.zeros(1, 3, 20, 20))
-'''
-
-
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    (tmp_path / "user_task.py").write_text(TASK_MODULE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS)])}
-    return subprocess.run([sys.executable, "-m", "autocompress.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=600)
+    named = build_problem(ProblemSpec(model="reference_models:tiny_resnet", train_steps=20), cache_dir=tmp_path)
+    assert named.__getstate__()["splits"] is None  # a worker reads digits itself
+    arrived = pickle.loads(pickle.dumps(named))
+    assert arrived.splits is not named.splits and len(arrived.splits.test) == len(named.splits.test)
+    assert torch.equal(arrived.splits.val[7][0], named.splits.val[7][0])
+    task, _, _ = object_search  # a Task object made here travels whole: no worker could make it again
+    made_here = build_problem(ProblemSpec.for_task(task), cache_dir=tmp_path / "object", task=task)
+    assert made_here.__getstate__()["splits"] is made_here.splits
 
 
 def test_a_task_factory_runs_from_the_command_line(tmp_path):
     out = tmp_path / "search"
-    run = _cli(tmp_path, "search", "--task", "user_task:make_task", "--budget", "0.7x", "--trials", "2",
+    run = run_cli_with_tasks(tmp_path, "search", "--task", "user_task:make_task", "--budget", "0.7x", "--trials", "2",
                "--finetune-steps", "4", "--out", str(out), "--quiet", "--calibrate-model", "off",
                "--measure-near-budget", "0")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -171,35 +130,3 @@ def test_a_task_factory_runs_from_the_command_line(tmp_path):
     recorded = json.loads((out / "search.json").read_text())
     assert recorded["problem"]["task"] == "user_task:make_task" and recorded["score"] == "top5"
     assert recorded["data"]["test"] > 0 and recorded["baseline"]["accuracy"] > 0.5
-
-
-@pytest.mark.parametrize("task, message", [
-    ("no_such_module:make", "cannot import module 'no_such_module'"),
-    ("user_task:nothing", "has no function 'nothing'"),
-    ("user_task:broken", "raised ValueError: no data here; fix the function"),
-    ("user_task:not_a_task", "returned a dict, not an autocompress Task"),
-    ("user_task:nan_score", "score 'bad' returned nan, not a finite number"),
-    ("user_task:empty_val", "val holds no items"),
-    ("user_task:other_shape", "train's inputs have shape \\(3, 16, 16\\), the example input \\(1, 3, 20, 20\\)"),
-])
-def test_a_bad_task_is_one_line_exit_2_and_writes_nothing(tmp_path, task, message):
-    out = tmp_path / "search"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    run = _cli(tmp_path, "search", "--task", task, "--budget", "0.7x", "--out", str(out), "--quiet")
-    assert run.returncode == 2, run.stderr[-2000:]
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("autocompress: error: "), run.stderr
-    import re
-
-    assert re.search(message, lines[0]), lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
-
-
-def test_a_data_root_without_the_files_is_one_line_exit_2(tmp_path):
-    run = _cli(tmp_path, "search", "resnet18", "--dataset", "cifar100", "--data-root", str(tmp_path / "nothing"),
-               "--budget", "0.5x", "--out", str(tmp_path / "s"))
-    assert run.returncode == 2
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cifar100 is not under --data-root" in lines[0] and "cifar-100-python" in lines[0]
-    assert not (tmp_path / "s").exists()

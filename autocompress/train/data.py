@@ -106,9 +106,9 @@ def _three_way(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.
     return rest[train], val, rest[test]
 
 
-def _held_out(val_fraction: float) -> str:
+def _held_out(val_fraction: float, count: int) -> str:
     return (f"held out: a stratified {TEST_FRACTION:.0%} of the data set by seed {_SPLIT_SEED} (validation: "
-            f"{val_fraction:.0%})")
+            f"{_val_share(val_fraction, count):.0%})")
 
 
 def _digits(image_size: int, val_fraction: float, augment: bool | None) -> DatasetSplits:
@@ -120,7 +120,8 @@ def _digits(image_size: int, val_fraction: float, augment: bool | None) -> Datas
     train_idx, val_idx, test_idx = _three_way(bunch.target, val_fraction)
     augmentation = _augmentation(augment, crop=False, flip=False)  # a mirrored digit is another digit
     return DatasetSplits("digits", images.subset(train_idx, augmentation=augmentation), images.subset(val_idx), 10,
-                         image_size, images.subset(test_idx), _held_out(val_fraction), augmentation)
+                         image_size, images.subset(test_idx), _held_out(val_fraction, len(bunch.target)),
+                         augmentation)
 
 
 def _imagefolder(path: Path, image_size: int, val_fraction: float, augment: bool | None) -> DatasetSplits:
@@ -132,7 +133,7 @@ def _imagefolder(path: Path, image_size: int, val_fraction: float, augment: bool
     train_idx, val, test = np.arange(len(labels)), None, None
     if folder.val is None and folder.test is None:
         train_idx, val_idx, test_idx = _three_way(labels, val_fraction)
-        val, test, source = every.subset(val_idx), every.subset(test_idx), _held_out(val_fraction)
+        val, test, source = every.subset(val_idx), every.subset(test_idx), _held_out(val_fraction, len(labels))
     elif folder.val is None:
         train_idx, val_idx = _stratified_split(labels, _val_share(val_fraction, len(labels)))
         val = every.subset(val_idx)

@@ -83,8 +83,10 @@ def as_score(score: Score | Callable | None, name: str | None = None) -> Score:
 
 @torch.no_grad()
 def model_outputs(model: nn.Module, dataset: Dataset, *, device: torch.device | str = "cpu",
-                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model``'s outputs on every item of ``dataset``, in order, and the items' targets."""
+                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s outputs on every item of ``dataset``, in order, and the items' targets; in
+    batches of a training batch's size, so that scoring at a large input size needs no more memory
+    than training did."""
     from .data import make_loader
 
     model.eval()
