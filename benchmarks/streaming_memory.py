@@ -113,7 +113,7 @@ def main() -> None:
     report = {
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "machine": platform.processor() or platform.machine(), "cpu": _cpu(), "images": args.images,
-        "size": args.size, "model": args.model, "command": " ".join(command[2:]), "exit_code": code,
+        "size": args.size, "model": args.model, "command": " ".join(command[3:]), "exit_code": code,
         "peak_pss_bytes": peak, "in_memory_bytes": in_memory, "files_bytes": disk, "seconds": round(seconds, 1),
         "generated_s": round(generated_s, 1), "data": recorded.get("data"), "tail": tail if code else "",
     }
