@@ -24,7 +24,7 @@ from ..train.blockwise import BlockwiseConfig, load_or_distill_cells
 from ..train.sensitivity import JointDamage, Sensitivities, measure_sensitivities
 from ..train.baseline import AUTO_STEPS, DEFAULT_TIME_CAP_S, baseline_model, baseline_training
 from ..train.data import DatasetSplits, calibration_batches
-from ..train.images import unaugmented
+from ..train.images import items_never_change, unaugmented
 from ..train.scores import TOP1, Score
 from ..train.task import Task, image_classification_task, load_task
 from ..errors import AutocompressError
@@ -224,7 +224,7 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
         hardware = hardware.at_level(host_level.ratio)
     return SearchProblem(
         spec=spec, splits=splits, baseline=baseline, example=example, analysis=analysis, space=space,
-        hardware=hardware, teacher=TeacherOutputs(baseline, splits.train, cache=not splits.augmentation.any),
+        hardware=hardware, teacher=TeacherOutputs(baseline, splits.train, cache=items_never_change(splits.train)),
         calibration=calibration_batches(splits.train),
         baseline_ms=hardware.predict_candidate(analysis, space.default()).ms,
         baseline_accuracy=evaluate(baseline, splits.val, score=task.score),

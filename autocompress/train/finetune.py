@@ -136,7 +136,8 @@ def _batches(train: Dataset, config: DistillationConfig):
         loader = make_loader(_Indexed(train), batch_size=config.batch_size, shuffle=True,
                              seed=config.seed + epoch, workers=loader_workers(train))
         for batch in loader:
-            if len(batch[0]) == config.batch_size:  # a short last batch would weigh its images more
+            # a short last batch would weigh its images more; a set smaller than a batch has only that one
+            if len(batch[0]) == config.batch_size or len(train) < config.batch_size:
                 yield batch
         epoch += 1
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import DatasetError
 
-__all__ = ["Augmentation", "ImageArray", "ImageFiles", "unaugmented"]
+__all__ = ["Augmentation", "ImageArray", "ImageFiles", "items_never_change", "unaugmented"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class ImageFiles(Dataset):
         return np.array([label for _, label in self.samples], dtype=np.int64)
 
     def without_augmentation(self) -> "ImageFiles":
-        return replace_augmentation(self, NO_AUGMENTATION)
+        return ImageFiles(self.samples, image_size=self.image_size)
 
     def check_readable(self) -> None:
         """Every file opens as an image: its header is read, not its pixels (a fraction of a
@@ -144,10 +144,6 @@ class ImageFiles(Dataset):
                                    "remove it from the folder or replace it") from exc
 
 
-def replace_augmentation(dataset: ImageFiles, augmentation: Augmentation) -> ImageFiles:
-    return ImageFiles(dataset.samples, image_size=dataset.image_size, augmentation=augmentation)
-
-
 def unaugmented(dataset: Dataset) -> Dataset:
     """``dataset`` as it reads without augmentation (calibration and BatchNorm statistics want the
     images as they are); a data set that knows no augmentation is returned as it is."""
@@ -155,11 +151,9 @@ def unaugmented(dataset: Dataset) -> Dataset:
     return plain() if callable(plain) else dataset
 
 
-def with_augmentation(dataset: Dataset, augmentation: Augmentation) -> Dataset:
-    """``dataset`` with ``augmentation`` on its items, where it is one of ours."""
-    if isinstance(dataset, ImageArray):
-        return dataset.subset(np.arange(len(dataset)), augmentation=augmentation)
-    if isinstance(dataset, ImageFiles):
-        return replace_augmentation(dataset, augmentation)
-    return dataset
-
+def items_never_change(dataset: Dataset) -> bool:
+    """Whether reading an item twice gives the same image: ours without augmentation, or tensors.
+    A user's data set may draw random transforms, so it is not assumed to."""
+    if isinstance(dataset, TensorDataset):
+        return True
+    return isinstance(dataset, (ImageArray, ImageFiles)) and not dataset.augmentation.any
