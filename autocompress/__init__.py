@@ -18,7 +18,7 @@ from .train.finetune import DistillationConfig
 from .search.folder import SearchFolder, load_front
 from .search.pareto import TrialRecord, pareto_front
 from .search.problem import ProblemSpec, build_problem
-from .search.run import SearchOutcome, SearchSettings, run_search
+from .search.run import ExecutionSettings, LatencySettings, SearchOutcome, SearchSettings, run_search
 from .train.models import load_weights, resolve_model
 from .train.scores import Score
 from .train.task import Task
@@ -32,7 +32,8 @@ __all__ = [
     "export_and_compare", "export_onnx", "footprint_of_candidate", "footprint_of_model", "keep_channels",
     "load_dataset", "load_weights", "resolve_model", "run_onnx",
     # the search
-    "DistillationConfig", "ProblemSpec", "SearchOutcome", "SearchSettings", "TrialRecord", "build_problem",
+    "DistillationConfig", "ExecutionSettings", "LatencySettings", "ProblemSpec", "SearchOutcome", "SearchSettings",
+    "TrialRecord", "build_problem",
     "export_from_search", "load_front", "pareto_front", "run_search",
     # your model, your data, your score
     "Score", "Task",

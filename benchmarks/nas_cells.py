@@ -47,7 +47,7 @@ from autocompress.hardware import machine_info
 from autocompress.search.pareto import best_under, hypervolume_2d
 from autocompress.search.problem import ProblemSpec, build_problem
 from autocompress.search.folder import SearchFolder
-from autocompress.search.run import SearchSettings, run_search
+from autocompress.search.run import LatencySettings, SearchSettings, run_search
 from autocompress.train.finetune import DistillationConfig
 
 ARMS = (("off", "none"), ("on", None))  # None: --space
@@ -132,7 +132,8 @@ def one_model(spec: str, args, entry: dict, *, save) -> None:
             problem = ProblemSpec(model=spec, dataset="digits", input_size=32, train_steps=args.train_steps,
                                   search_space=search_space or args.space)
             settings = SearchSettings(problem=problem, budget=budget, out=folder, trials=args.trials, seed=args.seed,
-                                      finetune=DistillationConfig(steps=args.finetune_steps, seed=args.seed))
+                                      finetune=DistillationConfig(steps=args.finetune_steps, seed=args.seed),
+                                      guide="macs", latency=LatencySettings.predicted_only())
             outcome = run_search(settings, progress=False)
             runs[arm] = {"wall_minutes": study_minutes(folder), **one_search(outcome, folder, budget, args)}
             if arm == "on":

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from autocompress.search.driver import candidate_params
 from autocompress.search.executors import LocalExecutor, TrialJob
 from autocompress.search.executors.ray_pool import RayExecutor
 from autocompress.train.finetune import DistillationConfig
@@ -43,7 +42,7 @@ def main() -> None:
     config = DistillationConfig(steps=args.steps, checkpoints=())
     jobs = [TrialJob(i, c.to_dict(), config, problem.predict(c).ms, problem.size_bytes(c))
             for i, c in enumerate(candidates)]
-    assert len({json.dumps(candidate_params(problem.space, c), sort_keys=True) for c in candidates}) == len(jobs)
+    assert len({json.dumps(problem.space.params_of(c), sort_keys=True) for c in candidates}) == len(jobs)
 
     runs = {}
     torch.set_num_threads(1)

@@ -33,6 +33,7 @@ from autocompress.hardware import machine_info
 from autocompress.search.allocation import expected_damage
 from autocompress.search.boundary import repair_to_budget
 from autocompress.search.budget import Budget, BudgetError, ChanceConstraint, DEFAULT_CONFIDENCE
+from autocompress.search.damage import MAC_SHARE, MeasuredDamage
 from autocompress.search.problem import ProblemSpec, build_problem
 from autocompress.train.finetune import DistillationConfig
 
@@ -61,7 +62,7 @@ def main() -> None:
     problem.measure_sensitivities(args.work / args.model)
     budget_ms = budget.resolve(problem.baseline_ms)
     chance = ChanceConstraint(DEFAULT_CONFIDENCE)
-    damages = {"macs": None, "kl": problem.sensitivities.kl}
+    damages = {"macs": MAC_SHARE, "kl": MeasuredDamage(problem.sensitivities.kl)}
     config = DistillationConfig(steps=args.finetune_steps)
     space = problem.space
 

@@ -115,8 +115,7 @@ def one_search(problem, spec: str, budget: str, guide: str, args) -> dict:
         if (shared / name).is_dir():
             shutil.copytree(shared / name, work / name, dirs_exist_ok=True)
     settings = SearchSettings(problem=ProblemSpec(model=spec), budget=budget, out=work, trials=args.trials,
-                              finetune=DistillationConfig(steps=args.finetune_steps), guide=guide,
-                              calibrate_model="auto", measure_near_budget=0.1)
+                              finetune=DistillationConfig(steps=args.finetune_steps), guide=guide)
     started = time.perf_counter()
     outcome = run_search(settings, progress=False)  # as the CLI runs it: times own candidates, then searches
     minutes = (time.perf_counter() - started) / 60

@@ -111,7 +111,7 @@ def search_arm(args, folder: Path, *, sampler: str, guided: bool, finetunes: int
         settings = SearchSettings(problem=ProblemSpec(model=SPACE, train_steps=args.train_steps), budget=args.budget,
                                   out=folder, trials=trials, seed=args.seed, sampler=sampler, warm_start=guided,
                                   repair=guided, finetune=DistillationConfig(steps=args.finetune_steps, seed=args.seed),
-                                  calibrate_model="auto", measure_near_budget=0.1)
+                                  guide="macs")
         outcome = run_search(settings, progress=False)
         tuned = [r for r in outcome.records if r.finetune_steps > 0]
         # A round that fine-tuned nothing more drew nothing under the budget: at a tight budget random

@@ -64,8 +64,7 @@ def main() -> None:
 def one_model(model: str, args) -> dict:
     work = args.work / model.replace(":", "_")
     settings = SearchSettings(problem=ProblemSpec(model=model), budget=args.budget, out=work, trials=args.trials,
-                              finetune=DistillationConfig(steps=args.finetune_steps), calibrate_model="auto",
-                              measure_near_budget=0.1)
+                              finetune=DistillationConfig(steps=args.finetune_steps), guide="macs")
     started = time.perf_counter()
     outcome = run_search(settings, progress=False)
     minutes = (time.perf_counter() - started) / 60

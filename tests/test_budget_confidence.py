@@ -23,7 +23,7 @@ from autocompress.search.executors import TrialResult
 from autocompress.search.pareto import records_from_study
 from autocompress.search.preflight import check_reachable
 from autocompress.search.problem import ProblemSpec
-from autocompress.search.run import SearchSettings
+from autocompress.search.run import LatencySettings, SearchSettings
 
 Z90 = 1.2815515655446004  # the normal quantile of 0.9
 
@@ -145,7 +145,8 @@ def test_the_driver_tells_a_trial_over_budget_by_the_chance_constraint_or_by_its
         priced, tmp_path, confidence, measured_ms, fits):
     space, _, _ = priced
     settings = SearchSettings(problem=ProblemSpec(model="reference_models:tiny_resnet"), budget="1.05ms",
-                              out=tmp_path, trials=1, repair=False, budget_confidence=confidence)
+                              out=tmp_path, trials=1, repair=False, guide="macs",
+                              latency=LatencySettings.predicted_only(confidence))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     executor = Instant()
     driver = TrialDriver(settings, FixedPrice(space), study, 1.05, executor)

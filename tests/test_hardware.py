@@ -586,7 +586,7 @@ def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_res
     from autocompress.export.card import export_from_search
     from autocompress.train.finetune import DistillationConfig
     from autocompress.search.problem import ProblemSpec, read_host_level
-    from autocompress.search.run import SearchSettings, run_search
+    from autocompress.search.run import LatencySettings, SearchSettings, run_search
 
     folder, plan = tiny_profile
     hw = tmp_path / "hw"
@@ -596,7 +596,8 @@ def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_res
     hardware = fit_hardware_model(hw, plan=plan)
     spec = ProblemSpec(model=TINY, input_size=16, train_steps=40, hardware=str(hw))
     settings = SearchSettings(problem=spec, budget="5ms", out=tmp_path / "run", trials=2,
-                              finetune=DistillationConfig(steps=4), calibrate_host=True)
+                              finetune=DistillationConfig(steps=4), guide="macs",
+                              latency=LatencySettings(calibrate_model="off", calibrate_host=True, measure_near_budget=0))
     outcome = run_search(settings, progress=False)
     level = read_host_level(tmp_path / "run" / "search.json")
     assert level is not None and len(level.references) == 14

@@ -13,10 +13,10 @@ from test_budget_confidence import FixedPrice, Instant
 
 from autocompress.core.analysis import analyze
 from autocompress.core.space import Space
-from autocompress.search.driver import TrialDriver, candidate_params
+from autocompress.search.driver import TrialDriver
 from autocompress.search.local_correction import BANDWIDTH, ROWS_FILE, LocalCorrection
 from autocompress.search.problem import ProblemSpec
-from autocompress.search.run import SearchSettings
+from autocompress.search.run import LatencySettings, SearchSettings
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,11 @@ def test_the_correction_follows_the_nearest_rows_and_is_shrunk_toward_one(space,
 
 def test_a_miss_measured_near_the_budget_moves_the_next_prediction_over_it(space, tmp_path):
     settings = SearchSettings(problem=ProblemSpec(model="reference_models:tiny_resnet"), budget="1.05ms",
-                              out=tmp_path, trials=2, repair=False, budget_confidence=0.5)
+                              out=tmp_path, trials=2, repair=False, guide="macs",
+                              latency=LatencySettings.predicted_only(0.5))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     for _ in range(2):
-        study.enqueue_trial(candidate_params(space, space.default()))
+        study.enqueue_trial(space.params_of(space.default()))
     executor = Instant()
     driver = TrialDriver(settings, FixedPrice(space), study, 1.05, executor)  # predicts 1.0 +- 0.1 ms
     driver.timer = MeasuresFirst(1.3)

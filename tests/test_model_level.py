@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 import statistics
 
 import pytest
@@ -13,7 +14,7 @@ from autocompress.hardware.model_level import OWN_CANDIDATES, own_candidates, pr
 from autocompress.hardware.store import find_hardware_model, load_hardware_model
 from autocompress.search.folder import SearchFolder
 from autocompress.search.problem import ProblemSpec
-from autocompress.search.run import SearchSettings, _wants_model_level, run_search
+from autocompress.search.run import LatencySettings, SearchSettings, _wants_model_level, run_search
 from autocompress.train.finetune import DistillationConfig
 
 
@@ -42,17 +43,19 @@ def test_auto_times_own_candidates_under_a_relative_budget_or_on_an_unprofiled_m
                                                                                     shipped_hardware):
     # a relative budget is a share of the original measured here, whatever the hardware model knows
     hardware = shipped_hardware
-    settings = SearchSettings(problem=ProblemSpec(model=model), budget=budget, out=tmp_path, calibrate_model="auto")
+    settings = SearchSettings(problem=ProblemSpec(model=model), budget=budget, out=tmp_path,
+                              latency=LatencySettings(calibrate_model="auto"))
     assert _wants_model_level(settings, hardware) is wanted
     assert _wants_model_level(SearchSettings(problem=ProblemSpec(model=model), budget=budget, out=tmp_path,
-                                             calibrate_model="off"), hardware) is False
+                                             latency=LatencySettings(calibrate_model="off")), hardware) is False
 
 
 def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share_of_the_measured_original(tmp_path):
     spec = ProblemSpec(model="reference_models:tiny_resnet", train_steps=40)
     # a wide margin, so that some trials are timed before their fine-tune too
     settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=4,
-                              finetune=DistillationConfig(steps=2), calibrate_model="auto", measure_near_budget=0.6)
+                              finetune=DistillationConfig(steps=2), guide="macs",
+                              latency=LatencySettings(calibrate_model="auto", measure_near_budget=0.6))
     outcome = run_search(settings, progress=False)
     table = tmp_path / "latency" / "own_candidates.csv"
     with open(table, newline="") as handle:
@@ -95,7 +98,7 @@ def test_a_search_times_its_own_candidates_once_and_a_relative_budget_is_a_share
     assert trials == list(range(-OWN_CANDIDATES, 0)) + sorted(t.number for t in measured)
     assert recorded_near_budget(tmp_path)["measurements"] == len(measured)
     modified = table.stat().st_mtime_ns
-    run_search(SearchSettings(**{**settings.__dict__, "trials": 5}), progress=False)  # resumed: not timed again
+    run_search(replace(settings, trials=5), progress=False)  # resumed: not timed again
     assert table.stat().st_mtime_ns == modified
     assert json.loads((tmp_path / "search.json").read_text())["host_level"]["ratio"] == pytest.approx(ratio)
 

@@ -22,7 +22,7 @@ from autocompress.core.supernet_file import SearchSpaceError, load_supernet_file
 from autocompress.export.card import export_from_search
 from autocompress.hardware.kernels import kernels_of_candidate, kernels_of_model
 from autocompress.search.problem import ProblemSpec
-from autocompress.search.run import SearchSettings, run_search
+from autocompress.search.run import LatencySettings, SearchSettings, run_search
 from autocompress.techniques import apply_candidate
 from autocompress.train.finetune import DistillationConfig
 from autocompress.train.models import resolve_model
@@ -183,7 +183,8 @@ def test_cells_per_stage_must_be_a_small_whole_number(tmp_path, value):
 def test_a_search_of_the_nb201_space_picks_cells_and_exports_one(tiny_file, tmp_path):
     out = tmp_path / "search"
     settings = SearchSettings(problem=ProblemSpec(model=f"space:{tiny_file}", train_steps=4), budget="0.8x", out=out,
-                              trials=4, finetune=DistillationConfig(steps=3), warm_start=False)
+                              trials=4, finetune=DistillationConfig(steps=3), warm_start=False, guide="macs",
+                              latency=LatencySettings.predicted_only())
     outcome = run_search(settings, progress=False)
     assert json.loads((out / "supernet" / "progress.json").read_text())["step"] == 4
     cells = {json.dumps(r.candidate.get("cell", {}), sort_keys=True) for r in outcome.records}

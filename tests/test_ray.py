@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from autocompress.train.finetune import DistillationConfig
 from autocompress.search.problem import ProblemSpec, build_problem
 from autocompress.search.folder import SearchFolder
-from autocompress.search.run import SearchSettings, open_study, run_search
+from autocompress.search.run import ExecutionSettings, LatencySettings, SearchSettings, open_study, run_search
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -58,7 +58,8 @@ def _finetuned(trials) -> list:
 
 def _settings(out: Path, *, trials: int, steps: int = 12, **ray_args) -> SearchSettings:
     return SearchSettings(problem=TINY, budget="5ms", out=out, trials=trials, finetune=DistillationConfig(steps=steps),
-                          executor="ray", cpus_per_trial=1, **ray_args)
+                          guide="macs", latency=LatencySettings.predicted_only(),
+                          execution=ExecutionSettings(executor="ray", cpus_per_trial=1, **ray_args))
 
 
 def test_trials_run_on_every_node_of_a_multi_node_cluster(cluster, problem, tmp_path):
@@ -127,7 +128,7 @@ def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp
     out = tmp_path / "search"
     command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet", "--budget", "5ms",
                "--trials", "8", "--train-steps", "80", "--finetune-steps", "20", "--out", str(out), "--quiet",
-               "--executor", "ray", "--workers", "2", "--calibrate-model", "off"]
+               "--executor", "ray", "--workers", "2", "--calibrate-model", "off", "--guide", "macs"]
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -165,7 +166,8 @@ def test_cells_are_distilled_on_the_cluster_workers_before_the_trials(cluster, t
     spec = ProblemSpec(model="autocompress.zoo:small_resnet", input_size=16, train_steps=30,
                        search_space="search_spaces/example_user.yaml")
     settings = SearchSettings(problem=spec, budget="0.8x", out=tmp_path, trials=3, finetune=DistillationConfig(steps=5),
-                              executor="ray", cpus_per_trial=1, workers=3, ray_address=cluster_.address)
+                              guide="macs", latency=LatencySettings.predicted_only(),
+                              execution=ExecutionSettings(workers=3, ray_address=cluster_.address))
     run_search(settings, progress=False)
     with open(tmp_path / "cells" / "losses.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -183,7 +185,8 @@ def test_a_supernet_trains_data_parallel_on_the_cluster_workers(cluster, tmp_pat
     space.write_text(TINY_SUPERNET)
     settings = SearchSettings(problem=ProblemSpec(model=f"space:{space}", train_steps=4), budget="1.2x",
                               out=tmp_path / "search", trials=2, finetune=DistillationConfig(steps=3), warm_start=False,
-                              executor="ray", cpus_per_trial=1, workers=2, ray_address=cluster_.address)
+                              guide="macs", latency=LatencySettings.predicted_only(),
+                              execution=ExecutionSettings(workers=2, ray_address=cluster_.address))
     run_search(settings, progress=False)
     progress = json.loads((tmp_path / "search" / "supernet" / "progress.json").read_text())
     assert progress["step"] == 4 and progress["where"] == "2 workers, data-parallel"

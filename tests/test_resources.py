@@ -54,7 +54,8 @@ def _search(out: Path, weights: Path, trials: int) -> subprocess.CompletedProces
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet",
                            "--weights", str(weights), "--budget", "5ms", "--trials", str(trials),
-                           "--finetune-steps", "10", "--out", str(out), "--quiet", "--calibrate-model", "off"],
+                           "--finetune-steps", "10", "--out", str(out), "--quiet", "--calibrate-model", "off",
+                           "--guide", "macs"],
                           env=env, capture_output=True, text=True, timeout=600)
 
 

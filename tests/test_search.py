@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from autocompress.search.boundary import repair_to_budget
 from autocompress.search.budget import Budget, BudgetError, ChanceConstraint
+from autocompress.search.damage import MeasuredDamage
 from autocompress.export.card import export_from_search
 from autocompress.cli.main import main
 from autocompress.errors import AutocompressError
@@ -24,11 +25,13 @@ from autocompress.search.folder import SearchFolder, load_front
 from autocompress.search.problem import ProblemSpec, SearchProblem, build_problem
 from autocompress.core.space import Space
 from autocompress.core.policies import warm_start_policies
-from autocompress.search.run import SearchSettings, run_search
+from autocompress.search.run import LatencySettings, SearchSettings, run_search
 from autocompress.search.stopping import HopelessRule
 
 TINY = ProblemSpec(model="reference_models:tiny_resnet", train_steps=80)
 FAST = DistillationConfig(steps=12)
+# The MAC-share guide and the predictions alone: nothing measured before the trials, nothing timed in them
+QUICK = dict(guide="macs", latency=LatencySettings.predicted_only())
 
 
 @pytest.mark.parametrize("text, expected_ms", [("5ms", 5.0), ("0.5x", 1.0), ("2.5 MS", 2.5), (".25x", 0.5)])
@@ -86,7 +89,8 @@ def test_a_repair_that_ranks_cheap_small_moves_first_still_reaches_a_deep_budget
     # every variable's damage grows with how much it cuts, so the walk goes a notch at a time
     damage = {v.name: {value: 0.001 * i for i, value in enumerate(v.choices)} for v in space.variables}
     repaired, ms = repair_to_budget(space, hardware, space.default(), budget,
-                                    damage=lambda n, v: damage[n].get(v, 0.0), max_steps=boundary._MAX_STEPS // 2)
+                                    damage=MeasuredDamage(lambda n, v: damage[n].get(v, 0.0)),
+                                    max_steps=boundary._MAX_STEPS // 2)
     assert ms <= budget and hardware.predict_candidate(target.analysis, repaired).ms <= budget
 
     moves = [(None, name, 0.0) for name in ("a", "a", "b", "c", "d", "e")]
@@ -128,7 +132,7 @@ def finished_search(tmp_path_factory, tiny_problem, baseline_dir):
     out = tmp_path_factory.mktemp("search")
     for name in ("baseline.pt", "baseline.json"):  # the baseline cache, so `export` finds the same baseline
         shutil.copy(baseline_dir / name, out / name)
-    settings = SearchSettings(problem=TINY, budget="0.7x", out=out, trials=10, finetune=FAST, seed=1)
+    settings = SearchSettings(problem=TINY, budget="0.7x", out=out, trials=10, finetune=FAST, seed=1, **QUICK)
     outcome = run_search(settings, progress=False, problem=tiny_problem)
     return settings, outcome, tiny_problem
 
@@ -147,15 +151,15 @@ def test_search_writes_a_front_under_budget_with_warm_start_and_cheap_rejections
     for r in records:
         if r.status == "over_budget":
             # over at the search's confidence, though the mean of some is under
-            upper_ms = ChanceConstraint(settings.budget_confidence).upper_ms(r.latency_ms, r.latency_std_ms)
+            upper_ms = ChanceConstraint(settings.latency.budget_confidence).upper_ms(r.latency_ms, r.latency_std_ms)
             assert r.finetune_steps == 0 and upper_ms > outcome.budget_ms and not r.feasible
             assert r.seconds < 5  # no fine-tune: only a prediction and the accounting
         elif r.status == "evaluated":
-            upper_ms = ChanceConstraint(settings.budget_confidence).upper_ms(r.latency_ms, r.latency_std_ms)
+            upper_ms = ChanceConstraint(settings.latency.budget_confidence).upper_ms(r.latency_ms, r.latency_std_ms)
             assert r.finetune_steps == FAST.steps and upper_ms <= outcome.budget_ms
     assert outcome.front and all(p.feasible for p in outcome.front)
     recorded = json.loads((out / "search.json").read_text())
-    assert recorded["budget_confidence"] == settings.budget_confidence == 0.9
+    assert recorded["settings"]["latency"]["budget_confidence"] == settings.latency.budget_confidence == 0.9
     assert recorded["baseline_training"] == {"steps": TINY.train_steps, "stopped": "fixed_steps"}
     assert recorded["near_budget"] == {"measurements": 0, "file": "latency/near_budget.csv",
                                        "median_miss_before": None, "median_miss_after": None,
@@ -187,7 +191,7 @@ def test_resume_keeps_finished_trials_and_retries_those_a_killed_process_left_ru
     finetuned = sum(t.user_attrs.get("status") != "over_budget"
                     for t in study.get_trials(states=(TrialState.COMPLETE,)))
     target = finetuned + queued + 1  # at least every queued trial, then the retry queued behind them
-    resumed = run_search(SearchSettings(problem=TINY, budget="0.7x", out=out, trials=target, finetune=FAST, seed=1),
+    resumed = run_search(SearchSettings(problem=TINY, budget="0.7x", out=out, trials=target, finetune=FAST, seed=1, **QUICK),
                          progress=False, problem=problem)
     study = SearchFolder(out).load_study()
     trials = study.get_trials()
@@ -248,7 +252,7 @@ def test_a_failing_trial_is_recorded_and_an_interrupt_stops_cleanly(finished_sea
 
     monkeypatch.setattr(SearchProblem, "finetune", flaky)
     out = tmp_path / "flaky"
-    outcome = run_search(SearchSettings(problem=TINY, budget="5ms", out=out, trials=10, finetune=FAST, seed=2),
+    outcome = run_search(SearchSettings(problem=TINY, budget="5ms", out=out, trials=10, finetune=FAST, seed=2, **QUICK),
                          progress=False, problem=problem)
     assert outcome.interrupted
     assert (out / "pareto.json").is_file() and (out / "trials.csv").is_file()  # written despite Ctrl-C
@@ -261,7 +265,8 @@ def test_a_failing_trial_is_recorded_and_an_interrupt_stops_cleanly(finished_sea
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 1
 
     monkeypatch.setattr(SearchProblem, "finetune", real_finetune)
-    run_search(SearchSettings(problem=TINY, budget="5ms", out=out, trials=1 + len(waiting), finetune=FAST, seed=2),
+    run_search(SearchSettings(problem=TINY, budget="5ms", out=out, trials=1 + len(waiting), finetune=FAST, seed=2,
+                              **QUICK),
                progress=False, problem=problem)
     retried = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == failed[1].number]
     assert retried[0].state == TrialState.COMPLETE and retried[0].params == failed[1].params
@@ -270,7 +275,7 @@ def test_a_failing_trial_is_recorded_and_an_interrupt_stops_cleanly(finished_sea
 def test_resuming_with_another_budget_is_refused(finished_search):
     settings, _, problem = finished_search
     with pytest.raises(AutocompressError, match="different budget"):
-        run_search(SearchSettings(problem=TINY, budget="0.3x", out=settings.out, trials=10, finetune=FAST),
+        run_search(SearchSettings(problem=TINY, budget="0.3x", out=settings.out, trials=10, finetune=FAST, **QUICK),
                    progress=False, problem=problem)
 
 

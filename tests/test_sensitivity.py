@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from autocompress.core.space import Space, SpaceOptions
 from autocompress.core.policies import warm_start_policies
 from autocompress.search.allocation import allocate, expected_damage
 from autocompress.search.boundary import repair_to_budget
+from autocompress.search.damage import MeasuredDamage
 from autocompress.search.surrogate import MIN_TRIALS, AccuracyModel
 from autocompress.train.data import load_dataset
 from autocompress.train.sensitivity import REFERENCE, JointDamage, SensitivityConfig, measure_sensitivities
@@ -104,7 +106,7 @@ def _measured_and_priced(trained, folder):
 def test_repair_ranked_by_measured_damage_avoids_the_decision_that_hurts_most(trained, tmp_path):
     space, table, hardware, full = _measured_and_priced(trained, tmp_path)
     budget = 0.7 * full
-    measured, _ = repair_to_budget(space, hardware, space.default(), budget, damage=table.kl)
+    measured, _ = repair_to_budget(space, hardware, space.default(), budget, damage=MeasuredDamage(table.kl))
     proxy, _ = repair_to_budget(space, hardware, space.default(), budget)
     assert hardware.predict_candidates(space.analysis, [measured])[0][0] <= budget
 
@@ -196,15 +198,16 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
     from autocompress.cli import main
     from autocompress.search.folder import SearchFolder
     from autocompress.search.problem import ProblemSpec
-    from autocompress.search.run import SearchSettings, run_search
+    from autocompress.search.run import LatencySettings, SearchSettings, run_search
     from autocompress.train.finetune import DistillationConfig
 
     spec = ProblemSpec(model="reference_models:tiny_resnet", train_steps=40)
     # on the predicted mean: enough trials fit the budget for the accuracy model to be fit
     settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=24,
-                              finetune=DistillationConfig(steps=4), guide="surrogate", budget_confidence=0.5)
+                              finetune=DistillationConfig(steps=4), guide="surrogate",
+                              latency=LatencySettings.predicted_only(0.5))
     outcome = run_search(settings, progress=False)
-    assert json.loads((tmp_path / "search.json").read_text())["guide"] == "surrogate"
+    assert json.loads((tmp_path / "search.json").read_text())["settings"]["search"]["guide"] == "surrogate"
     rows = _rows(tmp_path / "sensitivity")
     assert rows[0]["variable"] == REFERENCE and len(rows) > 10
     assert (tmp_path / "sensitivity" / "sensitivity.png").stat().st_size > 1000
@@ -238,7 +241,7 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
     assert sum(t.user_attrs["status"] in ("evaluated", "stopped_early")
                for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 24
     seconds = [r["seconds"] for r in rows]
-    run_search(SearchSettings(**{**settings.__dict__, "trials": 25}), progress=False)  # resumed: read, not measured
+    run_search(replace(settings, trials=25), progress=False)  # resumed: read, not measured
     assert [r["seconds"] for r in _rows(tmp_path / "sensitivity")] == seconds
     # inspect --sensitivity on the search's folder shows the table the search ranked by
     assert main(["inspect", "reference_models:tiny_resnet", "--sensitivity", str(tmp_path), "--train-steps", "40",

@@ -87,7 +87,7 @@ def _driver(weights: Path, out: Path, storage: str | None) -> subprocess.Popen:
                         "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet",
                "--weights", str(weights), "--budget", "5ms", "--trials", str(TRIALS), "--finetune-steps", "10",
-               "--out", str(out), "--quiet", "--calibrate-model", "off",
+               "--out", str(out), "--quiet", "--calibrate-model", "off", "--guide", "macs",
                *(["--storage", storage] if storage else [])]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -21,7 +21,7 @@ from autocompress.core.space import Space, SpaceOptions
 from autocompress.core.supernet_file import SearchSpaceError, load_supernet_file
 from autocompress.export.card import export_from_search
 from autocompress.search.problem import ProblemSpec
-from autocompress.search.run import SearchSettings, run_search
+from autocompress.search.run import LatencySettings, SearchSettings, run_search
 from autocompress.techniques import apply_candidate
 from autocompress.train import supernet as supernet_training
 from autocompress.train.models import resolve_model
@@ -188,7 +188,8 @@ def test_a_search_of_a_space_trains_the_supernet_once_and_exports_a_subnet_of_it
     with its compression), the front, a resumed search that does not train again, an export."""
     out = tmp_path / "search"
     settings = SearchSettings(problem=ProblemSpec(model=f"space:{tiny_file}", train_steps=6), budget="1.2x", out=out,
-                              trials=4, finetune=DistillationConfig(steps=4), warm_start=False)
+                              trials=4, finetune=DistillationConfig(steps=4), warm_start=False, guide="macs",
+                              latency=LatencySettings.predicted_only())
     outcome = run_search(settings, progress=False)
     assert json.loads((out / "supernet" / "progress.json").read_text())["step"] == 6
     assert outcome.front and all(set(p.candidate["cell"]) == {f"blocks.{i}" for i in range(5)} for p in outcome.front)

@@ -15,7 +15,7 @@ from user_tasks import run_cli_with_tasks
 from autocompress.errors import AutocompressError
 from autocompress.export.card import export_from_search
 from autocompress.search.folder import SearchFolder
-from autocompress.search.run import SearchSettings, run_search
+from autocompress.search.run import LatencySettings, SearchSettings, run_search
 from autocompress.train.finetune import DistillationConfig, evaluate
 from autocompress.train.scores import Score, model_outputs
 from autocompress.train.task import Task
@@ -46,7 +46,8 @@ def object_search(tmp_path_factory, trained_tiny, digits):
     task = Task(model=trained_tiny, train=DataLoader(digits.train, batch_size=32), val=lambda: DataLoader(digits.val),
                 test=digits.test, score=macro_f1, name="digits-f1")
     out = tmp_path_factory.mktemp("object_search")
-    settings = SearchSettings(problem=task, budget="0.7x", out=out, trials=4, finetune=FAST, seed=2)
+    settings = SearchSettings(problem=task, budget="0.7x", out=out, trials=4, finetune=FAST, seed=2, guide="macs",
+                              latency=LatencySettings.predicted_only())
     return task, settings, run_search(settings, progress=False)
 
 
@@ -124,7 +125,7 @@ def test_a_task_factory_runs_from_the_command_line(tmp_path):
     out = tmp_path / "search"
     run = run_cli_with_tasks(tmp_path, "search", "--task", "user_task:make_task", "--budget", "0.7x", "--trials", "2",
                "--finetune-steps", "4", "--out", str(out), "--quiet", "--calibrate-model", "off",
-               "--measure-near-budget", "0")
+               "--measure-near-budget", "0", "--guide", "macs")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "top5 %" in run.stdout  # the front's table names the score
     recorded = json.loads((out / "search.json").read_text())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from ..errors import AutocompressError
 
-__all__ = ["OneLineParser", "UsageError", "_count", "_parse_shape", "_positive", "add_baseline_flags"]
+__all__ = ["OneLineParser", "UsageError", "_count", "_parse_shape", "_positive", "add_baseline_flags",
+           "add_model_arguments"]
 
 
 class UsageError(AutocompressError):
@@ -84,3 +86,13 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    parser.add_argument("model", nargs="?" if optional else None,
+                        help="torchvision name (resnet18, torchvision:mobilenet_v2) or package.module:factory")
+    parser.add_argument("--weights", type=Path, help="state dict file (loaded with weights_only=True)")
+    parser.add_argument("--num-classes", type=_count, default=None, help="classes of the model's head (default 10, "
+                        "or the data set's)")
+    parser.add_argument("--space", default="auto", help="search-space file of NAS cells (e.g. search_spaces/mobile.yaml), "
+                        "auto (default: the one for the model's family) or none")

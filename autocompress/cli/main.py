@@ -12,11 +12,10 @@ import torch
 
 from ..core.target import DEFAULT_TARGET, registered_targets, target
 from ..errors import AutocompressError
-from ..search.budget import DEFAULT_CONFIDENCE
 from ..files import disk_full_message, disk_nearly_full, is_disk_full
-from .arguments import OneLineParser, _count, _parse_shape, _positive, add_baseline_flags
+from .arguments import OneLineParser, _count, _parse_shape, _positive, add_baseline_flags, add_model_arguments
 from .front_commands import _export, _pareto
-from .search_command import _search
+from .search_command import add_search_command
 from .hardware_commands import _profile, _profile_defaults, _validate_predictor
 from .space_flags import add_space_flags, space_options_from_args
 
@@ -79,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     inspect = sub.add_parser("inspect", help="list every compressible unit of a model")
-    _model_arguments(inspect)
+    add_model_arguments(inspect)
     inspect.add_argument("--input-shape", default="1,3,32,32", help="example input shape, e.g. 1,3,32,32")
     inspect.add_argument("--json", action="store_true", help="print the full analysis and space as JSON")
     inspect.add_argument("--sensitivity", type=Path, metavar="FOLDER",
@@ -94,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_inspect)
 
     apply = sub.add_parser("apply", help="apply one Candidate, export it to ONNX and check it against ORT")
-    _model_arguments(apply)
+    add_model_arguments(apply)
     apply.add_argument("--candidate", required=True,
                        help="a Candidate JSON file, uniform:RATIO[,fp16|int8|int4] (every group pruned at RATIO, "
                             "every layer at those bits), or random[:SEED] for a random point of the space")
@@ -158,69 +157,7 @@ def _parser() -> argparse.ArgumentParser:
                           "model's family (search_spaces/)")
     validate.set_defaults(run=_validate_predictor)
 
-    search = sub.add_parser("search", help="joint multi-objective search under a latency budget (the main job)")
-    _model_arguments(search, optional=True)
-    search.add_argument("--dataset", default="digits", help="digits (default), mnist, fashion-mnist, cifar10, "
-                        "cifar100 (from --data-root) or imagefolder:PATH (train/, val/, test/ or one folder per class)")
-    search.add_argument("--data-root", default="data", help="where the standard data sets' files are, in "
-                        "torchvision's layout (default ./data; fashion-mnist also from Debian's dataset-fashion-mnist)")
-    search.add_argument("--augment", dest="augment", action="store_true", default=None,
-                        help="random crops (and flips) on the training images (default: on for all but digits)")
-    search.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
-    search.add_argument("--task", default=None, metavar="MODULE:FUNCTION",
-                        help="your own problem: a function returning an autocompress Task (model, data, score); "
-                        "replaces MODEL and --dataset")
-    search.add_argument("--budget", required=True, help="latency budget: 5ms, or 0.5x of the original's latency "
-                        "measured here at the start")
-    search.add_argument("--trials", type=_positive, default=100,
-                        help="fine-tuned trials to reach, those already in the study included; proposals told over "
-                        "the budget at once do not count (default 100)")
-    search.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
-    search.add_argument("--out", required=True, type=Path,
-                        help="folder for the study, the baseline and the results; an existing search there resumes")
-    search.add_argument("--hardware", default="auto",
-                        help="hardware model folder, or auto (default): the one under hardware_models/ measured on a "
-                        "machine like this one (same CPU, ISA and ONNX Runtime)")
-    search.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random"], help="default nsga2")
-    search.add_argument("--seed", type=_count, default=0, help="sampler seed (default 0)")
-    search.add_argument("--calibrate-model", choices=["auto", "on", "off"], default="auto",
-                        help="time a few dozen of the model's own candidates first and correct the hardware model "
-                             "for it (auto, the default: under a relative budget, and on a model it was not profiled "
-                             "on)")
-    search.add_argument("--measure-near-budget", type=float, default=0.1, metavar="SHARE",
-                        help="time a candidate predicted within this share of the budget before its fine-tune and "
-                             "use the measurement (default 0.1; 0: never; local executor only)")
-    search.add_argument("--budget-confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="P",
-                        help="a predicted candidate meets the budget when it does with probability P, given the "
-                             f"prediction's uncertainty (default {DEFAULT_CONFIDENCE}; 0.5: its predicted mean does)")
-    search.add_argument("--guide", "--repair-by", dest="guide", default="macs", choices=["macs", "sensitivity",
-                        "surrogate"], help="what steers repair and seeds: the share of MACs a decision touches (macs, "
-                        "default); the damage each decision does alone, measured first, which also seeds allocations "
-                        "under the budget (sensitivity: writes sensitivity/ in --out); or those and an accuracy model "
-                        "learned from the trials, which skips fine-tunes it is sure cannot reach the front (surrogate)")
-    search.add_argument("--input-size", type=_count, default=32, help="image side length (default 32)")
-    search.add_argument("--storage", default=None, help="Optuna storage: a URL (postgresql+psycopg2://..., "
-                        "sqlite:///...) or a journal file path (default: study.journal in --out)")
-    add_baseline_flags(search)
-    search.add_argument("--finetune-steps", type=_positive, default=60,
-                        help="distillation steps per trial (default 60)")
-    search.add_argument("--no-warm-start", action="store_true", help="do not seed the study with uniform policies")
-    search.add_argument("--executor", default="local", choices=["local", "ray"],
-                        help="where fine-tunes run: in this process (default) or on Ray workers")
-    search.add_argument("--workers", type=_positive, default=None,
-                        help="Ray workers (default: the cluster's CPUs / --cpus-per-trial)")
-    search.add_argument("--ray-address", default=None,
-                        help="join an existing Ray cluster (auto, or HOST:PORT); default: start Ray locally")
-    search.add_argument("--cpus-per-trial", type=_positive, default=1, help="CPUs each Ray worker declares (default 1)")
-    search.add_argument("--gpus-per-trial", type=float, default=None,
-                        help="GPUs each Ray worker declares (default: 1 when the cluster has GPUs, else 0)")
-    search.add_argument("--calibrate-host", action="store_true",
-                        help="first time 16 of the hardware model's measured candidates (about a minute) and predict "
-                        "at this host's speed now, not the profile's: the level a shared host drifts by between "
-                        "sessions (a resumed search keeps the level it started with)")
-    search.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_space_flags(search)
-    search.set_defaults(run=_search)
+    add_search_command(sub)
 
     pareto = sub.add_parser("pareto", help="print the Pareto front of a search folder")
     pareto.add_argument("dir", type=Path, help="the --out folder of a search")
@@ -245,16 +182,6 @@ def _parser() -> argparse.ArgumentParser:
                              "and its learning rate, as Once-for-All deploys a subnet) instead of distilling it")
     export.set_defaults(run=_export)
     return parser
-
-
-def _model_arguments(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
-    parser.add_argument("model", nargs="?" if optional else None,
-                        help="torchvision name (resnet18, torchvision:mobilenet_v2) or package.module:factory")
-    parser.add_argument("--weights", type=Path, help="state dict file (loaded with weights_only=True)")
-    parser.add_argument("--num-classes", type=_count, default=None, help="classes of the model's head (default 10, "
-                        "or the data set's)")
-    parser.add_argument("--space", default="auto", help="search-space file of NAS cells (e.g. search_spaces/mobile.yaml), "
-                        "auto (default: the one for the model's family) or none")
 
 
 def _inspect(args) -> int:

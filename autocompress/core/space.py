@@ -115,10 +115,17 @@ class Space:
         """The value of ``var`` that leaves the model uncompressed."""
         return technique(var.kind).neutral_value(var)
 
+    def value_of(self, candidate: Candidate, var: Variable):
+        """``candidate``'s value of ``var``: the one it decides, else the uncompressed one."""
+        return candidate.of(var.kind).get(var.unit, self.neutral(var))
+
+    def params_of(self, candidate: Candidate) -> dict:
+        """``candidate`` as the trial parameters that make ``suggest`` return it (what a queued trial takes)."""
+        return {var.name: self.value_of(candidate, var) for var in self.variables}
+
     def changed(self, candidate: Candidate) -> list[str]:
         """Names of the variables whose value in ``candidate`` differs from the uncompressed model."""
-        return [v.name for v in self.variables
-                if candidate.of(v.kind).get(v.unit, self.neutral(v)) != self.neutral(v)]
+        return [v.name for v in self.variables if self.value_of(candidate, v) != self.neutral(v)]
 
     def validate(self, candidate: Candidate) -> None:
         """Raise InvalidCandidateError when a decision names a unit or value this space lacks."""

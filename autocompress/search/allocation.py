@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from ..core.space import Candidate, Space
 from .boundary import repair_to_budget
 from .budget import ON_THE_MEAN, ChanceConstraint
+from .damage import MeasuredDamage
 
 __all__ = ["Allocation", "BUDGET_SHARES", "allocate", "expected_damage"]
 
@@ -50,15 +51,17 @@ class Allocation:
 def expected_damage(space: Space, candidate: Candidate, damage: Callable[[str, object], float]) -> float:
     """The additive prior of a candidate's accuracy loss: the sum over its decisions of the damage
     each did alone (``Sensitivities.kl``); 0 for the uncompressed model."""
-    return sum(damage(var.name, candidate.of(var.kind).get(var.unit, space.neutral(var))) for var in space.variables)
+    return sum(damage(var.name, space.value_of(candidate, var)) for var in space.variables)
 
 
 def allocate(space: Space, hardware, damage: Callable[[str, object], float], budget_ms: float, *,
              shares: tuple[float, ...] = BUDGET_SHARES, chance: ChanceConstraint = ON_THE_MEAN) -> list[Allocation]:
     """One candidate per rung ``share * budget_ms`` the space can reach (of the uncompressed model's
     latency where that is lower), loosest first, each predicted within its rung at ``chance``'s
-    confidence; distinct candidates only (two rungs can land on the same one)."""
+    confidence; distinct candidates only (two rungs can land on the same one). ``damage(name,
+    value)``: the damage of each value alone (a ``MeasuredDamage``, or a plain function)."""
     analysis = space.analysis
+    walk_by = damage if isinstance(damage, MeasuredDamage) else MeasuredDamage(damage)
     current = space.default()
     now = float(chance.predict_upper_ms(hardware, analysis, [current])[0])
     found: list[Allocation] = []
@@ -66,7 +69,7 @@ def allocate(space: Space, hardware, damage: Callable[[str, object], float], bud
     for share in sorted(shares, reverse=True):
         target = share * ladder
         if now > target:
-            walked = repair_to_budget(space, hardware, current, target, damage=damage, chance=chance,
+            walked = repair_to_budget(space, hardware, current, target, damage=walk_by, chance=chance,
                                       max_steps=_WALK_STEPS)
             if walked is None:
                 break  # no move gains latency any more: deeper rungs are out of reach too
@@ -86,7 +89,7 @@ def _give_back(space: Space, hardware, candidate: Candidate, now: float, target:
     for _ in range(_GIVE_BACK_STEPS):
         softer = []
         for var in space.variables:
-            value = candidate.of(var.kind).get(var.unit, space.neutral(var))
+            value = space.value_of(candidate, var)
             here = damage(var.name, value)
             for other in var.choices:
                 if other != value and damage(var.name, other) < here:

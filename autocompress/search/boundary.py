@@ -10,9 +10,8 @@ Moves come from the techniques (``Technique.repair_moves``), each with an accura
 the share of the model's MACs the decision touches (``Technique.mac_share``), weighted by how
 destructive the change is (int8 a fifth of its share, one notch more pruning the notch times its
 share, a skipped block its share plus a penalty; undoing int4 or a factorization costs nothing).
-When the search measured them (``train.sensitivity``), the damage each value did alone to the
-trained model replaces the proxy: a move costs the damage of its new value less that of the old
-one, so moves the model shrugs off go first whatever their MAC share.
+The ``Damage`` the guide injects (``damage``) prices each move: that proxy, or the damages
+measured on the trained model.
 
 Latencies are read at the search's confidence (``budget.ChanceConstraint``): a repair lands where
 the candidate meets the budget with that probability, not where its mean does.
@@ -20,11 +19,10 @@ the candidate meets the budget with that probability, not where its mean does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..core.space import Candidate, Space
 from ..core.technique import technique
 from .budget import ON_THE_MEAN, ChanceConstraint
+from .damage import MAC_SHARE, Damage
 
 __all__ = ["fastest_candidate", "repair_to_budget"]
 
@@ -36,24 +34,20 @@ _MOVES_PER_STEP = 3  # the best few moves are applied together: fewer predictor 
 # nearly nothing, and most of those gain little: three a step, a repair from a typical sampled
 # MobileNet-V2 candidate to a quarter of its latency ran out of steps every time.
 _GAP_SHARE_PER_STEP = 0.5
-_EPS = 1e-3  # in MAC shares
-_EPS_MEASURED = 1e-5  # in nats of KL divergence: well under any damage a change makes
 
 
 def repair_to_budget(space: Space, hardware, candidate: Candidate, budget_ms: float, *,
-                     damage: Callable[[str, object], float] | None = None,
+                     damage: Damage = MAC_SHARE,
                      chance: ChanceConstraint = ON_THE_MEAN,
                      max_steps: int = _MAX_STEPS) -> tuple[Candidate, float] | None:
     """A modification of ``candidate`` predicted within ``budget_ms`` at ``chance``'s confidence,
     and its latency read there (``ChanceConstraint.upper_ms``).
 
-    ``damage(variable name, value)``: the measured damage of that value alone (``Sensitivities.kl``);
-    None ranks moves by the MAC-share proxy. Returns None when no sequence of ``max_steps`` steps
-    gets there (or no move saves latency any more).
+    ``damage``: what ranks the moves (the guide's; default the MAC-share proxy). Returns None when
+    no sequence of ``max_steps`` steps gets there (or no move saves latency any more).
     """
     analysis = space.analysis
     shares = _mac_shares(space)
-    eps = _EPS if damage is None else _EPS_MEASURED
     current = candidate
     for _ in range(max_steps):
         moves = list(_moves(space, current, shares, damage))
@@ -63,7 +57,7 @@ def repair_to_budget(space: Space, hardware, candidate: Candidate, budget_ms: fl
         if current is not candidate and now[0] <= budget_ms:  # the moves of the last step, together, were enough
             return current, float(now[0])
         latencies = chance.predict_upper_ms(hardware, analysis, [c for c, _, _ in moves])
-        scored = sorted(((float(now[0]) - ms) / (cost + eps), index)
+        scored = sorted(((float(now[0]) - ms) / (cost + damage.epsilon), index)
                         for index, ((_, _, cost), ms) in enumerate(zip(moves, latencies)))
         useful = [(score, index) for score, index in reversed(scored) if score > 0]
         if not useful:
@@ -95,13 +89,13 @@ def _mac_shares(space: Space) -> dict[str, float]:
     return {v.name: technique(v.kind).mac_share(space.analysis, v.unit) for v in space.variables}
 
 
-def _moves(space: Space, candidate: Candidate, shares: dict[str, float], damage):
+def _moves(space: Space, candidate: Candidate, shares: dict[str, float], damage: Damage):
     """(modified candidate, the variable changed, its accuracy cost) for every single move."""
     for var in space.variables:
-        current = candidate.of(var.kind).get(var.unit, space.neutral(var))
+        current = space.value_of(candidate, var)
         for value, proxy in technique(var.kind).repair_moves(var, current, shares.get(var.name, 0.0)):
-            cost = proxy if damage is None else max(0.0, damage(var.name, value) - damage(var.name, current))
-            yield candidate.with_decision(var.kind, var.unit, value), var.name, cost
+            yield (candidate.with_decision(var.kind, var.unit, value), var.name,
+                   damage.move_cost(var.name, current, value, proxy))
 
 
 def _combine(candidate: Candidate, moves) -> Candidate:
@@ -132,7 +126,7 @@ def fastest_candidate(space: Space, hardware, *, stop_at_ms: float = 0.0,
         if now <= stop_at_ms:
             break
         changes = [(var, value) for var in space.variables for value in var.choices
-                   if value != current.of(var.kind).get(var.unit, space.neutral(var))]
+                   if value != space.value_of(current, var)]
         if not changes:
             break
         latencies = chance.predict_upper_ms(

@@ -17,7 +17,6 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from .allocation import allocate
 from .boundary import repair_to_budget
 from .budget import ChanceConstraint
 from ..errors import AutocompressError
@@ -26,11 +25,12 @@ from .executors import Executor, TrialJob, TrialResult, WorkerLost
 from .problem import SearchProblem
 from .local_correction import LocalCorrection
 from .near_budget import NearBudgetTimer
-from .screening import Screening
-from ..core.space import Candidate, Space
+from .guides import Guide
+from .seeds import Seed
+from ..core.space import Candidate
 from .stopping import HopelessRule
 
-__all__ = ["MAX_RETRIES", "TrialDriver", "candidate_params", "queue_retry"]
+__all__ = ["MAX_RETRIES", "TrialDriver", "queue_retry"]
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,15 @@ _PROPOSALS_PER_TRIAL = 20  # proposals (most told over the budget at once) per t
 
 class TrialDriver:
     def __init__(self, settings, problem: SearchProblem, study: optuna.Study, budget_ms: float,
-                 executor: Executor, *, time_everything: bool = False) -> None:
+                 executor: Executor, *, guide: Guide | None = None, time_everything: bool = False) -> None:
+        """``guide``: the one the search started (default: the one ``settings`` names, started here)."""
         self.settings, self.problem, self.study, self.budget_ms = settings, problem, study, budget_ms
         self.executor = executor
-        self.chance = ChanceConstraint(settings.budget_confidence)
+        self.chance = ChanceConstraint(settings.latency.budget_confidence)
+        if guide is None:
+            guide = settings.make_guide()
+            guide.start(problem, study, budget_ms, self.chance)
+        self.guide = guide
         self.rule = HopelessRule()
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.user_attrs.get("status") == "evaluated":
@@ -53,16 +58,13 @@ class TrialDriver:
         self.preparing: optuna.Trial | None = None  # asked, not yet told or submitted
         self.failures_in_a_row = 0
         self.out_of_proposals = False
-        self.screening = (Screening(problem.space, problem.sensitivities.kl, study, problem.joint_damage())
-                          if settings.guide == "surrogate" else None)
-        margin = settings.measure_near_budget
+        margin = settings.latency.measure_near_budget
         self.timer = (NearBudgetTimer(problem, settings.problem.model, settings.problem.input_size, budget_ms, margin,
                                       everything=time_everything)
-                      if margin > 0 and settings.executor == "local" else None)
+                      if margin > 0 and settings.execution.executor == "local" else None)
         # the misses measured near the budget so far (this run's and, resumed, the earlier runs')
         self.correction = LocalCorrection.load(problem.space, settings.out)
-        if self.screening is not None:
-            self._follow_recovery()
+        self._queue(guide.learn())  # a resumed search may have learnt enough to queue already
 
     def completed(self) -> int:
         """Trials fine-tuned so far: what ``trials`` counts. A proposal told over the budget costs
@@ -171,7 +173,7 @@ class TrialDriver:
         if twin is not None:
             self._fail(trial, f"the same candidate as trial {twin}, which is in flight", retry=False)
             return None
-        screened = self.screening and self.screening.reason(trial.user_attrs["origin"], candidate, latency, size)
+        screened = self.guide.screen(trial.user_attrs["origin"], candidate, latency, size)
         if screened:  # pruned, not complete: the sampler and the front ignore it, the trial count too
             trial.set_user_attr("status", "screened")
             trial.set_user_attr("fail_reason", screened)
@@ -205,9 +207,7 @@ class TrialDriver:
         self.study.tell(trial, [outcome.accuracy, job.latency_ms, job.size_bytes])
         if not outcome.stopped_early:
             self.rule.record(outcome.accuracy, job.latency_ms, job.size_bytes, outcome.checkpoint_accuracy)
-            if self.screening is not None:
-                self.screening.refit()
-                self._follow_recovery()
+            self._queue(self.guide.learn())
 
     def _failed(self, trial: optuna.Trial, exc: Exception) -> None:
         if is_disk_full(exc):  # not the candidate's fault: stop the search, which resumes once space is freed
@@ -219,38 +219,18 @@ class TrialDriver:
         if self.failures_in_a_row >= _FAILURES_IN_A_ROW:
             raise AutocompressError(f"{_FAILURES_IN_A_ROW} trials in a row failed; the last one: {reason}") from exc
 
-    def _follow_recovery(self) -> None:
-        """Once the recovery weights rank held-out trials better than the raw damages do, repair with
-        the weighted damages, and queue the allocations they lead to each time the fine-tuned trials
-        have doubled since the last such set (the first once they are trusted)."""
-        weights = self.screening.recovery
-        if not weights.trusted:
-            return
-        space = self.problem.space
-        done = self.study.user_attrs.get("reallocated_at", [])
-        if done and weights.trials < 2 * done[-1]:
-            return
-        self.study.set_user_attr("reallocated_at", [*done, weights.trials])
-        for a in allocate(space, self.problem.hardware, self._repair_damage(), self.budget_ms, chance=self.chance):
-            self.study.enqueue_trial(candidate_params(space, a.candidate), skip_if_exists=True,
-                                     user_attrs={"origin": f"reallocation:{a.share:g}x"})
-
-    def _repair_damage(self):
-        """What the repair ranks moves by: MAC shares (None, guide macs), the measured damages, or (guide
-        surrogate) those damages weighted by technique while the recovery weights rank better."""
-        if self.settings.guide == "macs":
-            return None
-        raw = self.problem.sensitivities.kl
-        weights = self.screening.recovery if self.screening is not None else None
-        return weights.damage(self.problem.space, raw) if weights is not None and weights.trusted else raw
+    def _queue(self, seeds: list[Seed]) -> None:
+        """Queue what the guide asks for (a candidate already queued or tried is not queued again)."""
+        for seed in seeds:
+            self.study.enqueue_trial(seed.params, skip_if_exists=True, user_attrs={"origin": seed.origin})
 
     def _queue_repair(self, number: int, candidate: Candidate, target_ms: float) -> None:
         repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, target_ms,
-                                    damage=self._repair_damage(), chance=self.chance)
+                                    damage=self.guide.damage(), chance=self.chance)
         if repaired is None:
             return
         fixed, _ = repaired
-        self.study.enqueue_trial(candidate_params(self.problem.space, fixed),
+        self.study.enqueue_trial(self.problem.space.params_of(fixed),
                                  user_attrs={"origin": "boundary_repair", "repair_of": number})
 
     def _fail(self, trial: optuna.Trial, reason: str, *, retry: bool) -> None:
@@ -266,14 +246,10 @@ class TrialDriver:
         evaluated = [t.values[0] for t in feasible if t.user_attrs.get("status") == "evaluated"]
         best = f"{max(evaluated):.2%}" if evaluated else "-"
         share = len(feasible) / len(complete) if complete else 0.0
-        screened = f", screened {self.screening.screened}" if self.screening and self.screening.screened else ""
+        status = self.guide.status()
+        screened = f", {status}" if status else ""
         sure = "" if self.chance.confidence == 0.5 else f" ({self.chance.confidence:.0%} sure)"
         return f"under budget{sure} {share:.0%}, best under {self.budget_ms:.3f} ms: {best}{screened}"
-
-
-def candidate_params(space: Space, candidate: Candidate) -> dict:
-    """A Candidate as the trial parameters that make ``space.suggest`` return it."""
-    return {var.name: getattr(candidate, var.kind).get(var.unit, Space.neutral(var)) for var in space.variables}
 
 
 def retry_decision(frozen: optuna.trial.FrozenTrial) -> tuple[dict | None, str]:

@@ -70,7 +70,10 @@ class SearchFolder:
 
     def storage(self) -> str:
         """Where the study lives: the storage the search recorded, else the folder's own study.db."""
-        return self.settings().get("storage") or self.default_storage
+        recorded = self.settings()
+        # where search.json records it (settings by concern); a folder written before that, at the top
+        execution = recorded.get("settings", {}).get("execution", {})
+        return execution.get("storage") or recorded.get("storage") or self.default_storage
 
     def load_study(self, *, fix: str = "restore it from a copy, or rerun the search") -> optuna.Study:
         """The search's study, for reading; one-line errors for a missing, corrupt or unreachable one.

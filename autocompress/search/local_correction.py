@@ -141,7 +141,7 @@ class LocalCorrection:
         """Each decision as the position of its value among its variable's choices (-1: none of them)."""
         code = []
         for var in self.space.variables:
-            value = candidate.of(var.kind).get(var.unit, self.space.neutral(var))
+            value = self.space.value_of(candidate, var)
             code.append(var.choices.index(value) if value in var.choices else -1)
         return np.array(code, dtype=np.int64)
 

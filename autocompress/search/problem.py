@@ -98,10 +98,11 @@ class ProblemSpec:
         return out
 
     @classmethod
-    def for_task(cls, task: Task, **settings) -> "ProblemSpec":
-        """The spec that names a Task object passed from Python."""
+    def for_task(cls, task: Task, /, **settings) -> "ProblemSpec":
+        """The spec that names a Task object (``settings``: the other ProblemSpec fields)."""
         size = task.input_size or int(task.example_input().shape[-1])
-        return cls(model=task.model_name, dataset=task.name, input_size=size, task=TASK_OBJECT, **settings)
+        named = {"model": task.model_name, "dataset": task.name, "input_size": size, "task": TASK_OBJECT}
+        return cls(**(named | settings))  # ``task=MODULE:FUNCTION``: the Task a --task function made
 
 
 @dataclass
@@ -209,7 +210,7 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
         baseline = baseline_model(task.model, num_classes=classes,
                                   weights=Path(spec.weights) if spec.weights else None, train_steps=spec.train_steps,
                                   splits=splits, cache_dir=Path(cache_dir), train_time_cap_s=spec.train_time_cap_s,
-                                  map_jobs=map_jobs)
+                                  map_jobs=map_jobs, progress=progress)
     baseline.eval()
     example = task.example_input()
     analysis = analyze(baseline, example, space=resolve_search_space(spec.search_space, baseline))

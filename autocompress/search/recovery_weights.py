@@ -23,11 +23,11 @@ import numpy as np
 from scipy.optimize import nnls
 
 from ..core.space import Candidate, Space
-from .surrogate import MIN_TRIALS, damage_by_kind, spearman
+from .damage import MeasuredDamage
+from .surrogate import MIN_TRIALS, cross_validated, damage_by_kind, spearman
 
 __all__ = ["RecoveryWeights", "fit_recovery_weights"]
 
-_FOLDS = 5
 _FLOOR = 0.02  # the smallest weight a technique gets, relative to the largest
 
 
@@ -43,10 +43,10 @@ class RecoveryWeights:
         return (self.held_out_spearman is not None and self.raw_spearman is not None
                 and self.held_out_spearman > self.raw_spearman)
 
-    def damage(self, space: Space, raw: Callable[[str, object], float]) -> Callable[[str, object], float]:
+    def damage(self, space: Space, raw: Callable[[str, object], float]) -> MeasuredDamage:
         """``raw`` (``Sensitivities.kl``) with each variable's damage weighted by its technique."""
         kind_of = {v.name: v.kind for v in space.variables}
-        return lambda name, value: self.weights.get(kind_of[name], 1.0) * raw(name, value)
+        return MeasuredDamage(lambda name, value: self.weights.get(kind_of[name], 1.0) * raw(name, value))
 
     def to_dict(self) -> dict:
         return {"weights": self.weights, "trials": self.trials, "held_out_spearman": self.held_out_spearman,
@@ -61,11 +61,7 @@ def fit_recovery_weights(space: Space, raw: Callable[[str, object], float], cand
         return RecoveryWeights(dict.fromkeys(kinds, 1.0), len(y), None, None)
     x = np.array([[by_kind[k] for k in kinds] for by_kind in (damage_by_kind(space, c, raw) for c in candidates)])
     lost = y.max() - y
-    held_out = np.empty_like(y)
-    folds = np.arange(len(y)) % _FOLDS
-    for fold in range(_FOLDS):
-        test = folds == fold
-        held_out[test] = x[test] @ _weights(x[~test], lost[~test])
+    held_out = cross_validated(lambda fit_x, fit_lost, x_out: x_out @ _weights(fit_x, fit_lost), x, lost)
     weights = _weights(x, lost)
     return RecoveryWeights(dict(zip(kinds, weights.tolist())), len(y), spearman(-held_out, y),
                            spearman(-x.sum(axis=1), y))

@@ -18,22 +18,19 @@ trials a killed process left running.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .budget import DEFAULT_CONFIDENCE, Budget, ChanceConstraint
+from .budget import Budget, ChanceConstraint
 from .local_correction import LocalCorrection
 from .near_budget import times_every_candidate
 from .search_record import record_in_search_json, write_search_json
-from .driver import TrialDriver, candidate_params
-from .seeds import search_seeds
+from .driver import TrialDriver
 from ..errors import AutocompressError
 from .executors import Executor, LocalExecutor, WorkerLost
-from ..train.finetune import DistillationConfig
 from .folder import STUDY_NAME, SearchFolder
 from .pareto import TrialRecord, best_under, pareto_front, records_from_study
 from ..hardware import load_hardware_model
@@ -41,104 +38,16 @@ from ..hardware.candidates import ModelUnderTest
 from ..hardware.host_level import REFERENCES, HostLevel, measure_host_level
 from ..hardware.model_level import OWN_CANDIDATES, measure_model_level, profiled_on
 from .preflight import check_reachable, preflight
-from .problem import ProblemSpec, SearchProblem, build_problem, hardware_folder, read_host_level
+from .problem import SearchProblem, build_problem, hardware_folder, read_host_level
 from .storage import check_storage, search_fix
+from .settings import GUIDES, ExecutionSettings, LatencySettings, SearchSettings
 from .study import SAMPLERS, fail_stale_trials, open_study, population_size, warm_start_is_ours
 from ..core.space import Space
-from ..train.task import Task
 
-__all__ = ["GUIDES", "SAMPLERS", "STUDY_NAME", "SearchOutcome", "SearchSettings", "open_study", "run_search"]
+__all__ = ["GUIDES", "SAMPLERS", "STUDY_NAME", "ExecutionSettings", "LatencySettings", "SearchOutcome",
+           "SearchSettings", "open_study", "run_search"]
 
 log = logging.getLogger(__name__)
-
-# What guides the search besides its sampler: the MAC-share proxy of damage (macs), the measured
-# sensitivities (sensitivity: repair by them and seed allocations under the budget), or those and
-# the learned accuracy model, which screens proposals before their fine-tune (surrogate).
-GUIDES = ("macs", "sensitivity", "surrogate")
-EXECUTORS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    # What is searched: a ProblemSpec (names), or a Task (your model object, your data, your score),
-    # which is then kept in ``task`` and named in ``problem``.
-    problem: ProblemSpec | Task
-    budget: str
-    out: Path
-    trials: int = 100
-    timeout_s: float | None = None
-    sampler: str = "nsga2"
-    seed: int = 0
-    storage: str | None = None  # default: the journal file in ``out`` (``SearchFolder.default_storage``)
-    finetune: DistillationConfig = field(default_factory=DistillationConfig)
-    warm_start: bool = True
-    repair: bool = True
-    guide: str = "macs"  # one of GUIDES
-    executor: str = "local"  # or "ray"
-    workers: int | None = None  # Ray actors (default: the cluster's CPUs / cpus_per_trial)
-    ray_address: str | None = None  # join this cluster ("auto", "host:port"); default: start Ray locally
-    cpus_per_trial: int = 1
-    gpus_per_trial: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    # Time the hardware model's reference candidates first and predict at this host's speed now
-    # (``hardware.host_level``); a resumed search keeps the level it started with.
-    calibrate_host: bool = False
-    # Time a few dozen of this model's own candidates first and predict at their level
-    # (``hardware.model_level``): "on", "off", or "auto": on when the hardware model was not
-    # profiled on this model. It supersedes calibrate_host; a resumed search keeps its level.
-    calibrate_model: str = "off"
-    # Time a candidate predicted within this share of the budget (either side) before its
-    # fine-tune, and tell the study the measured latency (``search.near_budget``); 0: never.
-    measure_near_budget: float = 0.0
-    # A predicted candidate meets the budget when it does so with this probability
-    # (``budget.ChanceConstraint``; 0.5: its predicted mean does); a measured one when it measures within.
-    budget_confidence: float = DEFAULT_CONFIDENCE
-    task: Task | None = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.problem, Task):
-            object.__setattr__(self, "task", self.problem)
-            object.__setattr__(self, "problem", ProblemSpec.for_task(self.problem))
-        if self.sampler not in SAMPLERS:
-            raise AutocompressError(f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}",
-                                    parameters=("sampler",))
-        if not 0 <= self.measure_near_budget < 1:
-            raise AutocompressError(f"measure_near_budget {self.measure_near_budget}: give a share of the budget "
-                                    "from 0 (off) to below 1, e.g. 0.1", parameters=("measure_near_budget",))
-        if self.trials < 1:
-            raise AutocompressError(f"trials {self.trials}: give at least 1", parameters=("trials",))
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise AutocompressError(f"timeout_s {self.timeout_s}: give a positive number of seconds",
-                                    parameters=("timeout_s",))
-        Budget.parse(self.budget)
-        ChanceConstraint(self.budget_confidence)
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise AutocompressError(f"out {self.out} is a file, not a folder; choose another out folder (the file is "
-                                    "left as it is)", parameters=("out",))
-        for name, value, allowed in (("guide", self.guide, GUIDES), ("executor", self.executor, EXECUTORS),
-                                     ("calibrate_model", self.calibrate_model, ("on", "off", "auto"))):
-            if value not in allowed:
-                raise AutocompressError(f"{name} {value!r} is not one of {', '.join(allowed)}", parameters=(name,))
-        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
-            raise AutocompressError("executor ray needs Ray, an optional extra: pip install 'autocompress[ray]'",
-                                    parameters=("executor",))
-        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise AutocompressError(f"gpus_per_trial {self.gpus_per_trial}: give 0 or more",
-                                    parameters=("gpus_per_trial",))
-        if self.workers is not None and self.workers < 1 or self.cpus_per_trial < 1:
-            raise AutocompressError(f"workers {self.workers} / cpus_per_trial {self.cpus_per_trial}: give at "
-                                    "least 1", parameters=("workers", "cpus_per_trial"))
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or SearchFolder(self.out).default_storage
-
-    def identity(self) -> dict:
-        """What must match for a run to resume a study (trials, timeout and storage may change)."""
-        identity = {"problem": self.problem.to_dict(), "budget": self.budget, "finetune": asdict(self.finetune)}
-        if self.budget_confidence != 0.5:  # searches from before the chance constraint read the budget on the mean
-            identity["budget_confidence"] = self.budget_confidence
-        return identity
-
 
 @dataclass
 class SearchOutcome:
@@ -161,27 +70,30 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
 
     ``executor`` evaluates the fine-tunes (default: one at a time in this process; see
     ``search.executors.ray_pool.RayExecutor`` for a cluster)."""
-    out = Path(settings.out)
+    settings = settings.with_hardware_pinned()
+    out = settings.out
     search_json = SearchFolder(out).search_json
     fresh = not search_json.is_file()
     _check_resumable(search_json, settings)
     budget = Budget.parse(settings.budget)
     # Every input is checked before anything is created in ``out`` or trained.
-    check_storage(settings.storage_url, **search_fix(settings.out, settings.storage))
-    if executor is None and settings.executor == "ray" and settings.ray_address:
+    check_storage(settings.storage_url, **search_fix(settings.out, settings.execution.storage))
+    if executor is None and settings.execution.ray_address:
         from .executors.ray_pool import check_ray_address
 
-        check_ray_address(settings.ray_address)
+        check_ray_address(settings.execution.ray_address)
     # A budget in ms is checked at the host's level, once it is known (``_host_level``).
-    at_profile_level = budget.unit == "x" or (not settings.calibrate_host and settings.calibrate_model == "off"
+    latency = settings.latency
+    at_profile_level = budget.unit == "x" or (not latency.calibrate_host and latency.calibrate_model == "off"
                                               and read_host_level(search_json) is None)
-    chance = ChanceConstraint(settings.budget_confidence)
+    chance = ChanceConstraint(latency.budget_confidence)
+    guide = settings.make_guide()
     checked = (preflight(settings.problem, budget, check_budget=at_profile_level, chance=chance, task=settings.task)
                if problem is None else None)
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(settings, score=(problem.score if problem is not None else checked.task.score).name)
     own_executor = executor is None
-    if own_executor and settings.executor == "ray":
+    if own_executor and settings.execution.executor == "ray":
         executor = _ray_executor(settings)  # its workers distill the cells before they fine-tune
     host_level = None
     try:
@@ -198,7 +110,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         problem.learn_kernels()
         if checked is None or not at_profile_level or host_level is not None:
             check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms, chance=chance)  # no trial yet
-        if settings.guide != "macs" and problem.sensitivities is None:
+        if guide.needs_sensitivities and problem.sensitivities is None:
             problem.measure_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
         if own_executor:
             executor = executor.attach(problem) if executor is not None else make_executor(settings, problem)
@@ -209,21 +121,21 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     budget_ms = budget.resolve(problem.baseline_ms)
     write_search_json(search_json, settings, problem, budget_ms, host_level)
     fail_stale_trials(study)
+    guide.start(problem, study, budget_ms, chance)
     if settings.warm_start and warm_start_is_ours(study):
-        damage = problem.sensitivities.kl if settings.guide != "macs" else None  # macs: the hand order only
-        for seed in search_seeds(problem.space, problem.hardware, damage, budget_ms, chance):
+        for seed in guide.seeds():
             study.enqueue_trial(seed.params, user_attrs={"origin": seed.origin})
         for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
             study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
         study.set_user_attr("warm_started", True)
     time_everything = times_every_candidate(host_level)
-    if time_everything and settings.measure_near_budget > 0:
+    if time_everything and latency.measure_near_budget > 0:
         log.warning("this model's own candidates are read %.0f%% off even at their level: every candidate is timed "
                     "before its fine-tune, not only those near the budget", 100 * host_level.residual_error)
     interrupted, cluster_lost = False, None
     try:
-        TrialDriver(settings, problem, study, budget_ms, executor, time_everything=time_everything).run(
-            progress=progress)
+        TrialDriver(settings, problem, study, budget_ms, executor, guide=guide,
+                    time_everything=time_everything).run(progress=progress)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: the trials in flight are marked failed and will be retried on resume")
@@ -244,7 +156,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
 
 
 def make_executor(settings: SearchSettings, problem: SearchProblem) -> Executor:
-    if settings.executor == "local":
+    if settings.execution.executor == "local":
         return LocalExecutor(problem)
     return _ray_executor(settings).attach(problem)
 
@@ -252,8 +164,9 @@ def make_executor(settings: SearchSettings, problem: SearchProblem) -> Executor:
 def _ray_executor(settings: SearchSettings):
     from .executors.ray_pool import RayExecutor
 
-    return RayExecutor(workers=settings.workers, address=settings.ray_address,
-                       cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=settings.gpus_per_trial)
+    execution = settings.execution
+    return RayExecutor(workers=execution.workers, address=execution.ray_address,
+                       cpus_per_trial=execution.cpus_per_trial, gpus_per_trial=execution.gpus_per_trial)
 
 
 def sparse_random_starts(space: Space, count: int, seed: int) -> list[dict]:
@@ -264,7 +177,7 @@ def sparse_random_starts(space: Space, count: int, seed: int) -> list[dict]:
     Starting the population from sparse draws puts it where useful models are.
     """
     rng = random.Random(f"sparse-starts-{seed}")
-    return [candidate_params(space, space.sample(rng, density=rng.uniform(0.15, 0.6))) for _ in range(count)]
+    return [space.params_of(space.sample(rng, density=rng.uniform(0.15, 0.6))) for _ in range(count)]
 
 
 def _check_resumable(path: Path, settings: SearchSettings) -> None:
@@ -286,9 +199,9 @@ def _wants_model_level(settings: SearchSettings, hardware) -> bool:
     not profiled on (its level can be tens of percent off), and under a relative budget, which is a
     share of the original as measured here, not of its prediction: the host's speed drifts, and a
     budget read off a prediction at another level is not the one the user asked for."""
-    if settings.calibrate_model == "auto":
+    if settings.latency.calibrate_model == "auto":
         return Budget.parse(settings.budget).unit == "x" or not profiled_on(hardware, settings.problem.model)
-    return settings.calibrate_model == "on"
+    return settings.latency.calibrate_model == "on"
 
 
 def _model_level(settings: SearchSettings, problem: SearchProblem, progress: bool) -> HostLevel:
@@ -313,12 +226,12 @@ def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:
     search reads all its trials alike), else, with ``calibrate_host``, one measured now."""
     if path.is_file():
         recorded = read_host_level(path)
-        if recorded is not None or not settings.calibrate_host:
+        if recorded is not None or not settings.latency.calibrate_host:
             return recorded
         log.warning("this search started without --calibrate-host: its trials were predicted at the hardware "
                     "model's level, and it resumes at that level")
         return None
-    if not settings.calibrate_host:
+    if not settings.latency.calibrate_host:
         return None
     folder = hardware_folder(settings.problem.hardware)
     hardware = load_hardware_model(folder)

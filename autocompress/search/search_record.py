@@ -21,20 +21,16 @@ def write_search_json(path: Path, settings, problem, budget_ms: float, host_leve
         "problem": settings.problem.to_dict(),
         "budget": settings.budget,
         "budget_ms": budget_ms,
-        "budget_confidence": settings.budget_confidence,
         "baseline": problem.baseline_summary(),
         "baseline_training": problem.baseline_training,  # steps, why it stopped; None: not trained here
         "finetune": asdict(settings.finetune),
-        "sampler": settings.sampler,
-        "seed": settings.seed,
-        "storage": settings.storage_url if settings.storage else None,
+        "settings": settings.to_dict(),  # by concern: what is searched, how latency is judged, where it runs
         "space_size": len(problem.space),
         "cells": {"blocks": len(problem.analysis.cells), "distilled": len(problem.cell_weights),
                   "losses": "cells/losses.csv" if problem.cell_weights else None},
         "host_level": host_level.to_dict() if host_level is not None else None,
         "level_from": None if host_level is None else "own candidates (latency/own_candidates.csv)"
         if host_level.baseline_ms is not None else "the hardware model's reference candidates",
-        "guide": settings.guide,
         # what the accuracy objective is (the task's score, on the validation split) and the splits:
         # the test split is held out of every choice, and the card scores the export on it
         "score": problem.score.name,

@@ -1,10 +1,10 @@
 """The candidates a search starts from, and the order it fine-tunes them in.
 
 Every search starts from the simple hand policies (``core.policies``), so that its front is judged
-against them; the guided searches (sensitivity, surrogate) add the budget-aware allocations
-(``allocation``) and fine-tune all of them front first: in the order of the hypervolume each adds
-under the budget, as the latency predictor (at the search's confidence) and the additive prior of
-accuracy (``allocation.expected_damage``) expect it. The order is layered, as non-dominated
+against them; a guide with measured damages (``guides``: sensitivity, surrogate) adds the
+budget-aware allocations (``allocation``) and fine-tunes all of them front first: in the order of
+the hypervolume each adds under the budget, as the latency predictor (at the search's confidence)
+and the additive prior of accuracy (``allocation.expected_damage``) expect it. The order is layered, as non-dominated
 sorting is: once no seed left adds to the layer ordered so far, the next layer starts from none.
 
 Why: a search cut short (a trial budget, early stopping, an interrupt) has then fine-tuned the
@@ -17,17 +17,17 @@ place. The MAC-share guide keeps the hand order: it is the ablation of everythin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..core.policies import warm_start_policies
 from ..core.space import Space
 from .allocation import allocate, expected_damage
 from .budget import ChanceConstraint
-from .driver import candidate_params
+from .damage import MeasuredDamage
 from .pareto import dominated_area
 
-__all__ = ["Seed", "front_first", "search_seeds"]
+__all__ = ["Seed", "front_first", "front_first_seeds", "hand_policy_seeds"]
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,17 @@ class Seed:
     params: dict
 
 
-def search_seeds(space: Space, hardware, damage: Callable[[str, object], float] | None, budget_ms: float,
-                 chance: ChanceConstraint) -> list[Seed]:
-    """The hand policies, and with measured ``damage`` (a guided search) the allocations too, all
-    ordered front first; without ``damage``, the hand policies in their written order."""
-    seeds = [Seed(f"warm_start:{name}", params) for name, params in warm_start_policies(space).items()]
-    if damage is None:
-        return seeds
-    seeds += [Seed(f"allocation:{a.share:g}x", candidate_params(space, a.candidate))
+def hand_policy_seeds(space: Space) -> list[Seed]:
+    """The hand policies (``core.policies``), in their written order."""
+    return [Seed(f"warm_start:{name}", params) for name, params in warm_start_policies(space).items()]
+
+
+def front_first_seeds(space: Space, hardware, damage: MeasuredDamage, budget_ms: float,
+                      chance: ChanceConstraint) -> list[Seed]:
+    """The hand policies and the allocations under the budget by the measured ``damage``, all
+    ordered front first, as the predictor (at ``chance``'s confidence) and the additive prior expect them."""
+    seeds = hand_policy_seeds(space)
+    seeds += [Seed(f"allocation:{a.share:g}x", space.params_of(a.candidate))
               for a in allocate(space, hardware, damage, budget_ms, chance=chance)]
     candidates = [space.from_params(seed.params) for seed in seeds]
     latencies = chance.predict_upper_ms(hardware, space.analysis, candidates)

@@ -31,14 +31,14 @@ from sklearn.ensemble import RandomForestRegressor
 from ..core.space import Candidate, Space
 from ..core.technique import registered
 
-__all__ = ["AccuracyModel", "MIN_TRIALS", "MIN_RANK_CORRELATION", "SurrogateFit", "damage_by_kind", "decision_damages",
-           "spearman"]
+__all__ = ["AccuracyModel", "MIN_TRIALS", "MIN_RANK_CORRELATION", "OPTIMISM", "SurrogateFit", "cross_validated",
+           "damage_by_kind", "decision_damages", "spearman"]
 
 MIN_TRIALS = 12  # fine-tuned trials before the model is fit at all
 MIN_RANK_CORRELATION = 0.6  # held-out Spearman the model must show before it screens anything
 _FOLDS = 5
 _TREES = 100
-_OPTIMISM = 2.0  # deviations above the mean a screened proposal must still fall short by
+OPTIMISM = 2.0  # deviations above the mean a screened proposal must still fall short by
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,10 @@ class AccuracyModel:
     """``expect(candidates)`` -> (mean accuracy, deviation) per candidate."""
 
     def __init__(self, space: Space, damage: Callable[[str, object], float],
-                 joint: Callable[[Candidate], float] | None = None) -> None:
+                 joint: Callable[[Candidate], float] | None = None, *, optimism: float = OPTIMISM,
+                 min_rank_correlation: float = MIN_RANK_CORRELATION) -> None:
         self.space, self.damage, self.joint = space, damage, joint
+        self.optimism, self.min_rank_correlation = optimism, min_rank_correlation
         self.kinds = sorted({v.kind for v in space.variables}, key=[t.kind for t in registered()].index)
         self.regressor = None
         self.fit_report = SurrogateFit(0, None, None)
@@ -68,7 +70,7 @@ class AccuracyModel:
     @property
     def ready(self) -> bool:
         score = self.fit_report.held_out_spearman
-        return self.regressor is not None and score is not None and score >= MIN_RANK_CORRELATION
+        return self.regressor is not None and score is not None and score >= self.min_rank_correlation
 
     def features(self, candidate: Candidate) -> np.ndarray:
         damages = decision_damages(self.space, candidate, self.damage)
@@ -90,11 +92,7 @@ class AccuracyModel:
         if len(y) < MIN_TRIALS:
             self.regressor, self.fit_report = None, SurrogateFit(len(y), None, prior, joint)
             return self.fit_report
-        held_out = np.empty_like(y)
-        folds = np.arange(len(y)) % _FOLDS
-        for fold in range(_FOLDS):
-            test = folds == fold
-            held_out[test] = _regressor().fit(x[~test], y[~test]).predict(x[test])
+        held_out = cross_validated(lambda fit_x, fit_y, x_out: _regressor().fit(fit_x, fit_y).predict(x_out), x, y)
         self.regressor = _regressor().fit(x, y)
         self.fit_report = SurrogateFit(len(y), spearman(held_out, y), prior, joint)
         return self.fit_report
@@ -113,12 +111,24 @@ class AccuracyModel:
         if not self.ready:
             return None
         mean, std = self.expect([candidate])
-        optimistic = float(mean[0] + _OPTIMISM * std[0])
+        optimistic = float(mean[0] + self.optimism * std[0])
         for accuracy, latency, size in front:
             if latency <= latency_ms and size <= size_bytes and accuracy > optimistic:
                 return (f"expected {mean[0]:.2%} ± {std[0]:.2%}; a front point at {latency:.3f} ms has "
                         f"{accuracy:.2%}")
         return None
+
+
+def cross_validated(fit_predict: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], x: np.ndarray,
+                    y: np.ndarray, folds: int = _FOLDS) -> np.ndarray:
+    """Each row's prediction by ``fit_predict(x_fit, y_fit, x_out)`` fit on the other folds (rows
+    dealt into ``folds`` in turn): what a model ranks on trials it did not learn from."""
+    held_out = np.empty(len(y))
+    assignment = np.arange(len(y)) % folds
+    for fold in range(folds):
+        out = assignment == fold
+        held_out[out] = fit_predict(x[~out], y[~out], x[out])
+    return held_out
 
 
 def _regressor() -> RandomForestRegressor:
@@ -129,7 +139,7 @@ def decision_damages(space: Space, candidate: Candidate, damage: Callable[[str, 
                      ) -> list[tuple[str, float]]:
     """(technique kind, measured damage alone) of each decision ``candidate`` changes."""
     return [(var.kind, damage(var.name, value)) for var in space.variables
-            if (value := candidate.of(var.kind).get(var.unit, space.neutral(var))) != space.neutral(var)]
+            if (value := space.value_of(candidate, var)) != space.neutral(var)]
 
 
 def damage_by_kind(space: Space, candidate: Candidate, damage: Callable[[str, object], float]) -> dict[str, float]:

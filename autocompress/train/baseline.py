@@ -24,14 +24,15 @@ DEFAULT_TIME_CAP_S = PlateauConfig.time_cap_s
 
 
 def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, train_steps: int | str, splits,
-                   cache_dir: Path, train_time_cap_s: float = DEFAULT_TIME_CAP_S, map_jobs=None) -> torch.nn.Module:
+                   cache_dir: Path, train_time_cap_s: float = DEFAULT_TIME_CAP_S, map_jobs=None,
+                   progress: bool = False) -> torch.nn.Module:
     """The uncompressed model: from ``weights``, or trained here and cached in ``cache_dir``;
     ``train_steps``: a number of steps, or ``AUTO_STEPS`` (within ``train_time_cap_s`` seconds).
 
     For a supernet (``space:PATH``) it is the largest subnet, trained with all the others by
     weight sharing for ``train_steps`` sandwich steps (``AUTO_STEPS``: the default of
     ``train.supernet``), resumable from ``cache_dir/supernet`` after a kill; ``map_jobs`` (a Ray
-    executor's) spreads its steps over workers."""
+    executor's) spreads its steps over workers. ``progress``: show a bar while it trains."""
     if weights is not None:
         return resolve_model(model_spec, num_classes=num_classes, weights=weights)
     model = resolve_model(model_spec, num_classes=num_classes)
@@ -53,10 +54,11 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
             _warn_if_under_trained(recorded.get("training"))
             return load_weights(model, cached).eval()
     if is_space_spec(model_spec):
-        train_supernet(model, splits.train, cache_dir / "supernet", config=config, key=key, map_jobs=map_jobs)
+        train_supernet(model, splits.train, cache_dir / "supernet", config=config, key=key, map_jobs=map_jobs,
+                       progress=progress)
         training = {"steps": config.steps, "stopped": "supernet_sandwich_steps"}
     else:
-        training = _train(model, splits.train, train_steps, train_time_cap_s)
+        training = _train(model, splits.train, train_steps, train_time_cap_s, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cached) as partial:  # a kill mid-write leaves the old file or none, never half of one
         torch.save(model.state_dict(), partial)
@@ -71,13 +73,13 @@ def baseline_training(cache_dir: Path) -> dict | None:
     return json.loads(meta.read_text()).get("training") if meta.is_file() else None
 
 
-def _train(model: torch.nn.Module, dataset, train_steps: int | str, time_cap_s: float) -> dict:
+def _train(model: torch.nn.Module, dataset, train_steps: int | str, time_cap_s: float, progress: bool) -> dict:
     if train_steps != AUTO_STEPS:
         log.info("training the baseline for %d steps", train_steps)
-        train_classifier(model, dataset, steps=train_steps)
+        train_classifier(model, dataset, steps=train_steps, progress=progress)
         return {"steps": train_steps, "stopped": "fixed_steps"}
     log.info("training the baseline until its held-out accuracy stops improving (at most %g s)", time_cap_s)
-    run = train_to_plateau(model, dataset, PlateauConfig(time_cap_s=time_cap_s))
+    run = train_to_plateau(model, dataset, PlateauConfig(time_cap_s=time_cap_s), progress=progress)
     log.info("baseline: %d steps, stopped by %s, held-out accuracy %.1f%%", run.steps, run.stopped,
              100 * run.held_out_accuracy)
     training = run.to_dict()

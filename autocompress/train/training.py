@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .data import make_loader
 from .scores import model_outputs, top1
@@ -18,7 +19,7 @@ TRAINING_LR = 3e-3  # AdamW's learning rate for a network trained on its labels 
 
 
 def train_classifier(model: nn.Module, dataset: Dataset, *, steps: int, batch_size: int = 64, lr: float = TRAINING_LR,
-                     seed: int = 0) -> nn.Module:
+                     seed: int = 0, progress: bool = False) -> nn.Module:
     """Train with AdamW and a cosine schedule for a fixed number of steps; returns the model in eval mode."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps=}")
@@ -27,7 +28,7 @@ def train_classifier(model: nn.Module, dataset: Dataset, *, steps: int, batch_si
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     batches = itertools.cycle(make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed))
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="baseline training", unit="step", disable=not progress):
         images, labels = next(batches)
         loss = F.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
