@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -62,10 +63,15 @@ def main() -> None:
     args = parser.parse_args()
     report_path = args.out / "fashion_mnist.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"cells": {}}
+    for cell in report["cells"].values():  # cells written when the commit was recorded once per report
+        cell.setdefault("commit", report.get("commit"))
+        cell.setdefault("machine", report.get("machine"))
+    report.pop("commit", None), report.pop("machine", None)
     for cell in args.cells:
         model, budget = cell.split("@")
-        report["cells"][cell] = one_cell(model, budget, args)
-        report.update(machine=machine_info().get("cpu"), commit=_commit())
+        # each cell records what produced it: cells of one report may come from different commits
+        report["cells"][cell] = one_cell(model, budget, args) | {
+            "commit": _commit(), "machine": machine_info().get("cpu"), "cores": len(os.sched_getaffinity(0))}
         args.out.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "fashion_mnist.md").write_text(markdown(report))
@@ -137,13 +143,18 @@ def floors(rows: list[dict], small: dict, baseline_test: float, card: dict, budg
 
 def markdown(report: dict) -> str:
     lines = ["# Fashion-MNIST at 32 px: the search where compression costs accuracy", "",
-             f"Commit {report.get('commit')}, {report.get('machine')}. Scores are top-1 on the official test split "
-             "(10,000 images) unless marked validation; latency measured in one sweep per cell (fastest run).", ""]
+             "Scores are top-1 on the official test split (10,000 images) unless marked validation; latency "
+             "measured in one sweep per cell (fastest run).", ""]
     for cell, c in report["cells"].items():
         base = c["baseline"]
+        training = base.get("training") or {}
+        trained = (f" Trained {training['steps']} steps, stopped by {training.get('stopped')}."
+                   if training.get("steps") else "")
+        cores = f", {c['cores']} core(s)" if c.get("cores") else ""
         lines += [f"## {cell} ({c['budget_ms']:.3f} ms; {c['trials']} fine-tunes, {c['search_minutes']} min)", "",
+                  f"Commit {c.get('commit')}, {c.get('machine')}{cores}.", "",
                   f"Baseline: test {100 * base['test']:.2f}%, validation {100 * base['validation']:.2f}%, "
-                  f"{base['measured_ms']:.3f} ms.", "",
+                  f"{base['measured_ms']:.3f} ms.{trained}", "",
                   "| | trial | measured ms | x budget | validation % | test % |", "|---|---|---|---|---|---|"]
         for r in c["rows"]:
             lines.append(f"| {r['name']} | {r['trial'] if r['trial'] is not None else '-'} | {r['measured_ms']:.3f} | "
