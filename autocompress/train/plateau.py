@@ -91,10 +91,12 @@ def held_out_split(dataset: Dataset, config: PlateauConfig) -> tuple[Subset, Sub
 def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig = PlateauConfig(), *,
                      progress: bool = False) -> PlateauRun:
     """Train ``model`` in place (AdamW) until its held-out accuracy stops improving or a cap is
-    reached; leaves it in eval mode with the best weights. ``progress``: a bar of the steps, with
-    the held-out accuracy and the time left under the cap."""
+    reached; leaves it in eval mode with the best weights. ``progress``: a bar of the time cap
+    (a plateau usually ends the training before it), with the steps and the held-out accuracy."""
     started = time.monotonic()
-    bar = tqdm(total=config.max_steps, desc="baseline training", unit="step", disable=not progress)
+    # the bar runs against the time cap: a step count has no end a user could read off
+    bar = tqdm(total=round(config.time_cap_s), desc="baseline training", unit="s", disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total} s of the cap{postfix}")
     fit, held_out = held_out_split(dataset, config)
     torch.manual_seed(config.seed)
     lr, drops_left = config.lr, config.lr_drops
@@ -112,13 +114,12 @@ def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig =
             loss.backward()
             optimizer.step()
             step += 1
-            bar.update()
             if step >= config.max_steps or time.monotonic() - started >= config.time_cap_s:
                 stopped = "step_cap" if step >= config.max_steps else "time_cap"
                 break
         score = _scored(model, fit, held_out, config)
-        bar.set_postfix_str(f"held-out {score:.1%}, best {max(score, best_accuracy):.1%}, "
-                            f"{max(0.0, config.time_cap_s - (time.monotonic() - started)):.0f} s left of the cap")
+        bar.update(min(time.monotonic() - started, config.time_cap_s) - bar.n)
+        bar.set_postfix_str(f"step {step}, held-out {score:.1%}, best {max(score, best_accuracy):.1%}")
         if score > best_accuracy:
             best_accuracy, best_step, best_state, waited = score, step, _copy(model), 0
             if score >= 1.0:
