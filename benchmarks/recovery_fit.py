@@ -55,7 +55,7 @@ def main() -> None:
             problem = build_problem(ProblemSpec(model=spec), cache_dir=args.work / spec)
         except AutocompressError as exc:
             parser.error(f"--cells {cell}: {exc}")
-        damage = problem.measure_sensitivities(args.work / spec).kl
+        damage = problem.with_sensitivities(args.work / spec).sensitivities.kl
         fit = fit_recovery_weights(problem.space, damage, candidates, accuracies)
         rows.append({"cell": cell, "guides": guides, **fit.to_dict()})
         print(cell, fit.to_dict(), flush=True)

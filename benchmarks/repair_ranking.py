@@ -59,7 +59,7 @@ def main() -> None:
 
     problem = build_problem(ProblemSpec(model=args.model), cache_dir=args.work / args.model)
     problem.learn_kernels()
-    problem.measure_sensitivities(args.work / args.model)
+    problem = problem.with_sensitivities(args.work / args.model)
     budget_ms = budget.resolve(problem.baseline_ms)
     chance = ChanceConstraint(DEFAULT_CONFIDENCE)
     damages = {"macs": MAC_SHARE, "kl": MeasuredDamage(problem.sensitivities.kl)}

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_models import COVERAGE_MODELS, tiny_resnet
+from reference_models import COVERAGE_MODELS, TINY_SEARCH, tiny_resnet
 from torch import nn
 
 from autocompress.hardware.store import PIN_VARIABLE, SHIPPED_MODELS, load_hardware_model
+from autocompress.search.problem import SearchProblem, build_problem
 from autocompress.train.data import load_dataset
 from autocompress.train.models import resolve_model
 from autocompress.train.training import train_classifier
@@ -84,3 +85,31 @@ def trained_models(digits):
 @pytest.fixture
 def tiny():
     return tiny_resnet()
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline_dir(tmp_path_factory):
+    """Where ``tiny_search_problem``'s baseline is cached: a search folder given copies of its
+    baseline.pt and baseline.json reads them instead of training its own (``with_tiny_baseline``)."""
+    return tmp_path_factory.mktemp("tiny_baseline")
+
+
+@pytest.fixture(scope="session")
+def tiny_search_problem(tiny_baseline_dir) -> SearchProblem:
+    """``TINY_SEARCH`` built once a session. Searches given it (``run_search(problem=...)``) must not
+    change it: give a search that measures sensitivities a problem of its own."""
+    return build_problem(TINY_SEARCH, cache_dir=tiny_baseline_dir)
+
+
+@pytest.fixture(scope="session")
+def with_tiny_baseline(tiny_search_problem, tiny_baseline_dir):
+    """``out`` -> ``out``, holding the tiny problem's cached baseline (so `export` finds the same one)."""
+    import shutil
+
+    def seed(out: Path) -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("baseline.pt", "baseline.json"):
+            shutil.copy(tiny_baseline_dir / name, out / name)
+        return out
+
+    return seed

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autocompress.search.problem import ProblemSpec
+
 # The models issue 2 must cover, and how long each trains on digits to be a meaningful baseline.
+# The search problem most search tests share (``conftest.tiny_search_problem``): a tiny ResNet on
+# digits, its baseline trained once a session.
+TINY_SEARCH = ProblemSpec(model="reference_models:tiny_resnet", train_steps=80)
+
 COVERAGE_MODELS = {
     "resnet18": 120,
     "mobilenet_v2": 150,

@@ -18,7 +18,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autocompress.train.finetune import DistillationConfig
-from autocompress.search.problem import ProblemSpec, build_problem
+from autocompress.search.problem import ProblemSpec
+from reference_models import TINY_SEARCH as TINY
 from autocompress.search.folder import SearchFolder
 from autocompress.search.run import ExecutionSettings, LatencySettings, SearchSettings, open_study, run_search
 
@@ -27,13 +28,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-TINY = ProblemSpec(model="reference_models:tiny_resnet", train_steps=80)
 TESTS = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def problem(tmp_path_factory):
-    return build_problem(TINY, cache_dir=tmp_path_factory.mktemp("tiny_baseline"))
 
 
 @pytest.fixture
@@ -62,10 +57,10 @@ def _settings(out: Path, *, trials: int, steps: int = 12, **ray_args) -> SearchS
                           execution=ExecutionSettings(executor="ray", cpus_per_trial=1, **ray_args))
 
 
-def test_trials_run_on_every_node_of_a_multi_node_cluster(cluster, problem, tmp_path):
+def test_trials_run_on_every_node_of_a_multi_node_cluster(cluster, tiny_search_problem, tmp_path):
     cluster_, _ = cluster
     outcome = run_search(_settings(tmp_path, trials=9, workers=3, ray_address=cluster_.address), progress=False,
-                         problem=problem)
+                         problem=tiny_search_problem)
     trials = _finetuned(_study(tmp_path).get_trials())
     assert len(trials) == 9 and len(outcome.front) >= 1
     nodes = {t.user_attrs["worker"]["node_id"] for t in trials}
@@ -92,7 +87,8 @@ def _kill_when_running(out: Path, kill, stop: threading.Event) -> dict:
 
 
 @pytest.mark.parametrize("what", ["worker process", "node"])
-def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost(what, cluster, problem, tmp_path):
+def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost(what, cluster, tiny_search_problem,
+                                                                                 tmp_path):
     cluster_, nodes = cluster
 
     def kill(worker):
@@ -108,7 +104,7 @@ def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost
     watcher = threading.Thread(target=lambda: killed.update(_kill_when_running(tmp_path, kill, stop)))
     watcher.start()
     try:
-        run_search(settings, progress=False, problem=problem)
+        run_search(settings, progress=False, problem=tiny_search_problem)
     finally:
         stop.set()
         watcher.join()
@@ -124,7 +120,7 @@ def test_a_worker_or_node_lost_mid_trial_is_retried_and_nothing_finished_is_lost
     assert not [t for t in trials if t.state == TrialState.FAIL]
 
 
-def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp_path, problem):
+def test_a_driver_killed_with_sigkill_resumes_and_keeps_every_finished_trial(tmp_path):
     out = tmp_path / "search"
     command = [sys.executable, "-m", "autocompress.cli", "search", "reference_models:tiny_resnet", "--budget", "5ms",
                "--trials", "8", "--train-steps", "80", "--finetune-steps", "20", "--out", str(out), "--quiet",

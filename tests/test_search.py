@@ -22,13 +22,13 @@ from autocompress.cli.main import main
 from autocompress.errors import AutocompressError
 from autocompress.train.finetune import DistillationConfig, FinetuneDiverged, TeacherOutputs, distill, evaluate_accuracy
 from autocompress.search.folder import SearchFolder, load_front
-from autocompress.search.problem import ProblemSpec, SearchProblem, build_problem
+from autocompress.search.problem import SearchProblem
 from autocompress.core.space import Space
 from autocompress.core.policies import warm_start_policies
 from autocompress.search.run import LatencySettings, SearchSettings, run_search
 from autocompress.search.stopping import HopelessRule
+from reference_models import TINY_SEARCH as TINY
 
-TINY = ProblemSpec(model="reference_models:tiny_resnet", train_steps=80)
 FAST = DistillationConfig(steps=12)
 # The MAC-share guide and the predictions alone: nothing measured before the trials, nothing timed in them
 QUICK = dict(guide="macs", latency=LatencySettings.predicted_only())
@@ -101,18 +101,8 @@ def test_a_repair_that_ranks_cheap_small_moves_first_still_reaches_a_deep_budget
     assert [m[1] for m in _step(moves, useful, [0.1] * 6, gap_ms=8.0)] == ["a", "b", "c", "d", "e"]
 
 
-@pytest.fixture(scope="module")
-def baseline_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny_baseline")
-
-
-@pytest.fixture(scope="module")
-def tiny_problem(baseline_dir) -> SearchProblem:
-    return build_problem(TINY, cache_dir=baseline_dir)
-
-
-def test_distillation_recovers_a_pruned_model_and_a_nan_loss_is_reported(tiny_problem, digits):
-    problem = tiny_problem
+def test_distillation_recovers_a_pruned_model_and_a_nan_loss_is_reported(tiny_search_problem, digits):
+    problem = tiny_search_problem
     candidate = problem.space.sample(random.Random(3), density=1.0)
     before = evaluate_accuracy(problem.build(candidate), digits.val)
     _, result = problem.finetune(candidate, DistillationConfig(steps=40))
@@ -128,13 +118,11 @@ def test_distillation_recovers_a_pruned_model_and_a_nan_loss_is_reported(tiny_pr
 
 
 @pytest.fixture(scope="module")
-def finished_search(tmp_path_factory, tiny_problem, baseline_dir):
-    out = tmp_path_factory.mktemp("search")
-    for name in ("baseline.pt", "baseline.json"):  # the baseline cache, so `export` finds the same baseline
-        shutil.copy(baseline_dir / name, out / name)
+def finished_search(tmp_path_factory, tiny_search_problem, with_tiny_baseline):
+    out = with_tiny_baseline(tmp_path_factory.mktemp("search"))
     settings = SearchSettings(problem=TINY, budget="0.7x", out=out, trials=10, finetune=FAST, seed=1, **QUICK)
-    outcome = run_search(settings, progress=False, problem=tiny_problem)
-    return settings, outcome, tiny_problem
+    outcome = run_search(settings, progress=False, problem=tiny_search_problem)
+    return settings, outcome, tiny_search_problem
 
 
 def test_search_writes_a_front_under_budget_with_warm_start_and_cheap_rejections(finished_search):

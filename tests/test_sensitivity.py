@@ -17,6 +17,7 @@ from autocompress.core.policies import warm_start_policies
 from autocompress.search.allocation import allocate, expected_damage
 from autocompress.search.boundary import repair_to_budget
 from autocompress.search.damage import MeasuredDamage
+from autocompress.search.screening import SCREENED_ORIGINS
 from autocompress.search.surrogate import MIN_TRIALS, AccuracyModel
 from autocompress.train.data import load_dataset
 from autocompress.train.sensitivity import REFERENCE, JointDamage, SensitivityConfig, measure_sensitivities
@@ -202,9 +203,12 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
     from autocompress.train.finetune import DistillationConfig
 
     spec = ProblemSpec(model="reference_models:tiny_resnet", train_steps=40)
-    # on the predicted mean: enough trials fit the budget for the accuracy model to be fit
+    # on the predicted mean: enough trials fit the budget for the accuracy model to be fit. The
+    # guide's trust thresholds are lowered so that screening and the reallocations happen within
+    # 24 trials of a tiny model (the rules themselves, at their defaults, are tested in test_guides)
     settings = SearchSettings(problem=spec, budget="0.6x", out=tmp_path, trials=24,
                               finetune=DistillationConfig(steps=4), guide="surrogate",
+                              guide_options={"min_rank_correlation": -1.0, "optimism": 0.0, "min_recovery_gain": -2.0},
                               latency=LatencySettings.predicted_only(0.5))
     outcome = run_search(settings, progress=False)
     assert json.loads((tmp_path / "search.json").read_text())["settings"]["search"]["guide"] == "surrogate"
@@ -228,15 +232,16 @@ def test_a_surrogate_guided_search_measures_once_seeds_allocations_and_records_i
     assert -1 <= fit["joint_spearman"] <= 1  # the candidates' own damage was measured and set against them
     recovery = study.user_attrs["recovery_weights"]
     assert recovery["trials"] == fit["trials"] and max(recovery["weights"].values()) == 1.0
-    if recovery["trusted"]:  # weights that rank better than the raw damages lead to allocations of their own
-        assert study.user_attrs["reallocated_at"][0] >= MIN_TRIALS
-    for trial in study.trials:
-        if trial.user_attrs.get("origin", "").startswith("reallocation:"):
-            share = float(trial.user_attrs["origin"].split(":")[1].rstrip("x"))
-            assert trial.user_attrs["predicted_ms"] <= share * outcome.budget_ms + 1e-9
+    # trusted weights lead to allocations of their own, once the fine-tuned trials reach MIN_TRIALS
+    # (in a space this small they may all be candidates the study already holds: those are not queued twice)
+    assert recovery["trusted"] and study.user_attrs["reallocated_at"][0] == MIN_TRIALS
+    for trial in [t for t in study.trials if t.user_attrs.get("origin", "").startswith("reallocation:")]:
+        share = float(trial.user_attrs["origin"].split(":")[1].rstrip("x"))
+        assert trial.user_attrs["predicted_ms"] <= share * outcome.budget_ms + 1e-9
     screened = [t for t in study.trials if t.user_attrs.get("status") == "screened"]
+    assert screened, "the accuracy model screened nothing"
     assert all(t.state == optuna.trial.TrialState.PRUNED and "front point" in t.user_attrs["fail_reason"]
-               for t in screened)
+               and t.user_attrs["origin"] in SCREENED_ORIGINS for t in screened)
     # trials counts fine-tunes: neither screened proposals nor those told over the budget
     assert sum(t.user_attrs["status"] in ("evaluated", "stopped_early")
                for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 24

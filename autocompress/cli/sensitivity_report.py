@@ -46,6 +46,6 @@ def inspect_sensitivity(args, shape: tuple[int, ...]) -> int:
                        space=space_options_from_args(args),
                        search_space=args.space)
     problem = build_problem(spec, cache_dir=args.sensitivity, progress=True)
-    table = problem.measure_sensitivities(args.sensitivity, progress=True)
+    table = problem.with_sensitivities(args.sensitivity, progress=True).sensitivities
     print(format_sensitivities(table, folder=args.sensitivity, top=args.top))
     return 0

@@ -12,7 +12,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -105,8 +105,11 @@ class ProblemSpec:
         return cls(**(named | settings))  # ``task=MODULE:FUNCTION``: the Task a --task function made
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchProblem:
+    """Everything a trial needs, built once by ``build_problem``; a step that learns more (the
+    model's level, the sensitivities) makes a new one (``at_level``, ``with_sensitivities``)."""
+
     spec: ProblemSpec
     splits: DatasetSplits
     baseline: torch.nn.Module
@@ -138,7 +141,7 @@ class SearchProblem:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if self.splits is None:
-            self.splits = task_for_spec(self.spec).splits()
+            self.__dict__["splits"] = task_for_spec(self.spec).splits()
 
     def predict(self, candidate: Candidate) -> LatencyPrediction:
         return self.hardware.predict_candidate(self.analysis, candidate)
@@ -165,15 +168,24 @@ class SearchProblem:
                          device=self.device)
         return student.cpu(), result
 
-    def measure_sensitivities(self, folder: Path, *, map_jobs=None, progress: bool = False) -> Sensitivities:
-        """The damage of each decision value alone (``train.sensitivity``), cached in ``folder``'s
-        ``sensitivity/``, with its chart beside it (``sensitivity.png``)."""
-        self.sensitivities = measure_sensitivities(
+    def with_sensitivities(self, folder: Path, *, map_jobs=None, progress: bool = False) -> SearchProblem:
+        """This problem with the damage of each decision value alone (``train.sensitivity``),
+        measured or read from ``folder``'s ``sensitivity/``, with its chart beside it."""
+        table = measure_sensitivities(
             self.baseline, self.space, self.example, torch.cat(self.calibration), unaugmented(self.splits.train),
             Path(folder) / "sensitivity", rules=self.hardware.quantization_rules, cell_weights=self.cell_weights,
             map_jobs=map_jobs, progress=progress)
-        plot_sensitivities(Path(folder) / "sensitivity" / "sensitivity.png", self.sensitivities)
-        return self.sensitivities
+        plot_sensitivities(Path(folder) / "sensitivity" / "sensitivity.png", table)
+        return replace(self, sensitivities=table)
+
+    def at_level(self, ratio: float, baseline_ms: float | None = None) -> SearchProblem:
+        """This problem predicting at ``ratio`` times the hardware model's level (``hardware.model_level``);
+        ``baseline_ms``: the baseline as measured, which a relative budget is a share of."""
+        return replace(self, hardware=self.hardware.at_level(ratio),
+                       baseline_ms=self.baseline_ms if baseline_ms is None else baseline_ms)
+
+    def on_device(self, device: str) -> SearchProblem:
+        return replace(self, device=device)
 
     def joint_damage(self) -> JointDamage:
         """The damage of whole candidates, measured as the sensitivities are (``train.sensitivity``)."""
@@ -227,7 +239,9 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
         spec=spec, splits=splits, baseline=baseline, example=example, analysis=analysis, space=space,
         hardware=hardware, teacher=TeacherOutputs(baseline, splits.train, cache=items_never_change(splits.train)),
         calibration=calibration_batches(splits.train),
-        baseline_ms=hardware.predict_candidate(analysis, space.default()).ms,
+        # a measured baseline (own candidates' level) is what a relative budget is a share of
+        baseline_ms=(host_level.baseline_ms if host_level is not None and host_level.baseline_ms is not None
+                     else hardware.predict_candidate(analysis, space.default()).ms),
         baseline_accuracy=evaluate(baseline, splits.val, score=task.score),
         baseline_bytes=footprint_of_candidate(analysis, space.default()).bytes,
         device=device, cell_weights=cell_weights,

@@ -37,11 +37,12 @@ class RecoveryWeights:
     trials: int
     held_out_spearman: float | None  # the weighted sum against the fine-tuned accuracies, held out
     raw_spearman: float | None  # the raw sum against the same accuracies
+    min_gain: float = 0.0  # how much better than the raw sum the weights must rank to be trusted
 
     @property
     def trusted(self) -> bool:
         return (self.held_out_spearman is not None and self.raw_spearman is not None
-                and self.held_out_spearman > self.raw_spearman)
+                and self.held_out_spearman > self.raw_spearman + self.min_gain)
 
     def damage(self, space: Space, raw: Callable[[str, object], float]) -> MeasuredDamage:
         """``raw`` (``Sensitivities.kl``) with each variable's damage weighted by its technique."""
@@ -54,17 +55,17 @@ class RecoveryWeights:
 
 
 def fit_recovery_weights(space: Space, raw: Callable[[str, object], float], candidates: Sequence[Candidate],
-                         accuracies: Sequence[float]) -> RecoveryWeights:
+                         accuracies: Sequence[float], *, min_gain: float = 0.0) -> RecoveryWeights:
     kinds = sorted({v.kind for v in space.variables})
     y = np.asarray(accuracies, float)
     if len(y) < MIN_TRIALS:
-        return RecoveryWeights(dict.fromkeys(kinds, 1.0), len(y), None, None)
+        return RecoveryWeights(dict.fromkeys(kinds, 1.0), len(y), None, None, min_gain)
     x = np.array([[by_kind[k] for k in kinds] for by_kind in (damage_by_kind(space, c, raw) for c in candidates)])
     lost = y.max() - y
     held_out = cross_validated(lambda fit_x, fit_lost, x_out: x_out @ _weights(fit_x, fit_lost), x, lost)
     weights = _weights(x, lost)
     return RecoveryWeights(dict(zip(kinds, weights.tolist())), len(y), spearman(-held_out, y),
-                           spearman(-x.sum(axis=1), y))
+                           spearman(-x.sum(axis=1), y), min_gain)
 
 
 def _weights(x: np.ndarray, lost: np.ndarray) -> np.ndarray:

@@ -68,28 +68,19 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
                executor: Executor | None = None) -> SearchOutcome:
     """Run (or resume) the search described by ``settings``; write its results into ``settings.out``.
 
+    The steps, in order: check every input (nothing is written before) -> build the problem
+    (baseline, cells) and calibrate its latency level -> the guide's measurements -> seed the study
+    -> drive the trials -> write the results. ``problem``: one already built (tests, benchmarks);
     ``executor`` evaluates the fine-tunes (default: one at a time in this process; see
     ``search.executors.ray_pool.RayExecutor`` for a cluster)."""
     settings = settings.with_hardware_pinned()
     out = settings.out
     search_json = SearchFolder(out).search_json
     fresh = not search_json.is_file()
-    _check_resumable(search_json, settings)
     budget = Budget.parse(settings.budget)
-    # Every input is checked before anything is created in ``out`` or trained.
-    check_storage(settings.storage_url, **search_fix(settings.out, settings.execution.storage))
-    if executor is None and settings.execution.ray_address:
-        from .executors.ray_pool import check_ray_address
-
-        check_ray_address(settings.execution.ray_address)
-    # A budget in ms is checked at the host's level, once it is known (``_host_level``).
-    latency = settings.latency
-    at_profile_level = budget.unit == "x" or (not latency.calibrate_host and latency.calibrate_model == "off"
-                                              and read_host_level(search_json) is None)
-    chance = ChanceConstraint(latency.budget_confidence)
+    chance = ChanceConstraint(settings.latency.budget_confidence)
+    checked = _check_inputs(settings, budget, chance, problem, executor)
     guide = settings.make_guide()
-    checked = (preflight(settings.problem, budget, check_budget=at_profile_level, chance=chance, task=settings.task)
-               if problem is None else None)
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(settings, score=(problem.score if problem is not None else checked.task.score).name)
     own_executor = executor is None
@@ -98,20 +89,12 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     host_level = None
     try:
         if problem is None:
-            own_level = fresh and _wants_model_level(settings, checked.hardware)
-            host_level = None if own_level else _host_level(search_json, settings)
-            problem = build_problem(settings.problem, cache_dir=out, host_level=host_level, progress=progress,
-                                    map_jobs=getattr(executor, "map_jobs", None), task=checked.task,
-                                    hardware=checked.hardware)
-            if own_level:
-                host_level = _model_level(settings, problem, progress)
-            if host_level is not None and host_level.baseline_ms is not None:
-                problem.baseline_ms = host_level.baseline_ms  # measured: what a relative budget is a share of
+            problem, host_level = _calibrated_problem(settings, checked, fresh, executor, progress)
         problem.learn_kernels()
-        if checked is None or not at_profile_level or host_level is not None:
+        if checked is None or not _at_profile_level(settings, budget) or host_level is not None:
             check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms, chance=chance)  # no trial yet
         if guide.needs_sensitivities and problem.sensitivities is None:
-            problem.measure_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
+            problem = problem.with_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
         if own_executor:
             executor = executor.attach(problem) if executor is not None else make_executor(settings, problem)
     except BaseException:
@@ -122,14 +105,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     write_search_json(search_json, settings, problem, budget_ms, host_level)
     fail_stale_trials(study)
     guide.start(problem, study, budget_ms, chance)
-    if settings.warm_start and warm_start_is_ours(study):
-        for seed in guide.seeds():
-            study.enqueue_trial(seed.params, user_attrs={"origin": seed.origin})
-        for params in sparse_random_starts(problem.space, population_size(settings.trials), settings.seed):
-            study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
-        study.set_user_attr("warm_started", True)
+    _seed_study(settings, study, guide, problem.space)
     time_everything = times_every_candidate(host_level)
-    if time_everything and latency.measure_near_budget > 0:
+    if time_everything and settings.latency.measure_near_budget > 0:
         log.warning("this model's own candidates are read %.0f%% off even at their level: every candidate is timed "
                     "before its fine-tune, not only those near the budget", 100 * host_level.residual_error)
     interrupted, cluster_lost = False, None
@@ -144,10 +122,67 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     finally:
         if own_executor:
             executor.close()
+    return _write_outcome(settings, study, problem, budget_ms, time_everything, interrupted, cluster_lost)
+
+
+def _check_inputs(settings: SearchSettings, budget: Budget, chance: ChanceConstraint, problem: SearchProblem | None,
+                  executor: Executor | None):
+    """Every input checked before anything is created in ``out`` or trained; the model, data and
+    hardware model loaded on the way (``preflight``), None when a problem is given ready-made."""
+    _check_resumable(SearchFolder(settings.out).search_json, settings)
+    check_storage(settings.storage_url, **search_fix(settings.out, settings.execution.storage))
+    if executor is None and settings.execution.ray_address:
+        from .executors.ray_pool import check_ray_address
+
+        check_ray_address(settings.execution.ray_address)
+    if problem is not None:
+        return None
+    # A budget in ms is checked at the host's level, once it is known (``_calibrated_problem``).
+    return preflight(settings.problem, budget, check_budget=_at_profile_level(settings, budget), chance=chance,
+                     task=settings.task)
+
+
+def _at_profile_level(settings: SearchSettings, budget: Budget) -> bool:
+    """Whether the search predicts at the hardware model's own level (nothing timed here first)."""
+    latency = settings.latency
+    return budget.unit == "x" or (not latency.calibrate_host and latency.calibrate_model == "off"
+                                  and read_host_level(SearchFolder(settings.out).search_json) is None)
+
+
+def _calibrated_problem(settings: SearchSettings, checked, fresh: bool, executor: Executor | None,
+                        progress: bool) -> tuple[SearchProblem, HostLevel | None]:
+    """The problem built (baseline trained or read, cells distilled) and predicting at the level
+    this search judges latency at: its own candidates', the host's, or the hardware model's."""
+    own_level = fresh and _wants_model_level(settings, checked.hardware)
+    host_level = None if own_level else _host_level(SearchFolder(settings.out).search_json, settings)
+    problem = build_problem(settings.problem, cache_dir=settings.out, host_level=host_level, progress=progress,
+                            map_jobs=getattr(executor, "map_jobs", None), task=checked.task, hardware=checked.hardware)
+    if own_level:
+        host_level = _model_level(settings, problem, progress)
+        problem = problem.at_level(host_level.ratio, host_level.baseline_ms)
+    return problem, host_level
+
+
+def _seed_study(settings: SearchSettings, study, guide, space: Space) -> None:
+    """A fresh study starts from the guide's seeds, in its order, then sparse random candidates."""
+    if not (settings.warm_start and warm_start_is_ours(study)):
+        return
+    for seed in guide.seeds():
+        study.enqueue_trial(seed.params, user_attrs={"origin": seed.origin})
+    for params in sparse_random_starts(space, population_size(settings.trials), settings.seed):
+        study.enqueue_trial(params, user_attrs={"origin": "sparse_start"})
+    study.set_user_attr("warm_started", True)
+
+
+def _write_outcome(settings: SearchSettings, study, problem: SearchProblem, budget_ms: float, time_everything: bool,
+                   interrupted: bool, cluster_lost: WorkerLost | None) -> SearchOutcome:
+    """pareto.csv/json, trials.csv and the plots, what was timed near the budget into search.json;
+    the outcome (a lost cluster: one line saying where the results so far are)."""
+    out = settings.out
     records = records_from_study(study)
     files = SearchFolder(out).write_results(records, budget_ms=budget_ms, baseline=problem.baseline_summary())
     near_budget = LocalCorrection.load(problem.space, out).summary() | {"every_candidate": time_everything}
-    record_in_search_json(search_json, near_budget=near_budget)
+    record_in_search_json(SearchFolder(out).search_json, near_budget=near_budget)
     if cluster_lost is not None:
         raise AutocompressError(f"{cluster_lost}; the results so far are in {out}: add workers or nodes and rerun "
                                 "the same command to resume")
@@ -206,7 +241,7 @@ def _wants_model_level(settings: SearchSettings, hardware) -> bool:
 
 def _model_level(settings: SearchSettings, problem: SearchProblem, progress: bool) -> HostLevel:
     """Time the model's own candidates (``hardware.model_level``), into ``latency/`` of the search
-    folder, and predict at their level from now on."""
+    folder; their level, which the search predicts at from now on."""
     spec = settings.problem
     target = ModelUnderTest(spec.model, spec.input_size, problem.baseline, problem.analysis, problem.example)
     log.info("timing %d of this model's own candidates to correct the hardware model for it", OWN_CANDIDATES)
@@ -215,7 +250,6 @@ def _model_level(settings: SearchSettings, problem: SearchProblem, progress: boo
     errors = level.to_dict()
     log.info("own candidates measured %.3fx the predictions; RMS error %.1f%% before, %.1f%% after", level.ratio,
              100 * errors.get("rms_error_before", 0.0), 100 * errors.get("rms_error_after", 0.0))
-    problem.hardware = problem.hardware.at_level(level.ratio)
     # the candidates just timed are measured points: the search reads them, and their neighbours, so
     LocalCorrection.load(problem.space, settings.out).seed_with_own_candidates(settings.out, level.ratio)
     return level

@@ -33,9 +33,7 @@ class _TrialWorker:
         import torch
 
         torch.set_num_threads(max(1, threads))  # as many threads as CPUs declared: workers must not oversubscribe
-        if ray.get_gpu_ids() and torch.cuda.is_available():
-            problem.device = "cuda"
-        self.problem = problem
+        self.problem = problem.on_device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else problem
 
     def info(self) -> dict:
         import ray

@@ -40,13 +40,16 @@ class SurrogateConfig:
     screened_in_a_row: int = SCREENED_IN_A_ROW
     # A fresh set of reallocations once the fine-tuned trials have grown by this factor.
     reallocate_growth: float = 2.0
+    # How much better (held-out rank correlation) than the raw damages the recovery weights must
+    # rank before they steer the repair and the reallocations.
+    min_recovery_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimism < 0 or not -1 <= self.min_rank_correlation <= 1 or self.screened_in_a_row < 1 \
-                or self.reallocate_growth <= 1:
+                or self.reallocate_growth <= 1 or not -2 <= self.min_recovery_gain <= 2:
             raise ValueError(f"optimism {self.optimism} >= 0, min_rank_correlation {self.min_rank_correlation} in "
-                             f"[-1, 1], screened_in_a_row {self.screened_in_a_row} >= 1 and reallocate_growth "
-                             f"{self.reallocate_growth} > 1")
+                             f"[-1, 1], screened_in_a_row {self.screened_in_a_row} >= 1, reallocate_growth "
+                             f"{self.reallocate_growth} > 1 and min_recovery_gain {self.min_recovery_gain} in [-2, 2]")
 
 
 class SurrogateGuide(SensitivityGuide):
@@ -80,7 +83,7 @@ class SurrogateGuide(SensitivityGuide):
         candidates, accuracies = fine_tuned(self.study)
         self.screening.refit(candidates, accuracies)
         self.recovery = fit_recovery_weights(self.problem.space, self.problem.sensitivities.kl, candidates,
-                                             accuracies)
+                                             accuracies, min_gain=self.config.min_recovery_gain)
         self.study.set_user_attr("recovery_weights", self.recovery.to_dict())
 
     def _reallocations(self) -> list[Seed]:
