@@ -60,7 +60,7 @@ class ConvBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """A small CNN of ``ConvBlock``s: the README's example of a user's own model and space."""
+    """A small CNN of ``ConvBlock``s: docs/nas-cells.md's example of a user's own model and space."""
 
     def __init__(self, *, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 3) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 API and the command line use: what is searched (``SearchSettings``), how latency is judged
 (``LatencySettings``) and where the work runs (``ExecutionSettings``).
 
-The defaults are the search the benchmarks found best (``results/search_vs_hand_policy.md``): the
+The defaults are the search the benchmarks found best (``results/search_vs_hand_policy_amx/``): the
 surrogate guide, the model's own level timed first where the hardware model was not profiled on it
 or the budget is relative, and candidates near the budget timed before their fine-tune. The
 command line's flags override single fields; a flag left out leaves the field at these defaults.

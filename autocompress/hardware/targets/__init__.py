@@ -1,7 +1,7 @@
 """Targets, one module each; importing this package registers them (``core.target``).
 
 A second target (ORT's CUDA provider, TensorRT) is one more module here: see
-the README, "Extending: add a target".
+docs/extending.md, "Add a target".
 """
 
 from . import ort_cpu  # noqa: F401  (registers itself)
