@@ -67,11 +67,12 @@ def main() -> None:
         cell.setdefault("commit", report.get("commit"))
         cell.setdefault("machine", report.get("machine"))
     report.pop("commit", None), report.pop("machine", None)
+    commit = _commit()  # the code that runs, read before the hours a cell takes
     for cell in args.cells:
         model, budget = cell.split("@")
         # each cell records what produced it: cells of one report may come from different commits
         report["cells"][cell] = one_cell(model, budget, args) | {
-            "commit": _commit(), "machine": machine_info().get("cpu"), "cores": len(os.sched_getaffinity(0))}
+            "commit": commit, "machine": machine_info().get("cpu"), "cores": len(os.sched_getaffinity(0))}
         args.out.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "fashion_mnist.md").write_text(markdown(report))

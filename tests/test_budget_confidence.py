@@ -17,8 +17,10 @@ from autocompress.errors import BudgetError
 from autocompress.hardware import LatencyPrediction
 from autocompress.search.allocation import allocate
 from autocompress.search.boundary import fastest_candidate, repair_to_budget
-from autocompress.search.budget import Budget, ChanceConstraint
+from autocompress.search.budget import MEASURED_MARGIN, Budget, ChanceConstraint
 from autocompress.search.driver import _PROPOSALS_PER_TRIAL, TrialDriver
+from autocompress.search.latency_pipeline import LatencyPipeline
+from autocompress.search.local_correction import LocalCorrection
 from autocompress.search.executors import TrialResult
 from autocompress.search.pareto import records_from_study
 from autocompress.search.preflight import check_reachable
@@ -35,7 +37,10 @@ def test_a_prediction_meets_the_budget_with_the_confidence_asked_and_a_measureme
     assert ChanceConstraint(0.9).upper_ms(1.0, 0.1) == pytest.approx(1.0 + 0.1 * Z90)
     assert ChanceConstraint(0.9).over_budget_ms(1.0, 0.1, 1.05) == pytest.approx(1.0 + 0.1 * Z90 - 1.05)
     assert ChanceConstraint(0.5).over_budget_ms(1.0, 0.1, 1.05) == pytest.approx(-0.05)
-    assert ChanceConstraint(0.9).over_budget_ms(1.0, 0.1, 1.05, measured=True) == pytest.approx(-0.05)
+    # measured: by itself, with the margin the export demands (a re-measurement's noise)
+    assert ChanceConstraint(0.9).over_budget_ms(1.0, 0.1, 1.05, measured=True) == \
+        pytest.approx(1.0 - 1.05 * (1 - MEASURED_MARGIN))
+    assert ChanceConstraint(0.5).over_budget_ms(1.02, 0.0, 1.05, measured=True) > 0  # under it, not by the margin
     np.testing.assert_allclose(ChanceConstraint(0.8).upper_ms(np.array([1.0, 2.0]), np.array([0.0, 0.5])),
                                [1.0, 2.0 + 0.5 * 0.8416212335729143])
 
@@ -139,8 +144,8 @@ class MeasuresAt:
         return self.ms
 
 
-@pytest.mark.parametrize("confidence, measured_ms, fits", [(0.9, None, False), (0.5, None, True), (0.9, 1.04, True),
-                                                           (0.5, 1.06, False)])
+@pytest.mark.parametrize("confidence, measured_ms, fits", [(0.9, None, False), (0.5, None, True), (0.9, 0.99, True),
+                                                           (0.5, 1.01, False)])
 def test_the_driver_tells_a_trial_over_budget_by_the_chance_constraint_or_by_its_measurement(
         priced, tmp_path, confidence, measured_ms, fits):
     space, _, _ = priced
@@ -149,15 +154,16 @@ def test_the_driver_tells_a_trial_over_budget_by_the_chance_constraint_or_by_its
                               latency=LatencySettings.predicted_only(confidence))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     executor = Instant()
-    driver = TrialDriver(settings, FixedPrice(space), study, 1.05, executor)
-    if measured_ms is not None:
-        driver.timer = MeasuresAt(measured_ms)
-    driver.run(progress=False)
+    timer = MeasuresAt(measured_ms) if measured_ms is not None else None
+    latency = LatencyPipeline(FixedPrice(space), LocalCorrection(space), 1.05, ChanceConstraint(confidence), tmp_path,
+                              timer)
+    TrialDriver(settings, FixedPrice(space), study, 1.05, executor, latency=latency).run(progress=False)
     trial = study.trials[0]
     # a proposal told over the budget does not count as a trial: the driver draws on, up to its cap
     assert len(study.trials) == (1 if fits else _PROPOSALS_PER_TRIAL * settings.trials)
     latency = 1.0 if measured_ms is None else measured_ms
-    over = latency + (0.1 * ChanceConstraint(confidence).z if measured_ms is None else 0.0) - 1.05
+    over = (latency + 0.1 * ChanceConstraint(confidence).z - 1.05 if measured_ms is None
+            else latency - 1.05 * (1 - MEASURED_MARGIN))
     assert trial.constraints["latency_over_budget_ms"] == pytest.approx(over)
     assert trial.user_attrs["status"] == ("evaluated" if fits else "over_budget")
     assert trial.values == pytest.approx([0.9 if fits else 0.0, latency, 1000])

@@ -127,7 +127,7 @@ def test_seeds_start_with_what_the_front_gains_most_from_and_end_with_those_over
     assert not any(ms < latencies[0] and k > kept[0] for ms, k, o in zip(latencies, kept, over) if not o)
     # the MAC-share guide, the ablation of everything measured, keeps the hand order as written
     macs = make_guide("macs")
-    macs.start(SimpleNamespace(space=space), optuna.create_study(), budget_ms, chance)
+    macs.start(SimpleNamespace(space=space), optuna.create_study(), budget_ms, chance, predictor=hardware)
     assert [s.origin for s in macs.seeds()] == [s.origin for s in hand]
 
 

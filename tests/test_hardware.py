@@ -454,12 +454,14 @@ def test_interleaved_measurement_opens_each_session_once(tmp_path, monkeypatch):
     """A fresh session per pass made figures reproduce worse (in a noisy hour 71% of candidates
     within 10% of themselves, against 94%; benchmarks/measurement_reproducibility.py): each
     model's session is kept across the passes."""
+    from autocompress.core.target import default_target
     from autocompress.hardware import measure
     from autocompress.hardware.profiling import _export_kernel
 
-    opened = []
-    real_session = measure._session
-    monkeypatch.setattr(measure, "_session", lambda path, *args: opened.append(path) or real_session(path, *args))
+    opened, runtime = [], default_target()
+    real_session = runtime.inference_session
+    monkeypatch.setattr(runtime, "inference_session",
+                        lambda path, **options: opened.append(path) or real_session(path, **options))
     models = [_export_kernel(Kernel("conv", 32, 8, 8, 1, 1, 4, 4, 4, 4), tmp_path / f"{i}.onnx") for i in range(2)]
     timings = measure.measure_interleaved(models, passes=4, runs=5)
     assert sorted(opened) == sorted(path for path, _ in models)

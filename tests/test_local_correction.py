@@ -13,7 +13,9 @@ from test_budget_confidence import FixedPrice, Instant
 
 from autocompress.core.analysis import analyze
 from autocompress.core.space import Space
+from autocompress.search.budget import ChanceConstraint
 from autocompress.search.driver import TrialDriver
+from autocompress.search.latency_pipeline import LatencyPipeline
 from autocompress.search.local_correction import BANDWIDTH, ROWS_FILE, LocalCorrection
 from autocompress.search.problem import ProblemSpec
 from autocompress.search.run import LatencySettings, SearchSettings
@@ -63,9 +65,9 @@ def test_a_miss_measured_near_the_budget_moves_the_next_prediction_over_it(space
     for _ in range(2):
         study.enqueue_trial(space.params_of(space.default()))
     executor = Instant()
-    driver = TrialDriver(settings, FixedPrice(space), study, 1.05, executor)  # predicts 1.0 +- 0.1 ms
-    driver.timer = MeasuresFirst(1.3)
-    driver.run(progress=False)
+    latency = LatencyPipeline(FixedPrice(space), LocalCorrection.load(space, tmp_path), 1.05, ChanceConstraint(0.5),
+                              tmp_path, MeasuresFirst(1.3))
+    TrialDriver(settings, FixedPrice(space), study, 1.05, executor, latency=latency).run(progress=False)  # 1.0 +- 0.1
     first, second = study.trials[:2]  # the queued two; over the budget, they leave the one trial asked to draw
     assert first.user_attrs["measured_ms"] == 1.3 and first.user_attrs["status"] == "over_budget"
     # not timed: its prediction, corrected by the one measured neighbour, is over the budget
@@ -78,8 +80,8 @@ def test_a_miss_measured_near_the_budget_moves_the_next_prediction_over_it(space
         (row,) = csv.DictReader(handle)
     assert (int(row["trial"]), float(row["predicted_ms"]), float(row["corrected_ms"]), float(row["measured_ms"])) == \
         (first.number, 1.0, 1.0, 1.3)
-    assert TrialDriver(settings, FixedPrice(space), study, 1.05, executor).correction.factor(space.default()) == \
-        pytest.approx(1.3)  # a resumed search corrects as this one did
+    assert TrialDriver(settings, FixedPrice(space), study, 1.05, executor).latency.correction.factor(
+        space.default()) == pytest.approx(1.3)  # a resumed search corrects as this one did
 
 
 class MeasuresFirst:

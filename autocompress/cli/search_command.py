@@ -142,6 +142,7 @@ def search_settings_from_args(args) -> SearchSettings:
 
 def _search(args) -> int:
     from ..search.pareto import summary_table
+    from ..search.budget import MEASURED_MARGIN
     from ..search.run import run_search
 
     settings = search_settings_from_args(args)
@@ -155,6 +156,10 @@ def _search(args) -> int:
               f"{timed['median_miss_after']:.1%} after")
     best = outcome.best
     if best is not None:
-        print(f"export the best under budget: autocompress export {args.out} --trial {best.number} "
-              f"--out {args.out / 'export'}")
+        # what the export will pick: it judges as the search did (measured: the margin under the budget)
+        how = "measured" if best.latency_measured else "predicted"
+        print(f"export: `autocompress export {args.out} --best-under {args.budget} --out {args.out / 'export'}` "
+              f"times the front near the budget and takes the most accurate point that measures "
+              f"{MEASURED_MARGIN:.0%} under it; the search expects trial {best.number} ({how} {best.latency_ms:.3f} "
+              f"ms, {best.accuracy:.2%}). `--trial {best.number}` exports that one without timing.")
     return 130 if outcome.interrupted else 0

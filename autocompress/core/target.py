@@ -57,8 +57,16 @@ class Target(ABC):
         each; [] for the same machine class."""
 
     @abstractmethod
+    def inference_session(self, onnx_path, *, threads: int = 1):
+        """A session that runs the exported model (``session.run(None, feed)``), as the target runs it."""
+
     def open_session(self, onnx_path, input_shape: tuple[int, ...], *, threads: int):
         """A session ready to time, and the feed it runs on: ``(session, {input name: array})``."""
+        import numpy as np
+
+        session = self.inference_session(onnx_path, threads=threads)
+        name = session.get_inputs()[0].name
+        return session, {name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
 
     @abstractmethod
     def quantization_rules(self, machine: dict | None) -> QuantizationRules:

@@ -127,7 +127,7 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
             "baseline_measured_sweeps_ms": base_sweeps,
             "ratio_to_baseline": model_t.best_ms / base_t.best_ms,
             "measured_over_budget": model_t.best_ms / settings["budget_ms"],
-            "protocol": f"ONNX Runtime {model_t.provider}, {model_t.threads} thread(s), {sweeps} sweeps {pause_s:g} s "
+            "protocol": f"{model_t.provider}, {model_t.threads} thread(s), {sweeps} sweeps {pause_s:g} s "
                         f"apart, each {passes} interleaved passes of {runs} runs; measured = fastest run of all, as "
                         "the hardware model is fit",
             "background_load": model_t.background_load,

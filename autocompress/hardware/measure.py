@@ -1,4 +1,4 @@
-"""The one latency measurement protocol: a fixed ORT session, warm-up runs, then timed runs.
+"""The one latency measurement protocol: a fixed session of the target, warm-up runs, then timed runs.
 
 Every latency autocompress reports (benchmarks, predictor training data, export cards) comes
 from ``measure_latency``, so figures are comparable with each other.
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .targets.ort_cpu import ORT_CPU, PROVIDER, machine_differences, machine_info
+from . import targets  # noqa: F401  (registers them)
+from ..core.target import DEFAULT_TARGET, default_target, target as target_named
 
 __all__ = ["PASSES", "SWEEPS", "LatencyMeasurement", "machine_differences", "machine_info", "measure_in_sweeps",
            "measure_interleaved", "measure_latency"]
@@ -31,7 +32,7 @@ class LatencyMeasurement:
     noise: float  # median absolute deviation / median: 0.01 means runs scatter by about 1%
     runs: int  # timed runs in all
     threads: int
-    provider: str
+    provider: str  # the runtime that timed it, as its target describes it (``Target.session_description``)
     rounds: int = 1  # rounds (or interleaved passes) whose medians were combined
     background_load: float = 0.0  # share of the other CPU cores busy meanwhile (other processes)
     best_ms: float = 0.0  # the fastest run: the reproducible figure on a shared machine (see below)
@@ -42,7 +43,7 @@ class LatencyMeasurement:
 
 def measure_latency(onnx_path: str | Path, input_shape: tuple[int, ...], *, threads: int = 1, warmup: int = 10,
                     runs: int = 50, rounds: int = 1, pause_s: float = 0.1,
-                    provider: str = PROVIDER) -> LatencyMeasurement:
+                    target: str = DEFAULT_TARGET) -> LatencyMeasurement:
     """Median and p90 latency (ms) of one inference on a random input of ``input_shape``.
 
     With ``rounds`` > 1 the runs are split into that many rounds, ``pause_s`` apart, and the median
@@ -53,7 +54,8 @@ def measure_latency(onnx_path: str | Path, input_shape: tuple[int, ...], *, thre
         raise ValueError(f"need runs >= 3, warmup >= 0, threads >= 1, rounds >= 1, pause_s >= 0; got {runs=} "
                          f"{warmup=} {threads=} {rounds=} {pause_s=}")
     load = _BackgroundLoad()
-    session, feed = _session(onnx_path, input_shape, threads, provider)
+    runtime = target_named(target)
+    session, feed = runtime.open_session(onnx_path, input_shape, threads=threads)
     _timed_runs(session, feed, warmup)
     per_round = max(3, runs // rounds)
     medians, times = [], []
@@ -65,13 +67,14 @@ def measure_latency(onnx_path: str | Path, input_shape: tuple[int, ...], *, thre
         times += batch
     median = statistics.median(medians)
     mad = statistics.median(abs(t - median) for t in times)
-    return LatencyMeasurement(median, float(np.percentile(times, 90)), mad / median, len(times), threads, provider,
+    return LatencyMeasurement(median, float(np.percentile(times, 90)), mad / median, len(times), threads,
+                              runtime.session_description,
                               rounds, load.share(), min(times))
 
 
 def measure_interleaved(models: list[tuple[str | Path, tuple[int, ...]]], *, passes: int = PASSES, runs: int = 20,
                         threads: int = 1, warmup: int = 5,
-                        provider: str = PROVIDER) -> list[LatencyMeasurement]:
+                        target: str = DEFAULT_TARGET) -> list[LatencyMeasurement]:
     """Time many models in ``passes`` interleaved passes (all models once, then all again, ...).
 
     This is how profiling, validation and export cards time things. On a shared machine the
@@ -91,7 +94,8 @@ def measure_interleaved(models: list[tuple[str | Path, tuple[int, ...]]], *, pas
     """
     if passes < 1 or runs < 1:
         raise ValueError(f"need passes >= 1 and runs >= 1, got {passes=} {runs=}")
-    sessions = [_session(path, shape, threads, provider) for path, shape in models]
+    runtime = target_named(target)
+    sessions = [runtime.open_session(path, shape, threads=threads) for path, shape in models]
     for session, feed in sessions:
         _timed_runs(session, feed, warmup)
     medians: list[list[float]] = [[] for _ in models]
@@ -110,7 +114,8 @@ def measure_interleaved(models: list[tuple[str | Path, tuple[int, ...]]], *, pas
     for per_pass, p90, load, best in zip(medians, p90s, loads, bests):
         median = statistics.median(per_pass)
         spread = statistics.median(abs(m - median) for m in per_pass) / median
-        results.append(LatencyMeasurement(median, statistics.median(p90), spread, runs * passes, threads, provider,
+        results.append(LatencyMeasurement(median, statistics.median(p90), spread, runs * passes, threads,
+                                          runtime.session_description,
                                           passes, statistics.mean(load), min(best)))
     return results
 
@@ -173,9 +178,13 @@ def _busy_cpu_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _session(onnx_path, input_shape, threads: int, provider: str):
-    if provider != PROVIDER:
-        raise ValueError(f"provider {provider!r} is not a registered target's; ort-cpu times with {PROVIDER}")
-    return ORT_CPU.open_session(onnx_path, input_shape, threads=threads)
+def machine_info() -> dict:
+    """This host as the default target records a machine (what a latency depends on besides the model)."""
+    return default_target().machine()
+
+
+def machine_differences(measured: dict, here: dict) -> list[str]:
+    """What differs between two ``machine_info`` records in what sets a latency ([]: the same class)."""
+    return default_target().machine_differences(measured, here)
 
 

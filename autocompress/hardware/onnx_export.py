@@ -30,6 +30,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from torch import nn
 
 from ..core.modules import set_submodule
+from ..core.target import default_target
 from ..errors import ExportError
 from ..files import inside
 from ..techniques.quantizers import (
@@ -305,16 +306,12 @@ def _store_weights_as_float16(graph: onnx.ModelProto, node_names: list[str]) -> 
 
 
 def ort_session(path: str | Path, *, threads: int = 1):
-    """An ONNX Runtime CPU session with a fixed thread count (the default protocol: 1 thread)."""
-    import onnxruntime as ort
+    """A session of the default target that runs the exported model, with a fixed thread count
+    (the default protocol: 1 thread)."""
+    from . import targets  # noqa: F401  (registers them)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return default_target().inference_session(path, threads=threads)
     except Exception as exc:
         raise ExportError(f"ONNX Runtime cannot load {str(path)!r} ({type(exc).__name__}: {exc})") from exc
 

@@ -125,7 +125,7 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
     old = _read_metadata(folder) if (folder / "metadata.json").exists() else {}
     metadata = {
         "target": old.get("target", DEFAULT_TARGET),
-        "provider": "CPUExecutionProvider",
+        "provider": target(old.get("target", DEFAULT_TARGET)).session_description,
         "threads": plan.threads if plan else old.get("threads", 1),
         "machine": old.get("machine") or target(old.get("target", DEFAULT_TARGET)).machine(),
         "plan": asdict(plan) if plan else old.get("plan"),

@@ -17,7 +17,7 @@ from statistics import NormalDist
 
 from ..errors import BudgetError
 
-__all__ = ["Budget", "BudgetError", "ChanceConstraint", "DEFAULT_CONFIDENCE", "ON_THE_MEAN"]
+__all__ = ["Budget", "BudgetError", "ChanceConstraint", "DEFAULT_CONFIDENCE", "MEASURED_MARGIN", "ON_THE_MEAN"]
 
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|x)\s*$", re.IGNORECASE)
 DEFAULT_CONFIDENCE = 0.9
@@ -44,6 +44,15 @@ class Budget:
         return f"{self.value:g}{self.unit}"
 
 
+# A measured latency fits a budget when it comes this far under it, in the search and in the
+# export alike: the export is timed again after fine-tuning, and two measurements of one model
+# differ by up to 5% (90th percentile in a noisy hour; benchmarks/measurement_reproducibility.py).
+# Without it, the search benchmark's MobileNet-V2 pick measured 0.141 ms against a 0.144 ms limit,
+# then 0.151 ms on its card; and a search that let a point measured just under the budget onto its
+# front saw the export refuse it.
+MEASURED_MARGIN = 0.05
+
+
 @dataclass(frozen=True)
 class ChanceConstraint:
     """How sure a prediction must be that a candidate runs within a budget (see the module's doc)."""
@@ -64,8 +73,11 @@ class ChanceConstraint:
         return ms if self.z == 0 else ms + self.z * std_ms  # on the mean, a predictor without spread will do
 
     def over_budget_ms(self, ms: float, std_ms: float, budget_ms: float, *, measured: bool = False) -> float:
-        """How far the candidate misses ``budget_ms`` (<= 0: it meets it); a measured ``ms`` is exact."""
-        return (ms if measured else float(self.upper_ms(ms, std_ms))) - budget_ms
+        """How far the candidate misses ``budget_ms`` (<= 0: it meets it): a predicted ``ms`` at its
+        upper bound; a measured one must come ``MEASURED_MARGIN`` under it, as the export demands."""
+        if measured:
+            return ms - budget_ms * (1 - MEASURED_MARGIN)
+        return float(self.upper_ms(ms, std_ms)) - budget_ms
 
     def predict_upper_ms(self, hardware, analysis, candidates):
         """``upper_ms`` of each of ``candidates`` as ``hardware`` predicts them, in one batch."""

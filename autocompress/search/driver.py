@@ -23,8 +23,7 @@ from ..errors import AutocompressError
 from ..files import is_disk_full
 from .executors import Executor, TrialJob, TrialResult, WorkerLost
 from .problem import SearchProblem
-from .local_correction import LocalCorrection
-from .near_budget import NearBudgetTimer
+from .latency_pipeline import LatencyPipeline, search_latency_pipeline
 from .guides import Guide
 from .seeds import Seed
 from ..core.space import Candidate
@@ -41,14 +40,17 @@ _PROPOSALS_PER_TRIAL = 20  # proposals (most told over the budget at once) per t
 
 class TrialDriver:
     def __init__(self, settings, problem: SearchProblem, study: optuna.Study, budget_ms: float,
-                 executor: Executor, *, guide: Guide | None = None, time_everything: bool = False) -> None:
-        """``guide``: the one the search started (default: the one ``settings`` names, started here)."""
+                 executor: Executor, *, guide: Guide | None = None, latency: LatencyPipeline | None = None) -> None:
+        """``latency``: how the search judges latency (default: the pipeline ``latency_pipeline``
+        makes of ``settings``, with the rows ``settings.out`` holds); ``guide``: the one the search
+        started (default: the one ``settings`` names, started here)."""
         self.settings, self.problem, self.study, self.budget_ms = settings, problem, study, budget_ms
         self.executor = executor
         self.chance = ChanceConstraint(settings.latency.budget_confidence)
+        self.latency = latency if latency is not None else search_latency_pipeline(settings, problem, budget_ms)
         if guide is None:
             guide = settings.make_guide()
-            guide.start(problem, study, budget_ms, self.chance)
+            guide.start(problem, study, budget_ms, self.chance, predictor=self.latency.predictor)
         self.guide = guide
         self.rule = HopelessRule()
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -58,12 +60,6 @@ class TrialDriver:
         self.preparing: optuna.Trial | None = None  # asked, not yet told or submitted
         self.failures_in_a_row = 0
         self.out_of_proposals = False
-        margin = settings.latency.measure_near_budget
-        self.timer = (NearBudgetTimer(problem, settings.problem.model, settings.problem.input_size, budget_ms, margin,
-                                      everything=time_everything)
-                      if margin > 0 and settings.execution.executor == "local" else None)
-        # the misses measured near the budget so far (this run's and, resumed, the earlier runs')
-        self.correction = LocalCorrection.load(problem.space, settings.out)
         self._queue(guide.learn())  # a resumed search may have learnt enough to queue already
 
     def completed(self) -> int:
@@ -142,32 +138,26 @@ class TrialDriver:
         # First, so that a resume never takes a trial this live process is still drawing for stale.
         trial.set_user_attr("driver", {"host": socket.gethostname(), "pid": os.getpid()})
         candidate = self.problem.space.suggest(trial)
-        prediction = self.problem.predict(candidate)
         size = self.problem.size_bytes(candidate)
         trial.set_user_attr("candidate", candidate.to_dict())
         trial.set_user_attr("origin", trial.user_attrs.get("origin", "sampler"))
-        # the prediction as its measured neighbours correct it: what the budget check and the timer read
-        predicted_ms, std_ms = self.correction.correct(candidate, prediction.ms, prediction.std_ms)
-        if predicted_ms != prediction.ms:
-            trial.set_user_attr("uncorrected_ms", prediction.ms)
-        trial.set_user_attr("predicted_ms", predicted_ms)
-        trial.set_user_attr("predicted_std_ms", std_ms)
+        verdict = self.latency.judge(trial.number, candidate)
+        if verdict.corrected_ms != verdict.predicted_ms:
+            trial.set_user_attr("uncorrected_ms", verdict.predicted_ms)
+        trial.set_user_attr("predicted_ms", verdict.corrected_ms)
+        trial.set_user_attr("predicted_std_ms", verdict.std_ms)
         trial.set_user_attr("size_bytes", size)
-        latency, measured = predicted_ms, False
-        if self.timer is not None and self.timer.wants(predicted_ms, self.chance.upper_ms(predicted_ms, std_ms)):
-            latency, measured = self.timer.measure(candidate), True  # near the line: measured, not predicted
-            trial.set_user_attr("measured_ms", latency)
-            self.correction.add(trial.number, candidate, prediction.ms, predicted_ms, latency, self.settings.out)
-        over_ms = self.chance.over_budget_ms(latency, std_ms, self.budget_ms, measured=measured)
-        trial.set_constraint("latency_over_budget_ms", over_ms)
-        if over_ms > 0:
+        if verdict.measured_ms is not None:
+            trial.set_user_attr("measured_ms", verdict.measured_ms)
+        latency = verdict.latency_ms
+        trial.set_constraint("latency_over_budget_ms", verdict.over_budget_ms)
+        if verdict.over_budget_ms > 0:
             trial.set_user_attr("status", "over_budget")
             trial.set_user_attr("finetune_steps", 0)
             trial.set_user_attr("seconds", time.perf_counter() - started)
             self.study.tell(trial, [0.0, latency, size])
-            # toward the budget as the hardware model reads it, where it was corrected or measured over
-            if self.settings.repair:
-                self._queue_repair(trial.number, candidate, self.budget_ms * min(1.0, prediction.ms / latency))
+            if self.settings.repair:  # the repair reads it as the check just did: measured, or corrected
+                self._queue_repair(trial.number, candidate, self.budget_ms)
             return None
         twin = next((t.number for t, _, key in self.in_flight.values() if key == _key(candidate.to_dict())), None)
         if twin is not None:
@@ -225,7 +215,7 @@ class TrialDriver:
             self.study.enqueue_trial(seed.params, skip_if_exists=True, user_attrs={"origin": seed.origin})
 
     def _queue_repair(self, number: int, candidate: Candidate, target_ms: float) -> None:
-        repaired = repair_to_budget(self.problem.space, self.problem.hardware, candidate, target_ms,
+        repaired = repair_to_budget(self.problem.space, self.latency.predictor, candidate, target_ms,
                                     damage=self.guide.damage(), chance=self.chance)
         if repaired is None:
             return

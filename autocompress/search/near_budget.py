@@ -7,8 +7,9 @@ side; from its mean up to its latency at the search's confidence, ``budget.Chanc
 exported untrained and timed with the one protocol (seconds: latency does not depend on the
 weights' values), and the study is told its measured latency, not the prediction: a front point
 near the budget is one that was measured there. One measured over the budget is told at once, as a
-predicted one is, and repaired toward the budget scaled by how far the prediction missed; and
-every miss corrects the predictions of its neighbours from then on (``local_correction``).
+predicted one is, and repaired; every miss corrects the predictions of its neighbours, and of
+itself, from then on (``local_correction``), so the repair starts from its measurement. The order
+of these steps is ``latency_pipeline``'s.
 
 Where the predictor cannot be trusted for this model even at its level (its own candidates, each
 read at the level of the others, still miss by more than ``UNRELIABLE_LEVEL``: a family it never

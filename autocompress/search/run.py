@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .budget import Budget, ChanceConstraint
 from .local_correction import LocalCorrection
+from .latency_pipeline import search_latency_pipeline
 from .near_budget import times_every_candidate
 from .search_record import record_in_search_json, write_search_json
 from .driver import TrialDriver
@@ -104,16 +105,17 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     budget_ms = budget.resolve(problem.baseline_ms)
     write_search_json(search_json, settings, problem, budget_ms, host_level)
     fail_stale_trials(study)
-    guide.start(problem, study, budget_ms, chance)
-    _seed_study(settings, study, guide, problem.space)
     time_everything = times_every_candidate(host_level)
     if time_everything and settings.latency.measure_near_budget > 0:
         log.warning("this model's own candidates are read %.0f%% off even at their level: every candidate is timed "
                     "before its fine-tune, not only those near the budget", 100 * host_level.residual_error)
+    # the misses measured so far (the model's own candidates, a resumed search's rows), loaded once
+    latency = search_latency_pipeline(settings, problem, budget_ms, time_everything=time_everything)
+    guide.start(problem, study, budget_ms, chance, predictor=latency.predictor)
+    _seed_study(settings, study, guide, problem.space)
     interrupted, cluster_lost = False, None
     try:
-        TrialDriver(settings, problem, study, budget_ms, executor, guide=guide,
-                    time_everything=time_everything).run(progress=progress)
+        TrialDriver(settings, problem, study, budget_ms, executor, guide=guide, latency=latency).run(progress=progress)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: the trials in flight are marked failed and will be retried on resume")
@@ -122,7 +124,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     finally:
         if own_executor:
             executor.close()
-    return _write_outcome(settings, study, problem, budget_ms, time_everything, interrupted, cluster_lost)
+    near_budget = latency.correction.summary() | {"every_candidate": time_everything}
+    return _write_outcome(settings, study, problem, budget_ms, near_budget, interrupted, cluster_lost)
 
 
 def _check_inputs(settings: SearchSettings, budget: Budget, chance: ChanceConstraint, problem: SearchProblem | None,
@@ -174,14 +177,13 @@ def _seed_study(settings: SearchSettings, study, guide, space: Space) -> None:
     study.set_user_attr("warm_started", True)
 
 
-def _write_outcome(settings: SearchSettings, study, problem: SearchProblem, budget_ms: float, time_everything: bool,
+def _write_outcome(settings: SearchSettings, study, problem: SearchProblem, budget_ms: float, near_budget: dict,
                    interrupted: bool, cluster_lost: WorkerLost | None) -> SearchOutcome:
     """pareto.csv/json, trials.csv and the plots, what was timed near the budget into search.json;
     the outcome (a lost cluster: one line saying where the results so far are)."""
     out = settings.out
     records = records_from_study(study)
     files = SearchFolder(out).write_results(records, budget_ms=budget_ms, baseline=problem.baseline_summary())
-    near_budget = LocalCorrection.load(problem.space, out).summary() | {"every_candidate": time_everything}
     record_in_search_json(SearchFolder(out).search_json, near_budget=near_budget)
     if cluster_lost is not None:
         raise AutocompressError(f"{cluster_lost}; the results so far are in {out}: add workers or nodes and rerun "

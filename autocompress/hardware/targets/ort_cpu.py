@@ -18,7 +18,6 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
 
 from ...core.target import QuantizationRules, Target, register_target
 
@@ -37,7 +36,7 @@ class OrtCpu(Target):
     def machine_differences(self, measured: dict, here: dict) -> list[str]:
         return machine_differences(measured, here)
 
-    def open_session(self, onnx_path, input_shape, *, threads: int):
+    def inference_session(self, onnx_path, *, threads: int = 1):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -46,9 +45,7 @@ class OrtCpu(Target):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        session = ort.InferenceSession(str(onnx_path), options, providers=[PROVIDER])
-        name = session.get_inputs()[0].name
-        return session, {name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+        return ort.InferenceSession(str(onnx_path), options, providers=[PROVIDER])
 
     def quantization_rules(self, machine: dict | None) -> QuantizationRules:
         saturate = int8_weights_saturate(machine if machine is not None else machine_info())

@@ -41,12 +41,16 @@ class Guide:
 
     def __init__(self, config=None) -> None:
         self.config = config if config is not None else self.Config()
-        self.problem = self.study = None
+        self.problem = self.study = self.predictor = None
         self.budget_ms, self.chance = float("inf"), ChanceConstraint(0.5)
 
-    def start(self, problem, study: optuna.Study, budget_ms: float, chance: ChanceConstraint) -> None:
-        """Bind to a search about to run its trials (``problem``: its ``SearchProblem``)."""
+    def start(self, problem, study: optuna.Study, budget_ms: float, chance: ChanceConstraint, *,
+              predictor=None) -> None:
+        """Bind to a search about to run its trials (``problem``: its ``SearchProblem``;
+        ``predictor``: latency as the search reads it, ``latency_pipeline.CorrectedPredictor``;
+        default: the problem's hardware model)."""
         self.problem, self.study, self.budget_ms, self.chance = problem, study, budget_ms, chance
+        self.predictor = predictor if predictor is not None else problem.hardware
 
     def damage(self) -> Damage:
         """What the repair ranks moves by, now."""

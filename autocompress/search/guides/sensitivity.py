@@ -23,5 +23,5 @@ class SensitivityGuide(Guide):
         return self.measured()
 
     def seeds(self) -> list[Seed]:
-        return front_first_seeds(self.problem.space, self.problem.hardware, self.measured(), self.budget_ms,
+        return front_first_seeds(self.problem.space, self.predictor, self.measured(), self.budget_ms,
                                  self.chance)

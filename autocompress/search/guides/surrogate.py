@@ -56,8 +56,9 @@ class SurrogateGuide(SensitivityGuide):
     name = "surrogate"
     Config = SurrogateConfig
 
-    def start(self, problem, study: optuna.Study, budget_ms: float, chance: ChanceConstraint) -> None:
-        super().start(problem, study, budget_ms, chance)
+    def start(self, problem, study: optuna.Study, budget_ms: float, chance: ChanceConstraint, *,
+              predictor=None) -> None:
+        super().start(problem, study, budget_ms, chance, predictor=predictor)
         model = AccuracyModel(problem.space, self.measured(), problem.joint_damage(), optimism=self.config.optimism,
                               min_rank_correlation=self.config.min_rank_correlation)
         self.screening = Screening(model, study, in_a_row=self.config.screened_in_a_row)
@@ -97,4 +98,4 @@ class SurrogateGuide(SensitivityGuide):
         self.study.set_user_attr("reallocated_at", [*done, self.recovery.trials])
         space = self.problem.space
         return [Seed(f"reallocation:{a.share:g}x", space.params_of(a.candidate))
-                for a in allocate(space, self.problem.hardware, self.damage(), self.budget_ms, chance=self.chance)]
+                for a in allocate(space, self.predictor, self.damage(), self.budget_ms, chance=self.chance)]
