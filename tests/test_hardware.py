@@ -587,7 +587,8 @@ def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_res
     import autocompress.search.run as search_module
     from autocompress.export.card import export_from_search
     from autocompress.train.finetune import DistillationConfig
-    from autocompress.search.problem import ProblemSpec, read_host_level
+    from autocompress.search.folder import SearchFolder
+    from autocompress.search.problem import ProblemSpec
     from autocompress.search.run import LatencySettings, SearchSettings, run_search
 
     folder, plan = tiny_profile
@@ -601,7 +602,7 @@ def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_res
                               finetune=DistillationConfig(steps=4), guide="macs",
                               latency=LatencySettings(calibrate_model="off", calibrate_host=True, measure_near_budget=0))
     outcome = run_search(settings, progress=False)
-    level = read_host_level(tmp_path / "run" / "search.json")
+    level = SearchFolder(tmp_path / "run").host_level()
     assert level is not None and len(level.references) == 14
     target = model_under_test(TINY, 16)
     raw_baseline = hardware.predict_candidate(target.analysis, Space(target.analysis).default()).ms
@@ -609,7 +610,7 @@ def test_search_calibrated_to_the_host_predicts_at_its_level_and_keeps_it_on_res
     # A resumed search reads its trials as it started: the recorded level, not a new measurement.
     monkeypatch.setattr(search_module, "measure_host_level", lambda *a, **k: pytest.fail("measured again"))
     run_search(replace(settings, trials=3), progress=False)
-    assert read_host_level(tmp_path / "run" / "search.json") == level
+    assert SearchFolder(tmp_path / "run").host_level() == level
     # The export card predicts at the search's level and says so.
     finished = next(r.number for r in outcome.records if r.status == "evaluated")
     card = export_from_search(tmp_path / "run", tmp_path / "export", trial=finished, finetune_steps=2, passes=2, runs=5,

@@ -24,7 +24,7 @@ from ..hardware.measure import SWEEPS, measure_in_sweeps
 from ..search.budget import Budget
 from ..search.folder import SearchFolder
 from ..search.pareto import TrialRecord, records_from_study
-from ..search.problem import build_problem, read_host_level, read_spec
+from ..search.problem import build_problem
 from ..train.data import calibration_batches
 from .outputs import onnx_outputs, outputs_beside
 from ..train.finetune import DistillationConfig
@@ -64,8 +64,8 @@ def export_from_search(search_dir: Path, out: Path, *, trial: int | None = None,
     chosen = choose_trial(records, trial, search_dir) if trial is not None else None
     folder = SearchFolder(search_dir)
     settings = folder.settings()
-    host_level = read_host_level(folder.search_json)  # predict as the search did
-    problem = build_problem(read_spec(folder.search_json), cache_dir=search_dir, host_level=host_level, task=task)
+    host_level = folder.host_level()  # predict as the search did
+    problem = build_problem(folder.spec(), cache_dir=search_dir, host_level=host_level, task=task)
     selection = None
     if budget is not None:
         selection = choose_by_measurement(problem, records, budget, sweeps=sweeps, pause_s=pause_s, passes=passes,

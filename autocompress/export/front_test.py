@@ -14,7 +14,7 @@ from pathlib import Path
 from ..core.space import Candidate
 from ..errors import AutocompressError
 from ..search.folder import SearchFolder
-from ..search.problem import build_problem, read_host_level, read_spec
+from ..search.problem import build_problem
 from ..train.finetune import DistillationConfig
 
 __all__ = ["front_on_test", "front_on_test_table"]
@@ -27,8 +27,7 @@ def front_on_test(search_dir: Path, *, task=None) -> dict:
     folder = SearchFolder(search_dir)
     settings = folder.settings()
     front = folder.live_front()
-    problem = build_problem(read_spec(folder.search_json), cache_dir=Path(search_dir),
-                            host_level=read_host_level(folder.search_json), task=task)
+    problem = build_problem(folder.spec(), cache_dir=Path(search_dir), host_level=folder.host_level(), task=task)
     if problem.splits.test is None:
         raise AutocompressError(f"the task of {search_dir} has no test split; give the Task a test split to score "
                                 "its front on", parameters=("task",))

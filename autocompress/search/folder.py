@@ -19,9 +19,11 @@ import optuna
 import sqlalchemy.exc
 
 from ..errors import AutocompressError, ResultsError
+from ..hardware.host_level import HostLevel
 from ..files import atomic_path, disk_full_message, is_disk_full
 from .pareto import (_FRONT_COLUMNS, _TRIAL_COLUMNS, PARETO_JSON_SCHEMA, TrialRecord, _check_baseline, best_under,
                      pareto_front, records_from_study)
+from .problem import ProblemSpec
 from .storage import check_storage, is_journal, open_storage, storage_failure
 
 __all__ = ["STUDY_NAME", "SearchFolder", "front_document", "load_front", "write_results"]
@@ -67,6 +69,31 @@ class SearchFolder:
                                f"command that wrote {self.path} to rewrite it (its trials are kept in the study), "
                                "or point at another folder written by `autocompress search --out DIR`") from exc
         return settings
+
+    def recorded(self) -> dict | None:
+        """search.json as written, None where the folder has none or it cannot be read (a resumed
+        search then goes by its study; ``settings`` explains to a command that needs the file)."""
+        try:
+            return json.loads(self.search_json.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+
+    def spec(self) -> ProblemSpec:
+        """The problem the search was run on, to build it again (export, ``pareto --test``)."""
+        try:
+            return ProblemSpec(**self.settings()["problem"])
+        except TypeError as exc:
+            raise ResultsError(f"{self.search_json} does not describe a search ({exc}); point at a folder written "
+                               "by `autocompress search --out DIR`") from exc
+
+    def host_level(self) -> HostLevel | None:
+        """The level the search predicted at (its own candidates', or the host's), if it set one."""
+        level = (self.recorded() or {}).get("host_level")
+        return HostLevel.from_dict(level) if level else None
+
+    def identity(self) -> dict | None:
+        """What a run must match to resume this search (``SearchSettings.identity``), None where not recorded."""
+        return (self.recorded() or {}).get("identity")
 
     def storage(self) -> str:
         """Where the study lives: the storage the search recorded, else the folder's own study.db."""

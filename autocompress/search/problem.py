@@ -8,7 +8,6 @@ so the same object serves the local loop, a Ray worker, ``autocompress export`` 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -36,8 +35,7 @@ from ..core.space import Candidate, Space, SpaceOptions
 from ..techniques import apply_candidate
 from .sensitivity_chart import plot_sensitivities
 
-__all__ = ["TASK_OBJECT", "ProblemSpec", "SearchProblem", "build_problem", "problem_classes", "read_host_level",
-           "read_spec", "task_for_spec"]
+__all__ = ["TASK_OBJECT", "ProblemSpec", "SearchProblem", "build_problem", "problem_classes", "task_for_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -294,20 +292,3 @@ def hardware_folder(name: str) -> Path:
                                 "`autocompress profile`, e.g. hardware_models/ort-cpu-1t, or auto",
                                 parameters=("hardware",))
     return path
-
-
-def read_host_level(path: Path) -> HostLevel | None:
-    """The host level a search recorded in its search.json (``search --calibrate-host``), if any."""
-    try:
-        recorded = json.loads(path.read_text()).get("host_level")
-    except (OSError, json.JSONDecodeError):
-        return None  # read_spec explains a missing or broken search.json
-    return HostLevel.from_dict(recorded) if recorded else None
-
-
-def read_spec(path: Path) -> ProblemSpec:
-    try:
-        return ProblemSpec(**json.loads(path.read_text())["problem"])
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise AutocompressError(f"{path} does not describe a search ({exc}); point at a folder written by "
-                                "`autocompress search --out DIR`") from exc

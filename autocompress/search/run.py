@@ -39,7 +39,7 @@ from ..hardware.candidates import ModelUnderTest
 from ..hardware.host_level import REFERENCES, HostLevel, measure_host_level
 from ..hardware.model_level import OWN_CANDIDATES, measure_model_level, profiled_on
 from .preflight import check_reachable, preflight
-from .problem import SearchProblem, build_problem, hardware_folder, read_host_level
+from .problem import SearchProblem, build_problem, hardware_folder
 from .storage import check_storage, search_fix
 from .settings import GUIDES, ExecutionSettings, LatencySettings, SearchSettings
 from .study import SAMPLERS, fail_stale_trials, open_study, population_size, warm_start_is_ours
@@ -132,7 +132,7 @@ def _check_inputs(settings: SearchSettings, budget: Budget, chance: ChanceConstr
                   executor: Executor | None):
     """Every input checked before anything is created in ``out`` or trained; the model, data and
     hardware model loaded on the way (``preflight``), None when a problem is given ready-made."""
-    _check_resumable(SearchFolder(settings.out).search_json, settings)
+    _check_resumable(SearchFolder(settings.out), settings)
     check_storage(settings.storage_url, **search_fix(settings.out, settings.execution.storage))
     if executor is None and settings.execution.ray_address:
         from .executors.ray_pool import check_ray_address
@@ -149,7 +149,7 @@ def _at_profile_level(settings: SearchSettings, budget: Budget) -> bool:
     """Whether the search predicts at the hardware model's own level (nothing timed here first)."""
     latency = settings.latency
     return budget.unit == "x" or (not latency.calibrate_host and latency.calibrate_model == "off"
-                                  and read_host_level(SearchFolder(settings.out).search_json) is None)
+                                  and SearchFolder(settings.out).host_level() is None)
 
 
 def _calibrated_problem(settings: SearchSettings, checked, fresh: bool, executor: Executor | None,
@@ -157,7 +157,7 @@ def _calibrated_problem(settings: SearchSettings, checked, fresh: bool, executor
     """The problem built (baseline trained or read, cells distilled) and predicting at the level
     this search judges latency at: its own candidates', the host's, or the hardware model's."""
     own_level = fresh and _wants_model_level(settings, checked.hardware)
-    host_level = None if own_level else _host_level(SearchFolder(settings.out).search_json, settings)
+    host_level = None if own_level else _host_level(SearchFolder(settings.out), settings)
     problem = build_problem(settings.problem, cache_dir=settings.out, host_level=host_level, progress=progress,
                             map_jobs=getattr(executor, "map_jobs", None), task=checked.task, hardware=checked.hardware)
     if own_level:
@@ -217,13 +217,10 @@ def sparse_random_starts(space: Space, count: int, seed: int) -> list[dict]:
     return [space.params_of(space.sample(rng, density=rng.uniform(0.15, 0.6))) for _ in range(count)]
 
 
-def _check_resumable(path: Path, settings: SearchSettings) -> None:
-    if not path.is_file():
-        return
-    try:
-        previous = json.loads(path.read_text())["identity"]
-    except (OSError, KeyError, json.JSONDecodeError):
-        return  # written by an older version or damaged: the study itself is still the truth
+def _check_resumable(folder: SearchFolder, settings: SearchSettings) -> None:
+    previous = folder.identity()
+    if previous is None:
+        return  # a new search, or one written by an older version or damaged: the study itself is the truth
     current = json.loads(json.dumps(settings.identity()))
     if previous != current:
         changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
@@ -257,11 +254,11 @@ def _model_level(settings: SearchSettings, problem: SearchProblem, progress: boo
     return level
 
 
-def _host_level(path: Path, settings: SearchSettings) -> HostLevel | None:
+def _host_level(folder: SearchFolder, settings: SearchSettings) -> HostLevel | None:
     """The host level to predict at: the one this search recorded when it started (a resumed
     search reads all its trials alike), else, with ``calibrate_host``, one measured now."""
-    if path.is_file():
-        recorded = read_host_level(path)
+    if folder.search_json.is_file():
+        recorded = folder.host_level()
         if recorded is not None or not settings.latency.calibrate_host:
             return recorded
         log.warning("this search started without --calibrate-host: its trials were predicted at the hardware "
