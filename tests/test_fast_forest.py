@@ -206,3 +206,20 @@ def test_the_shipped_hardware_model_predicts_the_same_on_the_fast_path():
         for fast, slow in zip(hardware.predictor.predict_many(kernels),
                               hardware.predictor.predict_many(kernels, compiled=False)):
             np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=0)
+
+
+def test_the_fitted_predictor_keeps_its_feature_names_and_refuses_other_columns(fitted):
+    import copy
+
+    from sklearn.exceptions import NotFittedError
+
+    predictor, target, _ = fitted
+    names = predictor.composition_features_
+    assert names[0] == "log_time_alone" and len(names) == len(set(names))
+    assert {"time_share_dwconv_int8", "weight_mb_4bit", "log_kernels", "gated_mfloats"} <= set(names)
+    kernels = kernels_of_candidate(target.analysis, random_candidate(target, random.Random(2)))
+    assert predictor.predict(kernels).ms > 0
+    other = copy.copy(predictor)
+    other.composition_features_ = (*names[1:], names[0])  # the same columns in another order
+    with pytest.raises(NotFittedError, match="was fit on the features"):
+        other.predict(kernels)

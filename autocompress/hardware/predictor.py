@@ -62,6 +62,7 @@ from .kernels import OPS, Kernel, baseline_ms, kernel_table, kernel_weights, roo
 __all__ = ["LatencyPrediction", "LatencyPredictor", "NotFittedError"]
 
 _BITS = (32, 16, 8, 4)
+_PRECISIONS = ("float", "int8", "int4")  # a kernel's precision class by its bits: >= 16, 8, fewer
 _STREAM_THRESHOLDS_MB = (3, 6, 9, 12, 16)  # float weight MB; LatencyPredictor.fit picks one
 
 
@@ -111,7 +112,7 @@ class LatencyPredictor:
         self.fallback_ = self._fit_kernel_model(kernels, kernel_ms)
         # The fastest kernel timed alone (a Linear of a few dozen weights) is all session call.
         self.call_ms_ = float(kernel_ms.min())
-        features, alone, kernel_var, _, _, excess_parts = self._composition(candidates)
+        features, alone, kernel_var, _, _, excess_parts, self.composition_features_ = self._composition(candidates)
         log_ms = np.log(candidate_ms)
         # How many MB of float weights a network holds before they stream from memory depends on
         # the machine (and on its neighbours' use of the shared cache): chosen on the
@@ -223,7 +224,12 @@ class LatencyPredictor:
     def _predict(self, tables: list[np.ndarray], compiled: bool = True):
         self._require_fitted()
         stage1, stage2 = self._compiled_models() if compiled else (None, self.composition_)
-        features, alone, alone_var, kernel_ms, owner, excess_parts = self._composition(tables, stage1)
+        features, alone, alone_var, kernel_ms, owner, excess_parts, names = self._composition(tables, stage1)
+        fitted = getattr(self, "composition_features_", names)  # a predictor fit before names were kept: as built
+        if tuple(fitted) != names:
+            raise NotFittedError(f"this LatencyPredictor was fit on the features {list(fitted)}, and this version "
+                                 f"builds {list(names)}: refit it on its measurements (load_hardware_model on its "
+                                 "folder refits a cache of another format_version)")
         heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_)
         trees = heads_per_tree(heads, stage2)
         ms = np.exp(trees.mean(axis=0))  # the mean of the two heads' forests, in log space
@@ -282,13 +288,21 @@ class LatencyPredictor:
         np.maximum.at(max_side, owner, np.maximum(h, w))
         glue_requantized, glue_plain = _glue_inputs(table, owner, n)
         gated = _gated_elements(table, owner, n)
-        # log sum alone; time shares by (op, float/int8/int4); weight MB per bit width and in all;
-        # log kernel count; share of precision changes; log activation Mfloats; log largest side;
-        # Mfloats reaching convs through glue, requantized and not (``_glue_inputs``); Mfloats
-        # gated by squeeze-and-excitation (``_gated_elements``).
-        features = np.column_stack([np.log(alone), *shares, *by_bits, np.log(sum(by_bits) + 1e-6), np.log(counts),
-                                    changes / counts, np.log(activations), np.log(max_side), glue_requantized, glue_plain,
-                                    gated])
+        # Named blocks, whose names the fitted predictor keeps (``composition_features_``): a
+        # predictor fit on other columns is refused, not read by position. A change here bumps
+        # ``format_version``, so that cached predictors are refit. Mfloats reaching convs
+        # through glue, requantized and not: ``_glue_inputs``; gated by squeeze-and-excitation:
+        # ``_gated_elements``.
+        blocks = [("log_time_alone", np.log(alone)),
+                  *((f"time_share_{OPS[o]}_{_PRECISIONS[p]}", shares[3 * o + p]) for o in range(len(OPS))
+                    for p in range(3)),
+                  *((f"weight_mb_{b}bit", x) for b, x in zip(_BITS, by_bits)),
+                  ("log_weight_mb", np.log(sum(by_bits) + 1e-6)), ("log_kernels", np.log(counts)),
+                  ("precision_change_share", changes / counts), ("log_activation_mfloats", np.log(activations)),
+                  ("log_largest_side", np.log(max_side)), ("glue_requantized_mfloats", glue_requantized),
+                  ("glue_plain_mfloats", glue_plain), ("gated_mfloats", gated)]
+        names = tuple(name for name, _ in blocks)
+        features = np.column_stack([column for _, column in blocks])
         # The excess: millions of weights by how often a kernel reuses each one (float weights by
         # output pixels: 1, 2-4, 5-16, more; fp16 counts as float, which ORT converts it to when
         # it loads the model), then int8 and int4 weights; precision changes, kernels, millions of
@@ -301,7 +315,7 @@ class LatencyPredictor:
                                        changes, counts, activations, glue_requantized, glue_plain, gated, np.ones(n)])
         streamable = per_candidate(weights * is_float * (pixels > 1))
         excess_parts = (excess_base, streamable, 4 * per_candidate(weights * is_float))
-        return features, alone, per_candidate(var), ms, owner, excess_parts
+        return features, alone, per_candidate(var), ms, owner, excess_parts, names
 
     def _kernel_ms(self, table: np.ndarray, stage1: CompiledKernelModels | None = None):
         """Stage 1: each kernel's latency alone, and the variance of that estimate (ms^2), from
