@@ -87,10 +87,10 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     own_executor = executor is None
     if own_executor and settings.execution.executor == "ray":
         executor = _ray_executor(settings)  # its workers distill the cells before they fine-tune
-    host_level = None
+    host_level, timed_own = None, False
     try:
         if problem is None:
-            problem, host_level = _calibrated_problem(settings, checked, fresh, executor, progress)
+            problem, host_level, timed_own = _calibrated_problem(settings, checked, fresh, executor, progress)
         problem.learn_kernels()
         if checked is None or not _at_profile_level(settings, budget) or host_level is not None:
             check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms, chance=chance)  # no trial yet
@@ -102,6 +102,11 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         if own_executor and executor is not None:
             executor.close()
         raise
+    # the misses measured so far (a resumed search's rows), loaded once; the model's own candidates
+    # just timed are measured points too: the search reads them, and their neighbours, so
+    correction = LocalCorrection.load(problem.space, out)
+    if timed_own:
+        correction.seed_with_own_candidates(out, host_level.ratio)
     budget_ms = budget.resolve(problem.baseline_ms)
     write_search_json(search_json, settings, problem, budget_ms, host_level)
     fail_stale_trials(study)
@@ -109,8 +114,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     if time_everything and settings.latency.measure_near_budget > 0:
         log.warning("this model's own candidates are read %.0f%% off even at their level: every candidate is timed "
                     "before its fine-tune, not only those near the budget", 100 * host_level.residual_error)
-    # the misses measured so far (the model's own candidates, a resumed search's rows), loaded once
-    latency = search_latency_pipeline(settings, problem, budget_ms, time_everything=time_everything)
+    latency = search_latency_pipeline(settings, problem, budget_ms, correction=correction,
+                                      time_everything=time_everything)
     guide.start(problem, study, budget_ms, chance, predictor=latency.predictor)
     _seed_study(settings, study, guide, problem.space)
     interrupted, cluster_lost = False, None
@@ -153,9 +158,10 @@ def _at_profile_level(settings: SearchSettings, budget: Budget) -> bool:
 
 
 def _calibrated_problem(settings: SearchSettings, checked, fresh: bool, executor: Executor | None,
-                        progress: bool) -> tuple[SearchProblem, HostLevel | None]:
+                        progress: bool) -> tuple[SearchProblem, HostLevel | None, bool]:
     """The problem built (baseline trained or read, cells distilled) and predicting at the level
-    this search judges latency at: its own candidates', the host's, or the hardware model's."""
+    this search judges latency at: its own candidates', the host's, or the hardware model's; the
+    level; whether the own candidates were timed just now."""
     own_level = fresh and _wants_model_level(settings, checked.hardware)
     host_level = None if own_level else _host_level(SearchFolder(settings.out), settings)
     problem = build_problem(settings.problem, cache_dir=settings.out, host_level=host_level, progress=progress,
@@ -163,7 +169,7 @@ def _calibrated_problem(settings: SearchSettings, checked, fresh: bool, executor
     if own_level:
         host_level = _model_level(settings, problem, progress)
         problem = problem.at_level(host_level.ratio, host_level.baseline_ms)
-    return problem, host_level
+    return problem, host_level, own_level
 
 
 def _seed_study(settings: SearchSettings, study, guide, space: Space) -> None:
@@ -249,8 +255,6 @@ def _model_level(settings: SearchSettings, problem: SearchProblem, progress: boo
     errors = level.to_dict()
     log.info("own candidates measured %.3fx the predictions; RMS error %.1f%% before, %.1f%% after", level.ratio,
              100 * errors.get("rms_error_before", 0.0), 100 * errors.get("rms_error_after", 0.0))
-    # the candidates just timed are measured points: the search reads them, and their neighbours, so
-    LocalCorrection.load(problem.space, settings.out).seed_with_own_candidates(settings.out, level.ratio)
     return level
 
 
