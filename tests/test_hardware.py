@@ -24,7 +24,8 @@ from autocompress.hardware.kernels import (
     kernels_of_candidate,
     kernels_of_model,
 )
-from autocompress.hardware.predictor import LatencyPredictor, NotFittedError, _glue_inputs
+from autocompress.hardware.glue import _glue_inputs
+from autocompress.hardware.predictor import LatencyPredictor, NotFittedError
 from autocompress.errors import AutocompressError
 from autocompress.hardware.measurements import read_kernel_measurements, read_model_measurements
 from autocompress.hardware.profile_plan import ProfilePlan, _candidate_plan, _kernel_plan

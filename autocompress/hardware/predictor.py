@@ -56,13 +56,11 @@ from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold
 
 from .forest import CompiledForests, CompiledKernelModels, heads_per_tree
-from .glue import _gated_elements, _glue_inputs
-from .kernels import OPS, Kernel, baseline_ms, kernel_table, kernel_weights, roofline_terms, stage1_features
+from .candidate_features import BITS, candidate_features, check_feature_names
+from .kernels import OPS, Kernel, baseline_ms, kernel_table, roofline_terms, stage1_features
 
 __all__ = ["LatencyPrediction", "LatencyPredictor", "NotFittedError"]
 
-_BITS = (32, 16, 8, 4)
-_PRECISIONS = ("float", "int8", "int4")  # a kernel's precision class by its bits: >= 16, 8, fewer
 _STREAM_THRESHOLDS_MB = (3, 6, 9, 12, 16)  # float weight MB; LatencyPredictor.fit picks one
 
 
@@ -105,7 +103,7 @@ class LatencyPredictor:
             raise ValueError(f"need at least 10 whole candidates to learn how kernels add up, got {len(candidates)}")
         self.kernel_models_ = {}
         for op in range(len(OPS)):
-            for bits in _BITS:
+            for bits in BITS:
                 rows = (kernels[:, 0] == op) & (kernels[:, 1] == bits)
                 if rows.sum() >= 10:
                     self.kernel_models_[(op, bits)] = self._fit_kernel_model(kernels[rows], kernel_ms[rows])
@@ -225,11 +223,7 @@ class LatencyPredictor:
         self._require_fitted()
         stage1, stage2 = self._compiled_models() if compiled else (None, self.composition_)
         features, alone, alone_var, kernel_ms, owner, excess_parts, names = self._composition(tables, stage1)
-        fitted = getattr(self, "composition_features_", names)  # a predictor fit before names were kept: as built
-        if tuple(fitted) != names:
-            raise NotFittedError(f"this LatencyPredictor was fit on the features {list(fitted)}, and this version "
-                                 f"builds {list(names)}: refit it on its measurements (load_hardware_model on its "
-                                 "folder refits a cache of another format_version)")
+        check_feature_names(getattr(self, "composition_features_", names), names)  # fit before names were kept: as built
         heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_)
         trees = heads_per_tree(heads, stage2)
         ms = np.exp(trees.mean(axis=0))  # the mean of the two heads' forests, in log space
@@ -273,48 +267,7 @@ class LatencyPredictor:
             return np.bincount(owner, weights=values, minlength=n)
 
         alone = per_candidate(ms) + self.call_ms_
-        op, bits = table[:, 0], table[:, 1]
-        precision = np.select([bits >= 16, bits == 8], [0, 1], 2)
-        shares = [per_candidate(ms * ((op == o) & (precision == p))) / alone for o in range(len(OPS)) for p in range(3)]
-        _, _, cin, cout, k, _, h, w, out_h, out_w, groups = table.T.astype(np.float64)
-        weights = kernel_weights(table) / 1e6  # millions
-        weight_mb = weights * np.select([bits == 32, bits == 16, bits == 8], [4, 2, 1], 0.5)
-        by_bits = [per_candidate(weight_mb * (bits == b)) for b in _BITS]
-        same_candidate = np.concatenate([[False], owner[1:] == owner[:-1]])
-        changes = per_candidate(same_candidate & (bits != np.concatenate([[0], bits[:-1]])))
-        counts = np.bincount(owner, minlength=n).astype(np.float64)
-        activations = per_candidate(cout * out_h * out_w / 1e6)
-        max_side = np.zeros(n)
-        np.maximum.at(max_side, owner, np.maximum(h, w))
-        glue_requantized, glue_plain = _glue_inputs(table, owner, n)
-        gated = _gated_elements(table, owner, n)
-        # Named blocks, whose names the fitted predictor keeps (``composition_features_``): a
-        # predictor fit on other columns is refused, not read by position. A change here bumps
-        # ``format_version``, so that cached predictors are refit. Mfloats reaching convs
-        # through glue, requantized and not: ``_glue_inputs``; gated by squeeze-and-excitation:
-        # ``_gated_elements``.
-        blocks = [("log_time_alone", np.log(alone)),
-                  *((f"time_share_{OPS[o]}_{_PRECISIONS[p]}", shares[3 * o + p]) for o in range(len(OPS))
-                    for p in range(3)),
-                  *((f"weight_mb_{b}bit", x) for b, x in zip(_BITS, by_bits)),
-                  ("log_weight_mb", np.log(sum(by_bits) + 1e-6)), ("log_kernels", np.log(counts)),
-                  ("precision_change_share", changes / counts), ("log_activation_mfloats", np.log(activations)),
-                  ("log_largest_side", np.log(max_side)), ("glue_requantized_mfloats", glue_requantized),
-                  ("glue_plain_mfloats", glue_plain), ("gated_mfloats", gated)]
-        names = tuple(name for name, _ in blocks)
-        features = np.column_stack([column for _, column in blocks])
-        # The excess: millions of weights by how often a kernel reuses each one (float weights by
-        # output pixels: 1, 2-4, 5-16, more; fp16 counts as float, which ORT converts it to when
-        # it loads the model), then int8 and int4 weights; precision changes, kernels, millions of
-        # activations, millions of elements through glue (requantized and not) and gated, and a
-        # constant (the session call). ``_excess_terms`` adds the streaming term.
-        is_float, pixels = bits >= 16, out_h * out_w
-        reuse = np.digitize(pixels, [2, 5, 17])  # 0: one pixel, 1: 2-4, 2: 5-16, 3: more
-        excess_base = np.column_stack([*(per_candidate(weights * is_float * (reuse == r)) for r in range(4)),
-                                       per_candidate(weights * (bits == 8)), per_candidate(weights * (bits == 4)),
-                                       changes, counts, activations, glue_requantized, glue_plain, gated, np.ones(n)])
-        streamable = per_candidate(weights * is_float * (pixels > 1))
-        excess_parts = (excess_base, streamable, 4 * per_candidate(weights * is_float))
+        features, names, excess_parts = candidate_features(table, owner, ms, alone)
         return features, alone, per_candidate(var), ms, owner, excess_parts, names
 
     def _kernel_ms(self, table: np.ndarray, stage1: CompiledKernelModels | None = None):
@@ -342,3 +295,4 @@ def _excess_terms(excess_parts, threshold_mb: float) -> np.ndarray:
     and grew by about 0.07 ms per MB beyond)."""
     base, streamable, float_mb = excess_parts
     return np.column_stack([base, streamable * (float_mb > threshold_mb)])
+
