@@ -80,7 +80,9 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
     fresh = not search_json.is_file()
     budget = Budget.parse(settings.budget)
     chance = ChanceConstraint(settings.latency.budget_confidence)
-    checked = _check_inputs(settings, budget, chance, problem, executor)
+    # A budget in ms is checked at the host's level, once it is known (``_calibrated_problem``).
+    at_profile_level = _at_profile_level(settings, budget)
+    checked = _check_inputs(settings, budget, chance, problem, executor, check_budget=at_profile_level)
     guide = settings.make_guide()
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(settings, score=(problem.score if problem is not None else checked.task.score).name)
@@ -92,7 +94,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
         if problem is None:
             problem, host_level, timed_own = _calibrated_problem(settings, checked, fresh, executor, progress)
         problem.learn_kernels()
-        if checked is None or not _at_profile_level(settings, budget) or host_level is not None:
+        if checked is None or not at_profile_level or host_level is not None:
             check_reachable(problem.space, problem.hardware, budget, problem.baseline_ms, chance=chance)  # no trial yet
         if guide.needs_sensitivities and problem.sensitivities is None:
             problem = problem.with_sensitivities(out, map_jobs=getattr(executor, "map_jobs", None), progress=progress)
@@ -134,7 +136,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True, problem: Sear
 
 
 def _check_inputs(settings: SearchSettings, budget: Budget, chance: ChanceConstraint, problem: SearchProblem | None,
-                  executor: Executor | None):
+                  executor: Executor | None, *, check_budget: bool):
     """Every input checked before anything is created in ``out`` or trained; the model, data and
     hardware model loaded on the way (``preflight``), None when a problem is given ready-made."""
     _check_resumable(SearchFolder(settings.out), settings)
@@ -145,8 +147,7 @@ def _check_inputs(settings: SearchSettings, budget: Budget, chance: ChanceConstr
         check_ray_address(settings.execution.ray_address)
     if problem is not None:
         return None
-    # A budget in ms is checked at the host's level, once it is known (``_calibrated_problem``).
-    return preflight(settings.problem, budget, check_budget=_at_profile_level(settings, budget), chance=chance,
+    return preflight(settings.problem, budget, check_budget=check_budget, chance=chance,
                      task=settings.task)
 
 

@@ -51,7 +51,8 @@ class LatencySettings:
     # fine-tune, and tell the study the measured latency (``search.near_budget``); 0: never.
     measure_near_budget: float = 0.1
     # A predicted candidate meets the budget when it does so with this probability
-    # (``budget.ChanceConstraint``; 0.5: its predicted mean does); a measured one when it measures within.
+    # (``budget.ChanceConstraint``; 0.5: its predicted mean does); a measured one when it measures
+    # ``budget.MEASURED_MARGIN`` under it, as the export demands.
     budget_confidence: float = DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
