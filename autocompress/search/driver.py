@@ -18,7 +18,6 @@ import optuna
 from optuna.trial import TrialState
 
 from .boundary import repair_to_budget
-from .budget import ChanceConstraint
 from ..errors import AutocompressError
 from ..files import is_disk_full
 from .executors import Executor, TrialJob, TrialResult, WorkerLost
@@ -46,8 +45,8 @@ class TrialDriver:
         started (default: the one ``settings`` names, started here)."""
         self.settings, self.problem, self.study, self.budget_ms = settings, problem, study, budget_ms
         self.executor = executor
-        self.chance = ChanceConstraint(settings.latency.budget_confidence)
         self.latency = latency if latency is not None else search_latency_pipeline(settings, problem, budget_ms)
+        self.chance = self.latency.chance  # the repair reads the budget as the check does
         if guide is None:
             guide = settings.make_guide()
             guide.start(problem, study, budget_ms, self.chance, predictor=self.latency.predictor)

@@ -53,12 +53,8 @@ class LatencyVerdict:
     corrected_ms: float  # step 2
     std_ms: float  # the corrected prediction's deviation
     measured_ms: float | None  # step 3, where timed
+    latency_ms: float  # what the study is told: the measurement where there is one, else the corrected prediction
     over_budget_ms: float  # step 4: > 0 misses the budget by that much
-
-    @property
-    def latency_ms(self) -> float:
-        """What the study is told: the measurement where there is one, else the corrected prediction."""
-        return self.corrected_ms if self.measured_ms is None else self.measured_ms
 
 
 class LatencyPipeline:
@@ -79,7 +75,7 @@ class LatencyPipeline:
             self.correction.add(trial, candidate, prediction.ms, corrected_ms, measured_ms, self.folder)
         latency = corrected_ms if measured_ms is None else measured_ms
         over = self.chance.over_budget_ms(latency, std_ms, self.budget_ms, measured=measured_ms is not None)
-        return LatencyVerdict(prediction.ms, corrected_ms, std_ms, measured_ms, over)
+        return LatencyVerdict(prediction.ms, corrected_ms, std_ms, measured_ms, latency, over)
 
 
 def search_latency_pipeline(settings, problem, budget_ms: float, *, correction: LocalCorrection | None = None,
