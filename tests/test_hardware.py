@@ -418,6 +418,27 @@ def test_validated_candidates_join_the_profile_and_later_validations_skip_them(t
         add_validation_measurements(tmp_path / "hw" / "metadata.json", fresh)
 
 
+def test_tight_candidates_come_under_the_limit_heavily_pruned_and_fail_clearly_where_none_can(tiny_profile):
+    from autocompress.hardware.validation import tight_candidate
+
+    folder, plan = tiny_profile
+    predictor = fit_hardware_model(folder, plan=plan).predictor
+    target = model_under_test(TINY, 16)
+    space = Space(target.analysis, SpaceOptions())
+    uncompressed = predictor.kernels_alone_ms([kernel_table(kernels_of_candidate(target.analysis, space.default()))])[0]
+    limit = 0.7 * uncompressed
+    for seed in range(5):
+        candidate, draws = tight_candidate(predictor, target, random.Random(seed), limit)
+        assert draws >= 1
+        alone = predictor.kernels_alone_ms([kernel_table(kernels_of_candidate(target.analysis, candidate))])[0]
+        assert alone < limit
+        for var in space.variables:
+            if var.kind == "prune":
+                assert space.value_of(candidate, var) >= sorted(var.choices)[len(var.choices) // 2]
+    with pytest.raises(AutocompressError, match="--tight"):
+        tight_candidate(predictor, target, random.Random(0), 1e-6)
+
+
 def test_accuracy_figures_on_known_values():
     figures = accuracy_figures(np.array([1.0, 2.1, 2.8, 5.0]), np.array([1.0, 2.0, 3.0, 4.0]))
     assert figures.within_10pct == 0.75  # 1.0, 2.1 (+5%), 2.8 (-6.7%) are in; 5.0 (+25%) is out

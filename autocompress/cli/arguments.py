@@ -78,14 +78,18 @@ def _steps_or_auto(text: str) -> int | str:
     raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a non-negative integer")
 
 
-def _seconds(text: str) -> float:
+def _positive_float(text: str, unit: str = "") -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number{unit}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _positive_float(text, " of seconds")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:

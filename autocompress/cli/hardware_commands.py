@@ -71,7 +71,8 @@ def _validate_predictor(args) -> int:
     hardware = load_hardware_model(args.hardware_model)
     report = validate(hardware, args.hardware_model, args.model, [s[2] for s in shapes], samples=args.samples,
                       seed=args.seed, threads=hardware.metadata.get("threads", 1),
-                      sweeps=args.sweeps or (hardware.metadata.get("plan") or {}).get("sweeps", 2), cells=args.cells)
+                      sweeps=args.sweeps or (hardware.metadata.get("plan") or {}).get("sweeps", 2), cells=args.cells,
+                      tight_ms=args.tight)
     out = args.out or args.hardware_model / "validation"
     plan, measured = hardware.metadata.get("plan") or {}, hardware.metadata.get("measurements") or {}
     fitted_on = list(dict.fromkeys([*plan.get("models", []), *measured.get("candidates_by_model", {})]))

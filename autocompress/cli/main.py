@@ -13,7 +13,8 @@ import torch
 from ..core.target import DEFAULT_TARGET, registered_targets, target
 from ..errors import AutocompressError
 from ..files import disk_full_message, disk_nearly_full, is_disk_full
-from .arguments import OneLineParser, _count, _parse_shape, _positive, add_baseline_flags, add_model_arguments
+from .arguments import (OneLineParser, _count, _parse_shape, _positive, _positive_float, add_baseline_flags,
+                        add_model_arguments)
 from .front_commands import _export, _pareto
 from .search_command import add_search_command
 from .hardware_commands import _profile, _profile_defaults, _validate_predictor
@@ -155,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="print the figures as JSON")
     validate.add_argument("--cells", action="store_true", help="draw candidates with the NAS cell choices of each "
                           "model's family (search_spaces/)")
+    validate.add_argument("--tight", type=_positive_float, default=None, metavar="MS",
+                          help="draw candidates as a search at a tight budget proposes them (most decisions changed, "
+                               "blocks often skipped) whose kernels, each timed alone, add up to under MS ms")
     validate.set_defaults(run=_validate_predictor)
 
     add_search_command(sub)

@@ -211,6 +211,12 @@ class LatencyPredictor:
         ms, std, _ = self._predict(tables, compiled)
         return ms, std
 
+    def kernels_alone_ms(self, tables: list[np.ndarray]) -> np.ndarray:
+        """Stage 1 alone: each candidate's kernels, each as timed alone less its session call,
+        plus one call (the figure stage 2 scales; see ``_composition``)."""
+        self._require_fitted()
+        return self._composition(tables, self._compiled_models()[0])[1]
+
     def price_kernels(self, tables: list[np.ndarray]) -> None:
         """Stage 1 of every kernel in ``tables``, kept (the compiled path keeps each distinct kernel's
         figure), so that later predictions of candidates made of them walk only stage 2."""

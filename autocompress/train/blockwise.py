@@ -177,7 +177,7 @@ def load_or_distill_cells(model: nn.Module, analysis, images: torch.Tensor, fold
             todo.append(job)
     results = (map_jobs or _one_by_one)(distill_cell, todo)
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="blockwise distillation", unit="cell",
-              disable=not progress or None) as bar:
+              disable=not progress) as bar:
         for fit, state in results:
             key = cell_key(fit.block, fit.cell)
             with atomic_path(_path(folder, fit.block, fit.cell)) as partial:

@@ -198,7 +198,7 @@ def measure_sensitivities(model: nn.Module, space: Space, example: torch.Tensor,
         context = _context(model, space, example, images, recalibration, rules, cell_weights, config)
         jobs = _chunks(todo, config.variables_per_job)
         with tqdm(total=len(wanted_rows), initial=len(wanted_rows) - len(todo), desc="sensitivities",
-                  unit="decision", disable=not progress or None) as bar:
+                  unit="decision", disable=not progress) as bar:
             for measured in (map_jobs or _one_by_one)(_measure, jobs, shared=context):
                 for row in measured:
                     rows[row["variable"], row["value"]] = row
