@@ -109,7 +109,7 @@ def measure_in_batches_and_sweeps(items: list[tuple[ModelUnderTest, Candidate]],
     if len(orders) != sweeps:
         raise ValueError(f"need one order per sweep: {sweeps} sweeps, {len(orders)} orders")
     timings: list[list[LatencyMeasurement]] = [[] for _ in items]
-    with tqdm(total=sum(map(len, orders)), desc=desc, unit="candidate", disable=None if desc else True) as bar:
+    with tqdm(total=sum(map(len, orders)), desc=desc, unit="candidate", disable=desc is None) as bar:
         for order in orders:
             for start in range(0, len(order), CANDIDATES_PER_BATCH):
                 batch = order[start:start + CANDIDATES_PER_BATCH]

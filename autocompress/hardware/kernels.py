@@ -210,9 +210,10 @@ def baseline_ms(baseline, table: np.ndarray) -> np.ndarray:
     return np.maximum(baseline.predict(roofline_terms(table)), 1e-4)
 
 
-def stage1_features(table: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """Shape features, plus op and bits (they matter to the pooled fallback), plus the baseline."""
-    return np.column_stack([kernel_features(table), table[:, 0], table[:, 1], np.log(base)])
+def stage1_features(table: np.ndarray, base: np.ndarray, shape_features=kernel_features) -> np.ndarray:
+    """The target's shape features (``Target.kernel_features``), plus op and bits (they matter to
+    the pooled fallback), plus the baseline."""
+    return np.column_stack([shape_features(table), table[:, 0], table[:, 1], np.log(base)])
 
 
 class _ConvUnit(nn.Module):

@@ -1,7 +1,7 @@
 """The latency predictor: per-kernel regression trees, then how the kernels add up in a network.
 
 Stage 1 (nn-Meter's idea): one regressor per (op, bit width) predicts the latency of a kernel
-timed alone, from its shape features (``kernels.kernel_features``): a non-negative linear
+timed alone, from its shape features (its target's ``Target.kernel_features``): a non-negative linear
 baseline in MACs and bytes moved, times a learned efficiency (ExtraTrees on the log ratio).
 
 Stage 2 (ours): a network is not the sum of its kernels timed alone. Alone, each kernel pays a
@@ -55,6 +55,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold
 
+from . import targets  # noqa: F401  (registers them)
+from ..core.target import DEFAULT_TARGET, Target, target as target_named
 from .forest import CompiledForests, CompiledKernelModels, heads_per_tree
 from .candidate_features import BITS, candidate_features, check_feature_names
 from .kernels import OPS, Kernel, baseline_ms, kernel_table, roofline_terms, stage1_features
@@ -79,10 +81,13 @@ class LatencyPredictor:
     # 8: per-candidate uncertainty from the trees' spread (``uncertainty_``). Not 7: a format 7
     # was committed and reverted, and caches it wrote may still be about.
     # 9: a max pool read by int4 convs after an int8 stem counts as requantized (``_glue_inputs``).
-    format_version = 9
+    # 10: the excess head's estimate is held to the range of ratios the profile had
+    # (``excess_ratio_range_``); the target is a parameter, and stage 1 reads its kernel features.
+    format_version = 10
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 1, composition_min_samples_leaf: int = 2,
-                 random_state: int = 0) -> None:
+                 random_state: int = 0, target: str = DEFAULT_TARGET) -> None:
+        self.target = target  # the runtime whose kernels are priced: its ``kernel_features`` feed stage 1
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
         self.composition_min_samples_leaf = composition_min_samples_leaf
@@ -120,15 +125,16 @@ class LatencyPredictor:
         for threshold in _STREAM_THRESHOLDS_MB:
             excess_terms = _excess_terms(excess_parts, threshold)
             # Fit for relative error (1/ms^2), like the kernel baselines. Cross-validation refits
-            # only the trees: the excess has 14 coefficients for hundreds of candidates.
+            # only the trees: the excess has 13 coefficients for hundreds of candidates.
             excess = LinearRegression(fit_intercept=False).fit(excess_terms, candidate_ms - alone,
                                                                sample_weight=1.0 / candidate_ms ** 2)
-            heads = self._heads(features, alone, excess_terms, excess)
+            ratio_range = _excess_ratio_range(alone, excess_terms, excess)
+            heads = self._heads(features, alone, excess_terms, excess, ratio_range)
             log_error, tree_var = self._out_of_fold(heads, log_ms)
             relative_error = float(np.sqrt(np.mean(np.expm1(log_error) ** 2)))
-            fits.append((relative_error, threshold, excess, heads, log_error, tree_var))
-        self.relative_error_, self.stream_threshold_mb_, self.excess_, heads, log_error, tree_var = min(
-            fits, key=lambda fit: fit[0])
+            fits.append((relative_error, threshold, excess, ratio_range, heads, log_error, tree_var))
+        (self.relative_error_, self.stream_threshold_mb_, self.excess_, self.excess_ratio_range_, heads, log_error,
+         tree_var) = min(fits, key=lambda fit: fit[0])
         self.composition_ = [self._forest(self.composition_min_samples_leaf).fit(x, log_ms - reference)
                              for x, reference in heads]
         # Uncertainty: held-out squared log errors against the trees' variance (see the module
@@ -141,18 +147,20 @@ class LatencyPredictor:
         self.typical_kernel_var_ = float(np.median(kernel_var / alone ** 2))
         return self
 
-    def _heads(self, features: np.ndarray, alone: np.ndarray, excess_terms: np.ndarray, excess: LinearRegression):
+    def _heads(self, features: np.ndarray, alone: np.ndarray, excess_terms: np.ndarray, excess: LinearRegression,
+               ratio_range: tuple[float, float]):
         """Stage 2's two heads, as (tree features, log reference latency) pairs; each head's trees
         predict the log ratio of the measured latency to its reference, and the prediction is the
         mean of the two in log space. One head scales the kernels alone; the other starts from
-        kernels alone plus the linear excess (never below 0.3x the kernels alone: int8 chains save
-        conversions, but a negative excess extrapolated far must not reach zero). Chosen on
+        kernels alone plus the linear excess, its ratio to the kernels alone held within
+        ``ratio_range``, the range the profile's candidates gave it (``_excess_ratio_range``). Chosen on
         cross-validation over the profile's candidates, before the glue and streaming terms: the
         excess head alone scored 82% within 10% against 77% for the ratio head, and their mean
         82-83%; on MnasNet, which was never profiled, the excess head alone over-predicted by
         4-7% and the mean by 3-4%."""
         # excess.predict's own arithmetic, without its input checks (they cost more than the rest)
-        estimate = np.maximum(alone + (excess_terms @ excess.coef_ + excess.intercept_), 0.3 * alone)
+        estimate = np.clip(alone + (excess_terms @ excess.coef_ + excess.intercept_), ratio_range[0] * alone,
+                           ratio_range[1] * alone)
         return [(features, np.log(alone)),
                 (np.column_stack([features, np.log(estimate / alone)]), np.log(estimate))]
 
@@ -165,12 +173,19 @@ class LatencyPredictor:
         # decide it and small ones got a baseline near zero (log ratios the trees could not fix).
         baseline = LinearRegression(positive=True).fit(roofline_terms(table), ms, sample_weight=1.0 / ms ** 2)
         base = baseline_ms(baseline, table)
-        features, target = stage1_features(table, base), np.log(ms / base)
-        held_out = np.zeros(len(target))
+        features, log_ratio = self._stage1_features(table, base), np.log(ms / base)
+        held_out = np.zeros(len(log_ratio))
         for train, test in KFold(n_splits=3, shuffle=True, random_state=self.random_state).split(features):
-            held_out[test] = self._forest(self.min_samples_leaf).fit(features[train], target[train]).predict(features[test])
-        trees = self._forest(self.min_samples_leaf).fit(features, target)
-        return baseline, trees, float(np.sqrt(np.mean((held_out - target) ** 2)))
+            held_out[test] = self._forest(self.min_samples_leaf).fit(features[train], log_ratio[train]).predict(
+                features[test])
+        trees = self._forest(self.min_samples_leaf).fit(features, log_ratio)
+        return baseline, trees, float(np.sqrt(np.mean((held_out - log_ratio) ** 2)))
+
+    def _stage1_features(self, table: np.ndarray, base: np.ndarray) -> np.ndarray:
+        return stage1_features(table, base, self._runtime().kernel_features)
+
+    def _runtime(self) -> Target:
+        return target_named(self.target)
 
     def _forest(self, min_samples_leaf: int) -> ExtraTreesRegressor:
         return ExtraTreesRegressor(n_estimators=self.n_estimators, min_samples_leaf=min_samples_leaf,
@@ -220,7 +235,7 @@ class LatencyPredictor:
     def price_kernels(self, tables: list[np.ndarray]) -> None:
         """Stage 1 of every kernel in ``tables``, kept (the compiled path keeps each distinct kernel's
         figure), so that later predictions of candidates made of them walk only stage 2."""
-        self._compiled_models()[0].log_ms(np.concatenate(tables), roofline_terms, stage1_features)
+        self._compiled_models()[0].log_ms(np.concatenate(tables), roofline_terms, self._stage1_features)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_compiled_"}  # rebuilt on first use
@@ -230,7 +245,8 @@ class LatencyPredictor:
         stage1, stage2 = self._compiled_models() if compiled else (None, self.composition_)
         features, alone, alone_var, kernel_ms, owner, excess_parts, names = self._composition(tables, stage1)
         check_feature_names(getattr(self, "composition_features_", names), names)  # fit before names were kept: as built
-        heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_)
+        heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_,
+                            self.excess_ratio_range_)
         trees = heads_per_tree(heads, stage2)
         ms = np.exp(trees.mean(axis=0))  # the mean of the two heads' forests, in log space
         floor, per_tree_var = self.uncertainty_
@@ -280,17 +296,28 @@ class LatencyPredictor:
         """Stage 1: each kernel's latency alone, and the variance of that estimate (ms^2), from
         the kernel model's cross-validated error. ``stage1``: the models compiled, in one pass."""
         if stage1 is not None:
-            log_mean, log_var = stage1.log_ms(table, roofline_terms, stage1_features)
+            log_mean, log_var = stage1.log_ms(table, roofline_terms, self._stage1_features)
         else:
             log_mean, log_var = np.zeros(len(table)), np.zeros(len(table))
             for key in {(int(o), int(b)) for o, b in table[:, :2]}:
                 rows = (table[:, 0] == key[0]) & (table[:, 1] == key[1])
                 baseline, trees, log_error = self.kernel_models_.get(key, self.fallback_)
                 base = baseline_ms(baseline, table[rows])
-                log_mean[rows] = np.log(base) + trees.predict(stage1_features(table[rows], base))
+                log_mean[rows] = np.log(base) + trees.predict(self._stage1_features(table[rows], base))
                 log_var[rows] = log_error ** 2
         ms = np.exp(log_mean)
         return ms, (ms ** 2) * log_var  # delta method: var(exp(x)) ~ exp(x)^2 var(x)
+
+
+def _excess_ratio_range(alone: np.ndarray, excess_terms: np.ndarray, excess: LinearRegression) -> tuple[float, float]:
+    """The range of the linear estimate's ratio to the kernels alone over the candidates it was
+    fit on (never below 0.3: int8 chains save conversions, but not most of a network's time).
+    Outside the profile the linear excess extrapolates badly: its constant, fit on candidates of
+    0.06 ms and more, is a saving of about 0.1 ms on the Intel class, and on ResNet-18s of tens of
+    microseconds it drove the estimate to the floor, so the mean of the heads read 26% low. Held
+    to the range, the estimate says no more than the profile taught it."""
+    ratio = (alone + excess_terms @ excess.coef_ + excess.intercept_) / alone
+    return max(0.3, float(ratio.min())), float(ratio.max())
 
 
 def _excess_terms(excess_parts, threshold_mb: float) -> np.ndarray:

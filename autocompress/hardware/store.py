@@ -121,8 +121,9 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
     model_rows = read_model_measurements(folder / "models.csv")
     if not kernel_rows or not model_rows:
         raise AutocompressError(f"{folder} holds no measurements to fit; run `autocompress profile --out {folder}` first")
-    predictor = (predictor or LatencyPredictor()).fit(*_training_arrays(kernel_rows, model_rows, folder=folder))
     old = _read_metadata(folder) if (folder / "metadata.json").exists() else {}
+    predictor = (predictor or LatencyPredictor(target=old.get("target", DEFAULT_TARGET))).fit(
+        *_training_arrays(kernel_rows, model_rows, folder=folder))
     metadata = {
         "target": old.get("target", DEFAULT_TARGET),
         "provider": target(old.get("target", DEFAULT_TARGET)).session_description,
@@ -178,7 +179,7 @@ def load_hardware_model(folder: str | Path) -> HardwareModel:
     if predictor is None:
         log.info("%s: fitting the predictor from the CSV files (no usable predictor.joblib cache)", folder)
         params = metadata.get("predictor", {}).get("params", {})
-        predictor = LatencyPredictor(**params).fit(*_training_arrays(
+        predictor = LatencyPredictor(**({"target": metadata.get("target", DEFAULT_TARGET)} | params)).fit(*_training_arrays(
             read_kernel_measurements(folder / "kernels.csv"), read_model_measurements(folder / "models.csv"),
             folder=folder))
         _write_cache(folder, predictor)
