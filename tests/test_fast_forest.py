@@ -223,3 +223,10 @@ def test_the_fitted_predictor_keeps_its_feature_names_and_refuses_other_columns(
     other.composition_features_ = (*names[1:], names[0])  # the same columns in another order
     with pytest.raises(NotFittedError, match="was fit on the features"):
         other.predict(kernels)
+    terms = predictor.excess_terms_
+    assert len(terms) == len(predictor.excess_.coef_) and terms[-1] == "streamed_float_mweights"
+    assert {"int8_mweights", "kernels", "constant"} <= set(terms)
+    other = copy.copy(predictor)
+    other.excess_terms_ = terms[:-1]  # a term fewer than this version builds
+    with pytest.raises(NotFittedError, match="was fit on the excess terms"):
+        other.predict(kernels)

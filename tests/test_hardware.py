@@ -39,7 +39,8 @@ from autocompress.hardware.store import (
     recorded_plan,
 )
 from autocompress.hardware.measure import machine_info
-from autocompress.hardware.validation import accuracy_figures, validate, write_report
+from autocompress.hardware.validation import accuracy_figures, validate
+from autocompress.hardware.validation_report import write_report
 from autocompress.core.policies import warm_start_policies
 from autocompress.core.space import Space, SpaceOptions
 from autocompress.techniques import apply_candidate
@@ -419,7 +420,7 @@ def test_validated_candidates_join_the_profile_and_later_validations_skip_them(t
 
 
 def test_tight_candidates_come_under_the_limit_heavily_pruned_and_fail_clearly_where_none_can(tiny_profile):
-    from autocompress.hardware.validation import tight_candidate
+    from autocompress.hardware.candidates import tight_candidate
 
     folder, plan = tiny_profile
     predictor = fit_hardware_model(folder, plan=plan).predictor

@@ -55,7 +55,8 @@ def _validate_predictor(args) -> int:
     import torch
 
     from ..hardware.store import load_hardware_model
-    from ..hardware.validation import validate, write_plot, write_report
+    from ..hardware.validation import validate
+    from ..hardware.validation_report import write_plot, write_report
     from ..train.models import check_model_runs, resolve_model
 
     shapes = [_parse_shape(s) for s in (args.input_shape or ["1,3,32,32"])]

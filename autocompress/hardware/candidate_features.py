@@ -9,16 +9,18 @@ from sklearn.exceptions import NotFittedError
 from .glue import _gated_elements, _glue_inputs
 from .kernels import OPS, kernel_weights
 
-__all__ = ["BITS", "candidate_features", "check_feature_names"]
+__all__ = ["BITS", "STREAMED_TERM", "candidate_features", "check_feature_names"]
 
 BITS = (32, 16, 8, 4)  # the bit widths a kernel runs at
+STREAMED_TERM = "streamed_float_mweights"  # the excess term ``predictor._excess_terms`` appends
 _PRECISIONS = ("float", "int8", "int4")  # a kernel's precision class by its bits: >= 16, 8, fewer
 
 
 def candidate_features(table: np.ndarray, owner: np.ndarray, ms: np.ndarray, alone: np.ndarray):
     """``table``: the kernels of every candidate (``kernel_table`` rows, concatenated), ``owner``
     the candidate of each, ``ms`` each kernel's own time, ``alone`` each candidate's time alone.
-    Returns the features (one row a candidate), their names, and the excess's parts."""
+    Returns the features (one row a candidate), their names, the excess's parts, and the names of
+    the excess's terms (those of ``predictor._excess_terms``, in its order)."""
     n = len(alone)
 
     def per_candidate(values: np.ndarray) -> np.ndarray:
@@ -60,17 +62,22 @@ def candidate_features(table: np.ndarray, owner: np.ndarray, ms: np.ndarray, alo
     # constant (the session call). ``predictor._excess_terms`` adds the streaming term.
     is_float, pixels = bits >= 16, out_h * out_w
     reuse = np.digitize(pixels, [2, 5, 17])  # 0: one pixel, 1: 2-4, 2: 5-16, 3: more
-    excess_base = np.column_stack([*(per_candidate(weights * is_float * (reuse == r)) for r in range(4)),
-                                   per_candidate(weights * (bits == 8)), per_candidate(weights * (bits == 4)),
-                                   changes, counts, activations, glue_requantized, glue_plain, gated, np.ones(n)])
+    excess_blocks = [*((f"float_mweights_reused_{label}", per_candidate(weights * is_float * (reuse == r)))
+                       for r, label in enumerate(("1", "2_4", "5_16", "over_16"))),
+                     ("int8_mweights", per_candidate(weights * (bits == 8))),
+                     ("int4_mweights", per_candidate(weights * (bits == 4))),
+                     ("precision_changes", changes), ("kernels", counts), ("activation_mfloats", activations),
+                     ("glue_requantized_mfloats", glue_requantized), ("glue_plain_mfloats", glue_plain),
+                     ("gated_mfloats", gated), ("constant", np.ones(n))]
+    excess_base = np.column_stack([column for _, column in excess_blocks])
     streamable = per_candidate(weights * is_float * (pixels > 1))
     excess_parts = (excess_base, streamable, 4 * per_candidate(weights * is_float))
-    return features, names, excess_parts
+    return features, names, excess_parts, tuple(name for name, _ in excess_blocks) + (STREAMED_TERM,)
 
 
-def check_feature_names(fitted, built: tuple[str, ...]) -> None:
-    """Refuse a predictor fit on other feature columns than this version builds."""
+def check_feature_names(fitted, built: tuple[str, ...], what: str = "features") -> None:
+    """Refuse a predictor fit on other feature columns (or excess terms) than this version builds."""
     if tuple(fitted) != built:
-        raise NotFittedError(f"this LatencyPredictor was fit on the features {list(fitted)}, and this version builds "
+        raise NotFittedError(f"this LatencyPredictor was fit on the {what} {list(fitted)}, and this version builds "
                              f"{list(built)}: refit it on its measurements (load_hardware_model refits a cache of "
                              "another format_version)")

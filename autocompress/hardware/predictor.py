@@ -115,7 +115,8 @@ class LatencyPredictor:
         self.fallback_ = self._fit_kernel_model(kernels, kernel_ms)
         # The fastest kernel timed alone (a Linear of a few dozen weights) is all session call.
         self.call_ms_ = float(kernel_ms.min())
-        features, alone, kernel_var, _, _, excess_parts, self.composition_features_ = self._composition(candidates)
+        features, alone, kernel_var, _, _, excess_parts, (self.composition_features_, self.excess_terms_) = \
+            self._composition(candidates)
         log_ms = np.log(candidate_ms)
         # How many MB of float weights a network holds before they stream from memory depends on
         # the machine (and on its neighbours' use of the shared cache): chosen on the
@@ -243,8 +244,11 @@ class LatencyPredictor:
     def _predict(self, tables: list[np.ndarray], compiled: bool = True):
         self._require_fitted()
         stage1, stage2 = self._compiled_models() if compiled else (None, self.composition_)
-        features, alone, alone_var, kernel_ms, owner, excess_parts, names = self._composition(tables, stage1)
-        check_feature_names(getattr(self, "composition_features_", names), names)  # fit before names were kept: as built
+        features, alone, alone_var, kernel_ms, owner, excess_parts, (names, excess_names) = self._composition(tables,
+                                                                                                             stage1)
+        # A predictor fit before the names were kept reads as built.
+        check_feature_names(getattr(self, "composition_features_", names), names)
+        check_feature_names(getattr(self, "excess_terms_", excess_names), excess_names, "excess terms")
         heads = self._heads(features, alone, _excess_terms(excess_parts, self.stream_threshold_mb_), self.excess_,
                             self.excess_ratio_range_)
         trees = heads_per_tree(heads, stage2)
@@ -270,8 +274,8 @@ class LatencyPredictor:
 
     def _composition(self, tables: list[np.ndarray], stage1: CompiledKernelModels | None = None):
         """Stage-2 features of each candidate, its kernels' time alone (and that time's variance),
-        each kernel's own time, which candidate each kernel belongs to, and the terms of the
-        linear excess.
+        each kernel's own time, which candidate each kernel belongs to, the terms of the linear
+        excess, and the names of the features and of the excess's terms (kept by ``fit``).
 
         A kernel timed alone pays a whole session call (about 5 us here), a network pays one: a
         kernel's own time is its time alone less the call (at least a tenth of it), and the
@@ -289,8 +293,8 @@ class LatencyPredictor:
             return np.bincount(owner, weights=values, minlength=n)
 
         alone = per_candidate(ms) + self.call_ms_
-        features, names, excess_parts = candidate_features(table, owner, ms, alone)
-        return features, alone, per_candidate(var), ms, owner, excess_parts, names
+        features, names, excess_parts, excess_names = candidate_features(table, owner, ms, alone)
+        return features, alone, per_candidate(var), ms, owner, excess_parts, (names, excess_names)
 
     def _kernel_ms(self, table: np.ndarray, stage1: CompiledKernelModels | None = None):
         """Stage 1: each kernel's latency alone, and the variance of that estimate (ms^2), from

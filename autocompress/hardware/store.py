@@ -31,13 +31,7 @@ import torch
 
 from ..errors import AutocompressError
 from ..version import __version__
-from .kernels import (
-    KERNEL_FIELDS,
-    Kernel,
-    candidate_table,
-    kernel_table,
-    kernels_of_model,
-)
+from .kernels import KERNEL_FIELDS, Kernel, candidate_table, kernel_table, kernels_of_model
 from ..core.target import DEFAULT_TARGET, Target, target
 from .predictor import LatencyPrediction, LatencyPredictor
 from .measurements import measurement_file, profile_level_ms, read_kernel_measurements, read_model_measurements

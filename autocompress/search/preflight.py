@@ -5,7 +5,10 @@ the data), the search-space file (its cells built against the model's blocks), t
 (its measurements read in full), and whether the budget can be reached at all: each failure is one
 line naming the input and what to pass instead, found in seconds, where it would otherwise surface
 as a traceback after the baseline has trained, or as a search whose every trial is over budget.
-What passes is handed on to ``build_problem``, so nothing is loaded twice.
+What passes is handed on to ``build_problem``, so nothing is loaded twice: the task, the hardware
+model, and the model's analysis where the search keeps the weights it was made with (a model
+object, or ``weights``); a baseline trained here is analysed again once trained, since its weights
+decide which cells compute what their block computes (``CellOption.exact``).
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..core.analysis import analyze
+from ..core.analysis import ModelAnalysis, analyze
 from ..core.search_space import resolve_search_space
 from ..core.space import Space
 from ..errors import BudgetError
 from ..hardware import HardwareModel, load_hardware_model
-from ..hardware.store import AUTO
 from ..train.images import ImageFiles
 from ..train.task import Task, check_batches, check_score
 from ..train.finetune import DistillationConfig
@@ -37,6 +39,9 @@ __all__ = ["CheckedInputs", "check_reachable", "preflight"]
 class CheckedInputs:
     task: Task
     hardware: HardwareModel  # at the profile's level
+    # The model's analysis (with the cells of its search space) where its weights are the ones
+    # searched; None where the baseline is still to be trained here.
+    analysis: ModelAnalysis | None = None
 
 
 def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True,
@@ -62,23 +67,15 @@ def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True,
     check_model_runs(model, example, spec=spec.model, needs=lambda size: f"it needs input_size {size}",
                      size_name="input_size", parameters=("input_size",))
     check_score(task, model)
-    space_file = resolve_search_space(spec.search_space, model)
-    # A file given by name is built against the model's blocks now (the shipped ones "auto" picks
-    # are known to fit), so its mistakes show before anything trains.
-    named = spec.search_space not in (AUTO, "none")
-    analysis = analyze(model, example, space=space_file) if named else None
+    # The search space's cells are built against the model's blocks now, so a file's mistakes
+    # show before anything trains, and the budget check prices the cells too (they may be faster
+    # than any compression of the blocks).
+    analysis = analyze(model, example, space=resolve_search_space(spec.search_space, model))
     hardware = load_hardware_model(hardware_folder(spec.hardware))
     if check_budget:
-        try:
-            check_reachable(Space(analysis or analyze(model, example), spec.space_options()), hardware, budget,
-                            chance=chance)
-        except BudgetError:
-            if named or space_file is None:
-                raise
-            # cells may be faster than any compression of the blocks: price them before refusing
-            check_reachable(Space(analyze(model, example, space=space_file), spec.space_options()), hardware,
-                            budget, chance=chance)
-    return CheckedInputs(task, hardware)
+        check_reachable(Space(analysis, spec.space_options()), hardware, budget, chance=chance)
+    searched_as_given = isinstance(task.model, nn.Module) or bool(spec.weights)
+    return CheckedInputs(task, hardware, analysis if searched_as_given else None)
 
 
 def check_reachable(space: Space, hardware: HardwareModel, budget: Budget, baseline_ms: float | None = None, *,

@@ -204,12 +204,13 @@ class SearchProblem:
 
 def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", host_level: HostLevel | None = None,
                   map_jobs=None, progress: bool = False, task: Task | None = None,
-                  hardware: HardwareModel | None = None) -> SearchProblem:
+                  hardware: HardwareModel | None = None, analysis: ModelAnalysis | None = None) -> SearchProblem:
     """Load the data and hardware model, train (or load) the baseline and distill its cells, cached
     in ``cache_dir``. ``host_level``: predict at that level of the host (``hardware.host_level``), not
     the profile's. ``map_jobs(fn, jobs)``: where blockwise distillation and supernet training run
     (default: here). ``task``: the Task searched, already made (``preflight``; a Task object from
-    Python); default: the one ``spec`` names. ``hardware``: the hardware model already loaded."""
+    Python); default: the one ``spec`` names. ``hardware``: the hardware model already loaded;
+    ``analysis``: the model's analysis already made with the weights searched (``preflight``)."""
     hardware_dir = hardware_folder(spec.hardware) if hardware is None else None
     task = task or task_for_spec(spec)
     splits = task.splits()
@@ -223,7 +224,7 @@ def build_problem(spec: ProblemSpec, *, cache_dir: Path, device: str = "cpu", ho
                                   map_jobs=map_jobs, progress=progress)
     baseline.eval()
     example = task.example_input()
-    analysis = analyze(baseline, example, space=resolve_search_space(spec.search_space, baseline))
+    analysis = analysis or analyze(baseline, example, space=resolve_search_space(spec.search_space, baseline))
     space = Space(analysis, spec.space_options())
     cell_weights = {}
     if any(v.kind == "cell" for v in space.variables):

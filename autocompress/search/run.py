@@ -166,7 +166,8 @@ def _calibrated_problem(settings: SearchSettings, checked, fresh: bool, executor
     own_level = fresh and _wants_model_level(settings, checked.hardware)
     host_level = None if own_level else _host_level(SearchFolder(settings.out), settings)
     problem = build_problem(settings.problem, cache_dir=settings.out, host_level=host_level, progress=progress,
-                            map_jobs=getattr(executor, "map_jobs", None), task=checked.task, hardware=checked.hardware)
+                            map_jobs=getattr(executor, "map_jobs", None), task=checked.task, hardware=checked.hardware,
+                            analysis=checked.analysis)
     if own_level:
         host_level = _model_level(settings, problem, progress)
         problem = problem.at_level(host_level.ratio, host_level.baseline_ms)
