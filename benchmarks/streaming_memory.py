@@ -49,10 +49,10 @@ def generate(folder: Path, count: int, size: int) -> float:
     return time.monotonic() - started
 
 
-def _tree_memory_bytes(root: int) -> int:
-    """The proportional set size (PSS) of ``root`` and every process below it: a page shared by
-    several (a forked loader worker shares most of its parent's) counts once in all, where summed
-    resident sizes would count it in each."""
+def _tree_memory(root: int) -> dict[int, int]:
+    """The proportional set size (PSS) of ``root`` and of every process below it, by process id: a
+    page shared by several (a forked loader worker shares most of its parent's) counts once in
+    all, where summed resident sizes would count it in each."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -69,26 +69,32 @@ def _tree_memory_bytes(root: int) -> int:
             if parent in below and pid not in below:
                 below.add(pid)
                 changed = True
-    total = 0
+    sizes = {}
     for pid in below:
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        total += next((int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:")), 0)
-    return total
+        sizes[pid] = next((int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return sizes
 
 
-def run_search(command: list[str], log: Path) -> tuple[int, float, float, str]:
-    """(exit code, peak memory of its process tree (PSS), seconds, the output's tail)."""
+def run_search(command: list[str], log: Path) -> tuple[int, int, float, str, dict]:
+    """(exit code, peak memory of its process tree (PSS), seconds, the output's tail, where the
+    peak was: seconds into the run, the search's own PSS and each other process's)."""
     started = time.monotonic()
     with open(log, "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        peak = 0
+        peak, at_peak = 0, {}
         while process.poll() is None:
-            peak = max(peak, _tree_memory_bytes(process.pid))
+            sizes = _tree_memory(process.pid)
+            if sum(sizes.values()) > peak:
+                peak = sum(sizes.values())
+                at_peak = {"seconds": round(time.monotonic() - started, 1), "search_bytes": sizes.get(process.pid, 0),
+                           "other_processes_bytes": sorted((b for p, b in sizes.items() if p != process.pid),
+                                                           reverse=True)}
             time.sleep(0.2)
-    return process.returncode, peak, time.monotonic() - started, log.read_text()[-3000:]
+    return process.returncode, peak, time.monotonic() - started, log.read_text()[-3000:], at_peak
 
 
 def main() -> None:
@@ -106,7 +112,7 @@ def main() -> None:
                "--input-size", str(args.size), "--budget", "0.7x", "--trials", "3", "--train-steps", "20",
                "--finetune-steps", "10", "--out", str(search), "--quiet", "--calibrate-model", "off",
                "--measure-near-budget", "0", "--space", "none"]  # no cells: their distillation at 224 px takes long
-    code, peak, seconds, tail = run_search(command, args.work / "search.log")
+    code, peak, seconds, tail, at_peak = run_search(command, args.work / "search.log")
     in_memory = args.images * 3 * args.size * args.size * 4  # float32 at the training size, as before streaming
     disk = sum(f.stat().st_size for f in folder.rglob("*.jpg"))
     recorded = json.loads((search / "search.json").read_text()) if code == 0 else {}
@@ -114,7 +120,7 @@ def main() -> None:
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "machine": platform.processor() or platform.machine(), "cpu": _cpu(), "images": args.images,
         "size": args.size, "model": args.model, "command": " ".join(command[3:]), "exit_code": code,
-        "peak_pss_bytes": peak, "in_memory_bytes": in_memory, "files_bytes": disk, "seconds": round(seconds, 1),
+        "peak_pss_bytes": peak, "at_peak": at_peak, "in_memory_bytes": in_memory, "files_bytes": disk, "seconds": round(seconds, 1),
         "generated_s": round(generated_s, 1), "data": recorded.get("data"), "tail": tail if code else "",
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +139,10 @@ def main() -> None:
         "| | GiB |",
         "|---|---|",
         f"| peak memory of the search: its process and the loader's workers, PSS summed | {peak / gib:.2f} |",
+        f"| of which the search's own process, at the peak ({at_peak.get('seconds', 0):.0f} s in) | "
+        f"{at_peak.get('search_bytes', 0) / gib:.2f} |",
+        f"| of which the other processes (loader workers), at the peak | "
+        f"{', '.join(f'{b / gib:.2f}' for b in at_peak.get('other_processes_bytes', [])) or '-'} |",
         f"| the images held as float32 tensors at {args.size} px, as data sets were held before | "
         f"{in_memory / gib:.1f} |",
         "",
