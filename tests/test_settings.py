@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from autocompress.cli.main import _parser, main
@@ -92,5 +93,12 @@ def test_a_search_from_python_and_from_the_command_line_record_the_same_search_j
                 "level_from"):
         assert api[key] == cli[key], key
     assert api["problem"]["hardware"] == str(find_hardware_model()) and api["settings"]["search"]["guide"] == "surrogate"
-    assert api["host_level"]["ratio"] == pytest.approx(cli["host_level"]["ratio"], rel=0.3)
+    # Both timed the same own candidates and read their level off them the same way; the levels
+    # themselves are timings of a tiny model on a shared host, and are not compared (with a job on
+    # the other core they came out 1.44 and 1.06).
+    references = [[r.get("candidate") for r in out["host_level"]["references"]] for out in (api, cli)]
+    assert references[0] == references[1] and len(references[0]) >= 2
+    for out in (api, cli):
+        ratios = [r["measured_ms"] / r["predicted_ms"] for r in out["host_level"]["references"]]
+        assert out["host_level"]["ratio"] == pytest.approx(float(np.median(ratios)))
     assert (api_out / "sensitivity").is_dir() and (cli_out / "sensitivity").is_dir()  # the surrogate's first step
