@@ -23,7 +23,7 @@ from ..train.models import resolve_model
 from ..core.space import Candidate, Space, SpaceOptions
 from ..errors import AutocompressError
 from ..techniques import apply_candidate
-from .kernels import kernel_table, kernels_of_candidate
+from .kernels import candidate_table
 from .measure import PASSES, LatencyMeasurement, measure_interleaved
 
 __all__ = ["CANDIDATES_PER_BATCH", "ModelUnderTest", "batch_orders", "export_candidate", "light_candidate",
@@ -108,8 +108,7 @@ def tight_candidate(predictor, target, rng: random.Random, limit_ms: float, *, c
         if rng.random() < 0.5:
             share = rng.uniform(0.2, 0.8)
             candidate = candidate.replace(skip={block.name: rng.random() < share for block in target.analysis.blocks})
-        kernels = kernels_of_candidate(target.analysis, candidate)
-        if predictor.kernels_alone_ms([kernel_table(kernels)])[0] < limit_ms:
+        if predictor.kernels_alone_ms([candidate_table(target.analysis, candidate)[0]])[0] < limit_ms:
             return candidate, draws
     raise AutocompressError(f"no candidate of {target.spec} at {target.input_size} px in {TIGHT_DRAWS} draws has "
                             f"kernels adding up to under {limit_ms:g} ms alone: give a larger --tight")

@@ -70,7 +70,7 @@ class HardwareModel:
     @property
     def target(self) -> Target:
         """The target it was measured on (hardware models from before targets were named: ort-cpu)."""
-        return target(self.metadata.get("target", DEFAULT_TARGET))
+        return target(_target_name(self.metadata))
 
     @property
     def quantization_rules(self):
@@ -116,13 +116,14 @@ def fit_hardware_model(folder: Path, *, plan: ProfilePlan | None = None,
     if not kernel_rows or not model_rows:
         raise AutocompressError(f"{folder} holds no measurements to fit; run `autocompress profile --out {folder}` first")
     old = _read_metadata(folder) if (folder / "metadata.json").exists() else {}
-    predictor = (predictor or LatencyPredictor(target=old.get("target", DEFAULT_TARGET))).fit(
+    runtime = target(_target_name(old))
+    predictor = (predictor or LatencyPredictor(target=runtime.name)).fit(
         *_training_arrays(kernel_rows, model_rows, folder=folder))
     metadata = {
-        "target": old.get("target", DEFAULT_TARGET),
-        "provider": target(old.get("target", DEFAULT_TARGET)).session_description,
+        "target": runtime.name,
+        "provider": runtime.session_description,
         "threads": plan.threads if plan else old.get("threads", 1),
-        "machine": old.get("machine") or target(old.get("target", DEFAULT_TARGET)).machine(),
+        "machine": old.get("machine") or runtime.machine(),
         "plan": asdict(plan) if plan else old.get("plan"),
         "measurements": {"kernels": len(kernel_rows), "candidates": len(model_rows),
                          "candidates_from_validation": sum(bool(r.get("source")) for r in model_rows),
@@ -172,8 +173,8 @@ def load_hardware_model(folder: str | Path) -> HardwareModel:
     predictor = _read_cache(folder)
     if predictor is None:
         log.info("%s: fitting the predictor from the CSV files (no usable predictor.joblib cache)", folder)
-        params = metadata.get("predictor", {}).get("params", {})
-        predictor = LatencyPredictor(**({"target": metadata.get("target", DEFAULT_TARGET)} | params)).fit(*_training_arrays(
+        params = {"target": _target_name(metadata)} | metadata.get("predictor", {}).get("params", {})
+        predictor = LatencyPredictor(**params).fit(*_training_arrays(
             read_kernel_measurements(folder / "kernels.csv"), read_model_measurements(folder / "models.csv"),
             folder=folder))
         _write_cache(folder, predictor)
@@ -210,7 +211,7 @@ def find_hardware_model(*, target_name: str = DEFAULT_TARGET, threads: int = 1, 
                 metadata = json.loads(folder.read_text())
             except (OSError, json.JSONDecodeError):
                 continue  # not ours to judge here: load_hardware_model explains a broken folder
-            if metadata.get("threads", 1) != threads or metadata.get("target", DEFAULT_TARGET) != target_name:
+            if metadata.get("threads", 1) != threads or _target_name(metadata) != target_name:
                 continue
             machine = metadata.get("machine", {})
             rank = (len(chosen.machine_differences(machine, here)), machine.get("cpu") != here.get("cpu"))
@@ -310,13 +311,17 @@ def _row_kernels(row: dict) -> list[Kernel]:
 
 
 def _warn_if_other_machine(folder: Path, metadata: dict) -> None:
-    measured_on = target(metadata.get("target", DEFAULT_TARGET))
+    measured_on = target(_target_name(metadata))
     differences = measured_on.machine_differences(metadata.get("machine", {}), measured_on.machine())
     if differences:
         warnings.warn(f"hardware model {folder} was measured on another machine (the profile's against this one: "
                       f"{'; '.join(differences)}); its predictions may be off here: run `autocompress profile` on "
                       "this machine",
                       DifferentMachineWarning, stacklevel=3)
+
+
+def _target_name(metadata: dict) -> str:
+    return metadata.get("target", DEFAULT_TARGET)  # folders from before targets name none: the default
 
 
 def _read_metadata(folder: Path) -> dict:

@@ -21,7 +21,6 @@ def _batches_of(report: ValidationReport) -> str:
     return f"each sweep in its own batches of {CANDIDATES_PER_BATCH} (`batch_orders`, seed {report.batch_seed})"
 
 
-
 def write_plot(report: ValidationReport, path: Path) -> None:
     """Predicted vs measured latency (log-log), predictor and MACs proxy side by side."""
     import matplotlib
