@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ConvBlock", "SmallResNet", "TransformerClassifier", "small_resnet", "transformer_classifier", "two_conv_cnn"]
+__all__ = ["ConvBlock", "SmallResNet", "TransformerClassifier", "small_resnet", "small_vit", "transformer_classifier",
+           "two_conv_cnn"]
 
 
 class TransformerClassifier(nn.Module):
@@ -37,6 +38,16 @@ class TransformerClassifier(nn.Module):
 
 def transformer_classifier(num_classes: int = 10, **kwargs) -> TransformerClassifier:
     return TransformerClassifier(num_classes=num_classes, **kwargs)
+
+
+def small_vit(num_classes: int = 10, *, image_size: int = 32, patch_size: int = 4, depth: int = 6, width: int = 192,
+              heads: int = 3, mlp_dim: int = 768) -> nn.Module:
+    """torchvision's ``VisionTransformer`` at a size for 32 px images: depth 6, width 192, 3 heads
+    and patches of 4 (64 tokens and a class token), as ViT papers use on CIFAR-sized data."""
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=depth, num_heads=heads,
+                             hidden_dim=width, mlp_dim=mlp_dim, num_classes=num_classes)
 
 
 class ConvBlock(nn.Module):

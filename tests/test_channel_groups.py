@@ -97,10 +97,12 @@ def test_channel_shuffle_model_keeps_bits_and_ranks_with_a_note():
     assert apply_candidate(model, candidate, analysis, example)(example).shape == (1, 10)
 
 
-def test_attention_groups_are_left_out_but_ffn_groups_prune():
+def test_attention_projections_are_left_to_head_pruning_but_ffn_groups_prune():
     model = resolve_model("autocompress.zoo:transformer_classifier")
     analysis = analyze(model, torch.randn(1, 3, 32, 32))
     embed = analysis.group("patch_embed")
-    assert not embed.prunable and "attention heads" in embed.note
+    assert not embed.prunable and "nn.Parameter" in embed.note  # the residual width: position embedding
+    heads = analysis.group("encoder.layers.0.self_attn.q_proj")
+    assert not heads.prunable and "cut by whole heads (heads/encoder.layers.0.self_attn)" in heads.note
     assert {g.id for g in analysis.prunable_groups} == {"encoder.layers.0.linear1", "encoder.layers.1.linear1"}
     assert [a.name for a in analysis.attention] == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]

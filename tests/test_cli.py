@@ -52,11 +52,13 @@ def test_a_bad_space_file_is_one_line_and_exit_2_before_any_training(tmp_path, c
     assert not (out / "baseline.pt").exists()
 
 
-def test_inspect_json_says_why_attention_is_left_out(capsys):
+def test_inspect_json_lists_heads_projections_and_ffn_of_a_transformer(capsys):
     assert main(["inspect", "autocompress.zoo:transformer_classifier", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     units = {(u["kind"], u["name"]): u for u in data["units"]}
-    assert "nn.MultiheadAttention" in units["attention", "encoder.layers.0.self_attn"]["note"]
+    assert units["attention", "encoder.layers.0.self_attn"]["techniques"] == ["heads cut {0,1,2,3} of 4"]
+    assert units["attention", "encoder.layers.0.self_attn"]["shape"].startswith("4 heads x 16, 64 tokens")
+    assert units["layer", "encoder.layers.0.self_attn.q_proj"]["techniques"][0].startswith("bits")
     assert units["layer", "encoder.layers.0.linear1"]["techniques"][0].startswith("bits")
     assert units["channel group", "encoder.layers.0.linear1"]["techniques"][0].startswith("prune")
     assert abs(sum(u["macs_share"] for u in data["units"] if u["kind"] in ("layer", "attention")) - 1.0) < 1e-3

@@ -137,7 +137,7 @@ def test_inspect_lists_sparsity_with_its_latency_note(capsys):
     assert main(["inspect", "resnet18", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     techniques = {t["kind"]: t for t in data["techniques"]}
-    assert set(techniques) == {"prune", "bits", "rank", "skip", "kernel", "sparsity", "cell"}
+    assert set(techniques) == {"prune", "bits", "rank", "skip", "kernel", "sparsity", "cell", "heads"}
     assert techniques["sparsity"]["enabled"] is False and techniques["sparsity"]["option"] == "sparsity_ratios"
     assert "dense" in techniques["sparsity"]["latency"]
     assert main(["inspect", "resnet18", "--json", "--sparsity-ratios", "0,0.5,0.9"]) == 0

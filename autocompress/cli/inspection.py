@@ -69,9 +69,13 @@ def inspection_rows(analysis: ModelAnalysis, space: Space, target: Target | None
         rows.append(_row("block", b.name, "residual, in == out", b.macs / total_macs, b.params / total_params,
                          [describe(v) for v in var], ""))
     for a in analysis.attention:
-        rows.append(_row("attention", a.name, f"embed {a.embed_dim}, {a.tokens} tokens", a.macs / total_macs,
-                         a.params / total_params, [], "projections run inside nn.MultiheadAttention (functional); "
-                         "left whole: no pruning of heads, no quantization or factorization"))
+        var = decided.get(a.name, [])
+        shape = f"{a.heads} heads x {a.head_dim}, {a.tokens} tokens"
+        note = ("" if var else "one head: nothing to cut") if a.split else (
+            f"projections run inside nn.MultiheadAttention (functional); {a.note}: no pruning of heads, "
+            "no quantization or factorization")
+        rows.append(_row("attention", a.name, shape, a.macs / total_macs, a.params / total_params,
+                         [describe(v) for v in var], note))
     for f in analysis.fixed:
         if not any(is_inside(f.name, a.name) for a in analysis.attention):
             rows.append(_row("fixed", f.name, "", 0.0, f.params / total_params, [], f.note))

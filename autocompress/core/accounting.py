@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .analysis import ModelAnalysis
+from .attention import SplitAttention
 from .candidate import Candidate
 from .cell_choices import with_followers
 from .modules import forward_with_hooks
@@ -89,7 +90,8 @@ def footprint_of_candidate(analysis: ModelAnalysis, candidate: Candidate) -> Foo
             params, size = params + n, size + 4 * n
     for att in analysis.attention:
         if shapes.alive(att.name):
-            params, macs, size = params + att.params, macs + att.macs, size + 4 * att.params
+            att_macs = att.macs_with(shapes.heads.get(att.name, att.heads)) if att.split else att.macs
+            params, macs, size = params + att.params, macs + att_macs, size + 4 * att.params
     for fixed in analysis.fixed:
         if shapes.alive(fixed.name):
             params, size = params + fixed.params, size + 4 * fixed.params
@@ -119,6 +121,10 @@ def _runs_layer_quantized(module: nn.Module) -> bool:
         getattr(module, "bits", None), int)
 
 
+def _tokens(x: torch.Tensor, batch_first: bool) -> int:
+    return x.shape[0] if x.dim() == 2 else x.shape[1] if batch_first else x.shape[0]
+
+
 def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footprint:
     """Params, MACs per sample and bytes of a built (possibly compressed) model."""
     batch = example_input.shape[0]
@@ -134,10 +140,12 @@ def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footpri
 
     def on_attention(module, args, output):
         nonlocal macs
-        query = args[0]
-        tokens = query.shape[0] if query.dim() == 2 else query.shape[1] if module.batch_first else query.shape[0]
-        e = module.embed_dim
-        macs += 3 * e * e * tokens + 2 * tokens * tokens * e + e * e * tokens
+        tokens, source = (_tokens(x, module.batch_first) for x in args[:2])
+        if isinstance(module, SplitAttention):  # its projections are counted as layers
+            macs += 2 * tokens * source * module.num_heads * module.head_dim
+        else:
+            e = module.embed_dim
+            macs += 3 * e * e * tokens + 2 * tokens * tokens * e + e * e * tokens
 
     def count_weight(layer: nn.Module, bits: int) -> None:
         w, mask = layer.weight, getattr(layer, MASK, None)
@@ -155,7 +163,7 @@ def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footpri
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
             handles.append(module.register_forward_hook(on_layer))
             count_weight(module, 32)
-        elif isinstance(module, nn.MultiheadAttention):
+        elif isinstance(module, (nn.MultiheadAttention, SplitAttention)):
             handles.append(module.register_forward_hook(on_attention))
     forward_with_hooks(model, example_input, handles)
     params = list(model.parameters())

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 
+from .attention import head_order, split_copy
 from .channel_groups import ChannelGroup, find_channel_groups
 from .cell_choices import CellChoice, find_cell_choices
 from .choice_points import KernelChoice, SkipBlock, SkippedBlock, find_kernel_choices, find_skip_blocks
@@ -96,11 +97,14 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, space=None) -> Mod
     with ``space`` (a ``search_space.SearchSpaceFile``), the cells each block it matches may become.
 
     Puts ``model`` in eval mode (shapes and residual checks need running statistics); its
-    weights are not changed.
+    weights are not changed. A model with ``nn.MultiheadAttention`` is analysed as
+    ``core.attention.split_attention`` rewrites it, which is the form every Candidate is applied to.
     """
-    model = model.eval()
+    model, attention_notes = split_copy(model.eval())
     shapes, output_layer = trace_shapes(model, example_input)
     layers, norms, attention, fixed = collect_units(model, shapes)
+    orders = head_order(model, example_input)
+    attention = [replace(a, head_order=orders[a.name]) if a.name in orders else a for a in attention]
     groups, group_notes = find_channel_groups(model, example_input, output_layer=output_layer)
     blocks = find_skip_blocks(model, example_input, shapes, layers)
     kernels = find_kernel_choices(model)
@@ -110,7 +114,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, *, space=None) -> Mod
     if getattr(model, "architecture_in_cells_only", False):
         # A supernet trained the skips and kernels its cells name, and no other.
         blocks, kernels = [], []
-    notes = list(group_notes) + cell_notes
+    notes = attention_notes + list(group_notes) + cell_notes
     notes += [f"{f.name}: {f.note}" for f in fixed]
     notes += [f"{u.name}: {u.note}" for u in layers if u.note]
     return ModelAnalysis(tuple(example_input.shape), layers, norms, attention, fixed, groups, blocks, kernels,

@@ -18,6 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .attention import SplitAttention
 from .modules import PRUNABLE_MEMBER_TYPES
 
 __all__ = ["GroupMember", "ChannelGroup", "find_channel_groups", "keep_channels", "build_dependency_graph", "tracing_channels"]
@@ -96,6 +97,8 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor, *, output
         return [], [f"channel pruning unavailable: Torch-Pruning could not trace the channel dependencies "
                     f"({type(exc).__name__}: {exc}), as with channel shuffle; bit widths, ranks and NAS still apply"]
     ignored = [model.get_submodule(output_layer)] if output_layer else []
+    head_projections = {f"{name}.{p}": name for m, name in names.items() if isinstance(m, SplitAttention)
+                        for p in ("q_proj", "k_proj", "v_proj")}
     groups = []
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         members, problems = _members(tp_group, graph, names)
@@ -106,6 +109,9 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor, *, output
         group_id = min(out_layers, key=order.__getitem__)
         channels = len(tp_group[0][1])
         problems += _shape_problems(model, members, channels)
+        attention = next((head_projections[m] for m in out_layers if m in head_projections), None)
+        if attention is not None:  # Torch-Pruning would cut single features of a head
+            problems = [f"attention projections of {attention}: cut by whole heads (heads/{attention})"]
         note = "; ".join(dict.fromkeys(problems))
         groups.append(ChannelGroup(group_id, channels, tuple(members), prunable=not problems, note=note))
     groups.sort(key=lambda g: order[g.id])

@@ -90,6 +90,7 @@ class ModelShapes:
     units: dict[str, LayerUnit] = field(default_factory=dict)
     norms: dict[str, NormUnit] = field(default_factory=dict)
     follows: dict[str, str] = field(default_factory=dict)
+    heads: dict[str, int] = field(default_factory=dict)  # heads kept by each attention that lost some
 
     _gone: tuple = field(default=((), frozenset(), ()), repr=False, compare=False)  # ``alive``'s view of ``removed``
 

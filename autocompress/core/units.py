@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention import SplitAttention, unsplittable_reason
 from .modules import forward_with_hooks, is_inside
 
 __all__ = ["AttentionUnit", "FixedParams", "LayerUnit", "NormUnit", "collect_units", "trace_shapes"]
@@ -57,15 +58,30 @@ class NormUnit:
 
 @dataclass(frozen=True)
 class AttentionUnit:
-    """An nn.MultiheadAttention: its projections are applied functionally, so no technique edits it."""
+    """Multi-head attention. Split into layers (``core.attention.SplitAttention``, ``split``): its
+    q, k, v and output projections are layers of their own, and this unit is the attention between
+    them (scores, softmax, weighted sum), whose heads the heads technique cuts. Left whole (an
+    ``nn.MultiheadAttention`` that cannot be rewritten): projections included, no technique edits it."""
 
     name: str
     embed_dim: int
     tokens: int
     params: int
+    heads: int = 1
+    head_dim: int = 0
+    source_tokens: int = 0  # keys each query attends over (its tokens, in self-attention)
+    split: bool = False
+    head_order: tuple[int, ...] = ()  # most important first (``core.attention.head_order``)
+    note: str = ""
+
+    def macs_with(self, heads: int) -> int:
+        """Scores and weighted sum with ``heads`` heads kept (split attention)."""
+        return 2 * self.tokens * self.source_tokens * heads * self.head_dim
 
     @property
     def macs(self) -> int:
+        if self.split:
+            return self.macs_with(self.heads)
         # q/k/v projections, scores, weighted sum, output projection
         e, t = self.embed_dim, self.tokens
         return 3 * e * e * t + 2 * t * t * e + e * e * t
@@ -94,6 +110,7 @@ def trace_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, s
                 "in": tuple(first_in.shape) if first_in is not None else None,
                 "out": tuple(output.shape) if isinstance(output, torch.Tensor) else None,
                 "n_tensor_args": sum(isinstance(a, torch.Tensor) for a in args),
+                "arg_shapes": tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)),
             }
             if isinstance(output, torch.Tensor):
                 outputs[name] = output
@@ -115,9 +132,13 @@ def collect_units(model: nn.Module, shapes: dict):
             continue  # counted with their attention module
         own = sum(p.numel() for p in module.parameters(recurse=False))
         rec = shapes.get(name)
-        if isinstance(module, nn.MultiheadAttention):
+        if isinstance(module, SplitAttention):
+            attention.append(_split_unit(name, module, rec))
+        elif isinstance(module, nn.MultiheadAttention):
             tokens = _tokens(rec["in"], module.batch_first) if rec and rec["in"] else 0
-            attention.append(AttentionUnit(name, module.embed_dim, tokens, sum(p.numel() for p in module.parameters())))
+            attention.append(AttentionUnit(name, module.embed_dim, tokens, sum(p.numel() for p in module.parameters()),
+                                           module.num_heads, module.head_dim, tokens,
+                                           note=f"left whole: {unsplittable_reason(module) or 'not rewritten'}"))
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
             if rec is None or rec["out"] is None:
                 fixed.append(FixedParams(name, own, "never called as a module in forward; left as it is"))
@@ -131,6 +152,13 @@ def collect_units(model: nn.Module, shapes: dict):
             what = "the model's own parameters" if not name else f"{type(module).__name__} parameters"
             fixed.append(FixedParams(name or "<root>", own, f"{what}: no technique changes them"))
     return layers, norms, attention, fixed
+
+
+def _split_unit(name: str, module: SplitAttention, rec: dict | None) -> AttentionUnit:
+    shapes = rec["arg_shapes"] if rec else ()
+    tokens = _tokens(shapes[0], module.batch_first) if shapes else 0
+    source = _tokens(shapes[1], module.batch_first) if len(shapes) > 1 else tokens
+    return AttentionUnit(name, module.embed_dim, tokens, 0, module.num_heads, module.head_dim, source, split=True)
 
 
 def _tokens(shape: tuple[int, ...], batch_first: bool) -> int:

@@ -1,7 +1,7 @@
 """The techniques, one module each, and the one verb that applies a Candidate: ``apply_candidate``.
 
 Importing this package registers every built-in technique (``core.technique.register``); the
-registry's order is the apply order (cell, skip, kernel, prune, rank, sparsity, bits), because each
+registry's order is the apply order (cell, skip, kernel, prune, heads, rank, sparsity, bits), because each
 later step acts on the shapes the earlier ones leave. A new technique is one module here that
 subclasses ``Technique``, registers an instance, and is imported below.
 """
@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from ..core.analysis import ModelAnalysis
+from ..core.attention import split_attention
 from ..core.candidate import Candidate
 from ..core.cell_choices import with_followers
 from ..core.target import default_target
 from ..core.technique import registered
-from . import cell, kernel, prune, quantize, skip, sparsity  # noqa: F401  (each registers itself)
+from . import cell, heads, kernel, prune, quantize, skip, sparsity  # noqa: F401  (each registers itself)
 from .factorize import LowRank, factorize
 from .kernel import shrink_kernel
 from .quantizers import QuantizationRules, QuantizedLayer, calibrate
@@ -49,6 +50,7 @@ def apply_candidate(model: nn.Module, candidate: Candidate, analysis: ModelAnaly
     ``cell_weights``: blockwise-distilled weights of cells (``train.blockwise``), by cell key.
     """
     compressed = copy.deepcopy(model).eval()
+    split_attention(compressed)  # the form every analysis describes
     context = ApplyContext(analysis, example_input, rules or default_target().quantization_rules(None),
                            cell_weights or {})
     candidate = with_followers(analysis, candidate)

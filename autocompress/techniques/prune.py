@@ -100,8 +100,9 @@ def apply_pruning(model: nn.Module, candidate, context) -> None:
     its members. Channel importance is the group's L2 weight magnitude: deterministic, so the same
     Candidate always keeps the same channels.
     """
-    wanted = {g: r for g, r in candidate.prune.items() if r > 0}
-    if not wanted:
+    wanted = {g: r for g, r in candidate.prune.items() if r > 0 and any(
+        _present(model, m.module) for m in context.analysis.group(g).members if m.direction == "out")}
+    if not wanted:  # nothing to cut: no trace (a model whose every block is skipped may not trace)
         return
     owner = {m.module: g.id for g in context.analysis.prunable_groups for m in g.members if m.direction == "out"}
     graph = build_dependency_graph(model, context.example_input)
@@ -124,6 +125,15 @@ def apply_pruning(model: nn.Module, candidate, context) -> None:
         if kept < channels:
             order = torch.argsort(importance(group), stable=True)
             group.prune(idxs=sorted(order[: channels - kept].tolist()))
+
+
+def _present(model: nn.Module, name: str) -> bool:
+    """Whether the layer ``name`` is still in ``model`` (not removed with a skipped block)."""
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def group_channels(analysis, group_id: str, root_channels: int | None) -> int:
