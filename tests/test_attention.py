@@ -12,6 +12,8 @@ from autocompress import Candidate, Space, analyze, apply_candidate, export_and_
 from autocompress.core.accounting import footprint_of_candidate, footprint_of_model
 from autocompress.core.attention import SplitAttention, split_attention
 from autocompress.hardware.kernels import kernels_of_candidate, kernels_of_model
+from autocompress.errors import ModelResolutionError
+from autocompress.train.models import resolve_model
 from autocompress.zoo import small_vit, transformer_classifier
 
 
@@ -22,7 +24,15 @@ def _vit(heads=3, depth=2, width=48):
     return model
 
 
-@pytest.mark.parametrize("make", [_vit, transformer_classifier])
+def _deit():
+    torch.manual_seed(0)
+    return resolve_model("timm:deit_tiny_patch16_224,img_size=32,patch_size=4,depth=2,embed_dim=48")
+
+
+MODELS = [_vit, transformer_classifier, _deit]
+
+
+@pytest.mark.parametrize("make", MODELS)
 def test_split_attention_computes_what_multihead_attention_does(make):
     model = make().eval()
     x = torch.randn(4, 3, 32, 32)
@@ -92,7 +102,7 @@ def test_cutting_heads_removes_the_least_important_first():
                                   atol=1e-3)
 
 
-@pytest.mark.parametrize("make", [_vit, transformer_classifier])
+@pytest.mark.parametrize("make", MODELS)
 def test_accounting_and_kernels_agree_on_random_candidates_with_heads_cut(make):
     model, x = make(), torch.randn(1, 3, 32, 32)
     analysis = analyze(model, x)
@@ -108,9 +118,9 @@ def test_accounting_and_kernels_agree_on_random_candidates_with_heads_cut(make):
     assert cut > 0
 
 
-@pytest.mark.parametrize("bits", [32, 16, 8])
-def test_a_vit_with_heads_cut_exports_and_onnx_runtime_agrees(bits, tmp_path):
-    model, x = _vit(), torch.randn(1, 3, 32, 32)
+@pytest.mark.parametrize("make, bits", [(_vit, 32), (_vit, 16), (_vit, 8), (_deit, 32), (_deit, 8)])
+def test_a_vit_with_heads_cut_exports_and_onnx_runtime_agrees(make, bits, tmp_path):
+    model, x = make(), torch.randn(1, 3, 32, 32)
     inputs = torch.randn(96, 3, 32, 32)
     analysis = analyze(model, x)
     candidate = Candidate(heads={a.name: 1 + i for i, a in enumerate(analysis.attention)},
@@ -144,3 +154,14 @@ def test_an_attention_that_cannot_be_rewritten_is_left_whole_with_a_note():
     candidate = Space(analysis).sample(random.Random(0))
     built = apply_candidate(model, candidate, analysis, x)
     assert footprint_of_candidate(analysis, candidate) == footprint_of_model(built, x)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("timm:no_such_vit", "timm has no model 'no_such_vit'"),
+    ("timm:deit_tiny_patch16_224,img_size", "'img_size' is not key=value"),
+    ("timm:deit_tiny_patch16_224,colour=3", "timm could not build it"),
+])
+def test_a_timm_spec_it_cannot_build_is_one_line_naming_it(spec, words):
+    with pytest.raises(ModelResolutionError) as error:
+        resolve_model(spec)
+    assert words in str(error.value) and spec in str(error.value) and "\n" not in str(error.value)

@@ -140,7 +140,8 @@ def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footpri
 
     def on_attention(module, args, output):
         nonlocal macs
-        tokens, source = (_tokens(x, module.batch_first) for x in args[:2])
+        tokens = _tokens(args[0], module.batch_first)
+        source = _tokens(args[1], module.batch_first) if len(args) > 1 else tokens  # called as attn(x): self-attention
         if isinstance(module, SplitAttention):  # its projections are counted as layers
             macs += 2 * tokens * source * module.num_heads * module.head_dim
         else:

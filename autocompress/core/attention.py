@@ -1,8 +1,10 @@
-"""Attention as separate layers: ``nn.MultiheadAttention`` rewritten so that whole heads can be cut.
+"""Attention as separate layers: ``nn.MultiheadAttention`` (and timm's ``Attention``) rewritten so
+that whole heads can be cut.
 
 ``nn.MultiheadAttention`` applies its query, key and value projections functionally from one packed
 weight, so no technique can prune a head, quantize a projection or factorize it. ``SplitAttention``
-computes the same function with four ``nn.Linear`` layers (q, k, v, out) and the attention between
+computes the same function with four ``nn.Linear`` layers (q, k, v, out); timm's packs q, k and v in one
+``qkv`` layer, which ``SelfAttention`` splits the same way and the attention between
 them written out (MatMul, Softmax, MatMul), which is also the graph ONNX Runtime runs. Every
 analysis and every applied Candidate sees the model in this form (``split_attention``), so layer
 names such as ``....self_attention.q_proj`` mean the same thing everywhere.
@@ -23,7 +25,7 @@ from torch import nn
 
 from .modules import forward_with_hooks, set_submodule
 
-__all__ = ["SplitAttention", "head_order", "keep_heads", "split_attention", "unsplittable_reason"]
+__all__ = ["SelfAttention", "SplitAttention", "head_order", "is_timm_attention", "keep_heads", "split_attention", "unsplittable_reason"]
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -34,17 +36,20 @@ class SplitAttention(nn.Module):
     original heads remain (a per-head attention mask of the original's shape is cut to them)."""
 
     def __init__(self, embed_dim: int, num_heads: int, *, kdim: int | None = None, vdim: int | None = None,
-                 bias: bool = True, out_bias: bool = True, batch_first: bool = False, dropout: float = 0.0) -> None:
+                 head_dim: int | None = None, out_dim: int | None = None, bias: bool = True, out_bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
-        if embed_dim % num_heads:
+        if head_dim is None and embed_dim % num_heads:
             raise ValueError(f"embed_dim must be a multiple of num_heads, got {embed_dim=} {num_heads=}")
-        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = head_dim or embed_dim // num_heads
         self.batch_first, self.dropout = batch_first, dropout
         self.heads_kept = tuple(range(num_heads))
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(kdim or embed_dim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(vdim or embed_dim, embed_dim, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=out_bias)
+        width = num_heads * self.head_dim
+        self.q_proj = nn.Linear(embed_dim, width, bias=bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, width, bias=bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, width, bias=bias)
+        self.out_proj = nn.Linear(width, out_dim or embed_dim, bias=out_bias)
         # nn.TransformerEncoder(Layer) read these before choosing their fused kernel: with them it
         # takes the module path, which calls this module (the fused kernel reads packed weights).
         self._qkv_same_embed_dim = False
@@ -62,15 +67,18 @@ class SplitAttention(nn.Module):
         else:
             weights = (mha.q_proj_weight.detach(), mha.k_proj_weight.detach(), mha.v_proj_weight.detach())
         biases = mha.in_proj_bias.detach().split(e) if mha.in_proj_bias is not None else (None,) * 3
+        split._copy_projections(weights, biases, mha.out_proj)
+        return split.to(mha.out_proj.weight.device).train(mha.training)
+
+    def _copy_projections(self, weights, biases, out: nn.Linear) -> None:
         with torch.no_grad():
-            for layer, w, b in zip((split.q_proj, split.k_proj, split.v_proj), weights, biases):
+            for layer, w, b in zip((self.q_proj, self.k_proj, self.v_proj), weights, biases):
                 layer.weight.copy_(w)
                 if b is not None:
                     layer.bias.copy_(b)
-            split.out_proj.weight.copy_(mha.out_proj.weight)
-            if mha.out_proj.bias is not None:
-                split.out_proj.bias.copy_(mha.out_proj.bias)
-        return split.to(mha.out_proj.weight.device).train(mha.training)
+            self.out_proj.weight.copy_(out.weight)
+            if out.bias is not None:
+                self.out_proj.bias.copy_(out.bias)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
@@ -119,6 +127,48 @@ class SplitAttention(nn.Module):
         return mask
 
 
+class SelfAttention(SplitAttention):
+    """timm's ``Attention`` (one packed ``qkv`` layer, called as ``attn(x)``) as separate layers:
+    called as it is, returns what it returns."""
+
+    def __init__(self, *args, proj_dropout: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, batch_first=True, **kwargs)
+        self.proj_drop = nn.Dropout(proj_dropout)
+
+    @classmethod
+    def from_timm(cls, attention: nn.Module) -> "SelfAttention":
+        qkv, proj = attention.qkv, attention.proj
+        width = attention.num_heads * attention.head_dim
+        split = cls(qkv.in_features, attention.num_heads, head_dim=attention.head_dim, out_dim=proj.out_features,
+                    bias=qkv.bias is not None, out_bias=proj.bias is not None, dropout=attention.attn_drop.p,
+                    proj_dropout=attention.proj_drop.p)
+        biases = qkv.bias.detach().split(width) if qkv.bias is not None else (None,) * 3
+        split._copy_projections(qkv.weight.detach().split(width), biases, proj)
+        return split.to(proj.weight.device).train(attention.training)
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = ~attn_mask  # timm's boolean masks say where to attend, as scaled_dot_product_attention's do
+        out, _ = super().forward(x, x, x, need_weights=False, attn_mask=attn_mask, is_causal=is_causal)
+        return self.proj_drop(out)
+
+
+def is_timm_attention(module: nn.Module) -> bool:
+    """timm's standard self-attention, told by its class and layers (timm is an optional extra)."""
+    return (type(module).__name__ == "Attention" and type(module).__module__.startswith("timm.")
+            and isinstance(getattr(module, "qkv", None), nn.Linear) and isinstance(getattr(module, "proj", None),
+                                                                                   nn.Linear))
+
+
+def _timm_unsplittable_reason(module: nn.Module) -> str:
+    extras = [name for name in ("q_norm", "k_norm", "norm") if not isinstance(getattr(module, name, None), nn.Identity)]
+    if extras:
+        return f"it normalises inside the attention ({', '.join(extras)})"
+    if getattr(module, "gate", None) is not None:
+        return "it gates the attention output"
+    return ""
+
+
 def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
@@ -135,17 +185,22 @@ def unsplittable_reason(mha: nn.MultiheadAttention) -> str:
 
 
 def split_attention(model: nn.Module) -> list[str]:
-    """Replace every ``nn.MultiheadAttention`` of ``model`` that can be rewritten by an equivalent
-    ``SplitAttention``, in place. Returns notes on the ones left whole, which no technique edits."""
+    """Replace every ``nn.MultiheadAttention`` (and timm ``Attention``) of ``model`` that can be
+    rewritten by an equivalent ``SplitAttention`` (``SelfAttention``), in place. Returns notes on the ones left whole, which no technique edits."""
     notes = []
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.MultiheadAttention):
-            continue
-        reason = unsplittable_reason(module)
-        if reason:
-            notes.append(f"{name}: attention left whole, no head pruning, quantization or factorization: {reason}")
+        if isinstance(module, nn.MultiheadAttention):
+            reason, make = unsplittable_reason(module), SplitAttention.from_multihead
+        elif is_timm_attention(module):
+            reason, make = _timm_unsplittable_reason(module), SelfAttention.from_timm
         else:
-            set_submodule(model, name, SplitAttention.from_multihead(module))
+            continue
+        if reason:
+            inside = " (its projections run inside it: no quantization or factorization either)" if isinstance(
+                module, nn.MultiheadAttention) else ""
+            notes.append(f"{name}: attention left whole, heads not cut{inside}: {reason}")
+        else:
+            set_submodule(model, name, make(module))
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoder):
             module.use_nested_tensor = False  # the nested-tensor path reads packed projection weights
@@ -153,8 +208,8 @@ def split_attention(model: nn.Module) -> list[str]:
 
 
 def split_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """``model`` itself when it has no ``nn.MultiheadAttention``; else a split copy, and its notes."""
-    if not any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+    """``model`` itself when it has no attention to split; else a split copy, and its notes."""
+    if not any(isinstance(m, nn.MultiheadAttention) or is_timm_attention(m) for m in model.modules()):
         return model, []
     model = copy.deepcopy(model)
     return model, split_attention(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pickle
@@ -34,7 +35,8 @@ def torchvision_classifiers() -> list[str]:
 def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | None = None) -> nn.Module:
     """Build the module a spec names, with freshly initialised weights unless ``weights`` is given.
 
-    ``spec`` is a torchvision classification model (``resnet18`` or ``torchvision:resnet18``) or a
+    ``spec`` is a torchvision classification model (``resnet18`` or ``torchvision:resnet18``), a
+    timm model (``timm:NAME`` or ``timm:NAME,key=value,...``, with timm installed) or a
     ``package.module:factory`` callable returning an ``nn.Module``. The factory gets
     ``num_classes`` when its signature accepts it. ``space:PATH`` is the largest subnet of the
     supernet file at PATH (``core.supernet_file``), trained by ``train.supernet``.
@@ -44,6 +46,8 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
     spec = spec.strip()
     if is_space_spec(spec):
         model = build_supernet(load_supernet_file(spec[len(SPACE_PREFIX):]), num_classes)
+    elif spec.startswith("timm:"):
+        model = _timm_model(spec, num_classes)
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], num_classes)
     elif ":" in spec:
@@ -74,6 +78,39 @@ def _torchvision_model(name: str, num_classes: int) -> nn.Module:
         )
     # weights=None: nothing may be downloaded at run time; trained weights come from a file.
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _timm_model(spec: str, num_classes: int) -> nn.Module:
+    """``timm:NAME`` or ``timm:NAME,key=value,...``: timm's model NAME, freshly initialised, built
+    with those keyword arguments (``timm:deit_tiny_patch16_224,img_size=32,patch_size=4``)."""
+    name, *pairs = spec[len("timm:"):].split(",")
+    try:
+        import timm
+    except ImportError as exc:
+        raise ModelResolutionError(f"model spec {spec!r} needs timm, which is not installed; "
+                                   "pip install 'autocompress[timm]'") from exc
+    kwargs = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ModelResolutionError(f"model spec {spec!r}: {pair!r} is not key=value; write "
+                                       "timm:NAME,img_size=32,patch_size=4")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = text.strip()
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name[:4]}*")[:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ModelResolutionError(f"model spec {spec!r}: timm has no model {name!r}{hint}; "
+                                   "`python -c 'import timm; print(timm.list_models())'` lists them")
+    try:
+        # pretrained=False: nothing may be downloaded at run time; trained weights come from a file.
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    except TypeError as exc:  # a keyword the model does not take
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelResolutionError(f"model spec {spec!r}: timm could not build it ({first}); check the keyword "
+                                   "arguments") from exc
 
 
 def _factory_model(spec: str, num_classes: int) -> nn.Module:
