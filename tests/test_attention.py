@@ -165,3 +165,18 @@ def test_a_timm_spec_it_cannot_build_is_one_line_naming_it(spec, words):
     with pytest.raises(ModelResolutionError) as error:
         resolve_model(spec)
     assert words in str(error.value) and spec in str(error.value) and "\n" not in str(error.value)
+
+
+def test_attention_kernels_are_profiled_where_a_model_has_attention_and_only_there():
+    from autocompress.hardware.profile_plan import ProfilePlan, _kernel_plan
+    from autocompress.hardware.profiling import measure_kernels
+
+    plan = ProfilePlan(models=("autocompress.zoo:small_vit",), input_sizes=(32,), kernels=20, heavy_kernels=5,
+                       attention_kernels=12)
+    attention = [k for k in _kernel_plan(plan) if k.op == "attention"]
+    assert len(attention) >= 12 and {k.bits for k in attention} == {32}
+    assert len({(k.groups, k.cin, k.h, k.cout) for k in attention}) >= 10  # broad shapes, not the model's few
+    timed = measure_kernels(attention[:2], passes=2)
+    assert all(0 < t.best_ms < 100 for t in timed)
+    cnn = ProfilePlan(models=("reference_models:tiny_resnet",), input_sizes=(32,), kernels=20, heavy_kernels=5)
+    assert not any(k.op == "attention" for k in _kernel_plan(cnn))

@@ -154,7 +154,9 @@ def test_the_compiled_forests_are_not_pickled_and_a_refit_replaces_them(fitted):
 def test_a_candidates_table_is_the_table_of_its_kernels_with_their_layers(fitted):
     _, target, _ = fitted
     rng, ops = random.Random(4), set()
-    for _ in range(20):
+    vit = model_under_test("autocompress.zoo:small_vit", 32)  # attention kernels
+    for i in range(24):
+        target = vit if i % 4 == 0 else fitted[1]
         candidate = random_candidate(target, rng)
         kernels = kernels_of_candidate(target.analysis, candidate)
         table, layers = candidate_table(target.analysis, candidate)

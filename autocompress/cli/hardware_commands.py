@@ -30,7 +30,8 @@ def _profile(args) -> int:
     out = args.out or Path("hardware_models") / f"{args.target}-{args.threads or 1}t"
     overrides = {"threads": args.threads, "kernels": args.kernels, "heavy_kernels": args.heavy_kernels,
                  "candidates": args.candidates, "light_candidates": args.light_candidates,
-                 "sweeps": args.sweeps, "max_minutes": args.max_minutes}
+                 "sweeps": args.sweeps, "max_minutes": args.max_minutes,
+                 "models": tuple(args.models) if args.models else None}
     try:
         plan = dataclasses.replace(recorded_plan(out) or ProfilePlan(), **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:

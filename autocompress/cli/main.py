@@ -123,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--heavy-kernels", type=_count, default=None,
                          help=f"more kernels of the profiling models, drawn in proportion to their MACs: the big "
                               f"ones that dominate a network's time (default {defaults.heavy_kernels})")
+    profile.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                         help=f"the models whose kernels and candidates are timed, at each input size (default "
+                              f"{' '.join(defaults.models)}; add autocompress.zoo:small_vit to price transformers)")
     profile.add_argument("--candidates", type=_count, default=None,
                          help=f"random whole candidates to time (default {defaults.candidates})")
     profile.add_argument("--light-candidates", type=_count, default=None,

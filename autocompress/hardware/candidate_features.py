@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.exceptions import NotFittedError
 
 from .glue import _gated_elements, _glue_inputs
-from .kernels import OPS, kernel_weights
+from .kernels import OPS, kernel_elements, kernel_weights
 
 __all__ = ["BITS", "STREAMED_TERM", "candidate_features", "check_feature_names"]
 
@@ -36,7 +36,7 @@ def candidate_features(table: np.ndarray, owner: np.ndarray, ms: np.ndarray, alo
     same_candidate = np.concatenate([[False], owner[1:] == owner[:-1]])
     changes = per_candidate(same_candidate & (bits != np.concatenate([[0], bits[:-1]])))
     counts = np.bincount(owner, minlength=n).astype(np.float64)
-    activations = per_candidate(cout * out_h * out_w / 1e6)
+    activations = per_candidate(kernel_elements(table)[1] / 1e6)
     max_side = np.zeros(n)
     np.maximum.at(max_side, owner, np.maximum(h, w))
     glue_requantized, glue_plain = _glue_inputs(table, owner, n)

@@ -54,7 +54,7 @@ def model_under_test(spec: str, input_size: int, num_classes: int = 10) -> Model
     """A randomly initialised ``spec`` at a square ``input_size``. Latency does not depend on the
     weights' values, so no training is needed; the seed keeps it reproducible."""
     torch.manual_seed(0)
-    model = resolve_model(spec, num_classes=num_classes, weights=None).eval()
+    model = resolve_model(spec, num_classes=num_classes, weights=None, image_size=input_size).eval()
     example = torch.randn(1, 3, input_size, input_size)
     logging.getLogger("autocompress").debug("analysing %s at %d px", spec, input_size)
     # With the cells of its family's search space, so candidates with cells can be drawn and priced.

@@ -38,7 +38,7 @@ def _glue_inputs(table: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarr
     at = np.minimum(np.searchsorted(known, consumed), len(known) - 1)
     fed_by_kernel = (known[at] == consumed) & (first_row[at] < np.arange(len(table)))
     network_input = np.concatenate([[True], owner[1:] != owner[:-1]])
-    glue = ~fed_by_kernel & ~network_input & (op != OPS.index("linear")) & (h * w > 1)
+    glue = ~fed_by_kernel & ~network_input & (op < OPS.index("linear")) & (h * w > 1)  # convs alone
     int8_produced = np.zeros(len(table), dtype=bool)
     first_of_owner = np.searchsorted(owner, owner)  # a candidate's rows are contiguous, in order
     for row in np.flatnonzero(glue):  # a few rows per candidate: ResNet's pool, a concatenation
@@ -73,6 +73,6 @@ def _gated_elements(table: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
     whose classifier is a 1x1 conv after a global pool counts its last feature map once."""
     op, hw = table[:, 0], table[:, 6] * table[:, 7]
     same_candidate = owner[1:] == owner[:-1]
-    gate = same_candidate & (hw[:-1] > 1) & (hw[1:] == 1) & (op[1:] != OPS.index("linear"))
+    gate = same_candidate & (hw[:-1] > 1) & (hw[1:] == 1) & (op[1:] < OPS.index("linear"))  # into a conv
     elements = (table[:-1, 3] * table[:-1, 8] * table[:-1, 9] * gate).astype(np.float64) / 1e6
     return np.bincount(owner[:-1], weights=elements, minlength=n)

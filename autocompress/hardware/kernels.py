@@ -1,8 +1,10 @@
 """Kernels: the layers of a compressed model as the runtime executes them, and their features.
 
 ONNX Runtime folds BatchNorm into the convolution before it and fuses the activation after it, so
-one Conv2d/Linear of the model is one kernel (two for a low-rank layer). A Kernel is what the
-latency predictor prices: shape, bits and grouping. Unstructured sparsity is not part of it,
+one Conv2d/Linear of the model is one kernel (two for a low-rank layer). The attention between a
+split attention's projections (``core.attention``: scores, softmax, weighted sum, over all heads)
+is one kernel too, ``attention``, which has no weights and always runs in float. A Kernel is what
+the latency predictor prices: shape, bits and grouping. Unstructured sparsity is not part of it,
 because ORT's CPU kernels run a sparse weight dense (see ``targets.ort_cpu``). It comes two ways that must agree (tests hold them equal):
 
 - ``kernels_of_candidate``: from the analysis and a Candidate alone, in microseconds (the search);
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.attention import SplitAttention
 from ..core.modules import forward_with_hooks
 from ..core.accounting import model_shapes
 from ..core.analysis import ModelAnalysis
@@ -32,7 +35,9 @@ __all__ = [
     "KERNEL_FIELDS",
     "OPS",
     "Kernel",
+    "kernel_elements",
     "kernel_features",
+    "kernel_macs",
     "kernel_table",
     "kernel_unit",
     "candidate_table",
@@ -43,16 +48,18 @@ __all__ = [
     "kernels_of_model",
 ]
 
-OPS = ("conv", "dwconv", "linear")
+OPS = ("conv", "dwconv", "linear", "attention")
 KERNEL_FIELDS = ("op", "bits", "cin", "cout", "kernel", "stride", "h", "w", "out_h", "out_w", "groups")
 
 
 @dataclass(frozen=True)
 class Kernel:
     """One executed layer. ``h``/``w`` are the input's height and width (``w`` = 1 and ``h`` = rows
-    for a linear); ``out_h``/``out_w`` the output's."""
+    for a linear); ``out_h``/``out_w`` the output's. An ``attention`` kernel reads ``cin`` as the
+    head width, ``cout`` as the keys each query attends over, ``h`` as the queries and ``groups``
+    as the heads."""
 
-    op: str  # "conv" (any groups but depthwise), "dwconv" or "linear"
+    op: str  # "conv" (any groups but depthwise), "dwconv", "linear" or "attention"
     bits: int
     cin: int
     cout: int
@@ -73,13 +80,15 @@ class Kernel:
 
     @property
     def macs(self) -> int:
+        if self.op == "attention":  # scores and weighted sum, every head
+            return 2 * self.groups * self.h * self.cout * self.cin
         return self.cout * (self.cin // self.groups) * self.kernel * self.kernel * self.out_h * self.out_w
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-_CONV, _DWCONV, _LINEAR = (OPS.index(op) for op in ("conv", "dwconv", "linear"))
+_CONV, _DWCONV, _LINEAR, _ATTENTION = (OPS.index(op) for op in OPS)
 
 
 def _op(kind: str, groups: int, cin: int, cout: int) -> int:
@@ -106,21 +115,30 @@ def candidate_table(analysis: ModelAnalysis, candidate: Candidate) -> tuple[np.n
 def _candidate_rows(analysis: ModelAnalysis, candidate: Candidate) -> list[tuple]:
     """Each kernel as a tuple: ``KERNEL_FIELDS`` (op as its index in OPS), then its layer."""
     shapes = model_shapes(analysis, candidate)
+    after = {f"{a.name}.out_proj": a for a in analysis.attention if a.split}  # its kernel runs before, ends after
     rows = []
     for unit in shapes.units.values():
         if not shapes.alive(unit.name):
             continue
-        s = shapes.layers[unit.name]
-        (h, w), (out_h, out_w) = unit.in_hw, unit.out_hw
-        k, stride = s.kernel[0], unit.stride
-        if s.rank is None:
-            rows.append((_op(unit.kind, s.groups, s.in_channels, s.out_channels), s.bits, s.in_channels,
-                         s.out_channels, k, stride, h, w, out_h, out_w, s.groups, unit.name))
-            continue
-        op = _LINEAR if unit.kind == "linear" else _CONV
-        rows.append((op, s.bits, s.in_channels, s.rank, k, stride, h, w, out_h, out_w, 1, unit.name))
-        rows.append((op, s.bits, s.rank, s.out_channels, 1, 1, out_h, out_w, out_h, out_w, 1, unit.name))
+        rows += _layer_rows(unit, shapes.layers[unit.name])
+        attention = after.get(unit.name)
+        if attention is not None:
+            heads = shapes.heads.get(attention.name, attention.heads)
+            rows.append((_ATTENTION, 32, attention.head_dim, attention.source_tokens, 1, 1, attention.tokens, 1,
+                         attention.tokens, 1, heads, attention.name))
     return rows
+
+
+def _layer_rows(unit, s) -> list[tuple]:
+    """The rows of one Conv2d/Linear layer as shaped ``s``: one, or two when factorized."""
+    (h, w), (out_h, out_w) = unit.in_hw, unit.out_hw
+    k, stride = s.kernel[0], unit.stride
+    if s.rank is None:
+        return [(_op(unit.kind, s.groups, s.in_channels, s.out_channels), s.bits, s.in_channels,
+                 s.out_channels, k, stride, h, w, out_h, out_w, s.groups, unit.name)]
+    op = _LINEAR if unit.kind == "linear" else _CONV
+    return [(op, s.bits, s.in_channels, s.rank, k, stride, h, w, out_h, out_w, 1, unit.name),
+            (op, s.bits, s.rank, s.out_channels, 1, 1, out_h, out_w, out_h, out_w, 1, unit.name)]
 
 
 def kernels_of_model(model: nn.Module, example_input: torch.Tensor) -> list[Kernel]:
@@ -144,8 +162,15 @@ def kernels_of_model(model: nn.Module, example_input: torch.Tensor) -> list[Kern
                                   layer.stride[0], x.shape[-2], x.shape[-1], output.shape[-2], output.shape[-1],
                                   layer.groups, name))
 
+    def record_attention(module, args, output):
+        tokens = args[0].shape[1] if module.batch_first else args[0].shape[0]
+        source = (args[1].shape[1] if module.batch_first else args[1].shape[0]) if len(args) > 1 else tokens
+        kernels.append(Kernel("attention", 32, module.head_dim, source, 1, 1, tokens, 1, tokens, 1,
+                              module.num_heads, owner[id(module)]))
+
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, QuantizedLayer) or (
         isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in wrapped)]
+    handles += [m.register_forward_hook(record_attention) for m in model.modules() if isinstance(m, SplitAttention)]
     forward_with_hooks(model, example_input, handles)
     return kernels
 
@@ -173,9 +198,25 @@ def kernel_table(kernels: list[Kernel]) -> np.ndarray:
 
 
 def kernel_weights(table: np.ndarray) -> np.ndarray:
-    """The weight count of each row of ``kernel_table`` (float64)."""
+    """The weight count of each row of ``kernel_table`` (float64); none for attention."""
     _, _, cin, cout, k, _, _, _, _, _, groups = table.T.astype(np.float64)
-    return cout * np.floor(cin / groups) * k * k
+    return np.where(table[:, 0] == _ATTENTION, 0.0, cout * np.floor(cin / groups) * k * k)
+
+
+def kernel_macs(table: np.ndarray) -> np.ndarray:
+    """The MACs of each row of ``kernel_table`` (float64), as ``Kernel.macs`` counts them."""
+    _, _, cin, cout, _, _, h, _, out_h, out_w, groups = table.T.astype(np.float64)
+    return np.where(table[:, 0] == _ATTENTION, 2 * groups * h * cout * cin, kernel_weights(table) * out_h * out_w)
+
+
+def kernel_elements(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The elements each row of ``kernel_table`` reads and writes (float64): an attention reads its
+    queries, keys and values and writes one value per query, head and head width."""
+    _, _, cin, cout, _, _, h, w, out_h, out_w, groups = table.T.astype(np.float64)
+    attention = table[:, 0] == _ATTENTION
+    reads = np.where(attention, groups * cin * (h + 2 * cout), cin * h * w)
+    writes = np.where(attention, groups * cin * h, cout * out_h * out_w)
+    return reads, writes
 
 
 def kernel_features(table: np.ndarray) -> np.ndarray:
@@ -184,10 +225,11 @@ def kernel_features(table: np.ndarray) -> np.ndarray:
     _, _, cin, cout, k, stride, h, w, out_h, out_w, groups = table.T.astype(np.float64)
     out_pixels = out_h * out_w
     weights = kernel_weights(table)
+    reads, writes = kernel_elements(table)
     ci, co = table[:, 2], table[:, 3]
     return np.column_stack([
-        np.log(cin), np.log(cout), k, stride, np.log(h), np.log(out_pixels), np.log(weights * out_pixels),
-        np.log(cin * h * w), np.log(cout * out_pixels), np.log(weights), ci % 8, co % 8, ci % 16, co % 16,
+        np.log(cin), np.log(cout), k, stride, np.log(h), np.log(out_pixels), np.log(kernel_macs(table)),
+        np.log(reads), np.log(writes), np.log(np.maximum(weights, 1)), ci % 8, co % 8, ci % 16, co % 16,
         np.log(groups),
     ])
 
@@ -199,9 +241,10 @@ def roofline_terms(table: np.ndarray) -> np.ndarray:
     not multiples of 16 (no blocked NCHWc layout on AVX-512)."""
     _, _, cin, cout, k, _, h, w, out_h, out_w, groups = table.T.astype(np.float64)
     weights = kernel_weights(table)
-    macs = weights * out_h * out_w / 1e6
+    macs = kernel_macs(table) / 1e6
+    reads, writes = kernel_elements(table)
     unaligned = (table[:, 2] % 16 != 0) | (table[:, 3] % 16 != 0)
-    return np.column_stack([np.ones(len(table)), macs, cin * h * w / 1e6, cout * out_h * out_w / 1e6, weights / 1e6,
+    return np.column_stack([np.ones(len(table)), macs, reads / 1e6, writes / 1e6, weights / 1e6,
                             groups / 1e3, groups * out_h * out_w / 1e6, macs * unaligned])
 
 
@@ -236,8 +279,31 @@ class _LinearUnit(nn.Module):
         return self.fc(x)
 
 
+class _AttentionUnit(nn.Module):
+    """Scores, softmax and weighted sum over ``groups`` heads of ``cin`` features: the first ``h``
+    tokens of the input are the queries, the first ``cout`` its keys and values."""
+
+    def __init__(self, k: Kernel) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.queries, self.keys = k.groups, k.cin, k.h, k.cout
+
+    def forward(self, x):
+        n = x.shape[0]
+
+        def by_head(rows):
+            return x[:, :rows].reshape(n, rows, self.heads, self.head_dim).transpose(1, 2)
+
+        q, kv = by_head(self.queries), by_head(self.keys)
+        scores = torch.matmul(q * (1.0 / self.head_dim ** 0.5), kv.transpose(-2, -1))
+        out = torch.matmul(torch.softmax(scores, dim=-1), kv)
+        return out.transpose(1, 2).reshape(n, self.queries, self.heads * self.head_dim)
+
+
 def kernel_unit(kernel: Kernel) -> tuple[nn.Module, torch.Tensor]:
     """The smallest float model that runs ``kernel`` (bits are applied by a Candidate), and an input."""
+    if kernel.op == "attention":
+        tokens = max(kernel.h, kernel.cout)
+        return _AttentionUnit(kernel).eval(), torch.randn(1, tokens, kernel.groups * kernel.cin)
     if kernel.op == "linear":
         return _LinearUnit(kernel).eval(), torch.randn(kernel.h, kernel.cin)
     return _ConvUnit(kernel).eval(), torch.randn(1, kernel.cin, kernel.h, kernel.w)

@@ -83,7 +83,8 @@ class LatencyPredictor:
     # 9: a max pool read by int4 convs after an int8 stem counts as requantized (``_glue_inputs``).
     # 10: the excess head's estimate is held to the range of ratios the profile had
     # (``excess_ratio_range_``); the target is a parameter, and stage 1 reads its kernel features.
-    format_version = 10
+    # 11: the attention kernel (``kernels.OPS``), and its time share among the candidate features.
+    format_version = 11
 
     def __init__(self, *, n_estimators: int = 100, min_samples_leaf: int = 1, composition_min_samples_leaf: int = 2,
                  random_state: int = 0, target: str = DEFAULT_TARGET) -> None:

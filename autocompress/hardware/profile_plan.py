@@ -29,6 +29,7 @@ class ProfilePlan:
     input_sizes: tuple[int, ...] = (32, 64)
     kernels: int = 2000
     heavy_kernels: int = 600  # more kernels of those models, drawn in proportion to their MACs
+    attention_kernels: int = 300  # attention kernels of broad shapes, where a model has attention
     candidates: int = 480
     light_candidates: int = 10  # per model and size, besides its uncompressed model
     warm_start_policies: bool = True  # the search's uniform policies of each model and size
@@ -83,15 +84,21 @@ def _kernel_plan(plan: ProfilePlan) -> list[Kernel]:
 
     def uniform(rng: random.Random, bits: int) -> Kernel:
         if rng.random() < plan.shared_share and pool:
-            return replace(rng.choice(pool), bits=bits)
+            return _at_bits(rng.choice(pool), bits)
         return _broad_kernel(rng, bits)
 
     macs = [k.macs for k in pool]
     draw(plan.kernels, "kernel", uniform)
     if pool:
-        draw(plan.heavy_kernels, "heavy-kernel", lambda rng, bits: replace(
-            rng.choices(pool, weights=macs)[0], bits=bits))
+        draw(plan.heavy_kernels, "heavy-kernel", lambda rng, bits: _at_bits(rng.choices(pool, weights=macs)[0], bits))
+    if any(k.op == "attention" for k in pool):  # a few shapes per model: too few to fit a model of their own
+        draw(plan.attention_kernels, "attention-kernel", lambda rng, bits: _broad_attention(rng))
     return kernels
+
+
+def _at_bits(kernel: Kernel, bits: int) -> Kernel:
+    """``kernel`` at ``bits``; an attention kernel runs in float whatever its projections' bits."""
+    return replace(kernel, bits=32 if kernel.op == "attention" else bits)
 
 
 def _kernels_of_profiling_models(plan: ProfilePlan) -> list[Kernel]:
@@ -129,6 +136,20 @@ def _broad_kernel(rng: random.Random, bits: int) -> Kernel:
     while cout * cin // groups * kernel * kernel * out * out > 3e8:  # keep each measurement short
         cin, cout = max(groups, cin // 2 // groups * groups), max(groups, cout // 2 // groups * groups)
     return Kernel("conv", bits, cin, cout, kernel, stride, size, size, out, out, groups)
+
+
+def _broad_attention(rng: random.Random) -> Kernel:
+    """An attention kernel: 1-16 heads of 16-128 features over 8-1024 tokens (a ViT's 50, 65, 197
+    or 257 often), attending over as many keys, or one time in ten over another count."""
+    heads = rng.choice((1, 1, 2, 3, 3, 4, 6, 8, 12, 16))
+    head_dim = rng.choice((16, 32, 48, 64, 64, 96, 128))
+    tokens = rng.choice((50, 65, 197, 257)) if rng.random() < 0.3 else int(math.exp(rng.uniform(math.log(8),
+                                                                                                  math.log(1024))))
+    keys = tokens if rng.random() < 0.9 else int(math.exp(rng.uniform(math.log(8), math.log(1024))))
+    while 2 * heads * tokens * keys * head_dim > 3e8:  # keep each measurement short
+        heads, tokens = (heads // 2, tokens) if heads > 1 else (heads, tokens // 2)
+        keys = min(keys, max(tokens, 8))
+    return Kernel("attention", 32, head_dim, keys, 1, 1, tokens, 1, tokens, 1, heads)
 
 
 def _candidate_plan(plan: ProfilePlan) -> list[tuple[str, int, Candidate]]:

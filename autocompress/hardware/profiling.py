@@ -163,8 +163,7 @@ def _export_kernel(kernel: Kernel, path: Path) -> tuple[Path, tuple[int, ...]]:
     """The kernel alone as an ONNX file at ``path``, and the input shape to time it with."""
     unit, example = kernel_unit(kernel)
     analysis = analyze(unit, example)
-    layer = analysis.layers[0].name
-    candidate = Candidate(bits={layer: kernel.bits} if kernel.bits != 32 else {})
+    candidate = Candidate(bits={analysis.layers[0].name: kernel.bits} if kernel.bits != 32 else {})
     compressed = apply_candidate(unit, candidate, analysis, example)
     calibration = [example.repeat(4, *([1] * (example.dim() - 1)))]
     export_onnx(compressed, example, path, calibration=calibration)

@@ -32,13 +32,15 @@ def torchvision_classifiers() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | None = None) -> nn.Module:
+def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | None = None,
+                  image_size: int | None = None) -> nn.Module:
     """Build the module a spec names, with freshly initialised weights unless ``weights`` is given.
 
     ``spec`` is a torchvision classification model (``resnet18`` or ``torchvision:resnet18``), a
     timm model (``timm:NAME`` or ``timm:NAME,key=value,...``, with timm installed) or a
     ``package.module:factory`` callable returning an ``nn.Module``. The factory gets
-    ``num_classes`` when its signature accepts it. ``space:PATH`` is the largest subnet of the
+    ``num_classes`` when its signature accepts it, and ``image_size`` when it is given and the
+    factory accepts it (a ViT is built for one image size: ``zoo.small_vit``). ``space:PATH`` is the largest subnet of the
     supernet file at PATH (``core.supernet_file``), trained by ``train.supernet``.
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -47,11 +49,11 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
     if is_space_spec(spec):
         model = build_supernet(load_supernet_file(spec[len(SPACE_PREFIX):]), num_classes)
     elif spec.startswith("timm:"):
-        model = _timm_model(spec, num_classes)
+        model = _timm_model(spec, num_classes, image_size)
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], num_classes)
     elif ":" in spec:
-        model = _factory_model(spec, num_classes)
+        model = _factory_model(spec, num_classes, image_size)
     else:
         model = _torchvision_model(spec, num_classes)
     if weights is not None:
@@ -80,9 +82,10 @@ def _torchvision_model(name: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def _timm_model(spec: str, num_classes: int) -> nn.Module:
+def _timm_model(spec: str, num_classes: int, image_size: int | None = None) -> nn.Module:
     """``timm:NAME`` or ``timm:NAME,key=value,...``: timm's model NAME, freshly initialised, built
-    with those keyword arguments (``timm:deit_tiny_patch16_224,img_size=32,patch_size=4``)."""
+    with those keyword arguments (``timm:deit_tiny_patch16_224,img_size=32,patch_size=4``). A
+    given ``image_size`` becomes ``img_size`` where the spec names none and the model takes one."""
     name, *pairs = spec[len("timm:"):].split(",")
     try:
         import timm
@@ -104,6 +107,11 @@ def _timm_model(spec: str, num_classes: int) -> nn.Module:
         hint = f" (close: {', '.join(close)})" if close else ""
         raise ModelResolutionError(f"model spec {spec!r}: timm has no model {name!r}{hint}; "
                                    "`python -c 'import timm; print(timm.list_models())'` lists them")
+    if image_size is not None and "img_size" not in kwargs:
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size, **kwargs)
+        except TypeError:
+            pass  # a model without an image size (a CNN): built as named below
     try:
         # pretrained=False: nothing may be downloaded at run time; trained weights come from a file.
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
@@ -113,7 +121,7 @@ def _timm_model(spec: str, num_classes: int) -> nn.Module:
                                    "arguments") from exc
 
 
-def _factory_model(spec: str, num_classes: int) -> nn.Module:
+def _factory_model(spec: str, num_classes: int, image_size: int | None = None) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -125,10 +133,13 @@ def _factory_model(spec: str, num_classes: int) -> nn.Module:
     if not callable(factory):
         raise ModelResolutionError(f"model spec {spec!r}: {module_name!r} has no callable {attr!r}; name a function or class that returns an nn.Module")
     try:
-        accepts_classes = "num_classes" in inspect.signature(factory).parameters
+        accepted = inspect.signature(factory).parameters
     except (TypeError, ValueError):
-        accepts_classes = False
-    model = factory(num_classes=num_classes) if accepts_classes else factory()
+        accepted = {}
+    kwargs = {"num_classes": num_classes} if "num_classes" in accepted else {}
+    if image_size is not None and "image_size" in accepted:
+        kwargs["image_size"] = image_size
+    model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ModelResolutionError(f"model spec {spec!r} returned {type(model).__name__}, not an nn.Module")
     return model
