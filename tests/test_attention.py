@@ -180,3 +180,17 @@ def test_attention_kernels_are_profiled_where_a_model_has_attention_and_only_the
     assert all(0 < t.best_ms < 100 for t in timed)
     cnn = ProfilePlan(models=("reference_models:tiny_resnet",), input_sizes=(32,), kernels=20, heavy_kernels=5)
     assert not any(k.op == "attention" for k in _kernel_plan(cnn))
+
+
+def test_a_vit_is_built_at_the_image_size_it_is_run_at(capsys):
+    from autocompress.cli.main import main
+
+    for spec in ("autocompress.zoo:small_vit", "timm:deit_tiny_patch16_224,patch_size=8,depth=1"):
+        model = resolve_model(spec, image_size=64)
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    # a size the spec names is kept
+    assert resolve_model("timm:deit_tiny_patch16_224,img_size=32,patch_size=8,depth=1",
+                         image_size=64).patch_embed.img_size == (32, 32)
+    assert main(["inspect", "autocompress.zoo:small_vit", "--input-shape", "1,3,64,64", "--json"]) == 0
+    assert "257 tokens" in capsys.readouterr().out

@@ -66,8 +66,8 @@ def _validate_predictor(args) -> int:
             raise AutocompressError(f"--input-shape {','.join(map(str, shape))} is not supported; "
                                     "validation draws image models at 1,3,H,W with H = W")
     for spec in args.model:  # a typo fails here, not after the hardware model's predictor is fitted
-        model = resolve_model(spec)
-        for shape in shapes:
+        for shape in shapes:  # built at each size, as validation builds it (a ViT is built for one)
+            model = resolve_model(spec, image_size=shape[2])
             check_model_runs(model, torch.zeros(shape), spec=spec, size_name="--input-shape",
                              needs=lambda size: f"give --input-shape 1,3,{size},{size}")
     hardware = load_hardware_model(args.hardware_model)

@@ -203,7 +203,7 @@ def _inspect(args) -> int:
         from .sensitivity_report import inspect_sensitivity
 
         return inspect_sensitivity(args, shape)
-    model = resolve_model(args.model, num_classes=args.num_classes or 10, weights=args.weights)
+    model = resolve_model(args.model, num_classes=args.num_classes or 10, weights=args.weights, image_size=shape[-1])
     example = torch.randn(shape)
     check_model_runs(model, example, spec=args.model, size_name="--input-shape",
                      needs=lambda size: f"give --input-shape {','.join(map(str, shape[:-2] + (size, size)))}")

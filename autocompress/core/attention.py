@@ -95,7 +95,7 @@ class SplitAttention(nn.Module):
         k = self.k_proj(key).reshape(n, source, heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(value).reshape(n, source, heads, self.head_dim).transpose(1, 2)
         scores = torch.matmul(q * (1.0 / math.sqrt(self.head_dim)), k.transpose(-2, -1))
-        mask = self._additive_mask(attn_mask, key_padding_mask, is_causal, n, length, source, scores.dtype)
+        mask = self._additive_mask(attn_mask, key_padding_mask, is_causal, n, length, source, scores)
         if mask is not None:
             scores = scores + mask
         weights = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
@@ -111,11 +111,12 @@ class SplitAttention(nn.Module):
             weights = weights.mean(dim=1)
         return out, weights.squeeze(0) if unbatched else weights
 
-    def _additive_mask(self, attn_mask, key_padding_mask, is_causal, n, length, source, dtype):
+    def _additive_mask(self, attn_mask, key_padding_mask, is_causal, n, length, source, scores):
         """The masks ``nn.MultiheadAttention`` takes, as one additive mask broadcastable to the
-        scores (n, heads, length, source); None when there is none."""
+        ``scores`` (n, heads, length, source); None when there is none."""
+        dtype = scores.dtype
         if attn_mask is None and is_causal:
-            attn_mask = torch.ones(length, source, dtype=torch.bool, device=self.out_proj.weight.device).triu(1)
+            attn_mask = torch.ones(length, source, dtype=torch.bool, device=scores.device).triu(1)
         mask = None
         if attn_mask is not None:
             mask = _additive(attn_mask, dtype)

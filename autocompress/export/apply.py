@@ -106,7 +106,7 @@ def run_apply(*, model_spec: str, candidate_arg: str, dataset: str = "digits", i
         raise AutocompressError(f"num_classes {classes} is below the {splits.num_classes} classes of {dataset!r}",
                                 parameters=("num_classes",))
     # The model, its weights and the Candidate are checked on the model as given, before any training.
-    model = resolve_model(model_spec, num_classes=classes, weights=weights)
+    model = resolve_model(model_spec, num_classes=classes, weights=weights, image_size=input_size)
     example = splits.val[0][0].unsqueeze(0)
     check_model_runs(model, example, spec=model_spec, needs=lambda size: f"it needs input_size {size}",
                      size_name="input_size", parameters=("input_size",))

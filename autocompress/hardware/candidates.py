@@ -49,7 +49,7 @@ class ModelUnderTest:
         return tuple(self.example.shape)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)  # a profile plan cycles through every model and size: more than 8
 def model_under_test(spec: str, input_size: int, num_classes: int = 10) -> ModelUnderTest:
     """A randomly initialised ``spec`` at a square ``input_size``. Latency does not depend on the
     weights' values, so no training is needed; the seed keeps it reproducible."""

@@ -56,7 +56,8 @@ def preflight(spec: ProblemSpec, budget: Budget, *, check_budget: bool = True,
         if isinstance(part, ImageFiles):
             part.check_readable()
     model = task.model if isinstance(task.model, nn.Module) else \
-        resolve_model(task.model, num_classes=problem_classes(spec, splits), weights=spec.weights)
+        resolve_model(task.model, num_classes=problem_classes(spec, splits), weights=spec.weights,
+                      image_size=splits.image_size)
     example = task.example_input()
     check_batches(task, example)
     memory = training_memory(model, example, batch_size=DistillationConfig().batch_size)

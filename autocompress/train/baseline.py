@@ -34,8 +34,8 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
     ``train.supernet``), resumable from ``cache_dir/supernet`` after a kill; ``map_jobs`` (a Ray
     executor's) spreads its steps over workers. ``progress``: show a bar while it trains."""
     if weights is not None:
-        return resolve_model(model_spec, num_classes=num_classes, weights=weights)
-    model = resolve_model(model_spec, num_classes=num_classes)
+        return resolve_model(model_spec, num_classes=num_classes, weights=weights, image_size=splits.image_size)
+    model = resolve_model(model_spec, num_classes=num_classes, image_size=splits.image_size)
     if train_steps == 0:
         log.warning("no --weights and --train-steps 0: the baseline keeps its random initialisation")
         return model
