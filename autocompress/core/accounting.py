@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .analysis import ModelAnalysis
-from .attention import SplitAttention
+from .attention import SplitAttention, query_and_key_tokens
 from .candidate import Candidate
 from .cell_choices import with_followers
 from .modules import forward_with_hooks
@@ -121,10 +121,6 @@ def _runs_layer_quantized(module: nn.Module) -> bool:
         getattr(module, "bits", None), int)
 
 
-def _tokens(x: torch.Tensor, batch_first: bool) -> int:
-    return x.shape[0] if x.dim() == 2 else x.shape[1] if batch_first else x.shape[0]
-
-
 def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footprint:
     """Params, MACs per sample and bytes of a built (possibly compressed) model."""
     batch = example_input.shape[0]
@@ -140,8 +136,7 @@ def footprint_of_model(model: nn.Module, example_input: torch.Tensor) -> Footpri
 
     def on_attention(module, args, output):
         nonlocal macs
-        tokens = _tokens(args[0], module.batch_first)
-        source = _tokens(args[1], module.batch_first) if len(args) > 1 else tokens  # called as attn(x): self-attention
+        tokens, source = query_and_key_tokens([a.shape for a in args if isinstance(a, torch.Tensor)], module.batch_first)
         if isinstance(module, SplitAttention):  # its projections are counted as layers
             macs += 2 * tokens * source * module.num_heads * module.head_dim
         else:

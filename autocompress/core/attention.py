@@ -25,9 +25,21 @@ from torch import nn
 
 from .modules import forward_with_hooks, set_submodule
 
-__all__ = ["SelfAttention", "SplitAttention", "head_order", "is_timm_attention", "keep_heads", "split_attention", "unsplittable_reason"]
+__all__ = ["HEAD_PROJECTIONS", "OUTPUT_PROJECTION", "SelfAttention", "SplitAttention", "head_order", "is_timm_attention",
+           "query_and_key_tokens", "keep_heads", "split_attention", "unsplittable_reason"]
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # a head's rows of these go with it...
+OUTPUT_PROJECTION = "out_proj"  # ...and its columns of this one
+
+
+def query_and_key_tokens(arg_shapes, batch_first: bool) -> tuple[int, int]:
+    """Queries and keys of one call of an attention, from the shapes of its tensor arguments
+    (query, key, ...; a self-attention called as ``attn(x)`` attends over its own tokens)."""
+    def tokens(shape) -> int:
+        return shape[0] if len(shape) == 2 or not batch_first else shape[1]  # (L, E) unbatched, or (L, N, E)
+
+    queries = tokens(arg_shapes[0])
+    return queries, tokens(arg_shapes[1]) if len(arg_shapes) > 1 else queries
 
 
 class SplitAttention(nn.Module):
@@ -252,9 +264,9 @@ def keep_heads(module: SplitAttention, heads: list[int]) -> None:
         raise ValueError("keep at least one head; dropping every head is skipping the block")
     d = module.head_dim
     rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads])
-    for name in ("q_proj", "k_proj", "v_proj"):
+    for name in HEAD_PROJECTIONS:
         setattr(module, name, _rows(getattr(module, name), rows))
-    module.out_proj = _columns(module.out_proj, rows)
+    setattr(module, OUTPUT_PROJECTION, _columns(getattr(module, OUTPUT_PROJECTION), rows))
     module.heads_kept = tuple(module.heads_kept[h] for h in heads)
     module.num_heads = len(heads)
 

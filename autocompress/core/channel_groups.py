@@ -18,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .attention import SplitAttention
+from .attention import HEAD_PROJECTIONS, SplitAttention
 from .modules import PRUNABLE_MEMBER_TYPES
 
 __all__ = ["GroupMember", "ChannelGroup", "find_channel_groups", "keep_channels", "build_dependency_graph", "tracing_channels"]
@@ -98,7 +98,7 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor, *, output
                     f"({type(exc).__name__}: {exc}), as with channel shuffle; bit widths, ranks and NAS still apply"]
     ignored = [model.get_submodule(output_layer)] if output_layer else []
     head_projections = {f"{name}.{p}": name for m, name in names.items() if isinstance(m, SplitAttention)
-                        for p in ("q_proj", "k_proj", "v_proj")}
+                        for p in HEAD_PROJECTIONS}
     groups = []
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         members, problems = _members(tp_group, graph, names)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["set_submodule", "is_inside", "forward_with_hooks", "PRUNABLE_MEMBER_TYPES"]
+__all__ = ["find_submodule", "set_submodule", "is_inside", "forward_with_hooks", "PRUNABLE_MEMBER_TYPES"]
 
 # Module types whose channel dimension we know how to cut and count. A channel group that
 # touches any other module with parameters is left out of pruning (see analysis).
@@ -17,6 +17,15 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
+
+
+def find_submodule(root: nn.Module, name: str) -> nn.Module | None:
+    """The submodule at dotted path ``name``, or None where it is gone (removed with a skipped
+    block, or not in the cell that replaced its block)."""
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def is_inside(name: str, prefix: str) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import SplitAttention, unsplittable_reason
+from .attention import SplitAttention, query_and_key_tokens, unsplittable_reason
 from .modules import forward_with_hooks, is_inside
 
 __all__ = ["AttentionUnit", "FixedParams", "LayerUnit", "NormUnit", "collect_units", "trace_shapes"]
@@ -135,7 +135,7 @@ def collect_units(model: nn.Module, shapes: dict):
         if isinstance(module, SplitAttention):
             attention.append(_split_unit(name, module, rec))
         elif isinstance(module, nn.MultiheadAttention):
-            tokens = _tokens(rec["in"], module.batch_first) if rec and rec["in"] else 0
+            tokens = query_and_key_tokens([rec["in"]], module.batch_first)[0] if rec and rec["in"] else 0
             attention.append(AttentionUnit(name, module.embed_dim, tokens, sum(p.numel() for p in module.parameters()),
                                            module.num_heads, module.head_dim, tokens,
                                            note=f"left whole: {unsplittable_reason(module) or 'not rewritten'}"))
@@ -156,15 +156,8 @@ def collect_units(model: nn.Module, shapes: dict):
 
 def _split_unit(name: str, module: SplitAttention, rec: dict | None) -> AttentionUnit:
     shapes = rec["arg_shapes"] if rec else ()
-    tokens = _tokens(shapes[0], module.batch_first) if shapes else 0
-    source = _tokens(shapes[1], module.batch_first) if len(shapes) > 1 else tokens
+    tokens, source = query_and_key_tokens(shapes, module.batch_first) if shapes else (0, 0)
     return AttentionUnit(name, module.embed_dim, tokens, 0, module.num_heads, module.head_dim, source, split=True)
-
-
-def _tokens(shape: tuple[int, ...], batch_first: bool) -> int:
-    if len(shape) == 2:
-        return shape[0]
-    return shape[1] if batch_first else shape[0]
 
 
 def _layer_unit(name: str, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> LayerUnit:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.attention import SplitAttention
+from ..core.attention import OUTPUT_PROJECTION, SplitAttention, query_and_key_tokens
 from ..core.modules import forward_with_hooks
 from ..core.accounting import model_shapes
 from ..core.analysis import ModelAnalysis
@@ -115,7 +115,7 @@ def candidate_table(analysis: ModelAnalysis, candidate: Candidate) -> tuple[np.n
 def _candidate_rows(analysis: ModelAnalysis, candidate: Candidate) -> list[tuple]:
     """Each kernel as a tuple: ``KERNEL_FIELDS`` (op as its index in OPS), then its layer."""
     shapes = model_shapes(analysis, candidate)
-    after = {f"{a.name}.out_proj": a for a in analysis.attention if a.split}  # its kernel runs before, ends after
+    after = {f"{a.name}.{OUTPUT_PROJECTION}": a for a in analysis.attention if a.split}  # runs before it, ends after
     rows = []
     for unit in shapes.units.values():
         if not shapes.alive(unit.name):
@@ -163,8 +163,8 @@ def kernels_of_model(model: nn.Module, example_input: torch.Tensor) -> list[Kern
                                   layer.groups, name))
 
     def record_attention(module, args, output):
-        tokens = args[0].shape[1] if module.batch_first else args[0].shape[0]
-        source = (args[1].shape[1] if module.batch_first else args[1].shape[0]) if len(args) > 1 else tokens
+        tokens, source = query_and_key_tokens([a.shape for a in args if isinstance(a, torch.Tensor)],
+                                              module.batch_first)
         kernels.append(Kernel("attention", 32, module.head_dim, source, 1, 1, tokens, 1, tokens, 1,
                               module.num_heads, owner[id(module)]))
 

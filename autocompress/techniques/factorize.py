@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..core.modules import set_submodule
+from ..core.modules import find_submodule, set_submodule
 from ..core.technique import ModelShapes, Technique, Variable, register
 
 __all__ = ["Factorize", "LowRank", "factorize", "full_rank", "rank_for"]
@@ -44,9 +44,8 @@ class Factorize(Technique):
 
     def apply(self, model, candidate, context) -> None:
         for name, ratio in sorted(candidate.rank.items()):
-            try:
-                layer = model.get_submodule(name)
-            except AttributeError:
+            layer = find_submodule(model, name)
+            if layer is None:
                 continue  # removed with a skipped block
             rank = rank_for(ratio, full_rank(layer))
             if rank is not None:

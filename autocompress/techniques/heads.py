@@ -9,7 +9,8 @@ with none is its block skipped, which the skip technique decides.
 
 from __future__ import annotations
 
-from ..core.attention import SplitAttention, keep_heads
+from ..core.attention import HEAD_PROJECTIONS, OUTPUT_PROJECTION, SplitAttention, keep_heads
+from ..core.modules import find_submodule
 from ..core.technique import ModelShapes, Technique, Variable, layer_mac_share, read_flag, register
 
 __all__ = ["PruneHeads", "head_choices"]
@@ -50,9 +51,8 @@ class PruneHeads(Technique):
         units = {a.name: a for a in context.analysis.attention}
         for name, cut in sorted(candidate.heads.items()):
             kept = units[name].heads - cut
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
+            module = find_submodule(model, name)
+            if module is None:
                 continue  # removed with a skipped block
             if isinstance(module, SplitAttention) and kept < module.num_heads:
                 keep_heads(module, list(units[name].head_order[:kept]))
@@ -66,11 +66,11 @@ class PruneHeads(Technique):
             kept = unit.heads - cut
             shapes.heads[name] = kept
             width = kept * unit.head_dim
-            for projection in ("q_proj", "k_proj", "v_proj"):
+            for projection in HEAD_PROJECTIONS:
                 layer = f"{name}.{projection}"
                 if layer in shapes.layers:
                     shapes.layers[layer] = shapes.layers[layer].replace(out_channels=width)
-            out = f"{name}.out_proj"
+            out = f"{name}.{OUTPUT_PROJECTION}"
             if out in shapes.layers:
                 shapes.layers[out] = shapes.layers[out].replace(in_channels=width)
 

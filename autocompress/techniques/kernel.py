@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.cells import CellBuildError, resize_kernel
-from ..core.modules import is_inside
+from ..core.modules import find_submodule, is_inside
 from ..core.technique import ModelShapes, Technique, Variable, read_flag, register
 
 __all__ = ["ShrinkKernels", "shrink_kernel"]
@@ -35,9 +35,8 @@ class ShrinkKernels(Technique):
         for layer, size in sorted(candidate.kernel.items()):
             if any(is_inside(layer, block) for block in skipped):
                 continue  # it went with its block
-            try:
-                conv = model.get_submodule(layer)
-            except AttributeError:
+            conv = find_submodule(model, layer)
+            if conv is None:
                 continue  # a cell without this layer replaced its block
             if tuple(conv.kernel_size) == context.analysis.layer(layer).kernel_size:  # else a cell set it
                 shrink_kernel(conv, size)

@@ -7,6 +7,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..core.channel_groups import build_dependency_graph, keep_channels
+from ..core.modules import find_submodule
 from ..core.technique import ModelShapes, Technique, Variable, layer_mac_share, register
 
 __all__ = ["PruneChannels", "removed_channels"]
@@ -101,7 +102,8 @@ def apply_pruning(model: nn.Module, candidate, context) -> None:
     Candidate always keeps the same channels.
     """
     wanted = {g: r for g, r in candidate.prune.items() if r > 0 and any(
-        _present(model, m.module) for m in context.analysis.group(g).members if m.direction == "out")}
+        find_submodule(model, m.module) is not None for m in context.analysis.group(g).members
+        if m.direction == "out")}
     if not wanted:  # nothing to cut: no trace (a model whose every block is skipped may not trace)
         return
     owner = {m.module: g.id for g in context.analysis.prunable_groups for m in g.members if m.direction == "out"}
@@ -125,15 +127,6 @@ def apply_pruning(model: nn.Module, candidate, context) -> None:
         if kept < channels:
             order = torch.argsort(importance(group), stable=True)
             group.prune(idxs=sorted(order[: channels - kept].tolist()))
-
-
-def _present(model: nn.Module, name: str) -> bool:
-    """Whether the layer ``name`` is still in ``model`` (not removed with a skipped block)."""
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
 
 
 def group_channels(analysis, group_id: str, root_channels: int | None) -> int:

@@ -3,7 +3,7 @@ quantizers where ONNX Runtime's QDQ quantizer will put them (``placement``, ``qu
 
 from __future__ import annotations
 
-from ..core.modules import set_submodule
+from ..core.modules import find_submodule, set_submodule
 from ..core.technique import ModelShapes, Technique, Variable, register
 from .factorize import LowRank
 from .placement import place_activation_quantizers
@@ -43,9 +43,8 @@ class Quantize(Technique):
             if bits >= 32:
                 continue
             qrange = context.rules.weight_range(bits) if bits <= 8 else None
-            try:
-                target = model.get_submodule(name)
-            except AttributeError:
+            target = find_submodule(model, name)
+            if target is None:
                 continue  # removed with a skipped block
             if isinstance(target, LowRank):
                 for i, part in enumerate(target):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..core.accounting import MASK, zeroed_count
+from ..core.modules import find_submodule
 from ..core.technique import ModelShapes, Technique, Variable, register
 from .factorize import LowRank
 
@@ -50,9 +51,8 @@ class Sparsify(Technique):
         for name, ratio in sorted(candidate.sparsity.items()):
             if ratio <= 0:
                 continue
-            try:
-                layer = model.get_submodule(name)
-            except AttributeError:
+            layer = find_submodule(model, name)
+            if layer is None:
                 continue  # removed with a skipped block
             for part in (layer if isinstance(layer, LowRank) else [layer]):
                 sparsify(part, ratio)
