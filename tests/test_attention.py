@@ -118,7 +118,7 @@ def test_accounting_and_kernels_agree_on_random_candidates_with_heads_cut(make):
     assert cut > 0
 
 
-@pytest.mark.parametrize("make, bits", [(_vit, 32), (_vit, 16), (_vit, 8), (_deit, 32), (_deit, 8)])
+@pytest.mark.parametrize("make, bits", [(_vit, 32), (_vit, 16), (_vit, 8), (_vit, 4), (_deit, 32), (_deit, 8), (_deit, 4)])
 def test_a_vit_with_heads_cut_exports_and_onnx_runtime_agrees(make, bits, tmp_path):
     model, x = make(), torch.randn(1, 3, 32, 32)
     inputs = torch.randn(96, 3, 32, 32)

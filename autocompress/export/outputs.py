@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..hardware.onnx_export import ort_session
+from ..hardware.onnx_export import ort_session, run_batch
 from ..train.data import make_loader
 
 __all__ = ["SideBySide", "onnx_outputs", "outputs_beside"]
@@ -32,15 +31,11 @@ def outputs_beside(model: nn.Module, onnx_path: Path, dataset: Dataset, *, batch
     torch_rows, onnx_rows, targets = [], [], []
     for images, labels in make_loader(dataset, batch_size=batch_size):
         torch_rows.append(model(images).cpu())
-        onnx_rows.append(torch.from_numpy(_run(session, images)))
+        onnx_rows.append(torch.from_numpy(run_batch(session, images)))
         targets.append(torch.as_tensor(labels))
     return SideBySide(torch.cat(torch_rows), torch.cat(onnx_rows), torch.cat(targets))
 
 
 def onnx_outputs(onnx_path: Path, dataset: Dataset, *, batch_size: int = 64) -> torch.Tensor:
     session = ort_session(onnx_path)
-    return torch.cat([torch.from_numpy(_run(session, images)) for images, _ in make_loader(dataset, batch_size=batch_size)])
-
-
-def _run(session, images: torch.Tensor) -> np.ndarray:
-    return session.run(None, {"input": images.numpy().astype(np.float32)})[0]
+    return torch.cat([torch.from_numpy(run_batch(session, images)) for images, _ in make_loader(dataset, batch_size=batch_size)])

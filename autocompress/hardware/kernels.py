@@ -304,6 +304,7 @@ def kernel_unit(kernel: Kernel) -> tuple[nn.Module, torch.Tensor]:
     if kernel.op == "attention":
         tokens = max(kernel.h, kernel.cout)
         return _AttentionUnit(kernel).eval(), torch.randn(1, tokens, kernel.groups * kernel.cin)
-    if kernel.op == "linear":
-        return _LinearUnit(kernel).eval(), torch.randn(kernel.h, kernel.cin)
+    if kernel.op == "linear":  # over tokens it runs as MatMul, quantized unlike a Gemm (hardware.matmul_quant)
+        rows = (1, kernel.h) if kernel.h > 1 else (1,)
+        return _LinearUnit(kernel).eval(), torch.randn(*rows, kernel.cin)
     return _ConvUnit(kernel).eval(), torch.randn(1, kernel.cin, kernel.h, kernel.w)

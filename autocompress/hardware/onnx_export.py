@@ -1,21 +1,21 @@
 """Export a compressed model to ONNX, quantized where its Candidate says so, and run it in ORT.
 
-- 8-bit layers: QDQ static quantization by ONNX Runtime, calibrated (MinMax) on the same batches
-  that calibrate the PyTorch simulation, with the same formulas, so both agree.
-- 4-bit layers: int4 per-channel weights in [-7, 7] through the same quantizer (int4 Q/DQ); inputs
-  stay uint8.
+- 8-bit Conv and Gemm: QDQ static quantization by ONNX Runtime, calibrated (MinMax) on the same
+  batches that calibrate the PyTorch simulation, with the same formulas, so both agree.
+- 4-bit Conv and Gemm: int4 per-channel weights in [-7, 7] through the same quantizer (int4 Q/DQ);
+  inputs stay uint8.
   ORT has no int4 convolution kernel: it dequantizes the weights and runs the float kernel, so
   such layers get smaller but not faster (the latency predictor learns this from measurements).
+- 8- and 4-bit MatMuls (a Linear over tokens): dynamic int8 and weight-only int4, the way ORT runs
+  transformers (``matmul_quant``).
 - 16-bit layers: weights stored as float16 and cast to float32 before the op (ORT's CPU provider
-  has no float16 Conv/Gemm); the file shrinks, the speed does not change.
-- 32-bit layers stay float.
+  has no float16 Conv/Gemm); the file shrinks, the speed does not change. 32-bit layers stay float.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-import logging
 import tempfile
 import zipfile
 import warnings
@@ -39,8 +39,9 @@ from ..techniques.quantizers import (
     calibrate,
 )
 from ..train.training import predict
+from .matmul_quant import items_per_run, matmuls_to_int4_blocks, quantize_matmuls_dynamic, quiet_quantizer
 
-__all__ = ["ExportResult", "export_and_compare", "export_onnx", "load_onnx", "ort_session", "run_onnx"]
+__all__ = ["ExportResult", "export_and_compare", "export_onnx", "load_onnx", "ort_session", "run_batch", "run_onnx"]
 
 
 _OPSET = 17  # what the TorchScript exporter writes; ORT's quantizer raises it to 21 for int4
@@ -89,11 +90,21 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
         _export_float(plain, example_input, float_path)
         graph = load_onnx(float_path)
         nodes_by_bits = _nodes_by_bits(plain, graph, quantized)
-        int_nodes = nodes_by_bits.get(8, []) + nodes_by_bits.get(4, [])
-        if int_nodes:
-            _quantize_static(float_path, path, graph, nodes_by_bits, ranges, calibration)
+        matmuls = {n.name for n in graph.graph.node if n.op_type == "MatMul"}
+        static = {b: [n for n in nodes_by_bits.get(b, []) if n not in matmuls] for b in (8, 4)}
+        dynamic = [n for n in nodes_by_bits.get(8, []) if n in matmuls]
+        weight_only = [n for n in nodes_by_bits.get(4, []) if n in matmuls]
+        if weight_only:
+            matmuls_to_int4_blocks(graph, weight_only, ranges[4])
+            onnx.save(graph, str(float_path))
+        if static[8] or static[4]:
+            _quantize_static(float_path, path, graph, static, ranges, calibration)
             graph = load_onnx(path)
             _int4_in_ort_domain(graph)
+        if dynamic:
+            onnx.save(graph, str(float_path))
+            quantize_matmuls_dynamic(float_path, path, dynamic, ranges[8])
+            graph = load_onnx(path)
         if nodes_by_bits.get(16):
             _store_weights_as_float16(graph, nodes_by_bits[16])
         onnx.save(graph, str(path))
@@ -230,6 +241,7 @@ class _Batches:
 
 def _quantize_static(float_path: Path, out_path: Path, graph: onnx.ModelProto, nodes_by_bits: dict[int, list[str]],
                      ranges: dict[int, tuple[int, int]], calibration: Sequence[torch.Tensor]) -> None:
+    """ORT's static QDQ quantization of the named Conv and Gemm nodes (``nodes_by_bits``)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -246,36 +258,22 @@ def _quantize_static(float_path: Path, out_path: Path, graph: onnx.ModelProto, n
     explicit = [b for b in (8, 4) if b in ranges and (b == 4 or ranges[b] != (-127, 127))]
     for bits in explicit:
         for node_name in nodes_by_bits.get(bits, []):
-            node = by_name[node_name]
-            # Per output channel: axis 0 for Conv and Gemm(transB=1) weights, 1 for MatMul's (in, out).
-            axis = 1 if node.op_type == "MatMul" else 0
-            overrides[node.input[1]] = _channel_overrides(numpy_helper.to_array(weights[node.input[1]]), axis, bits,
-                                                       ranges[bits][1])
-    # ORT's quantizer logs advice ("consider pre-processing", the int4 opset note) on the root logger.
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)
+            weight = by_name[node_name].input[1]  # per output channel: axis 0 for Conv and Gemm(transB=1)
+            overrides[weight] = _channel_overrides(numpy_helper.to_array(weights[weight]), 0, bits, ranges[bits][1])
     try:
-        quantize_static(
-            str(float_path), str(out_path), _Batches(calibration),
-            # Only the layers: a ReLU after an int conv stays a node of its own (ORT then drops it
-            # exactly when its output is quantized), so a functional relu simulates the same way.
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(_LAYER_OPS), nodes_to_quantize=int_nodes,
-            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={
-                "TensorQuantOverrides": overrides,
-                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-                # MatMul is followed by a separate bias Add; its output stays float (as simulated).
-                "OpTypesToExcludeOutputQuantization": ["MatMul"],
+        with quiet_quantizer():
+            quantize_static(
+                str(float_path), str(out_path), _Batches(calibration),
+                # Only the layers: a ReLU after an int conv stays a node of its own (ORT then drops it
+                # exactly when its output is quantized), so a functional relu simulates the same way.
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Gemm"], nodes_to_quantize=int_nodes,
+                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
                 # Keep our weight scales: ORT would otherwise widen some to fit an int32 bias.
-                "QDQDisableWeightAdjustForInt32Bias": True,
-            },
-        )
+                extra_options={"TensorQuantOverrides": overrides, "QDQDisableWeightAdjustForInt32Bias": True},
+            )
     except Exception as exc:
         raise ExportError(f"ONNX Runtime static quantization failed ({type(exc).__name__}: {exc})") from exc
-    finally:
-        root_logger.setLevel(level)
 
 
 def _channel_overrides(weight: np.ndarray, axis: int, bits: int, qmax: int) -> list[dict]:
@@ -317,11 +315,17 @@ def ort_session(path: str | Path, *, threads: int = 1):
 
 
 def run_onnx(session_or_path, inputs: torch.Tensor, *, batch_size: int = 64) -> np.ndarray:
-    """Logits of an exported model for ``inputs``, in batches."""
+    """Logits of an exported model for ``inputs``, in batches (of one item where its int8 MatMuls
+    need it: ``matmul_quant``)."""
     session = ort_session(session_or_path) if isinstance(session_or_path, (str, Path)) else session_or_path
-    outs = [session.run(None, {"input": inputs[i:i + batch_size].numpy().astype(np.float32)})[0]
-            for i in range(0, len(inputs), batch_size)]
-    return np.concatenate(outs)
+    return np.concatenate([run_batch(session, inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def run_batch(session, batch: torch.Tensor) -> np.ndarray:
+    """``session``'s outputs for ``batch``, run one item at a time where the export asks for it."""
+    step = items_per_run(session) or len(batch)
+    return np.concatenate([session.run(None, {"input": batch[i:i + step].numpy().astype(np.float32)})[0]
+                           for i in range(0, len(batch), step)])
 
 
 def export_and_compare(model: nn.Module, example_input: torch.Tensor, path: str | Path, inputs: torch.Tensor, *,

@@ -1,5 +1,9 @@
 """Where the simulation quantizes activations: wherever ORT's QDQ quantizer will put a Q/DQ pair.
 
+Only layers that run as Conv or Gemm take part: a Linear over tokens runs as MatMul, which is
+quantized dynamically or weight-only (``quantizers.runs_as_matmul``) and leaves every tensor around
+it in float.
+
 ORT quantizes a tensor once, for all its consumers: the output of an int layer (after the
 BatchNorm it folds into the conv), and the input of an int layer, which every other consumer
 then also reads in quantized form (a residual shortcut reads the same quantized block input as
@@ -17,7 +21,7 @@ from torch import nn
 from ..core.modules import forward_with_hooks, set_submodule
 from .quantizers import QuantizedLayer, QuantizedOutput
 
-__all__ = ["place_activation_quantizers"]
+__all__ = ["find_item_dims", "place_activation_quantizers"]
 
 Key = tuple[int, int]  # (tensor id, version counter)
 
@@ -33,7 +37,8 @@ class _Call:
 
 def place_activation_quantizers(model: nn.Module, example_input: torch.Tensor) -> None:
     calls = _trace_calls(model, example_input)
-    int_layers = [c for c in calls if isinstance(c.module, QuantizedLayer) and c.module.bits <= 8]
+    int_layers = [c for c in calls if isinstance(c.module, QuantizedLayer) and c.module.bits <= 8
+                  and not _runs_as_matmul(c)]
     done: set[int] = set()  # ids of modules whose output is already quantized
     for call in int_layers:
         _quantize_output(model, call, calls, done)
@@ -44,10 +49,34 @@ def place_activation_quantizers(model: nn.Module, example_input: torch.Tensor) -
         _quantize_shared_input(model, call, calls, done, times_called)
 
 
+def find_item_dims(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Tell each int8 MatMul which dimension of its input holds the items.
+
+    ORT computes a dynamic range over one call's whole input, and a deployment calls with one
+    item, so the simulation takes a range per item. The item dimension is the one that grows with
+    the batch: not always the first (nn.MultiheadAttention without batch_first reads tokens first).
+    """
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLayer) and isinstance(m.layer, nn.Linear)]
+    if not layers:
+        return
+    shapes: dict[tuple[int, int], torch.Size] = {}
+
+    def watch(batch: torch.Tensor) -> None:
+        def record(module, args):
+            if args and isinstance(args[0], torch.Tensor):
+                shapes.setdefault((id(module), len(batch)), args[0].shape)
+        forward_with_hooks(model, batch, [m.register_forward_pre_hook(record) for m in layers])
+
+    watch(example_input)
+    watch(torch.cat([example_input, example_input]))
+    for layer in layers:
+        one, two = shapes.get((id(layer), len(example_input))), shapes.get((id(layer), 2 * len(example_input)))
+        grown = [d for d in range(len(one)) if one[d] != two[d]] if one and two and len(one) == len(two) else []
+        layer.item_dim = grown[0] if grown else 0
+
+
 def _quantize_output(model: nn.Module, layer_call: _Call, calls: list[_Call], done: set[int]) -> None:
     layer = layer_call.module
-    if isinstance(layer.layer, nn.Linear) and layer_call.in_ndim != 2:
-        return  # exported as MatMul + Add: ORT leaves its output in float
     producer = layer
     consumers = _leaf_readers(calls, layer_call.writes)
     if len(consumers) == 1 and isinstance(consumers[0].module, nn.BatchNorm2d):
@@ -73,6 +102,10 @@ def _quantize_shared_input(model: nn.Module, layer_call: _Call, calls: list[_Cal
             _wrap(model, call.module, QuantizedOutput(call.module))
             done.add(id(call.module))
             return
+
+
+def _runs_as_matmul(call: _Call) -> bool:
+    return isinstance(call.module.layer, nn.Linear) and call.in_ndim != 2
 
 
 def _wrap(model: nn.Module, module: nn.Module, wrapper: QuantizedOutput) -> None:

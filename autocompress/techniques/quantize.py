@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..core.modules import find_submodule, set_submodule
 from ..core.technique import ModelShapes, Technique, Variable, register
 from .factorize import LowRank
-from .placement import place_activation_quantizers
+from .placement import find_item_dims, place_activation_quantizers
 from .quantizers import QuantizedLayer
 
 __all__ = ["Quantize"]
@@ -53,6 +53,7 @@ class Quantize(Technique):
                 set_submodule(model, name, QuantizedLayer(target, bits, weight_range=qrange))
         if any(bits <= 8 for bits in candidate.bits.values()):  # quantizers go only around int layers
             place_activation_quantizers(model, context.example_input)
+            find_item_dims(model, context.example_input)
 
     def reshape(self, analysis, candidate, shapes: ModelShapes) -> None:
         for name, bits in candidate.bits.items():

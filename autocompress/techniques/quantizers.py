@@ -6,6 +6,12 @@ per tensor, asymmetric uint8: the same formulas ORT's QDQ quantizer uses, so tha
 on the same batches gives the same scales. 4-bit layers keep 8-bit inputs (ORT has no 4-bit
 activations). 16 bits: weights stored as float16, computed in float32. Rounding goes through a
 straight-through estimator, so the simulated model can be fine-tuned.
+
+A Linear over tokens runs as MatMul (``runs_as_matmul``), which ORT quantizes the way it runs
+transformers on the CPU: int8 dynamically (each call quantizes its input with that input's own
+range, per item since deployments run one item at a time; nothing is calibrated), int4 weight-only
+(``MatMulNBits``: blocks of weights along the input features share a scale, the input and the
+arithmetic stay float).
 """
 
 from __future__ import annotations
@@ -20,9 +26,16 @@ from ..core.target import QuantizationRules
 
 __all__ = ["QuantizedLayer", "QuantizedOutput", "ActivationQuantizer", "calibrate",
            "fake_quantize_weight", "QuantizationRules", "weight_qrange", "weight_scale", "bias_rounding",
-           "activation_qparams"]
+           "activation_qparams", "runs_as_matmul", "int4_weight_blocks", "MATMUL_INT4_BLOCK"]
 
 _EMA_MOMENTUM = 0.1  # how fast activation ranges follow the weights during fine-tuning
+MATMUL_INT4_BLOCK = 32  # weights per scale of an int4 MatMul, along the input features
+
+
+def runs_as_matmul(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ORT runs ``layer`` on ``x`` as MatMul: a Linear on anything but a batch of vectors
+    (which exports as Gemm)."""
+    return isinstance(layer, nn.Linear) and x.dim() != 2
 
 
 def weight_qrange(bits: int, rules: QuantizationRules | None = None) -> tuple[int, int]:
@@ -48,6 +61,37 @@ def fake_quantize_weight(weight: torch.Tensor, bits: int, qrange: tuple[int, int
         scale = weight_scale(weight, bits, (qmin, qmax))
         rounded = torch.clamp(torch.round(weight.detach() / scale), qmin, qmax) * scale
     return weight + (rounded - weight).detach()  # straight-through: gradients see the identity
+
+
+def int4_weight_blocks(weight: torch.Tensor, qrange: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear weight (out, in) as int4 blocks of ``MATMUL_INT4_BLOCK`` input features, symmetric
+    per block: the integers (out, blocks, block), the last block padded with zeros, and the float32
+    scales (out, blocks, 1). Export writes exactly these into ``MatMulNBits``."""
+    out_features, in_features = weight.shape
+    blocks = F.pad(weight.detach().float(), (0, -in_features % MATMUL_INT4_BLOCK)).reshape(out_features, -1, MATMUL_INT4_BLOCK)
+    qmin, qmax = qrange
+    scale = 2.0 * blocks.abs().amax(dim=2, keepdim=True) / (qmax - qmin)
+    scale = torch.where(scale < torch.finfo(torch.float32).tiny, torch.ones_like(scale), scale)
+    return torch.clamp(torch.round(blocks / scale), qmin, qmax), scale
+
+
+def _fake_quantize_weight_blockwise(weight: torch.Tensor, qrange: tuple[int, int]) -> torch.Tensor:
+    q, scale = int4_weight_blocks(weight, qrange)
+    rounded = (q * scale).reshape(weight.shape[0], -1)[:, :weight.shape[1]].to(weight.dtype)
+    return weight + (rounded - weight).detach()
+
+
+def _fake_quantize_per_item(x: torch.Tensor, item_dim: int) -> torch.Tensor:
+    """uint8 fake quantization with each item's own range, computed in float32 as ORT's
+    DynamicQuantizeLinear does for an input of one item."""
+    seen = x.detach().float()
+    others = tuple(d for d in range(x.dim()) if d != item_dim % x.dim())
+    low = seen.amin(dim=others, keepdim=True).clamp(max=0.0)
+    high = seen.amax(dim=others, keepdim=True).clamp(min=0.0)
+    scale = torch.where(high > low, (high - low) / 255.0, torch.ones_like(high))
+    zero_point = torch.round(torch.clamp(0.0 - low / scale, 0, 255))
+    q = torch.clamp(torch.round(seen / scale) + zero_point, 0, 255)
+    return x + ((q - zero_point) * scale - seen).to(x.dtype).detach()
 
 
 def bias_rounding(bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -131,18 +175,19 @@ class QuantizedLayer(nn.Module):
         self.observing = False  # calibration runs the float layer
         self.input_quantizer = ActivationQuantizer() if bits <= 8 else None
         self.bias_folded_downstream = False  # set when a BatchNorm follows: its wrapper rounds the folded bias
+        self.item_dim = 0  # the batch dimension of a MatMul's input (placement finds it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if runs_as_matmul(self.layer, x) and self.bits <= 8:
+            return self._matmul(x)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         if self.observing:
             return self.layer(x)
         weight = fake_quantize_weight(self.layer.weight, self.bits, self.weight_range)
         bias = self.layer.bias
-        # ORT runs 8/4-bit Conv and Gemm (a Linear on 2-D inputs) as int kernels with an int32 bias;
-        # a Linear on 3-D inputs becomes MatMul + a float Add.
-        int_kernel = self.bits <= 8 and (isinstance(self.layer, nn.Conv2d) or x.dim() == 2)
-        if bias is not None and int_kernel and not self.bias_folded_downstream:
+        # ORT runs 8/4-bit Conv and Gemm (a Linear on 2-D inputs) as int kernels with an int32 bias.
+        if bias is not None and self.bits <= 8 and not self.bias_folded_downstream:
             step = self.input_quantizer.last_scale * weight_scale(self.layer.weight, self.bits, self.weight_range).flatten()
             bias = bias + bias_rounding(bias, step)
         if isinstance(self.layer, nn.Linear):
@@ -152,6 +197,18 @@ class QuantizedLayer(nn.Module):
             return F.conv2d(F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode), weight,
                             bias, layer.stride, 0, layer.dilation, layer.groups)
         return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """int8: dynamic input, per-channel weights; int4: block weights, float input. The bias is a
+        float Add in both."""
+        if self.observing:
+            return self.layer(x)
+        if self.bits == 8:
+            weight = fake_quantize_weight(self.layer.weight, 8, self.weight_range)
+            x = _fake_quantize_per_item(x, self.item_dim)
+        else:
+            weight = _fake_quantize_weight_blockwise(self.layer.weight, self.weight_range)
+        return F.linear(x, weight, self.layer.bias)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
