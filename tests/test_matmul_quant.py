@@ -94,3 +94,30 @@ def test_a_linear_kernel_over_tokens_is_profiled_as_a_matmul_and_a_single_row_as
         ops[rows] = {n.op_type for n in onnx.load(str(result.path)).graph.node}
     assert "Gemm" in ops[1] and "DynamicQuantizeLinear" not in ops[1]
     assert "DynamicQuantizeLinear" in ops[17] and "Gemm" not in ops[17]
+
+
+class _TokensIntoGemm(nn.Module):
+    """A MatMul over tokens whose output, pooled, feeds a Gemm: int layers of both kinds in a chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 8, 8)
+        self.mix = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.mix(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+@pytest.mark.parametrize("mix_bits, head_bits", [(4, 4), (4, 8), (8, 4), (8, 8)])
+def test_static_and_matmul_quantization_mix_in_one_export(mix_bits, head_bits, tmp_path):
+    torch.manual_seed(0)
+    model, x = _TokensIntoGemm().eval(), torch.randn(1, 3, 32, 32)
+    inputs = torch.randn(32, 3, 32, 32)
+    analysis = analyze(model, x)
+    candidate = Candidate(bits={"embed": 8, "mix": mix_bits, "head": head_bits})
+    built = apply_candidate(model, candidate, analysis, x)
+    _, torch_logits, ort_logits = export_and_compare(built, x, tmp_path / "mixed.onnx", inputs,
+                                                     calibration=[inputs[:8]])
+    assert (torch_logits.argmax(1) == ort_logits.argmax(1)).mean() >= 0.95
+    assert np.median(np.abs(torch_logits - ort_logits)) <= 0.02 * torch_logits.std()

@@ -94,13 +94,12 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path,
         static = {b: [n for n in nodes_by_bits.get(b, []) if n not in matmuls] for b in (8, 4)}
         dynamic = [n for n in nodes_by_bits.get(8, []) if n in matmuls]
         weight_only = [n for n in nodes_by_bits.get(4, []) if n in matmuls]
-        if weight_only:
-            matmuls_to_int4_blocks(graph, weight_only, ranges[4])
-            onnx.save(graph, str(float_path))
-        if static[8] or static[4]:
+        if static[8] or static[4]:  # first: its calibration needs the shapes of plain ONNX ops
             _quantize_static(float_path, path, graph, static, ranges, calibration)
             graph = load_onnx(path)
             _int4_in_ort_domain(graph)
+        if weight_only:
+            matmuls_to_int4_blocks(graph, weight_only, ranges[4])
         if dynamic:
             onnx.save(graph, str(float_path))
             quantize_matmuls_dynamic(float_path, path, dynamic, ranges[8])
