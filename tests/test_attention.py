@@ -10,7 +10,7 @@ from torch import nn
 
 from autocompress import Candidate, Space, analyze, apply_candidate, export_and_compare
 from autocompress.core.accounting import footprint_of_candidate, footprint_of_model
-from autocompress.core.attention import SplitAttention, split_attention
+from autocompress.core.attention import SplitAttention, is_hf_attention, is_timm_attention, split_attention
 from autocompress.hardware.kernels import kernels_of_candidate, kernels_of_model
 from autocompress.errors import ModelResolutionError
 from autocompress.train.models import resolve_model
@@ -29,7 +29,13 @@ def _deit():
     return resolve_model("timm:deit_tiny_patch16_224,img_size=32,patch_size=4,depth=2,embed_dim=48")
 
 
-MODELS = [_vit, transformer_classifier, _deit]
+def _hf_vit():
+    torch.manual_seed(0)
+    return resolve_model("hf:vit,patch_size=4,hidden_size=48,num_hidden_layers=2,num_attention_heads=3,"
+                         "intermediate_size=96", image_size=32)
+
+
+MODELS = [_vit, transformer_classifier, _deit, _hf_vit]
 
 
 @pytest.mark.parametrize("make", MODELS)
@@ -38,7 +44,8 @@ def test_split_attention_computes_what_multihead_attention_does(make):
     x = torch.randn(4, 3, 32, 32)
     split = copy.deepcopy(model)
     assert split_attention(split) == []
-    assert not any(isinstance(m, nn.MultiheadAttention) for m in split.modules())
+    assert not any(isinstance(m, nn.MultiheadAttention) or is_hf_attention(m) or is_timm_attention(m)
+                   for m in split.modules())
     with torch.no_grad():
         assert torch.allclose(model(x), split(x), atol=1e-5)
 
@@ -118,7 +125,8 @@ def test_accounting_and_kernels_agree_on_random_candidates_with_heads_cut(make):
     assert cut > 0
 
 
-@pytest.mark.parametrize("make, bits", [(_vit, 32), (_vit, 16), (_vit, 8), (_vit, 4), (_deit, 32), (_deit, 8), (_deit, 4)])
+@pytest.mark.parametrize("make, bits", [(_vit, 32), (_vit, 16), (_vit, 8), (_vit, 4), (_deit, 32), (_deit, 8), (_deit, 4),
+                                        (_hf_vit, 32), (_hf_vit, 8), (_hf_vit, 4)])
 def test_a_vit_with_heads_cut_exports_and_onnx_runtime_agrees(make, bits, tmp_path):
     model, x = make(), torch.randn(1, 3, 32, 32)
     inputs = torch.randn(96, 3, 32, 32)
@@ -160,8 +168,12 @@ def test_an_attention_that_cannot_be_rewritten_is_left_whole_with_a_note():
     ("timm:no_such_vit", "timm has no model 'no_such_vit'"),
     ("timm:deit_tiny_patch16_224,img_size", "'img_size' is not key=value"),
     ("timm:deit_tiny_patch16_224,colour=3", "timm could not build it"),
+    ("hf:no_such_model", "transformers has no model type 'no_such_model'"),
+    ("hf:vit,hiden_size=48", "ViTConfig has no hiden_size"),
+    ("hf:vit,patch_size", "'patch_size' is not key=value"),
+    ("hf:bert", "no image classifier for 'bert'"),
 ])
-def test_a_timm_spec_it_cannot_build_is_one_line_naming_it(spec, words):
+def test_a_timm_or_hugging_face_spec_it_cannot_build_is_one_line_naming_it(spec, words):
     with pytest.raises(ModelResolutionError) as error:
         resolve_model(spec)
     assert words in str(error.value) and spec in str(error.value) and "\n" not in str(error.value)
@@ -194,3 +206,16 @@ def test_a_vit_is_built_at_the_image_size_it_is_run_at(capsys):
                          image_size=64).patch_embed.img_size == (32, 32)
     assert main(["inspect", "autocompress.zoo:small_vit", "--input-shape", "1,3,64,64", "--json"]) == 0
     assert "257 tokens" in capsys.readouterr().out
+
+
+def test_factorized_and_quantized_layers_still_show_the_weight_they_apply():
+    # Hugging Face's ViT reads its patch embedding's weight (for its dtype) on every call.
+    from autocompress.techniques.factorize import factorize, full_rank
+    from autocompress.techniques.quantizers import QuantizedLayer, QuantizedOutput
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 4, 4)
+    low_rank = factorize(conv, full_rank(conv))
+    assert torch.allclose(low_rank.weight, conv.weight, atol=1e-5)
+    low_rank[0] = QuantizedOutput(QuantizedLayer(low_rank[0], 8))
+    assert low_rank.weight.shape == conv.weight.shape and low_rank[0].weight is low_rank[0].module.layer.weight

@@ -1,5 +1,5 @@
-"""Attention as separate layers: ``nn.MultiheadAttention`` (and timm's ``Attention``) rewritten so
-that whole heads can be cut.
+"""Attention as separate layers: ``nn.MultiheadAttention`` (and timm's and Hugging Face's vision
+attention) rewritten so that whole heads can be cut.
 
 ``nn.MultiheadAttention`` applies its query, key and value projections functionally from one packed
 weight, so no technique can prune a head, quantize a projection or factorize it. ``SplitAttention``
@@ -25,7 +25,8 @@ from torch import nn
 
 from .modules import forward_with_hooks, set_submodule
 
-__all__ = ["HEAD_PROJECTIONS", "OUTPUT_PROJECTION", "SelfAttention", "SplitAttention", "head_order", "is_timm_attention",
+__all__ = ["HEAD_PROJECTIONS", "HFSelfAttention", "OUTPUT_PROJECTION", "SelfAttention", "SplitAttention", "head_order",
+           "is_hf_attention", "is_timm_attention",
            "query_and_key_tokens", "keep_heads", "split_attention", "unsplittable_reason"]
 
 HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # a head's rows of these go with it...
@@ -166,6 +167,42 @@ class SelfAttention(SplitAttention):
         return self.proj_drop(out)
 
 
+class HFSelfAttention(SplitAttention):
+    """Hugging Face's ViT and DeiT attention (q, k, v and o projections; called as
+    ``attention(hidden_states, attention_mask)``, returning the output and no weights)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, batch_first=True, **kwargs)
+
+    @classmethod
+    def from_hf(cls, attention: nn.Module) -> "HFSelfAttention":
+        q, k, v, o = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
+        split = cls(q.in_features, attention.num_attention_heads, head_dim=attention.head_dim, out_dim=o.out_features,
+                    bias=q.bias is not None, out_bias=o.bias is not None, dropout=attention.attention_dropout)
+        split._copy_projections((q.weight, k.weight, v.weight), (q.bias, k.bias, v.bias), o)
+        return split.to(o.weight.device).train(attention.training)
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            attention_mask = ~attention_mask  # Hugging Face's boolean masks say where to attend
+        return super().forward(hidden_states, hidden_states, hidden_states, need_weights=False, attn_mask=attention_mask)
+
+
+_HF_ATTENTIONS = ("ViTAttention", "DeiTAttention")  # the ones known to compute exactly SplitAttention's function
+
+
+def is_hf_attention(module: nn.Module) -> bool:
+    """Hugging Face's ViT or DeiT attention (transformers is an optional extra)."""
+    return (type(module).__name__ in _HF_ATTENTIONS and type(module).__module__.startswith("transformers.")
+            and all(isinstance(getattr(module, p, None), nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "o_proj")))
+
+
+def _hf_unsplittable_reason(module: nn.Module) -> str:
+    if abs(module.scaling - module.head_dim ** -0.5) > 1e-12 or module.is_causal:
+        return "it scales or masks its scores its own way"
+    return ""
+
+
 def is_timm_attention(module: nn.Module) -> bool:
     """timm's standard self-attention, told by its class and layers (timm is an optional extra)."""
     return (type(module).__name__ == "Attention" and type(module).__module__.startswith("timm.")
@@ -198,14 +235,16 @@ def unsplittable_reason(mha: nn.MultiheadAttention) -> str:
 
 
 def split_attention(model: nn.Module) -> list[str]:
-    """Replace every ``nn.MultiheadAttention`` (and timm ``Attention``) of ``model`` that can be
-    rewritten by an equivalent ``SplitAttention`` (``SelfAttention``), in place. Returns notes on the ones left whole, which no technique edits."""
+    """Replace every ``nn.MultiheadAttention`` (and timm's and Hugging Face's vision attention) of
+    ``model`` that can be rewritten by an equivalent ``SplitAttention``, in place. Returns notes on the ones left whole, which no technique edits."""
     notes = []
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.MultiheadAttention):
             reason, make = unsplittable_reason(module), SplitAttention.from_multihead
         elif is_timm_attention(module):
             reason, make = _timm_unsplittable_reason(module), SelfAttention.from_timm
+        elif is_hf_attention(module):
+            reason, make = _hf_unsplittable_reason(module), HFSelfAttention.from_hf
         else:
             continue
         if reason:
@@ -222,7 +261,7 @@ def split_attention(model: nn.Module) -> list[str]:
 
 def split_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """``model`` itself when it has no attention to split; else a split copy, and its notes."""
-    if not any(isinstance(m, nn.MultiheadAttention) or is_timm_attention(m) for m in model.modules()):
+    if not any(isinstance(m, nn.MultiheadAttention) or is_timm_attention(m) or is_hf_attention(m) for m in model.modules()):
         return model, []
     model = copy.deepcopy(model)
     return model, split_attention(model)

@@ -97,6 +97,13 @@ class LowRank(nn.Sequential):
         first = self[0]
         return first.out_channels if isinstance(first, nn.Conv2d) else first.out_features
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight the two layers apply together, shaped as the original layer's: for models
+        that read their layers' weights (Hugging Face's ViT reads its patch embedding's dtype)."""
+        reduce, expand = self[0].weight, self[1].weight
+        return torch.einsum("or,r...->o...", expand.reshape(expand.shape[0], -1), reduce)
+
 
 def full_rank(layer: nn.Module) -> int:
     if isinstance(layer, nn.Conv2d):

@@ -198,6 +198,11 @@ class QuantizedLayer(nn.Module):
                             bias, layer.stride, 0, layer.dilation, layer.groups)
         return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped layer's float weight, for models that read their layers' weights."""
+        return self.layer.weight
+
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         """int8: dynamic input, per-channel weights; int4: block weights, float input. The bias is a
         float Add in both."""
@@ -237,6 +242,11 @@ class QuantizedOutput(nn.Module):
         if conv is not None and not self.training and not conv.observing:
             y = y + self._folded_bias_rounding(conv).view(1, -1, 1, 1)
         return self.output_quantizer(y)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped module's weight, for models that read their layers' weights."""
+        return self.module.weight
 
     def _folded_bias_rounding(self, conv: QuantizedLayer) -> torch.Tensor:
         """Rounding of the bias ORT gets by folding this BatchNorm (eval statistics) into ``conv``."""

@@ -37,7 +37,8 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
     """Build the module a spec names, with freshly initialised weights unless ``weights`` is given.
 
     ``spec`` is a torchvision classification model (``resnet18`` or ``torchvision:resnet18``), a
-    timm model (``timm:NAME`` or ``timm:NAME,key=value,...``, with timm installed) or a
+    timm model (``timm:NAME`` or ``timm:NAME,key=value,...``, with timm installed), a Hugging Face
+    image classifier built from its config (``hf:vit,key=value,...``, with transformers) or a
     ``package.module:factory`` callable returning an ``nn.Module``. The factory gets
     ``num_classes`` when its signature accepts it, and ``image_size`` when it is given and the
     factory accepts it (a ViT is built for one image size: ``zoo.small_vit``). ``space:PATH`` is the largest subnet of the
@@ -50,6 +51,8 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
         model = build_supernet(load_supernet_file(spec[len(SPACE_PREFIX):]), num_classes)
     elif spec.startswith("timm:"):
         model = _timm_model(spec, num_classes, image_size)
+    elif spec.startswith("hf:"):
+        model = _hf_model(spec, num_classes, image_size)
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], num_classes)
     elif ":" in spec:
@@ -86,22 +89,12 @@ def _timm_model(spec: str, num_classes: int, image_size: int | None = None) -> n
     """``timm:NAME`` or ``timm:NAME,key=value,...``: timm's model NAME, freshly initialised, built
     with those keyword arguments (``timm:deit_tiny_patch16_224,img_size=32,patch_size=4``). A
     given ``image_size`` becomes ``img_size`` where the spec names none and the model takes one."""
-    name, *pairs = spec[len("timm:"):].split(",")
+    name, kwargs = _name_and_keywords(spec, "timm:NAME,img_size=32,patch_size=4")
     try:
         import timm
     except ImportError as exc:
         raise ModelResolutionError(f"model spec {spec!r} needs timm, which is not installed; "
                                    "pip install 'autocompress[timm]'") from exc
-    kwargs = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ModelResolutionError(f"model spec {spec!r}: {pair!r} is not key=value; write "
-                                       "timm:NAME,img_size=32,patch_size=4")
-        try:
-            kwargs[key.strip()] = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            kwargs[key.strip()] = text.strip()
     if not timm.is_model(name):
         close = timm.list_models(f"*{name[:4]}*")[:5]
         hint = f" (close: {', '.join(close)})" if close else ""
@@ -119,6 +112,67 @@ def _timm_model(spec: str, num_classes: int, image_size: int | None = None) -> n
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ModelResolutionError(f"model spec {spec!r}: timm could not build it ({first}); check the keyword "
                                    "arguments") from exc
+
+
+def _name_and_keywords(spec: str, example: str) -> tuple[str, dict]:
+    """``prefix:NAME,key=value,...`` as NAME and the keyword arguments (Python literals, else strings)."""
+    name, *pairs = spec.split(":", 1)[1].split(",")
+    kwargs = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ModelResolutionError(f"model spec {spec!r}: {pair!r} is not key=value; write {example}")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = text.strip()
+    return name.strip(), kwargs
+
+
+class ImageClassifierLogits(nn.Module):
+    """A Hugging Face image classifier called as autocompress calls models: images in, logits out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+def _hf_model(spec: str, num_classes: int, image_size: int | None = None) -> nn.Module:
+    """``hf:MODEL_TYPE,key=value,...``: a Hugging Face ``transformers`` image classifier built from
+    its config, freshly initialised (``hf:vit,image_size=32,patch_size=4,hidden_size=192``). A given
+    ``image_size`` is used where the spec names none."""
+    example = "hf:vit,patch_size=4,hidden_size=192,num_hidden_layers=6,num_attention_heads=3,intermediate_size=768"
+    model_type, kwargs = _name_and_keywords(spec, example)
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelResolutionError(f"model spec {spec!r} needs transformers, which is not installed; "
+                                   "pip install 'autocompress[hf]'") from exc
+    known = sorted(transformers.CONFIG_MAPPING.keys())
+    if model_type not in known:
+        close = [k for k in known if model_type.lower()[:3] in k][:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ModelResolutionError(f"model spec {spec!r}: transformers has no model type {model_type!r}{hint}; "
+                                   f"write {example}")
+    config_class = transformers.CONFIG_MAPPING[model_type]
+    unknown = sorted(set(kwargs) - set(config_class().to_dict()))
+    if unknown:  # a config takes any keyword silently: a misspelt one would be ignored
+        raise ModelResolutionError(f"model spec {spec!r}: {config_class.__name__} has no {', '.join(unknown)}; "
+                                   f"write {example}")
+    if image_size is not None and "image_size" not in kwargs and "image_size" in config_class().to_dict():
+        kwargs["image_size"] = image_size
+    config = config_class(**kwargs, num_labels=num_classes)
+    try:
+        # from_config: nothing is downloaded; trained weights come from a file. Eager attention
+        # exports to ONNX wherever the attention cannot be split.
+        model = transformers.AutoModelForImageClassification.from_config(config, attn_implementation="eager")
+    except ValueError as exc:
+        raise ModelResolutionError(f"model spec {spec!r}: transformers has no image classifier for "
+                                   f"{model_type!r}; image classifiers such as vit and deit are supported") from exc
+    return ImageClassifierLogits(model)
 
 
 def _factory_model(spec: str, num_classes: int, image_size: int | None = None) -> nn.Module:
