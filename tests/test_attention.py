@@ -219,3 +219,12 @@ def test_factorized_and_quantized_layers_still_show_the_weight_they_apply():
     assert torch.allclose(low_rank.weight, conv.weight, atol=1e-5)
     low_rank[0] = QuantizedOutput(QuantizedLayer(low_rank[0], 8))
     assert low_rank.weight.shape == conv.weight.shape and low_rank[0].weight is low_rank[0].module.layer.weight
+
+
+def test_ffn_hidden_widths_are_kept_on_a_grid_of_32():
+    model, x = _vit(width=48), torch.randn(1, 3, 32, 32)  # FFN hidden width 96
+    analysis = analyze(model, x)
+    ffn = "encoder.layers.encoder_layer_0.mlp.0"
+    for ratio, kept in ((0.75, 32), (0.375, 64), (0.125, 96)):  # 24 -> 32, 60 -> 64, 84 -> 96
+        built = apply_candidate(model, Candidate(prune={ffn: ratio}, channel_multiple=8), analysis, x)
+        assert built.get_submodule(ffn).out_features == kept

@@ -10,9 +10,12 @@ from ..core.channel_groups import build_dependency_graph, keep_channels
 from ..core.modules import find_submodule
 from ..core.technique import ModelShapes, Technique, Variable, layer_mac_share, register
 
-__all__ = ["PruneChannels", "removed_channels"]
+__all__ = ["PruneChannels", "TOKEN_LINEAR_MULTIPLE", "group_multiple", "removed_channels"]
 
 DEFAULT_RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+# The hidden width of a transformer's FFN (a group rooted at a linear over tokens) is kept on a
+# coarser grid: its MatMuls run with few rows, where ORT's kernels favour wide aligned blocks.
+TOKEN_LINEAR_MULTIPLE = 32
 
 
 class PruneChannels(Technique):
@@ -37,7 +40,7 @@ class PruneChannels(Technique):
         if len(ratios) < 2:
             return []
         return [Variable(self.kind, g.id, ratios) for g in analysis.prunable_groups
-                if g.channels > options.channel_multiple]
+                if g.channels > group_multiple(analysis, g.id, options.channel_multiple)]
 
     def apply(self, model, candidate, context) -> None:
         apply_pruning(model, candidate, context)
@@ -86,7 +89,7 @@ def removed_channels(analysis, candidate, shapes: ModelShapes) -> dict[tuple[str
             continue
         root = shapes.units.get(group.id)
         base = group_channels(analysis, group.id, root.out_channels if root is not None else None)
-        cut = base - keep_channels(base, ratio, candidate.channel_multiple)
+        cut = base - keep_channels(base, ratio, group_multiple(analysis, group.id, candidate.channel_multiple))
         for m in group.members:
             key = (m.module, m.direction)
             removed[key] = removed.get(key, 0) + m.tied * cut // group.channels
@@ -123,10 +126,18 @@ def apply_pruning(model: nn.Module, candidate, context) -> None:
         channels = len(group[0].idxs)
         root = modules.get(group_id)
         base = group_channels(context.analysis, group_id, root.out_channels if isinstance(root, nn.Conv2d) else None)
-        kept = keep_channels(base, wanted[group_id], candidate.channel_multiple)
+        kept = keep_channels(base, wanted[group_id], group_multiple(context.analysis, group_id, candidate.channel_multiple))
         if kept < channels:
             order = torch.argsort(importance(group), stable=True)
             group.prune(idxs=sorted(order[: channels - kept].tolist()))
+
+
+def group_multiple(analysis, group_id: str, multiple: int) -> int:
+    """The multiple a group's kept channels are rounded to: ``multiple``, or
+    ``TOKEN_LINEAR_MULTIPLE`` for a group rooted at a linear over tokens (a transformer's FFN)."""
+    root = next((u for u in analysis.layers if u.name == group_id), None)  # a cell's new layer may root it
+    over_tokens = root is not None and root.kind == "linear" and root.positions > 1
+    return max(multiple, TOKEN_LINEAR_MULTIPLE) if over_tokens else multiple
 
 
 def group_channels(analysis, group_id: str, root_channels: int | None) -> int:
