@@ -121,3 +121,16 @@ def test_static_and_matmul_quantization_mix_in_one_export(mix_bits, head_bits, t
                                                      calibration=[inputs[:8]])
     assert (torch_logits.argmax(1) == ort_logits.argmax(1)).mean() >= 0.95
     assert np.median(np.abs(torch_logits - ort_logits)) <= 0.02 * torch_logits.std()
+
+
+def test_a_tokens_first_encoders_linears_are_counted_over_its_tokens():
+    from autocompress.core.accounting import footprint_of_candidate, footprint_of_model
+    from autocompress.hardware.kernels import kernels_of_candidate, kernels_of_model
+
+    model, x = _TokensFirst().eval(), torch.randn(1, 3, 32, 32)
+    analysis = analyze(model, x)
+    assert analysis.layer("encoder.linear1").in_hw == (16, 1)  # 16 tokens, not the batch of 1
+    candidate = Candidate(bits={"encoder.linear1": 8})
+    built = apply_candidate(model, candidate, analysis, x)
+    assert footprint_of_candidate(analysis, candidate) == footprint_of_model(built, x)
+    assert kernels_of_candidate(analysis, candidate) == kernels_of_model(built, x)

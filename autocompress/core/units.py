@@ -111,6 +111,7 @@ def trace_shapes(model: nn.Module, example_input: torch.Tensor) -> tuple[dict, s
                 "out": tuple(output.shape) if isinstance(output, torch.Tensor) else None,
                 "n_tensor_args": sum(isinstance(a, torch.Tensor) for a in args),
                 "arg_shapes": tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)),
+                "batch": len(example_input),
             }
             if isinstance(output, torch.Tensor):
                 outputs[name] = output
@@ -143,7 +144,7 @@ def collect_units(model: nn.Module, shapes: dict):
             if rec is None or rec["out"] is None:
                 fixed.append(FixedParams(name, own, "never called as a module in forward; left as it is"))
             else:
-                layers.append(_layer_unit(name, module, rec["in"], rec["out"]))
+                layers.append(_layer_unit(name, module, rec["in"], rec["out"], rec.get("batch", 1)))
         elif isinstance(module, nn.BatchNorm2d) and own:
             norms.append(NormUnit(name, module.num_features, own // module.num_features))
         elif isinstance(module, nn.LayerNorm) and own and len(module.normalized_shape) == 1:
@@ -160,7 +161,8 @@ def _split_unit(name: str, module: SplitAttention, rec: dict | None) -> Attentio
     return AttentionUnit(name, module.embed_dim, tokens, 0, module.num_heads, module.head_dim, source, split=True)
 
 
-def _layer_unit(name: str, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> LayerUnit:
+def _layer_unit(name: str, module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                batch: int = 1) -> LayerUnit:
     if isinstance(module, nn.Conv2d):
         grouped = module.groups > 1
         note = f"grouped convolution (groups={module.groups}): no low-rank factorization" if grouped and not (
@@ -171,8 +173,9 @@ def _layer_unit(name: str, module: nn.Module, in_shape: tuple[int, ...], out_sha
             module.groups, module.bias is not None, out_shape[-1] * out_shape[-2], factorizable=not grouped, note=note,
             in_hw=(in_shape[-2], in_shape[-1]), out_hw=(out_shape[-2], out_shape[-1]),
         )
-    positions = 1
-    for d in out_shape[1:-1]:
-        positions *= d
+    rows = 1  # every dimension but the features: batch and tokens, in whichever order they come
+    for d in out_shape[:-1]:
+        rows *= d
+    positions = max(1, rows // batch)
     return LayerUnit(name, "linear", module.in_features, module.out_features, (1, 1), 1, 0, 1, module.bias is not None,
                      positions, factorizable=True, in_hw=(positions, 1), out_hw=(positions, 1))

@@ -153,7 +153,7 @@ def kernels_of_model(model: nn.Module, example_input: torch.Tensor) -> list[Kern
         layer = module.layer if isinstance(module, QuantizedLayer) else module
         name = owner[id(module)]
         if isinstance(layer, nn.Linear):
-            rows = x.numel() // x.shape[-1] // x.shape[0] if x.dim() > 2 else 1
+            rows = max(1, x.numel() // x.shape[-1] // len(example_input))  # tokens, wherever the batch is
             kernels.append(Kernel("linear", bits, layer.in_features, layer.out_features, 1, 1, rows, 1, rows, 1, 1,
                                   name))
         else:
