@@ -5,7 +5,7 @@ patch embedding and classifier) and int4 (weight-only MatMuls) candidates, one w
 width and bits cut together, and random candidates, and compares PyTorch's top-1 with ORT's on
 the whole validation split. Writes results/vit_export_fidelity.{md,json}.
 
-    python benchmarks/vit_export_fidelity.py [--spec hf:vit,...] [--steps 900]
+    python benchmarks/vit_export_fidelity.py [--spec hf:vit,...] [--steps 3000]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ DEFAULT = "small_vit(depth=4, width=96, heads=3, mlp_dim=384), patch 4"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=None, help=f"model spec (default: {DEFAULT})")
-    parser.add_argument("--steps", type=int, default=900, help="training steps of 64 images")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps of 64 images")
     parser.add_argument("--randoms", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
