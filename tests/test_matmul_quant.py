@@ -134,3 +134,17 @@ def test_a_tokens_first_encoders_linears_are_counted_over_its_tokens():
     built = apply_candidate(model, candidate, analysis, x)
     assert footprint_of_candidate(analysis, candidate) == footprint_of_model(built, x)
     assert kernels_of_candidate(analysis, candidate) == kernels_of_model(built, x)
+
+
+def test_a_bias_free_linear_on_vectors_is_a_matmul_on_both_sides(tmp_path):
+    # A factorized classifier's first factor has no bias: the exporter writes MatMul, not Gemm,
+    # so it is quantized dynamically there and must be simulated so.
+    torch.manual_seed(0)
+    model, x = _TokensIntoGemm().eval(), torch.randn(1, 3, 32, 32)
+    inputs = torch.randn(32, 3, 32, 32)
+    analysis = analyze(model, x)
+    built = apply_candidate(model, Candidate(rank={"head": 0.5}, bits={"head": 8}), analysis, x)
+    result, torch_logits, ort_logits = export_and_compare(built, x, tmp_path / "head.onnx", inputs,
+                                                          calibration=[inputs[:8]])
+    assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    assert np.abs(torch_logits - ort_logits).max() <= 1e-4 * torch_logits.std()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..core.modules import forward_with_hooks, set_submodule
-from .quantizers import QuantizedLayer, QuantizedOutput
+from .quantizers import QuantizedLayer, QuantizedOutput, runs_as_matmul
 
 __all__ = ["find_item_dims", "place_activation_quantizers"]
 
@@ -38,7 +38,7 @@ class _Call:
 def place_activation_quantizers(model: nn.Module, example_input: torch.Tensor) -> None:
     calls = _trace_calls(model, example_input)
     int_layers = [c for c in calls if isinstance(c.module, QuantizedLayer) and c.module.bits <= 8
-                  and not _runs_as_matmul(c)]
+                  and not runs_as_matmul(c.module.layer, c.in_ndim)]
     done: set[int] = set()  # ids of modules whose output is already quantized
     for call in int_layers:
         _quantize_output(model, call, calls, done)
@@ -104,8 +104,6 @@ def _quantize_shared_input(model: nn.Module, layer_call: _Call, calls: list[_Cal
             return
 
 
-def _runs_as_matmul(call: _Call) -> bool:
-    return isinstance(call.module.layer, nn.Linear) and call.in_ndim != 2
 
 
 def _wrap(model: nn.Module, module: nn.Module, wrapper: QuantizedOutput) -> None:

@@ -32,10 +32,11 @@ _EMA_MOMENTUM = 0.1  # how fast activation ranges follow the weights during fine
 MATMUL_INT4_BLOCK = 32  # weights per scale of an int4 MatMul, along the input features
 
 
-def runs_as_matmul(layer: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ORT runs ``layer`` on ``x`` as MatMul: a Linear on anything but a batch of vectors
-    (which exports as Gemm)."""
-    return isinstance(layer, nn.Linear) and x.dim() != 2
+def runs_as_matmul(layer: nn.Module, input_ndim: int) -> bool:
+    """Whether ``layer``, called on an input of ``input_ndim`` dimensions, exports as MatMul: a
+    Linear over tokens, or one without a bias (the exporter writes Gemm only for a batch of
+    vectors with a bias)."""
+    return isinstance(layer, nn.Linear) and (input_ndim != 2 or layer.bias is None)
 
 
 def weight_qrange(bits: int, rules: QuantizationRules | None = None) -> tuple[int, int]:
@@ -178,7 +179,7 @@ class QuantizedLayer(nn.Module):
         self.item_dim = 0  # the batch dimension of a MatMul's input (placement finds it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if runs_as_matmul(self.layer, x) and self.bits <= 8:
+        if runs_as_matmul(self.layer, x.dim()) and self.bits <= 8:
             return self._matmul(x)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
