@@ -30,7 +30,8 @@ from onnx import helper, numpy_helper
 from ..errors import ExportError
 from ..techniques.quantizers import MATMUL_INT4_BLOCK, int4_weight_blocks
 
-__all__ = ["ITEMS_PER_RUN", "items_per_run", "quantize_matmuls_dynamic", "quiet_quantizer", "matmuls_to_int4_blocks"]
+__all__ = ["ITEMS_PER_RUN", "items_per_run", "quantize_matmuls_dynamic", "quiet_quantizer", "matmuls_to_int4_blocks",
+           "use_ort_domain"]
 
 ITEMS_PER_RUN = "autocompress.items_per_run"  # metadata key: how many items one run may take
 _MS_DOMAIN = "com.microsoft"
@@ -75,6 +76,11 @@ def matmuls_to_int4_blocks(graph: onnx.ModelProto, node_names: list[str], weight
     for tensor in [initializers[n.input[1]] for n in nodes if n.name in node_names]:
         if tensor.name not in used:
             graph.graph.initializer.remove(tensor)
+    use_ort_domain(graph)
+
+
+def use_ort_domain(graph: onnx.ModelProto) -> None:
+    """Declare ORT's own operator domain in ``graph``, once."""
     if not any(o.domain == _MS_DOMAIN for o in graph.opset_import):
         graph.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
 

@@ -39,7 +39,8 @@ from ..techniques.quantizers import (
     calibrate,
 )
 from ..train.training import predict
-from .matmul_quant import items_per_run, matmuls_to_int4_blocks, quantize_matmuls_dynamic, quiet_quantizer
+from .matmul_quant import (items_per_run, matmuls_to_int4_blocks, quantize_matmuls_dynamic, quiet_quantizer,
+                           use_ort_domain)
 
 __all__ = ["ExportResult", "export_and_compare", "export_onnx", "load_onnx", "ort_session", "run_batch", "run_onnx"]
 
@@ -123,8 +124,8 @@ def _int4_in_ort_domain(graph: onnx.ModelProto) -> None:
     for node in graph.graph.node:
         if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx") and types.get(node.input[0]) in int4:
             node.domain, moved = "com.microsoft", True
-    if moved and not any(o.domain == "com.microsoft" for o in graph.opset_import):
-        graph.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    if moved:
+        use_ort_domain(graph)
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:

@@ -56,7 +56,8 @@ def find_item_dims(model: nn.Module, example_input: torch.Tensor) -> None:
     item, so the simulation takes a range per item. The item dimension is the one that grows with
     the batch: not always the first (nn.MultiheadAttention without batch_first reads tokens first).
     """
-    layers = [m for m in model.modules() if isinstance(m, QuantizedLayer) and isinstance(m.layer, nn.Linear)]
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLayer) and isinstance(m.layer, nn.Linear)
+              and m.bits == 8]  # only int8 quantizes its input per item
     if not layers:
         return
     shapes: dict[tuple[int, int], torch.Size] = {}

@@ -158,11 +158,12 @@ def _hf_model(spec: str, num_classes: int, image_size: int | None = None) -> nn.
         raise ModelResolutionError(f"model spec {spec!r}: transformers has no model type {model_type!r}{hint}; "
                                    f"write {example}")
     config_class = transformers.CONFIG_MAPPING[model_type]
-    unknown = sorted(set(kwargs) - set(config_class().to_dict()))
+    defaults = config_class().to_dict()
+    unknown = sorted(set(kwargs) - set(defaults))
     if unknown:  # a config takes any keyword silently: a misspelt one would be ignored
         raise ModelResolutionError(f"model spec {spec!r}: {config_class.__name__} has no {', '.join(unknown)}; "
                                    f"write {example}")
-    if image_size is not None and "image_size" not in kwargs and "image_size" in config_class().to_dict():
+    if image_size is not None and "image_size" not in kwargs and "image_size" in defaults:
         kwargs["image_size"] = image_size
     config = config_class(**kwargs, num_labels=num_classes)
     try:
