@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from autocompress.core.policies import warm_start_policies
 from autocompress.core.space import Candidate
 from autocompress.export.card import export_from_search
@@ -47,6 +49,7 @@ from autocompress.train.finetune import DistillationConfig, evaluate
 from autocompress.train.plateau import PlateauConfig, train_to_plateau
 from autocompress.zoo import two_conv_cnn
 
+TITLE = "Fashion-MNIST at 32 px: the search where compression costs accuracy"
 CELLS = ("resnet18@0.25x", "resnet18@0.1x", "mobilenet_v2@0.25x", "mobilenet_v2@0.1x")
 FINETUNED = ("evaluated", "stopped_early")
 
@@ -54,32 +57,44 @@ FINETUNED = ("evaluated", "stopped_early")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", nargs="+", default=list(CELLS), help="model@budget")
+    add_common_arguments(parser, work="runs/fashion")
+    args = parser.parse_args()
+    run_cells({cell: tuple(cell.split("@")) for cell in args.cells}, args, "fashion_mnist", TITLE,
+              lambda model, budget: ("two_conv_cnn (from scratch)", two_conv_cnn()), within_1_point_at="0.25x")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, work: str) -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--export-steps", type=int, default=300)
     parser.add_argument("--train-minutes", type=float, default=40.0, help="cap on each baseline's training")
-    parser.add_argument("--work", type=Path, default=Path("runs/fashion"))
+    parser.add_argument("--work", type=Path, default=Path(work))
     parser.add_argument("--out", type=Path, default=Path("results"))
-    args = parser.parse_args()
-    report_path = args.out / "fashion_mnist.json"
+
+
+def run_cells(cells: dict[str, tuple[str, str]], args, report_name: str, title: str, from_scratch,
+              within_1_point_at: str) -> None:
+    """Run each cell (name: (model, budget)) and write results/REPORT_NAME.{md,json} after each.
+    ``from_scratch(model, budget)``: (name, module) of the small model trained from scratch."""
+    report_path = args.out / f"{report_name}.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"cells": {}}
     for cell in report["cells"].values():  # cells written when the commit was recorded once per report
         cell.setdefault("commit", report.get("commit"))
         cell.setdefault("machine", report.get("machine"))
     report.pop("commit", None), report.pop("machine", None)
+    report["title"] = title
     commit = _commit()  # the code that runs, read before the hours a cell takes
-    for cell in args.cells:
-        model, budget = cell.split("@")
+    for cell, (model, budget) in cells.items():
         # each cell records what produced it: cells of one report may come from different commits
-        report["cells"][cell] = one_cell(model, budget, args) | {
+        report["cells"][cell] = one_cell(model, budget, args, from_scratch(model, budget), within_1_point_at) | {
             "commit": commit, "machine": machine_info().get("cpu"), "cores": len(os.sched_getaffinity(0))}
         args.out.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "fashion_mnist.md").write_text(markdown(report))
+        (args.out / f"{report_name}.md").write_text(markdown(report))
         print(markdown(report))
 
 
-def one_cell(model: str, budget: str, args) -> dict:
+def one_cell(model: str, budget: str, args, from_scratch: tuple[str, torch.nn.Module], within_1_point_at: str) -> dict:
     spec = ProblemSpec(model=model, dataset="fashion-mnist", train_time_cap_s=60 * args.train_minutes)
     shared = args.work / model
     problem = build_problem(spec, cache_dir=shared, progress=True)  # the baseline, trained once per model
@@ -105,9 +120,9 @@ def one_cell(model: str, budget: str, args) -> dict:
         student, result = problem.finetune(candidate, finetune)
         rows.append({"name": name, "trial": trial, "validation": result.accuracy, "test": problem.test_score(student),
                      "predicted_ms": problem.hardware.predict_candidate(problem.analysis, candidate).ms})
-    small = two_conv_cnn()
-    run = train_to_plateau(small, problem.splits.train, PlateauConfig(time_cap_s=search_s))
-    small_row = {"name": "two_conv_cnn (from scratch)", "trial": None, "validation": evaluate(small, problem.splits.val),
+    small_name, small = from_scratch
+    run = train_to_plateau(small, problem.splits.train, PlateauConfig.for_model(small, time_cap_s=search_s))
+    small_row = {"name": small_name, "trial": None, "validation": evaluate(small, problem.splits.val),
                  "test": evaluate(small, problem.splits.test), "train_s": round(run.seconds)}
     shape = tuple(problem.example.shape)
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,21 +144,21 @@ def one_cell(model: str, budget: str, args) -> dict:
             "rows": rows + [small_row], "export": {"trial": card["trial"], "measured_ms": card["latency"]["measured_ms"],
                                                    "test_onnx": card["test"]["exported_onnx"],
                                                    "validation_onnx": card["accuracy"]["after_finetune_onnx"]},
-            "floors": floors(rows, small_row, baseline_test, card, budget)}
+            "floors": floors(rows, small_row, baseline_test, card, budget == within_1_point_at)}
 
 
-def floors(rows: list[dict], small: dict, baseline_test: float, card: dict, budget: str) -> dict:
+def floors(rows: list[dict], small: dict, baseline_test: float, card: dict, within_1_point: bool) -> dict:
     best = next((r for r in rows if r["name"] == "search best"), None)
     rivals = [r for r in rows[1:] + [small] if best and r["measured_ms"] <= best["measured_ms"]]
     beats = best is not None and all(best["test"] > r["test"] for r in rivals)
     out = {"beats_every_rival_no_faster": beats, "rivals_no_faster": [r["name"] for r in rivals]}
-    if budget == "0.25x":
+    if within_1_point:
         out["export_within_1_point"] = baseline_test - card["test"]["exported_onnx"] <= 0.01
     return out
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Fashion-MNIST at 32 px: the search where compression costs accuracy", "",
+    lines = [f"# {report.get('title', TITLE)}", "",
              "Scores are top-1 on the official test split (10,000 images) unless marked validation; latency "
              "measured in one sweep per cell (fastest run).", ""]
     for cell, c in report["cells"].items():

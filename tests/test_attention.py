@@ -10,7 +10,8 @@ from torch import nn
 
 from autocompress import Candidate, Space, analyze, apply_candidate, export_and_compare
 from autocompress.core.accounting import footprint_of_candidate, footprint_of_model
-from autocompress.core.attention import SplitAttention, is_hf_attention, is_timm_attention, split_attention
+from autocompress.core.attention import SplitAttention
+from autocompress.core.library_attention import is_hf_attention, is_timm_attention, split_attention
 from autocompress.hardware.kernels import kernels_of_candidate, kernels_of_model
 from autocompress.errors import ModelResolutionError
 from autocompress.train.models import resolve_model
@@ -171,7 +172,7 @@ def test_an_attention_that_cannot_be_rewritten_is_left_whole_with_a_note():
     ("hf:no_such_model", "transformers has no model type 'no_such_model'"),
     ("hf:vit,hiden_size=48", "ViTConfig has no hiden_size"),
     ("hf:vit,patch_size", "'patch_size' is not key=value"),
-    ("hf:bert", "no image classifier for 'bert'"),
+    ("hf:whisper", "no image or sequence classifier for 'whisper'"),
 ])
 def test_a_timm_or_hugging_face_spec_it_cannot_build_is_one_line_naming_it(spec, words):
     with pytest.raises(ModelResolutionError) as error:
@@ -228,3 +229,17 @@ def test_ffn_hidden_widths_are_kept_on_a_grid_of_32():
     for ratio, kept in ((0.75, 32), (0.375, 64), (0.125, 96)):  # 24 -> 32, 60 -> 64, 84 -> 96
         built = apply_candidate(model, Candidate(prune={ffn: ratio}, channel_multiple=8), analysis, x)
         assert built.get_submodule(ffn).out_features == kept
+
+
+def test_uniform_warm_starts_cut_heads_in_the_share_they_cut_ffn_widths():
+    from autocompress.core.policies import warm_start_policies
+
+    analysis = analyze(_vit(heads=4), torch.randn(1, 3, 32, 32))
+    policies = warm_start_policies(Space(analysis))
+    heads = [f"heads/{a.name}" for a in analysis.attention]
+    ffn = [v.name for v in Space(analysis).variables if v.kind == "prune"]
+    for ratio, cut in ((0.25, 1), (0.5, 2), (0.75, 3)):
+        for precision in ("int8", "fp32"):
+            policy = policies[f"uniform-{ratio:g}-{precision}"]
+            assert all(policy[h] == cut for h in heads) and all(policy[f] == ratio for f in ffn)
+    assert all(policies["int8"][h] == 0 for h in heads)

@@ -139,3 +139,22 @@ def test_train_steps_is_auto_or_a_count(tmp_path, capsys):
         assert main(["search", "resnet18", "--budget", "0.5x", flag, value, "--out", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err.strip()
         assert says in err and flag in err and "\n" not in err
+
+
+def test_a_transformer_trains_at_a_lower_warmed_up_rate_and_a_cnn_as_before():
+    from autocompress.zoo import small_vit, two_conv_cnn
+
+    vit = PlateauConfig.for_model(small_vit(depth=1, width=48, heads=3, mlp_dim=96), time_cap_s=9.0)
+    assert (vit.lr, vit.warmup_steps, vit.time_cap_s) == (1e-3, 500, 9.0)
+    assert PlateauConfig.for_model(two_conv_cnn()) == PlateauConfig()
+    # the rate climbs over the warmup: after 5 of 10 warmup steps at 1.0, weights moved half as far
+    # as AdamW's first steps at the full rate would move them (each step moves about lr)
+    moved = {}
+    for warmup in (0, 10):
+        model, data = _linear(), _separable(64)
+        start = model[1].weight.detach().clone()
+        config = PlateauConfig(eval_every=5, patience=1, lr_drops=0, max_steps=5, batch_size=32, lr=0.01,
+                               warmup_steps=warmup)
+        train_to_plateau(model, data, config)
+        moved[warmup] = float((model[1].weight.detach() - start).abs().max())
+    assert moved[10] < 0.5 * moved[0]

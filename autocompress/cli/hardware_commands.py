@@ -53,25 +53,23 @@ def _profile(args) -> int:
 
 
 def _validate_predictor(args) -> int:
-    import torch
-
     from ..hardware.store import load_hardware_model
     from ..hardware.validation import validate
     from ..hardware.validation_report import write_plot, write_report
-    from ..train.models import check_model_runs, resolve_model
+    from ..train.models import check_model_runs, example_input, resolve_model
 
     shapes = [_parse_shape(s) for s in (args.input_shape or ["1,3,32,32"])]
     for shape in shapes:
-        if len(shape) != 4 or shape[0] != 1 or shape[1] != 3 or shape[2] != shape[3]:
+        if not (len(shape) == 4 and shape[:2] == (1, 3) and shape[2] == shape[3] or len(shape) == 2 and shape[0] == 1):
             raise AutocompressError(f"--input-shape {','.join(map(str, shape))} is not supported; "
-                                    "validation draws image models at 1,3,H,W with H = W")
+                                    "validation draws image models at 1,3,H,W with H = W, text models at 1,TOKENS")
     for spec in args.model:  # a typo fails here, not after the hardware model's predictor is fitted
         for shape in shapes:  # built at each size, as validation builds it (a ViT is built for one)
-            model = resolve_model(spec, image_size=shape[2])
-            check_model_runs(model, torch.zeros(shape), spec=spec, size_name="--input-shape",
+            model = resolve_model(spec, image_size=shape[-1])
+            check_model_runs(model, example_input(model, shape), spec=spec, size_name="--input-shape",
                              needs=lambda size: f"give --input-shape 1,3,{size},{size}")
     hardware = load_hardware_model(args.hardware_model)
-    report = validate(hardware, args.hardware_model, args.model, [s[2] for s in shapes], samples=args.samples,
+    report = validate(hardware, args.hardware_model, args.model, [s[-1] for s in shapes], samples=args.samples,
                       seed=args.seed, threads=hardware.metadata.get("threads", 1),
                       sweeps=args.sweeps or (hardware.metadata.get("plan") or {}).get("sweeps", 2), cells=args.cells,
                       tight_ms=args.tight)

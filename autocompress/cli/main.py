@@ -8,8 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from ..core.target import DEFAULT_TARGET, registered_targets, target
 from ..errors import AutocompressError
 from ..files import disk_full_message, disk_nearly_full, is_disk_full
@@ -195,7 +193,7 @@ def _inspect(args) -> int:
     from ..core.analysis import analyze
     from ..core.search_space import resolve_search_space
     from ..core.space import Space, SpaceOptions
-    from ..train.models import check_model_runs, resolve_model
+    from ..train.models import check_model_runs, example_input, resolve_model
     from .inspection import cell_rows, format_inspection, inspection_rows, technique_rows
 
     shape = _parse_shape(args.input_shape)
@@ -204,7 +202,7 @@ def _inspect(args) -> int:
 
         return inspect_sensitivity(args, shape)
     model = resolve_model(args.model, num_classes=args.num_classes or 10, weights=args.weights, image_size=shape[-1])
-    example = torch.randn(shape)
+    example = example_input(model, shape)
     check_model_runs(model, example, spec=args.model, size_name="--input-shape",
                      needs=lambda size: f"give --input-shape {','.join(map(str, shape[:-2] + (size, size)))}")
     space_file = resolve_search_space(args.space, model)

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from .attention import head_order, split_copy
+from .attention import head_order
+from .library_attention import split_copy
 from .channel_groups import ChannelGroup, find_channel_groups
 from .cell_choices import CellChoice, find_cell_choices
 from .choice_points import KernelChoice, SkipBlock, SkippedBlock, find_kernel_choices, find_skip_blocks

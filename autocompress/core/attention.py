@@ -1,13 +1,11 @@
-"""Attention as separate layers: ``nn.MultiheadAttention`` (and timm's and Hugging Face's vision
-attention) rewritten so that whole heads can be cut.
+"""Attention as separate layers, so that whole heads can be cut.
 
 ``nn.MultiheadAttention`` applies its query, key and value projections functionally from one packed
 weight, so no technique can prune a head, quantize a projection or factorize it. ``SplitAttention``
-computes the same function with four ``nn.Linear`` layers (q, k, v, out); timm's packs q, k and v in one
-``qkv`` layer, which ``SelfAttention`` splits the same way and the attention between
-them written out (MatMul, Softmax, MatMul), which is also the graph ONNX Runtime runs. Every
-analysis and every applied Candidate sees the model in this form (``split_attention``), so layer
-names such as ``....self_attention.q_proj`` mean the same thing everywhere.
+computes the same function with four ``nn.Linear`` layers (q, k, v, out) and the attention between
+them written out (MatMul, Softmax, MatMul), which is also the graph ONNX Runtime runs.
+``core.library_attention`` rewrites PyTorch's, timm's and Hugging Face's attention in this form,
+which every analysis and every applied Candidate sees.
 
 Heads are ranked once per set of weights by what each contributes to the output projection on the
 example input (``head_order``): cutting heads keeps the ones that move the output most, and the
@@ -16,18 +14,16 @@ same Candidate always keeps the same heads.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modules import forward_with_hooks, set_submodule
+from .modules import forward_with_hooks
 
-__all__ = ["HEAD_PROJECTIONS", "HFSelfAttention", "OUTPUT_PROJECTION", "SelfAttention", "SplitAttention", "head_order",
-           "is_hf_attention", "is_timm_attention",
-           "query_and_key_tokens", "keep_heads", "split_attention", "unsplittable_reason"]
+__all__ = ["HEAD_PROJECTIONS", "OUTPUT_PROJECTION", "SplitAttention", "head_order", "keep_heads",
+           "query_and_key_tokens"]
 
 HEAD_PROJECTIONS = ("q_proj", "k_proj", "v_proj")  # a head's rows of these go with it...
 OUTPUT_PROJECTION = "out_proj"  # ...and its columns of this one
@@ -141,130 +137,10 @@ class SplitAttention(nn.Module):
         return mask
 
 
-class SelfAttention(SplitAttention):
-    """timm's ``Attention`` (one packed ``qkv`` layer, called as ``attn(x)``) as separate layers:
-    called as it is, returns what it returns."""
-
-    def __init__(self, *args, proj_dropout: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, batch_first=True, **kwargs)
-        self.proj_drop = nn.Dropout(proj_dropout)
-
-    @classmethod
-    def from_timm(cls, attention: nn.Module) -> "SelfAttention":
-        qkv, proj = attention.qkv, attention.proj
-        width = attention.num_heads * attention.head_dim
-        split = cls(qkv.in_features, attention.num_heads, head_dim=attention.head_dim, out_dim=proj.out_features,
-                    bias=qkv.bias is not None, out_bias=proj.bias is not None, dropout=attention.attn_drop.p,
-                    proj_dropout=attention.proj_drop.p)
-        biases = qkv.bias.detach().split(width) if qkv.bias is not None else (None,) * 3
-        split._copy_projections(qkv.weight.detach().split(width), biases, proj)
-        return split.to(proj.weight.device).train(attention.training)
-
-    def forward(self, x, attn_mask=None, is_causal=False):
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            attn_mask = ~attn_mask  # timm's boolean masks say where to attend, as scaled_dot_product_attention's do
-        out, _ = super().forward(x, x, x, need_weights=False, attn_mask=attn_mask, is_causal=is_causal)
-        return self.proj_drop(out)
-
-
-class HFSelfAttention(SplitAttention):
-    """Hugging Face's ViT and DeiT attention (q, k, v and o projections; called as
-    ``attention(hidden_states, attention_mask)``, returning the output and no weights)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, batch_first=True, **kwargs)
-
-    @classmethod
-    def from_hf(cls, attention: nn.Module) -> "HFSelfAttention":
-        q, k, v, o = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
-        split = cls(q.in_features, attention.num_attention_heads, head_dim=attention.head_dim, out_dim=o.out_features,
-                    bias=q.bias is not None, out_bias=o.bias is not None, dropout=attention.attention_dropout)
-        split._copy_projections((q.weight, k.weight, v.weight), (q.bias, k.bias, v.bias), o)
-        return split.to(o.weight.device).train(attention.training)
-
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        if attention_mask is not None and attention_mask.dtype == torch.bool:
-            attention_mask = ~attention_mask  # Hugging Face's boolean masks say where to attend
-        return super().forward(hidden_states, hidden_states, hidden_states, need_weights=False, attn_mask=attention_mask)
-
-
-_HF_ATTENTIONS = ("ViTAttention", "DeiTAttention")  # the ones known to compute exactly SplitAttention's function
-
-
-def is_hf_attention(module: nn.Module) -> bool:
-    """Hugging Face's ViT or DeiT attention (transformers is an optional extra)."""
-    return (type(module).__name__ in _HF_ATTENTIONS and type(module).__module__.startswith("transformers.")
-            and all(isinstance(getattr(module, p, None), nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "o_proj")))
-
-
-def _hf_unsplittable_reason(module: nn.Module) -> str:
-    if abs(module.scaling - module.head_dim ** -0.5) > 1e-12 or module.is_causal:
-        return "it scales or masks its scores its own way"
-    return ""
-
-
-def is_timm_attention(module: nn.Module) -> bool:
-    """timm's standard self-attention, told by its class and layers (timm is an optional extra)."""
-    return (type(module).__name__ == "Attention" and type(module).__module__.startswith("timm.")
-            and isinstance(getattr(module, "qkv", None), nn.Linear) and isinstance(getattr(module, "proj", None),
-                                                                                   nn.Linear))
-
-
-def _timm_unsplittable_reason(module: nn.Module) -> str:
-    extras = [name for name in ("q_norm", "k_norm", "norm") if not isinstance(getattr(module, name, None), nn.Identity)]
-    if extras:
-        return f"it normalises inside the attention ({', '.join(extras)})"
-    if getattr(module, "gate", None) is not None:
-        return "it gates the attention output"
-    return ""
-
-
 def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
     return mask.to(dtype)
-
-
-def unsplittable_reason(mha: nn.MultiheadAttention) -> str:
-    """Why ``mha`` cannot be rewritten as separate layers; "" when it can."""
-    if mha.bias_k is not None or mha.bias_v is not None:
-        return "it adds learned key/value biases (add_bias_kv=True)"
-    if mha.add_zero_attn:
-        return "it appends a zero attention slot (add_zero_attn=True)"
-    return ""
-
-
-def split_attention(model: nn.Module) -> list[str]:
-    """Replace every ``nn.MultiheadAttention`` (and timm's and Hugging Face's vision attention) of
-    ``model`` that can be rewritten by an equivalent ``SplitAttention``, in place. Returns notes on the ones left whole, which no technique edits."""
-    notes = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.MultiheadAttention):
-            reason, make = unsplittable_reason(module), SplitAttention.from_multihead
-        elif is_timm_attention(module):
-            reason, make = _timm_unsplittable_reason(module), SelfAttention.from_timm
-        elif is_hf_attention(module):
-            reason, make = _hf_unsplittable_reason(module), HFSelfAttention.from_hf
-        else:
-            continue
-        if reason:
-            inside = " (its projections run inside it: no quantization or factorization either)" if isinstance(
-                module, nn.MultiheadAttention) else ""
-            notes.append(f"{name}: attention left whole, heads not cut{inside}: {reason}")
-        else:
-            set_submodule(model, name, make(module))
-    for module in model.modules():
-        if isinstance(module, nn.TransformerEncoder):
-            module.use_nested_tensor = False  # the nested-tensor path reads packed projection weights
-    return notes
-
-
-def split_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """``model`` itself when it has no attention to split; else a split copy, and its notes."""
-    if not any(isinstance(m, nn.MultiheadAttention) or is_timm_attention(m) or is_hf_attention(m) for m in model.modules()):
-        return model, []
-    model = copy.deepcopy(model)
-    return model, split_attention(model)
 
 
 def head_order(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:

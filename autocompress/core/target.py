@@ -16,7 +16,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["QuantizationRules", "Target", "default_target", "register_target", "registered_targets", "target"]
+__all__ = ["QuantizationRules", "Target", "default_target", "onnx_input", "register_target", "registered_targets",
+           "target"]
 
 DEFAULT_TARGET = "ort-cpu"
 
@@ -65,8 +66,10 @@ class Target(ABC):
         import numpy as np
 
         session = self.inference_session(onnx_path, threads=threads)
-        name = session.get_inputs()[0].name
-        return session, {name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+        first = session.get_inputs()[0]
+        if "int" in first.type:  # token ids: every valid id costs the same lookup
+            return session, {first.name: np.ones(input_shape, dtype=np.int64)}
+        return session, {first.name: np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
 
     @abstractmethod
     def quantization_rules(self, machine: dict | None) -> QuantizationRules:
@@ -110,3 +113,12 @@ def target(name: str) -> Target:
 
 def default_target() -> Target:
     return target(DEFAULT_TARGET)
+
+
+def onnx_input(batch):
+    """The array an exported model is fed for ``batch`` (a tensor): float32 for images and other
+    real-valued inputs, int64 for token ids, the types the exporter wrote."""
+    import torch
+
+    array = batch.detach().cpu()
+    return (array.float() if array.is_floating_point() else array.to(torch.int64)).numpy()

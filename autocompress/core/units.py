@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import SplitAttention, query_and_key_tokens, unsplittable_reason
+from .attention import SplitAttention, query_and_key_tokens
+from .library_attention import unsplittable_reason
 from .modules import forward_with_hooks, is_inside
 
 __all__ = ["AttentionUnit", "FixedParams", "LayerUnit", "NormUnit", "collect_units", "trace_shapes"]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..core.analysis import ModelAnalysis, analyze
 from ..core.search_space import resolve_search_space
 from .onnx_export import export_onnx
-from ..train.models import resolve_model
+from ..train.models import example_input, resolve_model, takes_token_ids
 from ..core.space import Candidate, Space, SpaceOptions
 from ..errors import AutocompressError
 from ..techniques import apply_candidate
@@ -51,11 +51,12 @@ class ModelUnderTest:
 
 @lru_cache(maxsize=32)  # a profile plan cycles through every model and size: more than 8
 def model_under_test(spec: str, input_size: int, num_classes: int = 10) -> ModelUnderTest:
-    """A randomly initialised ``spec`` at a square ``input_size``. Latency does not depend on the
-    weights' values, so no training is needed; the seed keeps it reproducible."""
+    """A randomly initialised ``spec`` at a square ``input_size`` (a text model: that many tokens).
+    Latency does not depend on the weights' values, so no training is needed; the seed keeps it
+    reproducible."""
     torch.manual_seed(0)
     model = resolve_model(spec, num_classes=num_classes, weights=None, image_size=input_size).eval()
-    example = torch.randn(1, 3, input_size, input_size)
+    example = example_input(model, (1, input_size) if takes_token_ids(model) else (1, 3, input_size, input_size))
     logging.getLogger("autocompress").debug("analysing %s at %d px", spec, input_size)
     # With the cells of its family's search space, so candidates with cells can be drawn and priced.
     analysis = analyze(model, example, space=resolve_search_space("auto", model))
@@ -117,7 +118,8 @@ def tight_candidate(predictor, target, rng: random.Random, limit_ms: float, *, c
 def export_candidate(target: ModelUnderTest, candidate: Candidate, path: Path) -> Path:
     """Apply ``candidate`` and export it (quantized where it says) to ``path``, ready to time."""
     compressed = apply_candidate(target.model, candidate, target.analysis, target.example)
-    calibration = [torch.randn(8, *target.input_shape[1:])]  # activation ranges only set scales, not speed
+    # activation ranges only set scales, not speed
+    calibration = [example_input(target.model, (8, *target.input_shape[1:]))]
     export_onnx(compressed, target.example, path, calibration=calibration)
     return path
 

@@ -30,7 +30,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from torch import nn
 
 from ..core.modules import set_submodule
-from ..core.target import default_target
+from ..core.target import default_target, onnx_input
 from ..errors import ExportError
 from ..files import inside
 from ..techniques.quantizers import (
@@ -233,7 +233,7 @@ class _Batches:
     """ORT's CalibrationDataReader protocol over a list of input batches."""
 
     def __init__(self, batches: Sequence[torch.Tensor]) -> None:
-        self._items = iter([{"input": b.detach().cpu().numpy().astype(np.float32)} for b in batches])
+        self._items = iter([{"input": onnx_input(b)} for b in batches])
 
     def get_next(self):
         return next(self._items, None)
@@ -324,7 +324,7 @@ def run_onnx(session_or_path, inputs: torch.Tensor, *, batch_size: int = 64) -> 
 def run_batch(session, batch: torch.Tensor) -> np.ndarray:
     """``session``'s outputs for ``batch``, run one item at a time where the export asks for it."""
     step = items_per_run(session) or len(batch)
-    return np.concatenate([session.run(None, {"input": batch[i:i + step].numpy().astype(np.float32)})[0]
+    return np.concatenate([session.run(None, {"input": onnx_input(batch[i:i + step])})[0]
                            for i in range(0, len(batch), step)])
 
 

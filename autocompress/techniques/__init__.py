@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..core.analysis import ModelAnalysis
-from ..core.attention import split_attention
+from ..core.library_attention import split_attention
 from ..core.candidate import Candidate
 from ..core.cell_choices import with_followers
 from ..core.target import default_target

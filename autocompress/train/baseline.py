@@ -47,6 +47,9 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
         key["steps"] = config.steps  # what it trains, not how it was asked: "auto" and 400 are one training
     elif train_steps == AUTO_STEPS:
         key["time_cap_s"] = train_time_cap_s
+        recipe = PlateauConfig.for_model(model)
+        if (recipe.lr, recipe.warmup_steps) != (PlateauConfig.lr, PlateauConfig.warmup_steps):
+            key["recipe"] = {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps}  # a transformer's
     cached, meta = cache_dir / "baseline.pt", cache_dir / "baseline.json"
     if cached.is_file() and meta.is_file():
         recorded = json.loads(meta.read_text())
@@ -79,7 +82,7 @@ def _train(model: torch.nn.Module, dataset, train_steps: int | str, time_cap_s: 
         train_classifier(model, dataset, steps=train_steps, progress=progress)
         return {"steps": train_steps, "stopped": "fixed_steps"}
     log.info("training the baseline until its held-out accuracy stops improving (at most %g s)", time_cap_s)
-    run = train_to_plateau(model, dataset, PlateauConfig(time_cap_s=time_cap_s), progress=progress)
+    run = train_to_plateau(model, dataset, PlateauConfig.for_model(model, time_cap_s=time_cap_s), progress=progress)
     log.info("baseline: %d steps, stopped by %s, held-out accuracy %.1f%%", run.steps, run.stopped,
              100 * run.held_out_accuracy)
     training = run.to_dict()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
 import pickle
@@ -19,8 +18,10 @@ from ..core.elastic_mobile import build_elastic_mobile
 from ..core.nb201 import build_nb201
 from ..core.supernet_file import SPACE_PREFIX, is_space_spec, load_supernet_file
 from ..errors import ModelResolutionError, WeightsMismatchError
+from .hf_models import hf_model, name_and_keywords, takes_token_ids
 
-__all__ = ["check_model_runs", "resolve_model", "load_weights", "torchvision_classifiers"]
+__all__ = ["check_model_runs", "example_input", "resolve_model", "load_weights", "takes_token_ids",
+           "torchvision_classifiers"]
 
 _MAX_KEYS_SHOWN = 8
 
@@ -38,7 +39,8 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
 
     ``spec`` is a torchvision classification model (``resnet18`` or ``torchvision:resnet18``), a
     timm model (``timm:NAME`` or ``timm:NAME,key=value,...``, with timm installed), a Hugging Face
-    image classifier built from its config (``hf:vit,key=value,...``, with transformers) or a
+    image or sequence classifier built from its config (``hf:vit,key=value,...``, ``hf:bert,...``,
+    with transformers) or a
     ``package.module:factory`` callable returning an ``nn.Module``. The factory gets
     ``num_classes`` when its signature accepts it, and ``image_size`` when it is given and the
     factory accepts it (a ViT is built for one image size: ``zoo.small_vit``). ``space:PATH`` is the largest subnet of the
@@ -52,7 +54,7 @@ def resolve_model(spec: str, *, num_classes: int = 10, weights: str | Path | Non
     elif spec.startswith("timm:"):
         model = _timm_model(spec, num_classes, image_size)
     elif spec.startswith("hf:"):
-        model = _hf_model(spec, num_classes, image_size)
+        model = hf_model(spec, num_classes, image_size)
     elif spec.startswith("torchvision:"):
         model = _torchvision_model(spec.split(":", 1)[1], num_classes)
     elif ":" in spec:
@@ -89,7 +91,7 @@ def _timm_model(spec: str, num_classes: int, image_size: int | None = None) -> n
     """``timm:NAME`` or ``timm:NAME,key=value,...``: timm's model NAME, freshly initialised, built
     with those keyword arguments (``timm:deit_tiny_patch16_224,img_size=32,patch_size=4``). A
     given ``image_size`` becomes ``img_size`` where the spec names none and the model takes one."""
-    name, kwargs = _name_and_keywords(spec, "timm:NAME,img_size=32,patch_size=4")
+    name, kwargs = name_and_keywords(spec, "timm:NAME,img_size=32,patch_size=4")
     try:
         import timm
     except ImportError as exc:
@@ -112,68 +114,6 @@ def _timm_model(spec: str, num_classes: int, image_size: int | None = None) -> n
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ModelResolutionError(f"model spec {spec!r}: timm could not build it ({first}); check the keyword "
                                    "arguments") from exc
-
-
-def _name_and_keywords(spec: str, example: str) -> tuple[str, dict]:
-    """``prefix:NAME,key=value,...`` as NAME and the keyword arguments (Python literals, else strings)."""
-    name, *pairs = spec.split(":", 1)[1].split(",")
-    kwargs = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ModelResolutionError(f"model spec {spec!r}: {pair!r} is not key=value; write {example}")
-        try:
-            kwargs[key.strip()] = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            kwargs[key.strip()] = text.strip()
-    return name.strip(), kwargs
-
-
-class ImageClassifierLogits(nn.Module):
-    """A Hugging Face image classifier called as autocompress calls models: images in, logits out."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
-
-
-def _hf_model(spec: str, num_classes: int, image_size: int | None = None) -> nn.Module:
-    """``hf:MODEL_TYPE,key=value,...``: a Hugging Face ``transformers`` image classifier built from
-    its config, freshly initialised (``hf:vit,image_size=32,patch_size=4,hidden_size=192``). A given
-    ``image_size`` is used where the spec names none."""
-    example = "hf:vit,patch_size=4,hidden_size=192,num_hidden_layers=6,num_attention_heads=3,intermediate_size=768"
-    model_type, kwargs = _name_and_keywords(spec, example)
-    try:
-        import transformers
-    except ImportError as exc:
-        raise ModelResolutionError(f"model spec {spec!r} needs transformers, which is not installed; "
-                                   "pip install 'autocompress[hf]'") from exc
-    known = sorted(transformers.CONFIG_MAPPING.keys())
-    if model_type not in known:
-        close = [k for k in known if model_type.lower()[:3] in k][:5]
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise ModelResolutionError(f"model spec {spec!r}: transformers has no model type {model_type!r}{hint}; "
-                                   f"write {example}")
-    config_class = transformers.CONFIG_MAPPING[model_type]
-    defaults = config_class().to_dict()
-    unknown = sorted(set(kwargs) - set(defaults))
-    if unknown:  # a config takes any keyword silently: a misspelt one would be ignored
-        raise ModelResolutionError(f"model spec {spec!r}: {config_class.__name__} has no {', '.join(unknown)}; "
-                                   f"write {example}")
-    if image_size is not None and "image_size" not in kwargs and "image_size" in defaults:
-        kwargs["image_size"] = image_size
-    config = config_class(**kwargs, num_labels=num_classes)
-    try:
-        # from_config: nothing is downloaded; trained weights come from a file. Eager attention
-        # exports to ONNX wherever the attention cannot be split.
-        model = transformers.AutoModelForImageClassification.from_config(config, attn_implementation="eager")
-    except ValueError as exc:
-        raise ModelResolutionError(f"model spec {spec!r}: transformers has no image classifier for "
-                                   f"{model_type!r}; image classifiers such as vit and deit are supported") from exc
-    return ImageClassifierLogits(model)
 
 
 def _factory_model(spec: str, num_classes: int, image_size: int | None = None) -> nn.Module:
@@ -249,6 +189,12 @@ def _why_unloadable(path: Path, exc: Exception) -> str:
     return f"is not a loadable state dict ({type(exc).__name__}: {first})"
 
 
+def example_input(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    """An input of ``shape`` for ``model``, where only its shape matters (analysis, timing): random
+    images, or token ids of 1 (shape (batch, tokens)) for a text model."""
+    return torch.ones(shape, dtype=torch.long) if takes_token_ids(model) else torch.randn(shape)
+
+
 def check_model_runs(model: nn.Module, example: torch.Tensor, *, spec: str, needs: Callable[[int], str],
                      size_name: str, parameters: tuple[str, ...] = ()) -> None:
     """Run ``model`` once on ``example``, where a model is first run: whatever its own code raises
@@ -264,7 +210,9 @@ def check_model_runs(model: nn.Module, example: torch.Tensor, *, spec: str, need
         first = (str(exc).strip().splitlines() or [""])[0]
         asked = re.search(r"[Ee]xpected (?:image size |size |height |width )?(\d{2,4})\b", first)
         built_for = f"give the {size_name} it was built for (224 for torchvision's ImageNet models)"
-        if isinstance(exc, TypeError) and "argument" in first:
+        if takes_token_ids(model):  # its own check said what is wrong with the ids
+            hint = "give token ids it was built for (--task package.module:make_task)"
+        elif isinstance(exc, TypeError) and "argument" in first:
             hint = "its forward must take one batch of images, shaped (batch, 3, height, width)"
         elif asked:
             hint = needs(int(asked.group(1)))

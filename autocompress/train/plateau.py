@@ -26,12 +26,14 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
+from ..core.library_attention import has_attention
 from .data import make_loader
 from .images import unaugmented
 from .training import accuracy, recompute_batchnorm_statistics
 
 __all__ = ["PlateauConfig", "PlateauRun", "held_out_split", "train_to_plateau"]
 
+TRANSFORMER_LR, TRANSFORMER_WARMUP_STEPS = 1e-3, 500
 FITS_ITS_TRAINING_DATA = 0.9  # below this share of its own training images, a baseline under-fits
 
 
@@ -46,12 +48,23 @@ class PlateauConfig:
     patience: int = 4  # rounds without improvement that make a plateau
     lr: float = 3e-3
     lr_drops: int = 1
+    warmup_steps: int = 0  # the learning rate rises linearly to ``lr`` over these first steps
     batch_size: int = 64
     held_out_share: float = 0.1
     # Scoring more would cost more than the rounds it scores; fewer, and a round's gain on a large
     # data set drowns in the noise of the score (a point at 1,000 images).
     held_out_max: int = 2000
     seed: int = 0
+
+
+    @classmethod
+    def for_model(cls, model: nn.Module, **settings) -> "PlateauConfig":
+        """The recipe for ``model``: a transformer trained from scratch at this rate without warmup
+        stays near chance (its attention collapses early), so one with attention starts at a third
+        of it and warms up over its first rounds, as ViT recipes do."""
+        if has_attention(model):
+            settings = {"lr": TRANSFORMER_LR, "warmup_steps": TRANSFORMER_WARMUP_STEPS} | settings
+        return cls(**settings)
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,9 @@ def train_to_plateau(model: nn.Module, dataset: Dataset, config: PlateauConfig =
     while stopped is None:
         model.train()
         for _ in range(round_steps):
+            if step < config.warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * (step + 1) / config.warmup_steps
             images, labels = next(batches)
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
