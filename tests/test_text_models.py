@@ -144,3 +144,20 @@ def test_inspect_lists_a_text_models_decisions_at_a_token_count(capsys):
     assert main(["inspect", DISTILBERT, "--input-shape", "1,24"]) == 0
     shown = capsys.readouterr().out
     assert "3 heads x 16, 24 tokens" in shown and "skip" in shown and "heads cut {0,1,2} of 3" in shown
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_weights_saved_by_hugging_face_itself_load_through_weights(name, tmp_path):
+    trained = _model(BERT)
+    state = dict(trained.model.state_dict())  # named as save_pretrained names them: no wrapper prefix
+    state["bert.embeddings.position_ids"] = torch.arange(32)[None]  # a buffer older versions saved
+    if name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / name))
+    else:
+        torch.save(state, tmp_path / name)
+    torch.manual_seed(1)
+    loaded = resolve_model(BERT, num_classes=3, weights=tmp_path / name)
+    with torch.no_grad():
+        assert torch.equal(loaded(_ids(4)), trained(_ids(4)))

@@ -13,7 +13,8 @@ from torch import nn
 
 from ..errors import ModelResolutionError
 
-__all__ = ["ImageClassifierLogits", "SequenceClassifierLogits", "hf_model", "name_and_keywords", "takes_token_ids"]
+__all__ = ["ImageClassifierLogits", "SequenceClassifierLogits", "hf_model", "name_and_keywords", "takes_token_ids",
+           "wrapped_state"]
 
 _IMAGE_EXAMPLE = "hf:vit,patch_size=4,hidden_size=192,num_hidden_layers=6,num_attention_heads=3,intermediate_size=768"
 _TEXT_EXAMPLE = "hf:bert,vocab_size=1000,hidden_size=128,num_hidden_layers=2,num_attention_heads=2,intermediate_size=512"
@@ -83,6 +84,20 @@ class SequenceClassifierLogits(nn.Module):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ValueError(f"token ids run from {int(ids.min())} to {int(ids.max())}, outside the model's vocabulary "
                              f"(0 to {self.vocab_size - 1}); build it with vocab_size above the largest id")
+
+
+def wrapped_state(model: nn.Module, state: dict) -> dict:
+    """``state`` as the wrapper around a Hugging Face model names it: a checkpoint that model saved
+    itself (``save_pretrained``'s ``model.safetensors`` or ``pytorch_model.bin``) names its tensors
+    without the wrapper's ``model.`` prefix."""
+    if not isinstance(model, (ImageClassifierLogits, SequenceClassifierLogits)) or not state:
+        return state
+    if any(key.startswith("model.") for key in state):
+        return state
+    own = model.state_dict()
+    # buffers some versions saved and others make at load (BERT's position_ids) are not weights
+    return {f"model.{key}": value for key, value in state.items() if f"model.{key}" in own or
+            not key.endswith("_ids")}
 
 
 def takes_token_ids(model: nn.Module) -> bool:

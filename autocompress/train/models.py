@@ -18,7 +18,7 @@ from ..core.elastic_mobile import build_elastic_mobile
 from ..core.nb201 import build_nb201
 from ..core.supernet_file import SPACE_PREFIX, is_space_spec, load_supernet_file
 from ..errors import ModelResolutionError, WeightsMismatchError
-from .hf_models import hf_model, name_and_keywords, takes_token_ids
+from .hf_models import hf_model, name_and_keywords, takes_token_ids, wrapped_state
 
 __all__ = ["check_model_runs", "example_input", "resolve_model", "load_weights", "takes_token_ids",
            "torchvision_classifiers"]
@@ -148,7 +148,12 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         with warnings.catch_warnings():  # torch's notes on the pickle protocol: the error below says it all
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            if path.suffix == ".safetensors":  # Hugging Face's format: tensors only, nothing to unpickle
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor payloads: rethrown naming the file
         raise WeightsMismatchError(f"weights file {str(path)!r} {_why_unloadable(path, exc)}; save the weights "
                                    "alone with torch.save(model.state_dict(), path)") from exc
@@ -156,6 +161,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         state = state["state_dict"]  # the usual training-checkpoint wrapper
     if not isinstance(state, dict):
         raise WeightsMismatchError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    state = wrapped_state(model, state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
