@@ -74,8 +74,7 @@ class SequenceClassifierLogits(nn.Module):
         """One line naming what is wrong with the input and what the model takes."""
         takes = "token ids: an integer tensor shaped (batch, tokens)"
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"this text model takes {takes}, got a {ids.dtype} tensor of shape {tuple(ids.shape)}; "
-                             "give a Task whose inputs are token ids")
+            raise ValueError(f"this text model takes {takes}, got a {ids.dtype} tensor of shape {tuple(ids.shape)}")
         if ids.dim() != 2:
             raise ValueError(f"this text model takes {takes}, got shape {tuple(ids.shape)}")
         if self.max_tokens is not None and ids.shape[1] > self.max_tokens:

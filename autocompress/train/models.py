@@ -217,7 +217,7 @@ def check_model_runs(model: nn.Module, example: torch.Tensor, *, spec: str, need
         asked = re.search(r"[Ee]xpected (?:image size |size |height |width )?(\d{2,4})\b", first)
         built_for = f"give the {size_name} it was built for (224 for torchvision's ImageNet models)"
         if takes_token_ids(model):  # its own check said what is wrong with the ids
-            hint = "give token ids it was built for (--task package.module:make_task)"
+            hint = "give it token ids through a Task (--task package.module:make_task)"
         elif isinstance(exc, TypeError) and "argument" in first:
             hint = "its forward must take one batch of images, shaped (batch, 3, height, width)"
         elif asked:
