@@ -54,7 +54,7 @@ class SequenceClassifierLogits(nn.Module):
     additive (batch, 1, 1, tokens) mask it would build itself: given the ids' 0/1 mask instead,
     transformers drops it when nothing is padded, a choice that tracing for export would freeze."""
 
-    input_dtype = torch.long  # what an example input of this model holds (``example_input_for``)
+    input_dtype = torch.long  # what an example input of this model holds (``train.models.example_input``)
 
     def __init__(self, model: nn.Module, pad_token_id: int | None, vocab_size: int, max_tokens: int | None) -> None:
         super().__init__()
