@@ -158,3 +158,20 @@ def test_a_transformer_trains_at_a_lower_warmed_up_rate_and_a_cnn_as_before():
         train_to_plateau(model, data, config)
         moved[warmup] = float((model[1].weight.detach() - start).abs().max())
     assert moved[10] < 0.5 * moved[0]
+
+
+def test_a_baseline_its_time_cap_cut_short_trains_on_from_its_weights_under_a_larger_cap(tmp_path, digits):
+    arguments = dict(num_classes=10, weights=None, splits=digits, cache_dir=tmp_path)
+    short = baseline_model("reference_models:tiny_resnet", train_steps="auto", train_time_cap_s=1e-9, **arguments)
+    first = baseline_training(tmp_path)
+    assert first["stopped"] == "time_cap" and first["steps"] == 1
+    longer = baseline_model("reference_models:tiny_resnet", train_steps="auto", train_time_cap_s=2.0, **arguments)
+    training = baseline_training(tmp_path)
+    assert training["continued"] == first and training["steps"] > first["steps"]
+    assert training["seconds"] > first["seconds"]
+    assert json.loads((tmp_path / "baseline.json").read_text())["time_cap_s"] == 2.0
+    # it went on from the short training's weights, not from a new initialisation
+    assert accuracy(longer, digits.val) > accuracy(short, digits.val)
+    # a smaller cap than the cached one's trains anew
+    baseline_model("reference_models:tiny_resnet", train_steps="auto", train_time_cap_s=1e-9, **arguments)
+    assert "continued" not in baseline_training(tmp_path)

@@ -51,15 +51,25 @@ def baseline_model(model_spec: str, *, num_classes: int, weights: Path | None, t
         if (recipe.lr, recipe.warmup_steps) != (PlateauConfig.lr, PlateauConfig.warmup_steps):
             key["recipe"] = {"lr": recipe.lr, "warmup_steps": recipe.warmup_steps}  # a transformer's
     cached, meta = cache_dir / "baseline.pt", cache_dir / "baseline.json"
+    earlier = None  # a training the time cap cut short, which a larger cap continues
     if cached.is_file() and meta.is_file():
         recorded = json.loads(meta.read_text())
         if {k: v for k, v in recorded.items() if k != "training"} == key:
             _warn_if_under_trained(recorded.get("training"))
             return load_weights(model, cached).eval()
+        earlier = _continued(recorded, key)
+        if earlier is not None:
+            load_weights(model, cached)
+            log.info("the cached baseline stopped at its %g s cap: training it on for %g s more",
+                     recorded["time_cap_s"], train_time_cap_s - recorded["time_cap_s"])
     if is_space_spec(model_spec):
         train_supernet(model, splits.train, cache_dir / "supernet", config=config, key=key, map_jobs=map_jobs,
                        progress=progress)
         training = {"steps": config.steps, "stopped": "supernet_sandwich_steps"}
+    elif earlier is not None:
+        training = _train(model, splits.train, train_steps, train_time_cap_s - earlier["time_cap_s"], progress)
+        training = {**training, "steps": earlier["training"]["steps"] + training["steps"],
+                    "seconds": earlier["training"]["seconds"] + training["seconds"], "continued": earlier["training"]}
     else:
         training = _train(model, splits.train, train_steps, train_time_cap_s, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +84,17 @@ def baseline_training(cache_dir: Path) -> dict | None:
     records it; None where it records nothing (no baseline trained there, or by an earlier version)."""
     meta = Path(cache_dir) / "baseline.json"
     return json.loads(meta.read_text()).get("training") if meta.is_file() else None
+
+
+def _continued(recorded: dict, key: dict) -> dict | None:
+    """``recorded`` (a cached baseline's baseline.json) where it is this very training cut short by a
+    smaller time cap than ``key`` asks for (its weights go on training); else None."""
+    training = recorded.get("training") or {}
+    same = {k: v for k, v in recorded.items() if k not in ("training", "time_cap_s")} == \
+        {k: v for k, v in key.items() if k != "time_cap_s"}
+    if not same or training.get("stopped") != "time_cap" or "seconds" not in training:
+        return None
+    return recorded if key.get("time_cap_s", 0) > recorded.get("time_cap_s", float("inf")) else None
 
 
 def _train(model: torch.nn.Module, dataset, train_steps: int | str, time_cap_s: float, progress: bool) -> dict:

@@ -83,7 +83,7 @@ class PlateauRun:
             cap = "--train-time-cap" if self.stopped == "time_cap" else "the step cap"
             return (f"the baseline stopped at {cap} after {self.steps} steps, before its held-out accuracy "
                     f"({self.held_out_accuracy:.1%}) stopped improving: it looks under-trained; give a larger "
-                    "--train-time-cap, or train it yourself and pass --weights")
+                    "--train-time-cap (it goes on from these weights), or train it yourself and pass --weights")
         if self.train_accuracy < FITS_ITS_TRAINING_DATA:
             return (f"the baseline classifies only {self.train_accuracy:.1%} of its own training images after "
                     f"{self.steps} steps: it looks under-trained; train it yourself and pass --weights")
