@@ -35,7 +35,9 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=list(SMALLER), help="shares of the baseline's latency")
     parser.add_argument("--model", default=MODEL, help="the ViT searched (a model spec)")
     add_common_arguments(parser, work="runs/vit_fashion")
-    parser.set_defaults(train_minutes=70.0)  # a ViT from scratch learns more slowly than a CNN
+    # A ViT from scratch learns far more slowly than a CNN: at 70 minutes on 2 cores it was still
+    # improving. A larger cap given later trains the cached baseline on from its weights.
+    parser.set_defaults(train_minutes=135.0)
     args = parser.parse_args()
     run_cells({f"vit@{budget}": (args.model, budget) for budget in args.budgets}, args, "vit_fashion_mnist", TITLE,
               from_scratch, within_1_point_at="0.5x")
