@@ -19,8 +19,8 @@ from torch import nn
 from .attention import SplitAttention
 from .modules import set_submodule
 
-__all__ = ["HFSelfAttention", "HFPostNormAttention", "SelfAttention", "has_attention", "is_hf_attention", "is_timm_attention",
-           "split_attention", "split_copy", "unsplittable_reason"]
+__all__ = ["HFSelfAttention", "HFPostNormAttention", "SelfAttention", "has_attention", "is_hf_attention",
+           "is_timm_attention", "split_attention", "split_copy", "unsplittable_reason"]
 
 
 class SelfAttention(SplitAttention):
@@ -117,8 +117,9 @@ def is_hf_attention(module: nn.Module) -> bool:
 
 
 def _hf_unsplittable_reason(module: nn.Module) -> str:
-    core = _hf_parts(module)["core"]
-    if abs(core.scaling - _hf_parts(module)["head_dim"] ** -0.5) > 1e-12 or core.is_causal:
+    parts = _hf_parts(module)
+    core = parts["core"]
+    if abs(core.scaling - parts["head_dim"] ** -0.5) > 1e-12 or core.is_causal:
         return "it scales or masks its scores its own way"
     return ""
 
@@ -179,15 +180,19 @@ def split_attention(model: nn.Module) -> list[str]:
     return notes
 
 
+def _splittable(module: nn.Module) -> bool:
+    """An attention of a kind ``split_attention`` rewrites (whether this one can be or not)."""
+    return isinstance(module, nn.MultiheadAttention) or is_timm_attention(module) or is_hf_attention(module)
+
+
 def has_attention(model: nn.Module) -> bool:
     """Whether ``model`` holds an attention, split or not: a transformer."""
-    return any(isinstance(m, (nn.MultiheadAttention, SplitAttention)) or is_timm_attention(m) or is_hf_attention(m)
-               for m in model.modules())
+    return any(isinstance(m, SplitAttention) or _splittable(m) for m in model.modules())
 
 
 def split_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """``model`` itself when it has no attention to split; else a split copy, and its notes."""
-    if not any(isinstance(m, nn.MultiheadAttention) or is_timm_attention(m) or is_hf_attention(m) for m in model.modules()):
+    if not any(_splittable(m) for m in model.modules()):
         return model, []
     model = copy.deepcopy(model)
     return model, split_attention(model)
